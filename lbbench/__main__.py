@@ -1,0 +1,3 @@
+from lbbench.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""The Kubernetes model of the notes, run as real processes on loopback."""

@@ -1,0 +1,44 @@
+"""`lbbench serve pod`: one backend pod process."""
+
+from __future__ import annotations
+
+import argparse
+
+from lbbench.netaddr import parse_hostport
+
+
+def add_serve_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--listen", required=True, metavar="IP:PORT", help="loopback address to bind (port 0: any)")
+    p.add_argument("--name", default="pod", help="pod name, returned in x-pod")
+    p.add_argument("--service", default="exp:10ms",
+                   help="service time: const:MEAN, exp:MEAN, lognormal:MEAN,SIGMA, uniform:LOW,HIGH")
+    p.add_argument("--slots", type=int, default=1, help="parallel service slots (FIFO wait in front)")
+    p.add_argument("--burn-cpu", action="store_true", help="burn CPU for the service time instead of sleeping")
+    p.add_argument("--seed", type=int, default=0, help="seed of the service-time and fault draws")
+    p.add_argument("--error-rate", type=float, default=0.0, help="fraction of requests answered 503")
+    p.add_argument("--slow-factor", type=float, default=1.0, help="service-time multiplier")
+    p.add_argument("--hang-rate", type=float, default=0.0, help="fraction of requests never answered")
+    p.add_argument("--close-rate", type=float, default=0.0, help="fraction of requests closed without reply")
+    p.add_argument("--unready", action="store_true", help="start with /healthz failing")
+    p.add_argument("--no-control", action="store_true", help="do not read control messages from stdin")
+
+
+def serve_command(args: argparse.Namespace) -> int:
+    import uvloop
+
+    from lbbench.cluster.pod import Faults, PodSpec, serve_pod
+    from lbbench.cluster.servicetime import ServiceTime
+    from lbbench.procs import die_with_parent
+
+    die_with_parent()
+    addr = parse_hostport(args.listen)
+    if args.slots < 1:
+        raise ValueError(f"--slots must be >= 1, got {args.slots}")
+    for flag in ("error_rate", "hang_rate", "close_rate"):
+        if not 0.0 <= getattr(args, flag) <= 1.0:
+            raise ValueError(f"--{flag.replace('_', '-')} must be in [0, 1]")
+    faults = Faults(args.error_rate, args.slow_factor, args.hang_rate, args.close_rate, not args.unready)
+    spec = PodSpec(args.name, addr.host, addr.port, ServiceTime.parse(args.service), args.slots,
+                   args.burn_cpu, args.seed, faults)
+    uvloop.run(serve_pod(spec, control=not args.no_control))
+    return 0

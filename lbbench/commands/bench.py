@@ -1,0 +1,15 @@
+"""`lbbench bench`: benchmark suite."""
+
+from __future__ import annotations
+
+import argparse
+
+from lbbench.errors import NotBuiltYet
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("args", nargs="*", help="not built yet")
+
+
+def run(args: argparse.Namespace) -> int:
+    raise NotBuiltYet("'lbbench bench' is not built yet (issue 8: performance)")

@@ -1,0 +1,15 @@
+"""`lbbench compare`: compare two results folders."""
+
+from __future__ import annotations
+
+import argparse
+
+from lbbench.errors import NotBuiltYet
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("args", nargs="*", help="not built yet")
+
+
+def run(args: argparse.Namespace) -> int:
+    raise NotBuiltYet("'lbbench compare' is not built yet (issue 6: experiments and reports)")

@@ -1,0 +1,15 @@
+"""`lbbench k8s`: Kubernetes manifests."""
+
+from __future__ import annotations
+
+import argparse
+
+from lbbench.errors import NotBuiltYet
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("args", nargs="*", help="not built yet")
+
+
+def run(args: argparse.Namespace) -> int:
+    raise NotBuiltYet("'lbbench k8s' is not built yet (issue 9: Kubernetes)")

@@ -1,0 +1,30 @@
+"""`lbbench serve pod|dnat|proxy`: run one component on its own, in the foreground."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+
+from lbbench.errors import UserError
+
+# component -> module exposing add_serve_arguments(parser) and serve_command(args) -> int
+COMPONENTS = {
+    "pod": ("lbbench.cluster.pod_cmd", "an aiohttp backend pod with a service-time model, slots and faults"),
+    "dnat": ("lbbench.frontends.dnat", "the userspace random-DNAT L4 forwarder (kube-proxy style)"),
+    "proxy": ("lbbench.frontends.proxy", "the queueing L7 reverse proxy (lbbench's Ingress)"),
+}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="component", metavar="COMPONENT", required=True)
+    for name, (module_name, help_text) in COMPONENTS.items():
+        sp = sub.add_parser(name, help=help_text, description=help_text)
+        importlib.import_module(module_name).add_serve_arguments(sp)
+
+
+def run(args: argparse.Namespace) -> int:
+    module_name = COMPONENTS[args.component][0]
+    try:
+        return int(importlib.import_module(module_name).serve_command(args))
+    except ValueError as e:
+        raise UserError(str(e)) from None

@@ -1,0 +1,119 @@
+"""A microsecond-precise timer for any asyncio loop, built on Linux timerfd.
+
+uvloop's timers have millisecond granularity (they wake up to 0.5 ms early or late), which
+would bias a 10 ms exponential service time by ~2% and blur the generator's send times.
+One timerfd per loop, armed at the earliest deadline (CLOCK_MONOTONIC, absolute, ns), fires
+everything that is due. Deadlines use `time.monotonic()`, the same clock in every process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import heapq
+import itertools
+import os
+import time
+from collections.abc import Callable
+
+_CLOCK_MONOTONIC = 1
+_TFD_NONBLOCK = 0o4000
+_TFD_CLOEXEC = 0o2000000
+_TFD_TIMER_ABSTIME = 1
+
+
+class _Timespec(ctypes.Structure):
+    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+
+
+class _Itimerspec(ctypes.Structure):
+    _fields_ = [("it_interval", _Timespec), ("it_value", _Timespec)]
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+class TimerHandle:
+    __slots__ = ("callback", "cancelled", "when")
+
+    def __init__(self, when: float, callback: Callable[[], None]) -> None:
+        self.when = when
+        self.callback = callback
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class PreciseTimer:
+    """call_at / sleep_until with ns-resolution deadlines on `time.monotonic()`."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self._loop = loop or asyncio.get_running_loop()
+        fd = _libc.timerfd_create(_CLOCK_MONOTONIC, _TFD_NONBLOCK | _TFD_CLOEXEC)
+        if fd < 0:
+            raise OSError(ctypes.get_errno(), "timerfd_create failed")
+        self._fd: int = fd
+        self._heap: list[tuple[float, int, TimerHandle]] = []
+        self._seq = itertools.count()
+        self._armed_at: float | None = None
+        # Wake-up latency (syscall + scheduler, ~0.1 ms on a VM) learned as an EWMA and
+        # armed ahead of time, so that callbacks run on the deadline on average.
+        self.lead_s = 0.0
+        self._loop.add_reader(self._fd, self._fire)
+
+    def call_at(self, when: float, callback: Callable[[], None]) -> TimerHandle:
+        handle = TimerHandle(when, callback)
+        heapq.heappush(self._heap, (when, next(self._seq), handle))
+        if self._armed_at is None or when < self._armed_at:
+            self._arm(when)
+        return handle
+
+    def sleep_until(self, when: float) -> asyncio.Future[None]:
+        fut: asyncio.Future[None] = self._loop.create_future()
+
+        def wake() -> None:
+            if not fut.done():
+                fut.set_result(None)
+
+        if when <= time.monotonic():
+            wake()
+        else:
+            self.call_at(when, wake)
+        return fut
+
+    def sleep(self, delay_s: float) -> asyncio.Future[None]:
+        return self.sleep_until(time.monotonic() + delay_s)
+
+    def close(self) -> None:
+        self._loop.remove_reader(self._fd)
+        os.close(self._fd)
+        self._heap.clear()
+
+    def _arm(self, when: float) -> None:
+        self._armed_at = when
+        ns = max(1, int((when - self.lead_s) * 1e9))  # 0 would disarm the timer
+        spec = _Itimerspec(_Timespec(0, 0), _Timespec(ns // 1_000_000_000, ns % 1_000_000_000))
+        if _libc.timerfd_settime(self._fd, _TFD_TIMER_ABSTIME, ctypes.byref(spec), None) != 0:
+            raise OSError(ctypes.get_errno(), "timerfd_settime failed")
+
+    def _fire(self) -> None:
+        try:
+            os.read(self._fd, 8)
+        except BlockingIOError:
+            pass
+        armed, self._armed_at = self._armed_at, None
+        now = time.monotonic()
+        if armed is not None:
+            late = now - armed
+            self.lead_s = min(max(self.lead_s + 0.05 * late, 0.0), 3e-4)
+        heap = self._heap
+        due = now + self.lead_s
+        while heap and heap[0][0] <= due:
+            handle = heapq.heappop(heap)[2]
+            if not handle.cancelled:
+                handle.callback()
+        while heap and heap[0][2].cancelled:
+            heapq.heappop(heap)
+        if heap:
+            self._arm(heap[0][0])
