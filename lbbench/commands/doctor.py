@@ -1,15 +1,71 @@
-"""`lbbench run CONFIG`: placeholder until the runner lands."""
+"""`lbbench doctor`: what can run here, and if not, why (and what to install)."""
 
 from __future__ import annotations
 
 import argparse
-
-from lbbench.errors import NotBuiltYet
+import shutil
+import subprocess
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("config")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _version(argv: list[str]) -> str:
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"error: {e}"
+    text = (out.stdout or out.stderr).strip().splitlines()
+    return text[0] if text else ""
+
+
+def checks() -> dict[str, dict[str, str | bool]]:
+    from lbbench.experiment import skip_reason
+    from lbbench.frontends.registry import FRONTENDS, KERNEL
+    from lbbench.netns import netns_unavailable_reason
+
+    result: dict[str, dict[str, str | bool]] = {}
+    try:
+        import uvloop
+
+        result["uvloop"] = {"ok": True, "detail": uvloop.__version__}
+    except ImportError as e:  # pragma: no cover
+        result["uvloop"] = {"ok": False, "detail": f"not importable: {e}"}
+    ns = netns_unavailable_reason()
+    result["unshare+nft"] = {"ok": ns is None, "detail": ns or "private user+net namespace with nft works"}
+    tools = {"haproxy": ["haproxy", "-v"], "nginx": ["nginx", "-v"], "httpd": ["apache2", "-v"], "wrk": ["wrk", "-v"]}
+    for name, argv in tools.items():
+        path = shutil.which(argv[0]) or shutil.which(argv[0], path="/usr/sbin:/usr/bin:/sbin")
+        result[name] = ({"ok": True, "detail": f"{path}: {_version([path, *argv[1:]])}"} if path else
+                        {"ok": False, "detail": f"{argv[0]} not found (apt-get install {_pkg(name)})"})
+    for fe in FRONTENDS:
+        why = None if fe in KERNEL and ns is None else skip_reason(fe)
+        if fe in KERNEL and ns is None and why is None:
+            why = None
+        result[f"frontend {fe}"] = {"ok": why is None, "detail": why or "available"}
+    return result
+
+
+def _pkg(name: str) -> str:
+    return {"httpd": "apache2", "wrk": "wrk"}.get(name, name)
 
 
 def run(args: argparse.Namespace) -> int:
-    raise NotBuiltYet("not yet")
+    import json
+
+    from rich.console import Console
+    from rich.table import Table
+
+    result = checks()
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    t = Table(title="lbbench doctor")
+    t.add_column("check")
+    t.add_column("ok")
+    t.add_column("detail")
+    for name, r in result.items():
+        t.add_row(name, "[green]yes[/]" if r["ok"] else "[red]no[/]", str(r["detail"]))
+    Console().print(t)
+    return 0

@@ -1,0 +1,112 @@
+"""Turn the phases' records into the results folder's files (written after every phase)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from lbbench.config import Config
+from lbbench.results import SCHEMA, buckets, frontend_summary, metadata, spread, write_json
+from lbbench.scenario import PhaseRecord
+
+PHASE_COLS = ("frontend", "rate_rps", "repeat")
+
+
+def _tag(df: pd.DataFrame, r: PhaseRecord) -> pd.DataFrame:
+    return df.assign(frontend=r.key.frontend, rate_rps=r.key.rate_rps, repeat=r.key.repeat)
+
+
+def phase_rows(r: PhaseRecord) -> pd.DataFrame | None:
+    return None if r.load is None else _tag(r.load.rows, r)
+
+
+def phase_events(r: PhaseRecord) -> pd.DataFrame:
+    df = pd.DataFrame([e.__dict__ for e in r.events], columns=["at_s", "kind", "target", "detail"])
+    return _tag(df, r)
+
+
+def write_results(out: Path, config: Config, records: list[PhaseRecord], skipped: dict[str, str],
+                  complete: bool, meta_extra: dict[str, Any]) -> dict[str, Any]:
+    if not (out / "config.toml").exists():
+        shutil.copyfile(config.path, out / "config.toml")
+    rows = [df for r in records if (df := phase_rows(r)) is not None]
+    all_rows = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
+    all_rows.to_parquet(out / "requests.parquet", index=False)
+    events = pd.concat([phase_events(r) for r in records], ignore_index=True) if records else pd.DataFrame(
+        columns=["at_s", "kind", "target", "detail", *PHASE_COLS])
+    events.to_csv(out / "events.csv", index=False, float_format="%.6f")
+    _timeseries(records, config.run.duration_s).to_parquet(out / "timeseries.parquet", index=False)
+    summary = {
+        "schema": SCHEMA,
+        "complete": complete,
+        "metadata": metadata(config.run.seed, meta_extra),
+        "config": {"name": config.name, "duration_s": config.run.duration_s, "frontends": list(config.run.frontends),
+                   "load": {"arrivals": config.load.arrivals, "connections": str(config.load.connections),
+                            "service": config.load.service, "via": config.load.via},
+                   "endpoint_sync_delay_s": config.run.endpoint_sync_delay_s,
+                   "restart_delay_s": config.run.restart_delay_s, "repeat": config.run.repeat},
+        "phases": [_phase_entry(r, config) for r in records],
+        "frontends": _by_frontend(records, config),
+        "skipped": skipped,
+    }
+    write_json(out / "summary.json", summary)
+    return summary
+
+
+def _phase_entry(r: PhaseRecord, config: Config) -> dict[str, Any]:
+    entry: dict[str, Any] = {"frontend": r.key.frontend, "rate_rps": r.key.rate_rps, "repeat": r.key.repeat,
+                             "target": r.target, "complete": r.complete, "error": r.error,
+                             "counters": r.counters}
+    if r.load is not None:
+        gen = dict(r.load.summary)
+        entry.update(frontend_summary(r.load.rows, phase_events(r), config.run.duration_s, r.cpu_s, gen))
+        entry["generator"] = gen
+    return entry
+
+
+def _by_frontend(records: list[PhaseRecord], config: Config) -> dict[str, Any]:
+    """Per front end, at the first rate: stats over the merged raw rows of all repeats, plus spread."""
+    out: dict[str, Any] = {}
+    first_rate = records[0].key.rate_rps if records else 0.0
+    names = list(dict.fromkeys(r.key.frontend for r in records))
+    for name in names:
+        mine = [r for r in records if r.key.frontend == name and r.key.rate_rps == first_rate and r.load]
+        if not mine:
+            continue
+        rows = pd.concat([r.load.rows for r in mine if r.load is not None], ignore_index=True)
+        events = pd.concat([phase_events(r) for r in mine], ignore_index=True)
+        cpu: dict[str, float] = {}
+        for r in mine:
+            for k, v in r.cpu_s.items():
+                cpu[k] = cpu.get(k, 0.0) + v / len(mine)
+        gen = dict(mine[0].load.summary) if mine[0].load is not None else {}
+        gen["generator_saturated"] = any(bool(r.load.summary.get("generator_saturated")) for r in mine if r.load)
+        entry = frontend_summary(rows, events, config.run.duration_s * len(mine), cpu, gen)
+        # failover must be judged per repeat (each has its own timeline)
+        per = [_phase_entry(r, config) for r in mine]
+        entry["failover"] = per[0]["failover"] if len(per) == 1 else [f for p in per for f in p["failover"]]
+        entry["achieved_rps"] = spread([p["achieved_rps"] for p in per])["mean"]
+        entry["repeats"] = len(mine)
+        if len(mine) > 1:
+            entry["spread"] = {"achieved_rps": spread([p["achieved_rps"] for p in per]),
+                               "p99_s": spread([p["latency_s"]["p99"] for p in per if p["latency_s"]["p99"]]),
+                               "lost": spread([float(sum(f["lost"] for f in p["failover"])) for p in per])}
+        entry["complete"] = all(r.complete for r in mine)
+        out[name] = entry
+    return out
+
+
+def _timeseries(records: list[PhaseRecord], duration_s: float) -> pd.DataFrame:
+    parts = []
+    for r in records:
+        if r.load is None:
+            continue
+        b = buckets(r.load.rows, duration_s)
+        if r.samples:
+            s = pd.DataFrame(r.samples).sort_values("t_s")
+            b = pd.merge_asof(b, s, on="t_s", direction="backward")
+        parts.append(_tag(b, r))
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()

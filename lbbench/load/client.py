@@ -1,0 +1,427 @@
+"""A raw HTTP/1.1 client on `asyncio.Protocol` for the load generator's hot path.
+
+One `HttpClient` per worker. `issue(intended)` starts a request at once and never blocks:
+in `close` mode every request opens its own TCP connection (with `Connection: close`); in
+`keepalive:K` mode the client owns K persistent connections and a request that finds them
+all busy waits in the client, first come first served (its latency still counts from the
+intended time). A broken or timed-out connection is dropped and a new one (new conn_id)
+is opened on demand.
+
+Every request ends exactly once, through `on_done(request)`, with `error` one of
+:data:`ERROR_KINDS` ("" when ok). `reset` covers a connection reset or closed by the peer
+before any response byte arrived (what curl calls "empty reply"); `truncated` is a
+connection that ended in the middle of a response. Timeouts count from the intended send
+time (the user waits from then on); the connect timeout counts from the connect attempt.
+
+Responses are parsed with httptools and their bodies discarded as they arrive, so nothing
+accumulates and reading never needs to be paused; writes are one small request at a time
+per connection, so there is no write backlog to apply back-pressure to either.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import errno
+import math
+import time
+from collections.abc import Callable
+
+import httptools
+
+from lbbench.load.spec import ConnectionMode
+from lbbench.netaddr import HostPort
+
+ERROR_KINDS = ("refused", "reset", "timeout", "connect_timeout", "truncated", "http_5xx", "http_4xx", "other")
+
+_WANTED = {b"x-pod": "pod", b"x-pod-ip": "pod_ip", b"x-queue-ms": "queue_ms", b"x-service-ms": "service_ms"}
+_LENGTH_HEADERS = (b"content-length", b"transfer-encoding")
+
+
+def build_request(path: str, host: str, close: bool) -> bytes:
+    lines = [f"GET {path} HTTP/1.1", f"Host: {host}", "User-Agent: lbbench-load", "Accept: */*"]
+    if close:
+        lines.append("Connection: close")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+class Request:
+    """One request's record; filled in as it goes, handed to `on_done` once."""
+
+    __slots__ = (
+        "conn", "conn_id", "done", "error", "finished", "intended", "issued", "new_conn", "pod", "pod_ip",
+        "queue_ms", "sent", "service_ms", "status", "tag", "timer",
+    )
+
+    def __init__(self, intended: float, issued: float, tag: int) -> None:
+        self.intended = intended
+        self.issued = issued  # when the generator took it up (lateness = issued - intended)
+        self.sent = math.nan  # when its bytes (or, in close mode, its SYN) left
+        self.done = math.nan
+        self.status = 0
+        self.error = ""
+        self.pod = ""
+        self.pod_ip = ""
+        self.queue_ms = math.nan
+        self.service_ms = math.nan
+        self.conn_id = -1
+        self.new_conn = False
+        self.tag = tag
+        self.finished = False
+        self.conn: _Conn | None = None
+        self.timer: asyncio.TimerHandle | None = None
+
+
+def classify_os_error(exc: BaseException | None, connecting: bool) -> str:
+    if isinstance(exc, ConnectionRefusedError):
+        return "refused"
+    if isinstance(exc, ConnectionResetError | BrokenPipeError | ConnectionAbortedError):
+        return "reset"
+    if isinstance(exc, TimeoutError) or (isinstance(exc, OSError) and exc.errno == errno.ETIMEDOUT):
+        return "connect_timeout" if connecting else "timeout"
+    return "other"
+
+
+class _Conn(asyncio.Protocol):
+    """One TCP connection carrying one request at a time."""
+
+    def __init__(self, client: HttpClient, conn_id: int) -> None:
+        self.client = client
+        self.conn_id = conn_id
+        self.transport: asyncio.Transport | None = None
+        self.req: Request | None = None
+        self.served = 0
+        self.closed = False
+        self.connect_task: asyncio.Task[None] | None = None
+        self.connect_timer: asyncio.TimerHandle | None = None
+        self.parser: httptools.HttpResponseParser | None = None
+        self.got_bytes = False
+        self.headers_done = False
+        self.length_known = False
+        self.complete = False
+        self.keep_alive = True
+
+    # -- sending ---------------------------------------------------------------------------
+    def send(self, req: Request) -> None:
+        assert self.transport is not None
+        self.req = req
+        req.conn = self
+        req.conn_id = self.conn_id
+        req.new_conn = self.served == 0
+        if math.isnan(req.sent):
+            req.sent = time.monotonic()
+        self.served += 1
+        self.parser = httptools.HttpResponseParser(self)
+        self.got_bytes = self.headers_done = self.length_known = self.complete = False
+        self.transport.write(self.client.request_bytes)
+
+    # -- httptools callbacks -------------------------------------------------------------------
+    def on_header(self, name: bytes, value: bytes) -> None:
+        req = self.req
+        if req is None:
+            return
+        key = _WANTED.get(name.lower())
+        if key is None:
+            if name.lower() in _LENGTH_HEADERS:
+                self.length_known = True
+            return
+        text = value.decode("latin-1")
+        if key == "pod":
+            req.pod = text
+        elif key == "pod_ip":
+            req.pod_ip = text
+        else:
+            with contextlib.suppress(ValueError):
+                setattr(req, key, float(text))
+
+    def on_headers_complete(self) -> None:
+        self.headers_done = True
+        if self.req is not None and self.parser is not None:
+            self.req.status = self.parser.get_status_code()
+            self.keep_alive = bool(self.parser.should_keep_alive())
+
+    def on_message_complete(self) -> None:
+        self.complete = True
+
+    # -- asyncio.Protocol ---------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        if self.req is None or self.parser is None:
+            self.abort()  # bytes nobody asked for: the connection is out of step
+            return
+        self.got_bytes = True
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            self.client.fail(self.req, "other")
+            self.abort()
+            return
+        if self.complete:
+            self.client.response_complete(self)
+
+    def eof_received(self) -> bool:
+        if self.req is not None and self.headers_done and not self.length_known and not self.complete:
+            # a body delimited by the end of the connection (HTTP/1.0 style): that end completes it
+            self.keep_alive = False
+            self.client.response_complete(self)
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.client.conn_lost(self, exc)
+
+    def abort(self) -> None:
+        self.closed = True
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.abort()
+
+
+class HttpClient:
+    """Issues requests to one target; see the module docstring for the connection modes."""
+
+    def __init__(
+        self,
+        target: HostPort,
+        request_bytes: bytes,
+        mode: ConnectionMode,
+        on_done: Callable[[Request], None],
+        *,
+        pool_size: int = 0,
+        connect_timeout_s: float = 1.0,
+        timeout_s: float = 10.0,
+        conn_id_base: int = 0,
+        conn_id_step: int = 1,
+    ) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.target = target
+        self.request_bytes = request_bytes
+        self.keepalive = mode.kind == "keepalive"
+        self.pool_size = pool_size if self.keepalive else 0
+        if self.keepalive and self.pool_size < 1:
+            raise ValueError("keepalive needs a pool of at least one connection")
+        self.on_done = on_done
+        self.connect_timeout_s = connect_timeout_s
+        self.timeout_s = timeout_s
+        self._conn_id_next = conn_id_base
+        self._conn_id_step = conn_id_step
+        self.outstanding = 0
+        self.conns: set[_Conn] = set()  # open or connecting
+        self.idle: collections.deque[_Conn] = collections.deque()
+        self.waiting: collections.deque[Request] = collections.deque()
+        self._idle_waiters: list[asyncio.Future[None]] = []
+
+    # -- public ------------------------------------------------------------------------------
+    def issue(self, intended: float, tag: int = -1) -> Request:
+        """Start one request now (never blocks); `on_done` gets it when it ends."""
+        now = time.monotonic()
+        req = Request(intended, now, tag)
+        self.outstanding += 1
+        req.timer = self.loop.call_later(max(0.0, intended + self.timeout_s - now), self._timed_out, req)
+        if self.keepalive:
+            self.waiting.append(req)
+            self._pump()
+        else:
+            self._open(req)
+        return req
+
+    async def wait_idle(self) -> None:
+        """Until no request is outstanding."""
+        if self.outstanding:
+            fut = self.loop.create_future()
+            self._idle_waiters.append(fut)
+            await fut
+
+    def abort_all(self) -> int:
+        """Drop every outstanding request without reporting it; close all connections."""
+        dropped = 0
+        for conn in list(self.conns):
+            req = conn.req
+            if req is not None and not req.finished:
+                self._end(req)
+                dropped += 1
+            self._kill(conn)
+        for req in self.waiting:
+            if not req.finished:
+                self._end(req)
+                dropped += 1
+        self.waiting.clear()
+        self._check_idle()
+        return dropped
+
+    def close(self) -> None:
+        self.abort_all()
+
+    # -- connections ---------------------------------------------------------------------------
+    def _open(self, req: Request | None) -> _Conn:
+        conn = _Conn(self, self._conn_id_next)
+        self._conn_id_next += self._conn_id_step
+        conn.req = req
+        if req is not None:
+            req.conn = conn
+            if math.isnan(req.sent):
+                req.sent = time.monotonic()  # the SYN is this request's first byte out
+        self.conns.add(conn)
+        conn.connect_task = self.loop.create_task(self._connect(conn))
+        conn.connect_timer = self.loop.call_later(self.connect_timeout_s, self._connect_timed_out, conn)
+        return conn
+
+    async def _connect(self, conn: _Conn) -> None:
+        try:
+            await self.loop.create_connection(lambda: conn, self.target.host, self.target.port)
+        except asyncio.CancelledError:
+            conn.abort()  # a timeout or abort_all already settled it; a transport made just now must go too
+            return
+        except OSError as e:
+            self._connect_failed(conn, classify_os_error(e, connecting=True))
+            return
+        finally:
+            conn.connect_task = None
+            if conn.connect_timer is not None:
+                conn.connect_timer.cancel()
+                conn.connect_timer = None
+        self._connected(conn)
+
+    def _connected(self, conn: _Conn) -> None:
+        req, conn.req = conn.req, None
+        if conn.closed or conn not in self.conns:
+            self._kill(conn)
+            return
+        if req is not None and not req.finished:
+            conn.send(req)
+        elif self.keepalive:
+            self._release(conn)
+        else:
+            self._kill(conn)
+
+    def _connect_timed_out(self, conn: _Conn) -> None:
+        conn.connect_timer = None
+        if conn.connect_task is not None:
+            conn.connect_task.cancel()
+            conn.connect_task = None
+        self._connect_failed(conn, "connect_timeout")
+
+    def _connect_failed(self, conn: _Conn, error: str) -> None:
+        self.conns.discard(conn)
+        conn.closed = True
+        req, conn.req = conn.req, None
+        if req is not None and not req.finished:
+            self.fail(req, error)
+        self._pump()
+
+    def _kill(self, conn: _Conn) -> None:
+        """Close a connection for good (no report: its request, if any, is settled)."""
+        self.conns.discard(conn)
+        with contextlib.suppress(ValueError):
+            self.idle.remove(conn)
+        if conn.connect_task is not None:
+            conn.connect_task.cancel()
+            conn.connect_task = None
+        if conn.connect_timer is not None:
+            conn.connect_timer.cancel()
+            conn.connect_timer = None
+        conn.req = None
+        conn.abort()
+
+    def _release(self, conn: _Conn) -> None:
+        """A keep-alive connection is free again: serve the next waiting request, or go idle."""
+        while self.waiting:
+            req = self.waiting.popleft()
+            if not req.finished:
+                req.sent = time.monotonic()
+                conn.send(req)
+                return
+        self.idle.append(conn)
+
+    def _pump(self) -> None:
+        """Hand waiting requests to idle connections (FIFO, which spreads them over the pool) or new ones."""
+        waiting = self.waiting
+        while waiting:
+            if waiting[0].finished:
+                waiting.popleft()
+            elif self.idle:
+                self._release(self.idle.popleft())
+            elif len(self.conns) < self.pool_size:
+                self._open(waiting.popleft())
+            else:
+                return
+
+    # -- responses and failures -------------------------------------------------------------------
+    def response_complete(self, conn: _Conn) -> None:
+        req, conn.req = conn.req, None
+        if req is None:
+            return
+        status = req.status
+        error = "http_5xx" if status >= 500 else "http_4xx" if status >= 400 else ""
+        reuse = self.keepalive and conn.keep_alive and not conn.closed
+        self._finish(req, error)
+        if reuse:
+            self._release(conn)
+        else:
+            self._kill_gracefully(conn)
+            self._pump()
+
+    def _kill_gracefully(self, conn: _Conn) -> None:
+        self.conns.discard(conn)
+        with contextlib.suppress(ValueError):
+            self.idle.remove(conn)
+        conn.closed = True
+        if conn.transport is not None:
+            conn.transport.close()
+
+    def conn_lost(self, conn: _Conn, exc: Exception | None) -> None:
+        req, conn.req = conn.req, None
+        was_ours = conn in self.conns
+        self.conns.discard(conn)
+        with contextlib.suppress(ValueError):
+            self.idle.remove(conn)
+        if req is not None and not req.finished:
+            if conn.got_bytes:
+                self.fail(req, "truncated")
+            else:
+                self.fail(req, "reset" if exc is None else classify_os_error(exc, connecting=False))
+        if was_ours:
+            self._pump()
+
+    def _timed_out(self, req: Request) -> None:
+        req.timer = None
+        if req.finished:
+            return
+        conn = req.conn
+        connecting = conn is not None and conn.transport is None
+        self.fail(req, "timeout")
+        if conn is not None and conn.req is req:
+            conn.req = None
+            if not (connecting and self.keepalive):  # a pool connection still coming up stays useful
+                self._kill(conn)
+            self._pump()
+
+    def fail(self, req: Request, error: str) -> None:
+        self._finish(req, error)
+
+    def _finish(self, req: Request, error: str) -> None:
+        if req.finished:
+            return
+        req.error = error
+        req.done = time.monotonic()
+        self._end(req)
+        self.on_done(req)
+        self._check_idle()
+
+    def _end(self, req: Request) -> None:
+        req.finished = True
+        req.conn = None
+        self.outstanding -= 1
+        if req.timer is not None:
+            req.timer.cancel()
+            req.timer = None
+
+    def _check_idle(self) -> None:
+        if self.outstanding == 0 and self._idle_waiters:
+            waiters, self._idle_waiters = self._idle_waiters, []
+            for fut in waiters:
+                if not fut.done():
+                    fut.set_result(None)

@@ -1,0 +1,283 @@
+"""One load-generator worker process: `python -m lbbench.load.worker`, started by the parent.
+
+Protocol. stdin (JSON lines, :mod:`lbbench.control`; EOF = parent gone = exit at once):
+``{"config": {"spec": {...}, "worker": i, "workers": W}}``, then ``{"go": start_at}``, and
+perhaps ``{"stop": true}``. stdout is a frame pipe (:mod:`lbbench.load.wire`): one
+``ready``, ``progress`` every 250 ms, one ``result`` at the end.
+
+Open loop: worker i sends requests i, i+W, i+2W, ... of the one seeded schedule, each at
+its intended time (timerfd-precise) whatever happened to earlier ones. Closed loop: worker i
+runs users i, i+W, ...; each sends, waits for the answer, thinks, and sends again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import math
+import os
+import resource
+import signal
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+from lbbench.control import attach_stdin_control
+from lbbench.load.client import HttpClient, Request, build_request
+from lbbench.load.recorder import Recorder
+from lbbench.load.schedule import build_schedule, worker_share
+from lbbench.load.spec import LoadSpec
+from lbbench.load.wire import Message, PipeWriter
+from lbbench.timer import PreciseTimer
+
+PROGRESS_EVERY_S = 0.25
+STOP_GRACE_S = 1.0  # after request_stop(), in-flight requests get this long
+
+
+def cpu_seconds() -> float:
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
+def closed_loop_offsets(spec: LoadSpec) -> np.ndarray[Any, np.dtype[np.float64]]:
+    """Start offsets of the closed-loop users: spread over max(think time, 10 ms), seeded."""
+    rng = np.random.default_rng(spec.seed)
+    return np.sort(rng.uniform(0.0, max(spec.think_time_s, 0.01), spec.closed_loop_users))
+
+
+class Dispatcher:
+    """Open loop: issues each request at its intended time, never waiting for earlier ones."""
+
+    def __init__(self, timer: PreciseTimer, times: list[float], client: HttpClient, recorder: Recorder) -> None:
+        self.timer = timer
+        self.times = times
+        self.client = client
+        self.recorder = recorder
+        self.next = 0
+        self.stopped = False
+        self.finished: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def start(self) -> None:
+        self._arm()
+
+    def stop(self) -> None:
+        self.stopped = True
+        self._settle()
+
+    def _arm(self) -> None:
+        if self.next < len(self.times):
+            self.timer.call_at(self.times[self.next], self._fire)
+        else:
+            self._settle()
+
+    def _fire(self) -> None:
+        if self.stopped:
+            return
+        times, i, n = self.times, self.next, len(self.times)
+        issue, on_issue, lead = self.client.issue, self.recorder.on_issue, self.timer.lead_s
+        # the timer wakes up to `lead` early so that, on average, sends leave on time
+        while i < n and times[i] <= time.monotonic() + lead:
+            on_issue(issue(times[i]))
+            i += 1
+        self.next = i
+        self._arm()
+
+    def _settle(self) -> None:
+        if not self.finished.done():
+            self.finished.set_result(None)
+
+
+class Users:
+    """Closed loop: each user sends, waits for the answer, thinks `think_s`, and sends again."""
+
+    def __init__(self, timer: PreciseTimer, starts: list[float], end: float, think_s: float,
+                 client: HttpClient, recorder: Recorder) -> None:
+        self.timer = timer
+        self.starts = starts
+        self.end = end
+        self.think_s = think_s
+        self.client = client
+        self.recorder = recorder
+        self.stopped = False
+
+    def start(self) -> None:
+        for user, at in enumerate(self.starts):
+            self._schedule(user, at)
+
+    def stop(self) -> None:
+        self.stopped = True
+
+    def on_done(self, req: Request) -> None:
+        self._schedule(req.tag, req.done + self.think_s)
+
+    def _schedule(self, user: int, at: float) -> None:
+        if not self.stopped and at < self.end:
+            self.timer.call_at(at, functools.partial(self._send, user, at))
+
+    def _send(self, user: int, at: float) -> None:
+        if not self.stopped:
+            self.recorder.on_issue(self.client.issue(at, user))
+
+
+class Worker:
+    def __init__(self, config: dict[str, Any], out: PipeWriter) -> None:
+        self.spec = LoadSpec.from_dict(config["spec"])
+        self.index = int(config["worker"])
+        self.count = int(config["workers"])
+        self.out = out
+        self.loop = asyncio.get_running_loop()
+        self.stop_requested = asyncio.Event()
+        self.recorder: Recorder | None = None
+        self.users: Users | None = None
+        self._report_handle: asyncio.TimerHandle | None = None
+
+    def _share(self) -> np.ndarray[Any, np.dtype[np.float64]]:
+        spec = self.spec
+        if spec.closed_loop:
+            return worker_share(closed_loop_offsets(spec), self.index, self.count)
+        return worker_share(build_schedule(spec), self.index, self.count)
+
+    def _on_done(self, req: Request) -> None:
+        assert self.recorder is not None
+        self.recorder.on_done(req)
+        if self.users is not None:
+            self.users.on_done(req)
+
+    def _client(self) -> HttpClient:
+        spec, mode = self.spec, self.spec.connections
+        pool = 0
+        if mode.kind == "keepalive":  # K connections in total, split across the workers
+            pool = mode.pool // self.count + (1 if self.index < mode.pool % self.count else 0)
+        return HttpClient(
+            spec.target, build_request(spec.path, spec.host, close=mode.kind == "close"), mode, self._on_done,
+            pool_size=pool, connect_timeout_s=spec.connect_timeout_s, timeout_s=spec.timeout_s,
+            conn_id_base=self.index, conn_id_step=self.count,
+        )
+
+    async def run(self, inbox: asyncio.Queue[Message]) -> None:
+        share = self._share()
+        self.out.send({"type": "ready", "worker": self.index, "share": len(share), "pid": os.getpid()})
+        msg = await inbox.get()
+        if "go" not in msg:
+            self.out.finish({"type": "result", "worker": self.index, "stopped": True, "never_started": True})
+            return
+        start_at = float(msg["go"])
+        watcher = self.loop.create_task(self._watch(inbox))
+        try:
+            await self._run(share, start_at)
+        finally:
+            watcher.cancel()
+
+    async def _watch(self, inbox: asyncio.Queue[Message]) -> None:
+        while True:
+            if (await inbox.get()).get("stop"):
+                self.stop_requested.set()
+
+    async def _run(self, share: np.ndarray[Any, np.dtype[np.float64]], start_at: float) -> None:
+        spec = self.spec
+        timer = PreciseTimer(self.loop)
+        recorder = self.recorder = Recorder(start_at, spec.record_rows)
+        client = self._client()
+        starts = (share + start_at).tolist()
+        driver: Dispatcher | Users
+        if spec.closed_loop:
+            driver = self.users = Users(timer, starts, start_at + spec.duration_s, spec.think_time_s, client, recorder)
+        else:
+            driver = Dispatcher(timer, starts, client, recorder)
+        self._report_handle = self.loop.call_later(PROGRESS_EVERY_S, self._report, recorder)
+        try:
+            await self._drive(timer, driver, client, recorder, start_at)
+        finally:
+            if self._report_handle is not None:
+                self._report_handle.cancel()
+            client.close()
+            timer.close()
+            await asyncio.sleep(0)  # let aborted transports run connection_lost
+
+    async def _drive(self, timer: PreciseTimer, driver: Dispatcher | Users, client: HttpClient,
+                     recorder: Recorder, start_at: float) -> None:
+        spec = self.spec
+        await timer.sleep_until(start_at)
+        cpu0, t0 = cpu_seconds(), time.monotonic()
+        driver.start()
+        if isinstance(driver, Dispatcher):
+            sending: asyncio.Future[Any] = driver.finished
+        else:
+            sending = timer.sleep_until(start_at + spec.duration_s)
+        stopped = await self._until_stop(sending)
+        driver.stop()
+        cpu1, t1 = cpu_seconds(), time.monotonic()
+        drained = self.loop.create_task(client.wait_idle())
+        if not stopped:
+            stopped = await self._until_stop(drained)
+        if stopped:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(drained), STOP_GRACE_S)
+        aborted = client.abort_all()
+        drained.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await drained
+        cpu2, t2 = cpu_seconds(), time.monotonic()
+        self.out.finish(self._result(recorder, start_at, stopped, aborted, (cpu0, cpu1, cpu2), (t0, t1, t2)))
+
+    async def _until_stop(self, fut: asyncio.Future[Any]) -> bool:
+        """Wait for `fut`; True if a stop request came first."""
+        stop = self.loop.create_task(self.stop_requested.wait())
+        try:
+            await asyncio.wait({fut, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+        return self.stop_requested.is_set() and not fut.done()
+
+    def _report(self, recorder: Recorder) -> None:
+        latency, lateness = recorder.take_interval()
+        msg = {"type": "progress", "worker": self.index, "t": time.monotonic(), "cpu_s": cpu_seconds(),
+               **recorder.counters(), "latency": latency.to_dict(), "lateness": lateness.to_dict()}
+        self.out.send(msg, droppable=True)
+        self._report_handle = self.loop.call_later(PROGRESS_EVERY_S, self._report, recorder)
+
+    def _result(self, rec: Recorder, start_at: float, stopped: bool, aborted: int,
+                cpu: tuple[float, float, float], wall: tuple[float, float, float]) -> Message:
+        send_wall = wall[1] - wall[0]
+        return {
+            "type": "result", "worker": self.index, "stopped": stopped, "aborted": aborted,
+            **rec.counters(), "statuses": dict(rec.statuses),
+            "latency": rec.latency.to_dict(), "lateness": rec.lateness.to_dict(),
+            "pool_wait": rec.pool_wait.to_dict(),
+            "first_issue_s": rec.first_issue - start_at, "last_issue_s": rec.last_issue - start_at,
+            "send_end_s": wall[1] - start_at,
+            "cpu_s": cpu[2] - cpu[0], "send_cpu_s": cpu[1] - cpu[0],
+            "send_cpu_fraction": (cpu[1] - cpu[0]) / send_wall if send_wall > 0 else math.nan,
+            "columns": rec.columns() if rec.record_rows else None,
+        }
+
+
+async def _main(data_fd: int) -> None:
+    loop = asyncio.get_running_loop()
+    inbox: asyncio.Queue[Message] = asyncio.Queue()
+    if not attach_stdin_control(loop, inbox.put_nowait):
+        raise SystemExit("lbbench.load.worker is started by lbbench's load generator, not by hand")
+    out = PipeWriter(loop, data_fd)
+    first = await inbox.get()
+    worker = Worker(first["config"], out)
+    await worker.run(inbox)
+
+
+def main() -> None:
+    from lbbench.procs import die_with_parent
+
+    die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and sends "stop"
+    data_fd = os.dup(1)
+    os.dup2(2, 1)  # a stray print goes to stderr, never into the frame pipe
+    sys.stdout = sys.stderr
+    import uvloop
+
+    uvloop.run(_main(data_fd))
+
+
+if __name__ == "__main__":
+    main()

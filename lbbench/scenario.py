@@ -1,0 +1,238 @@
+"""One phase of an experiment: a fresh cluster, one front end, the seeded load, the timeline.
+
+Phase steps: start the front end and the cluster, wait until every pod is ready and the
+front end has the synced Endpoints, warm up, then start the load at t=0 and fire the
+`[[events]]` at their offsets; sample the front end's counters every 100 ms; stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import psutil
+
+from lbbench.cluster.controller import Controller
+from lbbench.cluster.events import EventLog, LoggedEvent
+from lbbench.cluster.services import offered_capacity_rps, service_specs
+from lbbench.config import Config, Event, parse_template
+from lbbench.config_reader import Table
+from lbbench.frontends.base import Frontend, FrontendPlan
+from lbbench.load.generator import LoadGenerator, LoadResult
+from lbbench.load.spec import LoadSpec
+from lbbench.procs import Supervisor
+from lbbench.timer import PreciseTimer
+
+SAMPLE_PERIOD_S = 0.1
+
+
+@dataclass(frozen=True)
+class PhaseKey:
+    frontend: str
+    rate_rps: float
+    repeat: int
+
+    @property
+    def label(self) -> str:
+        return f"{self.frontend} @ {self.rate_rps:g} rps #{self.repeat}"
+
+
+@dataclass
+class PhaseRecord:
+    """Everything one phase measured: plain data for results.py."""
+
+    key: PhaseKey
+    target: str = ""
+    load: LoadResult | None = None
+    events: list[LoggedEvent] = field(default_factory=list)
+    samples: list[dict[str, float]] = field(default_factory=list)
+    cpu_s: dict[str, float] = field(default_factory=dict)
+    counters: dict[str, float] = field(default_factory=dict)
+    artifacts: Path | None = None
+    complete: bool = False
+    error: str | None = None
+
+
+class CpuMeter:
+    """Last-seen CPU seconds per process, so killed pods still count up to their last sample."""
+
+    def __init__(self) -> None:
+        self.last: dict[tuple[str, int], float] = {}
+
+    def sample(self, role: str, pids: list[int], children: bool = False) -> None:
+        for pid in pids:
+            with contextlib.suppress(psutil.Error):
+                proc = psutil.Process(pid)
+                procs = [proc, *(proc.children(recursive=True) if children else [])]
+                total = 0.0
+                for p in procs:
+                    with contextlib.suppress(psutil.Error):
+                        t = p.cpu_times()
+                        total += t.user + t.system
+                self.last[(role, pid)] = total
+
+    def totals(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for (role, _), v in self.last.items():
+            out[role] = out.get(role, 0.0) + v
+        return out
+
+
+def load_spec(config: Config, fe: Frontend, rate_rps: float, seed: int) -> tuple[LoadSpec, str]:
+    lc = config.load
+    ep = fe.entrypoint(lc.service, lc.via)
+    spec = LoadSpec(
+        target=ep.addr, path=lc.path, host_header=ep.host_header, rate_rps=rate_rps,
+        duration_s=config.run.duration_s, arrivals=lc.arrivals, steps=lc.steps, connections=lc.connections,
+        workers=lc.workers, closed_loop_users=lc.closed_loop_users, think_time_s=lc.think_time_s,
+        connect_timeout_s=lc.connect_timeout_s, timeout_s=lc.timeout_s, seed=seed, record_rows=lc.record_rows,
+    )
+    return spec, f"{ep.addr}" + (f" (Host: {ep.host_header})" if ep.host_header else "")
+
+
+def phase_rates(config: Config) -> tuple[float, ...]:
+    if config.load.rates_rps:
+        return config.load.rates_rps
+    capacity = offered_capacity_rps(config, config.load.service)
+    return tuple(round(u * capacity, 3) for u in config.load.utilisations)
+
+
+async def apply_event(config: Config, controller: Controller, ev: Event, index: int) -> None:
+    """Fire one timeline event against the live cluster."""
+    kind, _, name = ev.target.partition("/")
+    controller.log.log("event", ev.target, ev.action)
+    if ev.action == "scale":
+        await controller.scale(ev.target, ev.replicas or 0)
+        return
+    if ev.action == "node_down":
+        await controller.node_down(int(name.rsplit("-", 1)[1]))
+        return
+    if ev.action == "rolling_update":
+        table = Table(config.path, f"events[{index}].template", dict(ev.template))
+        template = parse_template(table, base=controller.templates[ev.target])
+        await controller.rolling_update(ev.target, template)
+        return
+    for pod in controller.resolve(ev.target, ev.index):
+        if ev.action == "kill_pod":
+            await controller.kill_pod(pod)
+        elif ev.action == "delete_pod":
+            await controller.delete_pod(pod)
+        elif ev.action == "slow_pod":
+            controller.set_faults(pod, slow_factor=ev.slow_factor)
+        elif ev.action == "fail_pod":
+            controller.set_faults(pod, error_rate=ev.error_rate)
+        elif ev.action == "unready_pod":
+            controller.set_faults(pod, ready=False)
+        elif ev.action == "recover_pod":
+            controller.set_faults(pod, ready=True, error_rate=0.0, slow_factor=1.0)
+
+
+class Phase:
+    def __init__(self, config: Config, key: PhaseKey, fe_class: type[Frontend], artifacts: Path,
+                 in_netns: bool, on_progress: Any = None) -> None:
+        self.config = config
+        self.key = key
+        self.fe_class = fe_class
+        self.artifacts = artifacts
+        self.in_netns = in_netns
+        self.on_progress = on_progress
+        self.record = PhaseRecord(key, artifacts=artifacts)
+        self.generator: LoadGenerator | None = None
+        self.controller: Controller | None = None
+        self._stopping = False
+
+    def request_stop(self) -> None:
+        self._stopping = True
+        if self.generator is not None:
+            self.generator.request_stop()
+
+    async def run(self) -> PhaseRecord:
+        sup = Supervisor()
+        log = EventLog()
+        seed = self.config.run.seed
+        cpu = CpuMeter()
+        fe: Frontend | None = None
+        tasks: list[asyncio.Task[None]] = []
+        try:
+            plan = self._plan(seed)
+            fe = self.fe_class(plan, sup)
+            controller = self.controller = Controller(self.config, sup, log, seed)
+            await fe.start()
+            controller.subscribers.append(fe.update_endpoints)
+            await controller.start()
+            await controller.wait_synced()
+            spec, self.record.target = load_spec(self.config, fe, self.key.rate_rps, seed)
+            gen = self.generator = LoadGenerator(spec)
+            t0 = time.monotonic() + self.config.run.warmup_s + 0.5
+            await gen.start(t0)
+            log.rebase(t0)
+            log.log("load_started", self.record.target, f"rate={self.key.rate_rps:g}")
+            tasks.append(asyncio.create_task(self._timeline(controller, t0)))
+            tasks.append(asyncio.create_task(self._sample(fe, controller, cpu, t0)))
+            if self._stopping:
+                gen.request_stop()
+            self.record.load = await gen.result()
+            log.log("load_finished", self.record.target)
+            self.record.complete = self.record.load.complete and not self._stopping
+            self.record.counters = await fe.counters()
+        except Exception as e:  # a phase failing must not lose the other phases
+            self.record.error = f"{type(e).__name__}: {e}"
+            log.log("phase_error", self.key.frontend, self.record.error)
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            self.record.cpu_s = cpu.totals()
+            if self.record.load is not None:
+                self.record.cpu_s["generator"] = sum(self.record.load.worker_cpu_s)
+            if self.controller is not None:
+                await self.controller.stop()
+            if fe is not None:
+                with contextlib.suppress(Exception):
+                    await fe.stop()
+            await sup.aclose()
+            self.record.events = list(log.events)
+        return self.record
+
+    def _plan(self, seed: int) -> FrontendPlan:
+        c = self.config
+        rules = tuple(r for ing in c.ingresses for r in ing.rules)
+        self.artifacts.mkdir(parents=True, exist_ok=True)
+        return FrontendPlan(
+            services=service_specs(c), ingress_ip=c.cluster.ingress_ip, ingress_port=c.cluster.ingress_port,
+            ingress_rules=rules, proxy=c.proxy, seed=seed, artifacts_dir=self.artifacts, in_netns=self.in_netns,
+        )
+
+    async def _timeline(self, controller: Controller, t0: float) -> None:
+        timer = PreciseTimer()
+        try:
+            for i, ev in sorted(enumerate(self.config.events), key=lambda p: p[1].at_s):
+                await timer.sleep_until(t0 + ev.at_s)
+                asyncio.create_task(apply_event(self.config, controller, ev, i))  # noqa: RUF006
+        finally:
+            timer.close()
+
+    async def _sample(self, fe: Frontend, controller: Controller, cpu: CpuMeter, t0: float) -> None:
+        next_at = time.monotonic()
+        while True:
+            counters = await fe.counters()
+            key = self.config.load.service
+            sample: dict[str, float] = {
+                "t_s": time.monotonic() - t0,
+                "ready_endpoints": float(len(controller.endpoints.get(key, ()))),
+                "synced_endpoints": float(len(controller.synced.get(key, ()))),
+                "queue_len": float(counters.get("queue_len", 0.0)),
+                "in_flight": float(counters.get("in_flight_total", 0.0)),
+            }
+            self.record.samples.append(sample)
+            cpu.sample("frontend", fe.pids(), children=True)
+            cpu.sample("pods", controller.pod_pids())
+            if self.on_progress is not None and self.generator is not None:
+                self.on_progress(self, sample)
+            next_at += SAMPLE_PERIOD_S
+            await asyncio.sleep(max(0.0, next_at - time.monotonic()))

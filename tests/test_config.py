@@ -1,0 +1,96 @@
+"""Bad input: every case exits 2 with the file, the key path and the expectation; no traceback."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from lbbench.config import load_config
+from lbbench.procs import lbbench_argv
+
+GOOD = """
+[cluster]
+nodes = 2
+[[deployments]]
+name = "web"
+replicas = 2
+[deployments.template]
+service = "exp:10ms"
+[[services]]
+name = "web"
+selector = { app = "web" }
+port = 8080
+[load]
+service = "web"
+rate = 50
+[run]
+duration = "2s"
+frontends = ["userspace-dnat"]
+"""
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(lbbench_argv(*args), capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "key_path", "expectation"),
+    [
+        ("replicas = 2", "replicass = 2", "deployments[0].replicass", "unknown key"),
+        ("replicas = 2", 'replicas = "two"', "deployments[0].replicas", "expected an integer"),
+        ("replicas = 2", "replicas = -1", "deployments[0].replicas", "must be >= 0"),
+        ('selector = { app = "web" }', 'selector = { app = "nope" }', "services[0].selector", "matches no"),
+        ("nodes = 2", 'nodes = 2\ningress_ip = "10.1.2.3"', "cluster.ingress_ip", "127.0.0.0/8"),
+        ("nodes = 2", 'nodes = 2\nservice_cidr = "192.168.0.0/16"', "cluster.service_cidr", "127.0.0.0/8"),
+        ("port = 8080", "port = 8080\ntype = \"NodePort\"\nnodePort = 80", "services[0].nodePort", ">= 30000"),
+        ('service = "exp:10ms"', 'service = "zipf:3"', "deployments[0].template.service", "exp:"),
+        ('frontends = ["userspace-dnat"]', 'frontends = ["ipvs"]', "run.frontends[0]", "unknown front end"),
+        ('duration = "2s"', 'duration = "soon"', "run.duration", "expected a duration"),
+        ("rate = 50", "rate = 50\nconnections = \"pooled\"", "load.connections", "keepalive:K"),
+        ("[run]", "[[events]]\nat = \"1s\"\naction = \"kill_pod\"\ntarget = \"deployment/api\"\n[run]",
+         "events[0].target", "no deployment named 'api'"),
+    ],
+)
+def test_bad_config_exits_2_with_key_path(tmp_path: Path, old: str, new: str, key_path: str,
+                                          expectation: str) -> None:
+    assert old in GOOD
+    path = tmp_path / "bad.toml"
+    path.write_text(GOOD.replace(old, new, 1))
+    proc = run_cli("run", str(path), "--quiet")
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert str(path) in proc.stderr
+    assert key_path in proc.stderr
+    assert expectation in proc.stderr
+
+
+def test_missing_file_and_invalid_toml(tmp_path: Path) -> None:
+    missing = run_cli("run", str(tmp_path / "nope.toml"))
+    assert missing.returncode == 2 and "no such file" in missing.stderr and "Traceback" not in missing.stderr
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[cluster\nnodes = 2\n")
+    proc = run_cli("run", str(broken))
+    assert proc.returncode == 2 and "invalid TOML" in proc.stderr and str(broken) in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_defaults_filled_in(tmp_path: Path) -> None:
+    path = tmp_path / "good.toml"
+    path.write_text(GOOD)
+    c = load_config(path)
+    assert c.workloads[0].template.slots == 1
+    assert c.services[0].target_port == 8080
+    assert c.run.endpoint_sync_delay_s == 1.0
+    assert c.load.rates_rps == (50.0,)
+
+
+@pytest.mark.parametrize("config", sorted(Path("configs").glob("*.toml")), ids=lambda p: p.name)
+def test_shipped_configs_are_valid(config: Path) -> None:
+    load_config(config)
+
+
+def test_bad_cli_overrides() -> None:
+    proc = run_cli("run", "configs/quickstart.toml", "--frontends", "ipvs")
+    assert proc.returncode == 2 and "--frontends" in proc.stderr and "Traceback" not in proc.stderr
