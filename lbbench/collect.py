@@ -61,7 +61,7 @@ def _phase_entry(r: PhaseRecord, config: Config) -> dict[str, Any]:
                              "target": r.target, "complete": r.complete, "error": r.error,
                              "counters": r.counters}
     if r.load is not None:
-        gen = dict(r.load.summary)
+        gen = r.load.summary.to_dict()
         entry.update(frontend_summary(r.load.rows, phase_events(r), config.run.duration_s, r.cpu_s, gen))
         entry["generator"] = gen
     return entry
@@ -82,8 +82,8 @@ def _by_frontend(records: list[PhaseRecord], config: Config) -> dict[str, Any]:
         for r in mine:
             for k, v in r.cpu_s.items():
                 cpu[k] = cpu.get(k, 0.0) + v / len(mine)
-        gen = dict(mine[0].load.summary) if mine[0].load is not None else {}
-        gen["generator_saturated"] = any(bool(r.load.summary.get("generator_saturated")) for r in mine if r.load)
+        gen = mine[0].load.summary.to_dict() if mine[0].load is not None else {}
+        gen["generator_saturated"] = any(r.load.summary.generator_saturated for r in mine if r.load)
         entry = frontend_summary(rows, events, config.run.duration_s * len(mine), cpu, gen)
         # failover must be judged per repeat (each has its own timeline)
         per = [_phase_entry(r, config) for r in mine]

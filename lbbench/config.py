@@ -207,7 +207,7 @@ def parse_config(file: str, raw: dict[str, object]) -> Config:
 
 
 def _name(t: Table, key: str = "name", default: object = None) -> str:
-    value: str = t.str(key) if default is None else t.str(key, default)
+    value: str = t.text(key) if default is None else t.text(key, default)
     if not value or len(value) > 63 or not all(c.isalnum() or c == "-" for c in value) or \
             not value[0].isalnum() or value != value.lower():
         raise t.fail(key, f"expected a DNS-1123 label (lowercase letters, digits, '-'), got {value!r}")
@@ -215,7 +215,7 @@ def _name(t: Table, key: str = "name", default: object = None) -> str:
 
 
 def _loopback_net(t: Table, key: str, default: str) -> str:
-    text = t.str(key, default)
+    text: str = t.text(key, default)
     try:
         net = ipaddress.IPv4Network(text)
     except ValueError:
@@ -226,23 +226,23 @@ def _loopback_net(t: Table, key: str, default: str) -> str:
 
 
 def _loopback_ip(t: Table, key: str, default: object) -> str:
-    value = t.str(key, default)
+    value: str | None = t.text(key, default)
     if value is not None and not is_loopback(value):
         raise t.fail(key, f"must be an address in 127.0.0.0/8 (lbbench is loopback only), got {value!r}")
-    return str(value) if value is not None else value  # type: ignore[return-value]
+    return value  # type: ignore[return-value]
 
 
 def _cluster(t: Table) -> ClusterConfig:
     d = ClusterConfig()
     c = ClusterConfig(
         name=_name(t, "name", d.name),
-        nodes=t.int("nodes", d.nodes, 1, 16),
+        nodes=t.integer("nodes", d.nodes, 1, 16),
         namespaces=t.str_list("namespaces", list(d.namespaces)),
-        node_ip_base=t.int("node_ip_base", d.node_ip_base, 1, 80),
+        node_ip_base=t.integer("node_ip_base", d.node_ip_base, 1, 80),
         service_cidr=_loopback_net(t, "service_cidr", d.service_cidr),
         lb_cidr=_loopback_net(t, "lb_cidr", d.lb_cidr),
         ingress_ip=_loopback_ip(t, "ingress_ip", d.ingress_ip),
-        ingress_port=t.int("ingress_port", d.ingress_port, 1, 65535),
+        ingress_port=t.integer("ingress_port", d.ingress_port, 1, 65535),
         dns=t.parsed("dns", lambda v: str(parse_hostport(v)), "a loopback IP:PORT", d.dns),
     )
     t.done()
@@ -251,11 +251,11 @@ def _cluster(t: Table) -> ClusterConfig:
 
 def _readiness(t: Table, d: Readiness) -> Readiness:
     r = Readiness(
-        path=t.str("path", d.path),
+        path=t.text("path", d.path),
         period_s=t.duration("period", d.period_s, lo=0.01, hi=60),
         timeout_s=t.duration("timeout", d.timeout_s, lo=0.01, hi=60),
-        failure_threshold=t.int("failureThreshold", d.failure_threshold, 1, 100),
-        success_threshold=t.int("successThreshold", d.success_threshold, 1, 100),
+        failure_threshold=t.integer("failureThreshold", d.failure_threshold, 1, 100),
+        success_threshold=t.integer("successThreshold", d.success_threshold, 1, 100),
         initial_delay_s=t.duration("initialDelay", d.initial_delay_s, hi=600),
     )
     t.done()
@@ -264,11 +264,11 @@ def _readiness(t: Table, d: Readiness) -> Readiness:
 
 def _faults(t: Table, d: Faults) -> Faults:
     f = Faults(
-        error_rate=t.float("error_rate", d.error_rate, 0.0, 1.0),
-        slow_factor=t.float("slow_factor", d.slow_factor, 0.0, 1000.0),
-        hang_rate=t.float("hang_rate", d.hang_rate, 0.0, 1.0),
-        close_rate=t.float("close_rate", d.close_rate, 0.0, 1.0),
-        ready=t.bool("ready", d.ready),
+        error_rate=t.number("error_rate", d.error_rate, 0.0, 1.0),
+        slow_factor=t.number("slow_factor", d.slow_factor, 0.0, 1000.0),
+        hang_rate=t.number("hang_rate", d.hang_rate, 0.0, 1.0),
+        close_rate=t.number("close_rate", d.close_rate, 0.0, 1.0),
+        ready=t.flag("ready", d.ready),
     )
     t.done()
     return f
@@ -280,9 +280,9 @@ def parse_template(t: Table, base: PodTemplate | None = None) -> PodTemplate:
     tpl = PodTemplate(
         service=t.parsed("service", ServiceTime.parse, "const:, exp:, lognormal: or uniform: e.g. 'exp:10ms'",
                          str(d.service)),
-        slots=t.int("slots", d.slots, 1, 10_000),
-        burn_cpu=t.bool("burn_cpu", d.burn_cpu),
-        port=t.int("port", d.port, 1, 65535),
+        slots=t.integer("slots", d.slots, 1, 10_000),
+        burn_cpu=t.flag("burn_cpu", d.burn_cpu),
+        port=t.integer("port", d.port, 1, 65535),
         faults=_faults(t.table("faults"), d.faults),
         readiness=_readiness(t.table("readiness"), d.readiness),
     )
@@ -296,7 +296,7 @@ def _workloads(top: Table, cluster: ClusterConfig) -> tuple[Workload, ...]:
         for t in top.tables(key):
             name = _name(t)
             ns = _namespace(t, cluster)
-            replicas = cluster.nodes if kind == "DaemonSet" else t.int("replicas", 1, 0, 256)
+            replicas = cluster.nodes if kind == "DaemonSet" else t.integer("replicas", 1, 0, 256)
             labels = t.str_map("labels", {"app": name})
             template = parse_template(t.table("template"))
             t.done()
@@ -309,7 +309,7 @@ def _workloads(top: Table, cluster: ClusterConfig) -> tuple[Workload, ...]:
 
 
 def _namespace(t: Table, cluster: ClusterConfig) -> str:
-    ns = t.str("namespace", "default")
+    ns = t.text("namespace", "default")
     if ns not in cluster.namespaces:
         raise t.fail("namespace", f"expected one of the cluster's namespaces {list(cluster.namespaces)}, got {ns!r}")
     return str(ns)
@@ -318,14 +318,14 @@ def _namespace(t: Table, cluster: ClusterConfig) -> str:
 def _service(t: Table, cluster: ClusterConfig) -> ServiceConfig:
     name = _name(t)
     ns = _namespace(t, cluster)
-    stype = t.str("type", "ClusterIP", choices=("ClusterIP", "NodePort", "LoadBalancer"))
-    port = t.int("port", 8080, 1, 65535)
-    node_port = t.int("nodePort", None, 30000, 32767)
+    stype = t.text("type", "ClusterIP", choices=("ClusterIP", "NodePort", "LoadBalancer"))
+    port = t.integer("port", 8080, 1, 65535)
+    node_port = t.integer("nodePort", None, 30000, 32767)
     if node_port is None and stype != "ClusterIP":
         node_port = 30000 + port % 2768
     svc = ServiceConfig(
         name=name, namespace=ns, selector=t.str_map("selector"), port=port,
-        target_port=t.int("targetPort", port, 1, 65535), type=stype, node_port=node_port,
+        target_port=t.integer("targetPort", port, 1, 65535), type=stype, node_port=node_port,
         cluster_ip=_loopback_ip(t, "clusterIP", None),
     )
     t.done()
@@ -335,13 +335,13 @@ def _service(t: Table, cluster: ClusterConfig) -> ServiceConfig:
 def _ingress(t: Table, cluster: ClusterConfig) -> IngressConfig:
     name = _name(t)
     ns = _namespace(t, cluster)
-    cls = t.str("ingressClassName", "lbbench")
+    cls = t.text("ingressClassName", "lbbench")
     rules = []
     for r in t.tables("rules"):
-        path = r.str("path", "/")
+        path = r.text("path", "/")
         if not path.startswith("/"):
             raise r.fail("path", f"expected a path prefix starting with '/', got {path!r}")
-        rules.append(IngressRule(r.str("host", "*"), path, f"{ns}/{_name(r, 'service')}"))
+        rules.append(IngressRule(r.text("host", "*"), path, f"{ns}/{_name(r, 'service')}"))
         r.done()
     if not rules:
         raise t.fail("rules", "expected at least one [[ingresses.rules]] entry (host, path, service)")
@@ -360,12 +360,12 @@ def _run(t: Table) -> RunConfig:
         duration_s=t.duration("duration", d.duration_s, lo=0.1, hi=3600),
         warmup_s=t.duration("warmup", d.warmup_s, hi=600),
         cooldown_s=t.duration("cooldown", d.cooldown_s, hi=600),
-        seed=t.int("seed", d.seed, 0, 2**63 - 1),
+        seed=t.integer("seed", d.seed, 0, 2**63 - 1),
         frontends=frontends,
         endpoint_sync_delay_s=t.duration("endpoint_sync_delay", d.endpoint_sync_delay_s, hi=600),
         restart_delay_s=t.duration("restart_delay", d.restart_delay_s, hi=600),
         node_grace_period_s=t.duration("node_grace_period", d.node_grace_period_s, hi=600),
-        repeat=t.int("repeat", d.repeat, 1, 100),
+        repeat=t.integer("repeat", d.repeat, 1, 100),
     )
     if not r.frontends:
         raise t.fail("frontends", "expected at least one front end")
@@ -379,18 +379,18 @@ def _proxy(t: Table) -> ProxySettings:
     health = HealthCheck(
         interval_s=h.duration("interval", d.health.interval_s, lo=0.01, hi=600),
         timeout_s=h.duration("timeout", d.health.timeout_s, lo=0.01, hi=600),
-        fall=h.int("fall", d.health.fall, 1, 100), rise=h.int("rise", d.health.rise, 1, 100),
-        path=h.str("path", d.health.path),
+        fall=h.integer("fall", d.health.fall, 1, 100), rise=h.integer("rise", d.health.rise, 1, 100),
+        path=h.text("path", d.health.path),
     )
     h.done()
     p = ProxySettings(
-        maxconn=t.int("maxconn", d.maxconn, 0, 100_000),
-        max_queue=t.int("max_queue", d.max_queue, 0, 10_000_000),
+        maxconn=t.integer("maxconn", d.maxconn, 0, 100_000),
+        max_queue=t.integer("max_queue", d.max_queue, 0, 10_000_000),
         queue_timeout_s=t.duration("queue_timeout", d.queue_timeout_s, hi=3600),
-        balance=t.str("balance", d.balance, choices=BALANCES),
-        retries=t.int("retries", d.retries, 0, 100),
-        retry_idempotent=t.bool("retry_idempotent", d.retry_idempotent),
-        eject_after=t.int("eject_after", d.eject_after, 0, 1000),
+        balance=t.text("balance", d.balance, choices=BALANCES),
+        retries=t.integer("retries", d.retries, 0, 100),
+        retry_idempotent=t.flag("retry_idempotent", d.retry_idempotent),
+        eject_after=t.integer("eject_after", d.eject_after, 0, 1000),
         connect_timeout_s=t.duration("connect_timeout", d.connect_timeout_s, lo=0.001, hi=600),
         server_timeout_s=t.duration("server_timeout", d.server_timeout_s, lo=0.001, hi=3600),
         client_timeout_s=t.duration("client_timeout", d.client_timeout_s, lo=0.001, hi=3600),
@@ -401,7 +401,7 @@ def _proxy(t: Table) -> ProxySettings:
 
 
 def _numbers(t: Table, key: str, lo: float, hi: float) -> tuple[float, ...]:
-    values = t.num_list(key) if isinstance(t.data.get(key), list) else (t.float(key),)
+    values = t.num_list(key) if isinstance(t.data.get(key), list) else (t.number(key),)
     for v in values:
         if not lo < v <= hi:
             raise t.fail(key, f"each value must be in ({lo}, {hi}], got {v!r}")
@@ -411,11 +411,11 @@ def _numbers(t: Table, key: str, lo: float, hi: float) -> tuple[float, ...]:
 def _load(t: Table, services: tuple[ServiceConfig, ...]) -> LoadConfig:
     d = LoadConfig(service="")
     default_svc = services[0].key if services else None
-    svc_name = t.str("service", default_svc.split("/")[1] if default_svc else _MISSING_SERVICE(t))
-    ns = t.str("namespace", "default")
+    svc_name = t.text("service", default_svc.split("/")[1] if default_svc else _MISSING_SERVICE(t))
+    ns = t.text("namespace", "default")
     steps = []
     for s in t.tables("steps"):
-        steps.append(RateStep(s.duration("at"), s.float("rate", lo=0.0, hi=1e6), s.bool("ramp", False)))
+        steps.append(RateStep(s.duration("at"), s.number("rate", lo=0.0, hi=1e6), s.flag("ramp", False)))
         s.done()
     rates = _numbers(t, "rate", 0.0, 1e6) if t.has("rate") else ()
     utils = _numbers(t, "utilisation", 0.0, 5.0) if t.has("utilisation") else d.utilisations
@@ -423,25 +423,25 @@ def _load(t: Table, services: tuple[ServiceConfig, ...]) -> LoadConfig:
         raise t.fail("utilisation", "give either rate or utilisation, not both")
     lc = LoadConfig(
         service=f"{ns}/{svc_name}",
-        via=t.str("via", d.via, choices=("ClusterIP", "NodePort", "LoadBalancer")),
-        path=t.str("path", d.path),
+        via=t.text("via", d.via, choices=("ClusterIP", "NodePort", "LoadBalancer")),
+        path=t.text("path", d.path),
         rates_rps=rates,
         utilisations=() if rates else utils,
-        arrivals=t.str("arrivals", d.arrivals, choices=("poisson", "constant")),
+        arrivals=t.text("arrivals", d.arrivals, choices=("poisson", "constant")),
         connections=t.parsed("connections", _connections, "'close' or 'keepalive:K'", "close"),
         steps=tuple(steps),
-        workers=t.int("workers", d.workers, 0, 64),
-        closed_loop_users=t.int("closed_loop_users", d.closed_loop_users, 0, 100_000),
+        workers=t.integer("workers", d.workers, 0, 64),
+        closed_loop_users=t.integer("closed_loop_users", d.closed_loop_users, 0, 100_000),
         think_time_s=t.duration("think_time", d.think_time_s, hi=600),
         timeout_s=t.duration("timeout", d.timeout_s, lo=0.001, hi=3600),
         connect_timeout_s=t.duration("connect_timeout", d.connect_timeout_s, lo=0.001, hi=600),
-        record_rows=t.bool("record_rows", d.record_rows),
+        record_rows=t.flag("record_rows", d.record_rows),
     )
     t.done()
     return lc
 
 
-def _MISSING_SERVICE(t: Table) -> str:  # noqa: N802 - reads as a sentinel
+def _MISSING_SERVICE(t: Table) -> str:
     raise t.fail("service", "is required (no [[services]] defined to default to)")
 
 
@@ -452,8 +452,8 @@ def _connections(value: object) -> ConnectionMode:
 
 
 def _event(t: Table) -> Event:
-    action = t.str("action", choices=ACTIONS)
-    target = t.str("target")
+    action = t.text("action", choices=ACTIONS)
+    target = t.text("target")
     kind, _, name = target.partition("/")
     if kind not in ("deployment", "statefulset", "daemonset", "pod", "node") or not name:
         raise t.fail("target", f"expected deployment/NAME, statefulset/NAME, daemonset/NAME, pod/NAME or "
@@ -462,16 +462,16 @@ def _event(t: Table) -> Event:
         raise t.fail("target", f"node_down takes node/NAME, got {target!r}")
     if action == "scale" and kind not in ("deployment", "statefulset"):
         raise t.fail("target", f"scale takes deployment/NAME or statefulset/NAME, got {target!r}")
-    replicas = t.int("replicas", None, 0, 256)
+    replicas = t.integer("replicas", None, 0, 256)
     if action == "scale" and replicas is None:
         raise t.fail("replicas", "is required for action 'scale'")
     template = t.table("template")
     if action == "rolling_update":
         parse_template(template)  # validate now; the controller overlays it on the old template later
     ev = Event(
-        at_s=t.duration("at", hi=3600), action=action, target=target, index=t.int("index", None, 0, 10_000),
-        replicas=replicas, slow_factor=t.float("slow_factor", 5.0 if action == "slow_pod" else 1.0, 0.0, 1000.0),
-        error_rate=t.float("error_rate", 1.0 if action == "fail_pod" else 0.0, 0.0, 1.0),
+        at_s=t.duration("at", hi=3600), action=action, target=target, index=t.integer("index", None, 0, 10_000),
+        replicas=replicas, slow_factor=t.number("slow_factor", 5.0 if action == "slow_pod" else 1.0, 0.0, 1000.0),
+        error_rate=t.number("error_rate", 1.0 if action == "fail_pod" else 0.0, 0.0, 1.0),
         template=dict(template.data),
     )
     t.done()
@@ -496,8 +496,8 @@ def _cross_check(config: Config, top: Table) -> None:
         raise ConfigError(f, "load.service", f"expected the name of a defined Service; "
                                              f"{config.load.service!r} is not one of {sorted(keys)}")
     svc = config.service(config.load.service)
-    if config.load.via != "ClusterIP" and svc.type == "ClusterIP" or \
-            config.load.via == "LoadBalancer" and svc.type != "LoadBalancer":
+    if (config.load.via != "ClusterIP" and svc.type == "ClusterIP") or \
+            (config.load.via == "LoadBalancer" and svc.type != "LoadBalancer"):
         raise ConfigError(f, "load.via", f"Service {svc.name!r} is of type {svc.type}; it cannot be reached "
                                          f"via {config.load.via}")
     workloads = {w.key for w in config.workloads}

@@ -47,7 +47,7 @@ class Table:
             raise self.fail(key, "is required")
         return default
 
-    def str(self, key: str, default: Any = _MISSING, choices: tuple[str, ...] | None = None) -> Any:
+    def text(self, key: str, default: Any = _MISSING, choices: tuple[str, ...] | None = None) -> Any:
         value = self._raw(key, default)
         if value is default and default is not _MISSING:
             return value
@@ -57,7 +57,7 @@ class Table:
             raise self.fail(key, f"expected one of {', '.join(choices)}; got {value!r}")
         return value
 
-    def int(self, key: str, default: Any = _MISSING, lo: int | None = None, hi: int | None = None) -> Any:
+    def integer(self, key: str, default: Any = _MISSING, lo: int | None = None, hi: int | None = None) -> Any:
         value = self._raw(key, default)
         if value is default and default is not _MISSING:
             return value
@@ -65,7 +65,7 @@ class Table:
             raise self.fail(key, f"expected an integer, got {_kind(value)} {value!r}")
         return self._range(key, value, lo, hi)
 
-    def float(self, key: str, default: Any = _MISSING, lo: float | None = None, hi: float | None = None) -> Any:
+    def number(self, key: str, default: Any = _MISSING, lo: float | None = None, hi: float | None = None) -> Any:
         value = self._raw(key, default)
         if value is default and default is not _MISSING:
             return value
@@ -73,7 +73,7 @@ class Table:
             raise self.fail(key, f"expected a number, got {_kind(value)} {value!r}")
         return self._range(key, float(value), lo, hi)
 
-    def bool(self, key: str, default: Any = _MISSING) -> Any:
+    def flag(self, key: str, default: Any = _MISSING) -> Any:
         value = self._raw(key, default)
         if not isinstance(value, bool):
             raise self.fail(key, f"expected true or false, got {_kind(value)} {value!r}")

@@ -94,6 +94,10 @@ async def _run_phase(phase: Phase, live: LiveView, i: int, n: int, config: Confi
         live.say(f"[red]{phase.key.label} failed[/]: {record.error}")
     elif record.load is not None:
         s = record.load.summary
-        live.end_phase(f"  {phase.key.label}: {s['requests']} requests, {s['ok']} ok, errors {s['errors']}, "
-                       f"p99 {s['latency_s']['p99'] * 1e3:.1f} ms")
+        errors = {k: v for k, v in s.errors.items() if v}
+        p99 = s.latency_s["p99"]
+        live.end_phase(f"  {phase.key.label}: {s.requests} requests, {s.ok} ok, errors {errors or 0}, "
+                       f"p99 {p99 * 1e3 if p99 is not None else float('nan'):.1f} ms")
+        if s.generator_saturated:
+            live.say(f"[yellow]  warning: the load generator was the bottleneck: {s.saturation_reason}[/]")
     return record

@@ -64,8 +64,8 @@ class LiveView:
         if gen is None:
             return
         p = gen.progress()
-        self.last = {"t_s": sample["t_s"], "done": p.done, "ok": p.ok, "errors": dict(p.errors),
-                     "p99": getattr(p, "last_p99_s", None), "queue": sample.get("queue_len", 0.0),
+        self.last = {"t_s": sample["t_s"], "done": p.done, "ok": p.ok, "errors": {k: v for k, v in p.errors.items() if v},
+                     "p99": p.p99_last_s, "queue": sample.get("queue_len", 0.0),
                      "endpoints": sample.get("synced_endpoints", 0.0)}
         now = time.monotonic()
         if self.live is not None and now - self._last_draw > 0.2:

@@ -112,7 +112,12 @@ class Child:
         except (ProcessLookupError, OSError):
             return self.popen.wait()
         done: asyncio.Future[None] = loop.create_future()
-        loop.add_reader(fd, lambda: done.done() or done.set_result(None))
+
+        def exited() -> None:
+            if not done.done():
+                done.set_result(None)
+
+        loop.add_reader(fd, exited)
         try:
             await done
         finally:

@@ -101,9 +101,11 @@ def buckets(rows: pd.DataFrame, duration_s: float) -> pd.DataFrame:
     out["rps"] = out["requests"] / BUCKET_S
     out["p50_s"] = g["latency_s"].quantile(0.5).reindex(range(n)).to_numpy()
     out["p99_s"] = g["latency_s"].quantile(0.99).reindex(range(n)).to_numpy()
-    for kind in sorted(set(df.loc[~df["ok"], "error"]) - {""}):
-        out[f"err_{kind}"] = g["error"].apply(lambda s, k=kind: int((s == k).sum())).reindex(
-            range(n), fill_value=0).to_numpy()
+    failed = df.loc[~df["ok"]]
+    if len(failed):
+        by_kind = failed.groupby(["bucket", "error"]).size().unstack(fill_value=0)
+        for kind in by_kind.columns:
+            out[f"err_{kind or 'http_other'}"] = by_kind[kind].reindex(range(n), fill_value=0).to_numpy()
     return out
 
 
@@ -144,7 +146,7 @@ def frontend_summary(rows: pd.DataFrame, events: pd.DataFrame, duration_s: float
     ok = is_ok(rows)
     pods = rows.loc[ok & (rows["pod"] != ""), "pod"].value_counts(normalize=True).sort_index()
     return {
-        "requests": int(len(rows)),
+        "requests": len(rows),
         "ok": int(ok.sum()),
         "errors": error_kinds(rows),
         "achieved_rps": float(len(rows) / duration_s) if duration_s > 0 else 0.0,

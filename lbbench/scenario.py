@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import psutil
 
 from lbbench.cluster.controller import Controller
@@ -104,7 +103,7 @@ def phase_rates(config: Config) -> tuple[float, ...]:
 
 async def apply_event(config: Config, controller: Controller, ev: Event, index: int) -> None:
     """Fire one timeline event against the live cluster."""
-    kind, _, name = ev.target.partition("/")
+    _kind, _, name = ev.target.partition("/")
     controller.log.log("event", ev.target, ev.action)
     if ev.action == "scale":
         await controller.scale(ev.target, ev.replicas or 0)

@@ -37,7 +37,7 @@ def wait_http_ok(url: str, timeout_s: float = 10.0) -> None:
             with urllib.request.urlopen(url, timeout=1.0) as r:
                 if r.status == 200:
                     return
-        except Exception as e:  # noqa: BLE001 - any failure means "not yet"
+        except Exception as e:
             last = e
         time.sleep(0.02)
     raise TimeoutError(f"{url} not ready after {timeout_s}s: {last}")

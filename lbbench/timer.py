@@ -9,6 +9,7 @@ everything that is due. Deadlines use `time.monotonic()`, the same clock in ever
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import heapq
 import itertools
@@ -98,10 +99,8 @@ class PreciseTimer:
             raise OSError(ctypes.get_errno(), "timerfd_settime failed")
 
     def _fire(self) -> None:
-        try:
+        with contextlib.suppress(BlockingIOError):
             os.read(self._fd, 8)
-        except BlockingIOError:
-            pass
         armed, self._armed_at = self._armed_at, None
         now = time.monotonic()
         if armed is not None:

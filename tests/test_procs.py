@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -71,15 +72,11 @@ def assert_gone(pids: list[int], within_s: float = 2.0) -> None:
         time.sleep(0.05)
     left = []
     for p in alive:
-        try:
+        with contextlib.suppress(psutil.Error):
             left.append(" ".join(psutil.Process(p).cmdline()))
-        except psutil.Error:
-            pass
     for p in alive:  # do not leave them to the next test
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(p, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
     assert not left, f"orphans left {within_s}s after the parent died: {left}"
 
 

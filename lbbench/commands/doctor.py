@@ -27,9 +27,11 @@ def checks() -> dict[str, dict[str, str | bool]]:
 
     result: dict[str, dict[str, str | bool]] = {}
     try:
-        import uvloop
+        from importlib.metadata import version
 
-        result["uvloop"] = {"ok": True, "detail": uvloop.__version__}
+        import uvloop  # noqa: F401
+
+        result["uvloop"] = {"ok": True, "detail": version("uvloop")}
     except ImportError as e:  # pragma: no cover
         result["uvloop"] = {"ok": False, "detail": f"not importable: {e}"}
     ns = netns_unavailable_reason()

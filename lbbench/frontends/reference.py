@@ -205,6 +205,7 @@ class ReferenceFrontend(Frontend):
     binary: ClassVar[str]
     package: ClassVar[str]
     config_name: ClassVar[str]
+    fatal_marker: ClassVar[bytes] = b"[emerg]"  # a log line that means "the new config was refused"
 
     def __init__(self, plan: FrontendPlan, supervisor: Supervisor) -> None:
         super().__init__(plan, supervisor)
@@ -215,6 +216,7 @@ class ReferenceFrontend(Frontend):
         self._lock = asyncio.Lock()
         self._reload_s: list[float] = []
         self._stopped = False
+        self._log_offset = 0
         require_loopback(plan.ingress_ip, "ingress address")
 
     @classmethod
@@ -293,6 +295,7 @@ class ReferenceFrontend(Frontend):
                 return  # applied by start()
             self.assign(service_key)
             t0 = time.perf_counter()
+            self._log_offset = self.log_path.stat().st_size
             self._write_config()
             how = await self.apply_update(service_key)
             took = time.perf_counter() - t0
@@ -307,6 +310,7 @@ class ReferenceFrontend(Frontend):
         deadline = time.monotonic() + timeout_s
         while True:
             self._raise_if_dead()
+            self._raise_if_refused()
             if await self.serving_generation() == self.generation:
                 return
             if time.monotonic() > deadline:
@@ -373,6 +377,16 @@ class ReferenceFrontend(Frontend):
         if self.child is None or not self.child.alive():
             rc = self.child.poll() if self.child is not None else None
             raise UserError(f"{self.name} exited (status {rc}): {self.log_tail()}")
+
+    def _raise_if_refused(self) -> None:
+        """A running proxy that keeps its old config after a bad reload says so in its log."""
+        with self.log_path.open("rb") as f:
+            f.seek(self._log_offset)
+            new = f.read()
+        if self.fatal_marker in new:
+            line = next(ln for ln in new.splitlines() if self.fatal_marker in ln)
+            raise UserError(f"{self.name} refused config generation {self.generation}: "
+                            f"{line.decode(errors='replace').strip()}")
 
     def _check_endpoints(self, endpoints: tuple[Endpoint, ...]) -> None:
         for e in endpoints:

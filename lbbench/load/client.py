@@ -27,6 +27,7 @@ import errno
 import math
 import time
 from collections.abc import Callable
+from typing import cast
 
 import httptools
 
@@ -146,8 +147,7 @@ class _Conn(asyncio.Protocol):
 
     # -- asyncio.Protocol ---------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's TCPTransport is no subclass of it
 
     def data_received(self, data: bytes) -> None:
         if self.req is None or self.parser is None:

@@ -1,15 +1,116 @@
-"""`lbbench load`: open-loop load generator."""
+"""`lbbench load URL`: open-loop (or closed-loop) load against one loopback URL."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from lbbench.errors import NotBuiltYet
+from lbbench.errors import UserError
+
+if TYPE_CHECKING:
+    from lbbench.load.generator import LoadResult
+    from lbbench.load.spec import LoadSpec, RateStep
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("args", nargs="*", help="not built yet")
+    p.add_argument("url", metavar="URL", help="http://IP:PORT/path on 127.0.0.0/8, or http://NAME:PORT/path with --dns")
+    p.add_argument("--rate", type=float, default=100.0, metavar="R", help="requests per second (open loop)")
+    p.add_argument("--duration", default="10s", metavar="S", help="how long to send, e.g. 8s or 500ms")
+    p.add_argument("--arrivals", choices=("poisson", "constant"), default="poisson",
+                   help="gaps between intended sends: exponential (default) or even")
+    p.add_argument("--step", action="append", default=[], metavar="AT:RATE[:ramp]",
+                   help="change the rate at time AT (jump, or linear ramp to it with ':ramp'); repeatable")
+    p.add_argument("--connections", default="close", metavar="close|keepalive:K",
+                   help="a new TCP connection per request (default), or a pool of K persistent ones")
+    p.add_argument("--workers", type=int, default=0, metavar="W", help="worker processes (default: auto)")
+    p.add_argument("--closed-loop", type=int, default=0, metavar="N",
+                   help="closed loop with N users instead of open-loop arrivals")
+    p.add_argument("--think-time", default="0s", metavar="S", help="closed loop: pause between a user's requests")
+    p.add_argument("--seed", type=int, default=0, help="seed of the arrival schedule")
+    p.add_argument("--timeout", default="10s", metavar="S", help="give up on a request this long after its "
+                   "intended send time")
+    p.add_argument("--connect-timeout", default="1s", metavar="S", help="give up on a TCP connect after this")
+    p.add_argument("--max-lateness", default="2ms", metavar="S",
+                   help="lateness p99 above this marks the generator as saturated")
+    p.add_argument("--no-rows", action="store_true", help="keep histograms only, not one row per request")
+    p.add_argument("--dns", metavar="IP:PORT", help="DNS server to resolve a name in URL (the cluster DNS)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of the text summary")
+    p.add_argument("--out", metavar="DIR", help="write requests.parquet and summary.json into DIR")
 
 
 def run(args: argparse.Namespace) -> int:
-    raise NotBuiltYet("'lbbench load' is not built yet (issue 3: the load generator)")
+    try:
+        spec = build_spec(args)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    from lbbench.load.generator import run_load
+
+    result = run_load(spec)
+    document = result_document(spec, result)
+    if args.out:
+        write_out(Path(args.out), result, document)
+    if args.json:
+        print(json.dumps(document["summary"], indent=2))
+    else:
+        print(result.summary.format_text())
+        if args.out:
+            print(f"rows and summary written to {args.out}")
+    if result.summary.generator_saturated:
+        print(f"lbbench load: warning: generator saturated: {result.summary.saturation_reason}", file=sys.stderr)
+    return 130 if result.summary.stopped else 0
+
+
+def build_spec(args: argparse.Namespace) -> LoadSpec:
+    from lbbench.cluster.servicetime import parse_duration
+    from lbbench.load.spec import ConnectionMode, LoadSpec
+    from lbbench.load.target import parse_url
+    from lbbench.netaddr import parse_hostport
+
+    dns = parse_hostport(args.dns) if args.dns else None
+    target = parse_url(args.url, dns)
+    return LoadSpec(
+        target=target.addr, path=target.path, host_header=target.host_header,
+        rate_rps=args.rate, duration_s=parse_duration(args.duration), arrivals=args.arrivals,
+        steps=tuple(parse_step(s) for s in args.step), connections=ConnectionMode.parse(args.connections),
+        workers=args.workers, closed_loop_users=args.closed_loop, think_time_s=parse_duration(args.think_time),
+        connect_timeout_s=parse_duration(args.connect_timeout), timeout_s=parse_duration(args.timeout),
+        seed=args.seed, record_rows=not args.no_rows, lateness_threshold_s=parse_duration(args.max_lateness),
+    )
+
+
+def parse_step(text: str) -> RateStep:
+    from lbbench.cluster.servicetime import parse_duration
+    from lbbench.load.spec import RateStep
+
+    parts = text.split(":")
+    if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] != "ramp"):
+        raise ValueError(f"--step expects AT:RATE or AT:RATE:ramp (e.g. 5s:800), got {text!r}")
+    try:
+        rate = float(parts[1])
+    except ValueError:
+        raise ValueError(f"--step rate must be a number, got {parts[1]!r}") from None
+    return RateStep(parse_duration(parts[0]), rate, ramp=len(parts) == 3)
+
+
+def result_document(spec: LoadSpec, result: LoadResult) -> dict[str, Any]:
+    return {
+        "summary": result.summary.to_dict(),
+        "spec": spec.to_dict(),
+        "latency_histogram": result.histogram.to_dict(),
+        "lateness_histogram": result.lateness.to_dict(),
+    }
+
+
+def write_out(out: Path, result: LoadResult, document: dict[str, Any]) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create --out directory {out}: {e}") from None
+    result.rows.to_parquet(out / "requests.parquet", index=False)
+    summary = {**document["summary"], "spec": document["spec"],
+               "latency_histogram": document["latency_histogram"],
+               "lateness_histogram": document["lateness_histogram"]}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -114,7 +114,8 @@ def _text_lines(s: LoadSummary) -> list[str]:
             else f"CLOSED loop, {s.closed_loop_users} users, think {s.think_time_s:g} s")
     req_rate = "-" if s.requested_rps is None else f"{s.requested_rps:.1f}"
     lines = [
-        f"target http://{s.target}{s.path}: {mode}, connections {s.connections}, {s.workers} worker(s), seed {s.seed}",
+        f"target http://{s.target}{s.path}: {mode}, connections {s.connections}, "
+        f"{s.workers} worker(s), seed {s.seed}",
         f"{'':14}{'requested':>12}{'actual':>12}",
         f"{'rate (rps)':14}{req_rate:>12}{s.achieved_rps:>12.1f}",
         f"{'duration (s)':14}{s.requested_duration_s:>12.3f}{s.actual_duration_s:>12.3f}",

@@ -51,7 +51,8 @@ def closed_loop_offsets(spec: LoadSpec) -> np.ndarray[Any, np.dtype[np.float64]]
 class Dispatcher:
     """Open loop: issues each request at its intended time, never waiting for earlier ones."""
 
-    def __init__(self, timer: PreciseTimer, times: list[float], client: HttpClient, recorder: Recorder) -> None:
+    def __init__(self, timer: PreciseTimer, times: list[float], client: HttpClient,
+                 recorder: Recorder) -> None:
         self.timer = timer
         self.times = times
         self.client = client
@@ -184,7 +185,8 @@ class Worker:
         starts = (share + start_at).tolist()
         driver: Dispatcher | Users
         if spec.closed_loop:
-            driver = self.users = Users(timer, starts, start_at + spec.duration_s, spec.think_time_s, client, recorder)
+            end = start_at + spec.duration_s
+            driver = self.users = Users(timer, starts, end, spec.think_time_s, client, recorder)
         else:
             driver = Dispatcher(timer, starts, client, recorder)
         self._report_handle = self.loop.call_later(PROGRESS_EVERY_S, self._report, recorder)

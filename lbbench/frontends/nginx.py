@@ -1,0 +1,200 @@
+"""nginx (open source) as a reference Ingress.
+
+Runs ``nginx -p <private dir> -c nginx.conf -e stderr`` with ``daemon off;``: the master
+stays in the foreground in lbbench's process group and its workers are its children. An
+Endpoints update rewrites the config and sends SIGHUP to the master, which is exactly what
+``nginx -s reload`` does after reading the pid file; the update counts as done when a
+worker of the new config answers the status virtual host.
+
+ProxySettings -> nginx:
+  maxconn            ``max_conns`` per upstream server (0: none), shared by the workers
+                     through the upstream ``zone``.
+  max_queue,         no equivalent: the request queue (``queue``) is NGINX Plus only. When
+  queue_timeout_s    every server is at ``max_conns`` nginx answers 502 at once, so with a
+                     small maxconn nginx sheds load where HAProxy and lbbench's proxy queue.
+  balance            round-robin: (default); random: ``random``; least-conn: ``least_conn``;
+                     p2c: ``random two least_conn``; peak-ewma: ``least_time`` is Plus only,
+                     ``least_conn`` is used.
+  retries            ``proxy_next_upstream error timeout`` + ``proxy_next_upstream_tries
+                     retries+1`` (``off`` when 0).
+  retry_idempotent   not separable: ``error``/``timeout`` also cover a connection reset
+                     before the response header; nginx never retries a non-idempotent
+                     request once sent (no ``non_idempotent``).
+  eject_after        ``max_fails`` (passive), ejected for ``fail_timeout`` = one
+                     health-check interval, at least 1 s.
+  health             no active health checks in open source (``health_check`` is Plus).
+  timeouts           ``proxy_connect_timeout``, ``proxy_read_timeout``/``proxy_send_timeout``,
+                     ``keepalive_timeout``/``client_header_timeout``/``client_body_timeout``.
+Keep-alive on both sides (upstream ``keepalive`` pool, HTTP/1.1, ``Connection ""``);
+``keepalive_requests`` is raised so that keep-alive connections are not recycled every 1000
+requests (HAProxy and lbbench's proxy do not recycle them). Host is passed through,
+X-Forwarded-For added. A Service with no endpoints is served ``return 503`` (nginx refuses
+an empty upstream), so requests fail at once. ``worker_processes auto``.
+
+As root, workers run as ``nobody``. Inside an unprivileged user namespace nginx cannot
+switch users (``initgroups`` is denied), so it runs as a single process
+(``master_process off``): noted in `counters()` as ``single_process``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import ClassVar, Literal
+
+from lbbench.frontends.reference import (
+    ReferenceFrontend,
+    Route,
+    eject_s,
+    hosts_in_order,
+    ms,
+    probe_generation,
+    routes,
+    safe_name,
+    unprivileged_identity,
+)
+from lbbench.netaddr import HostPort
+
+_BALANCE = {"round-robin": "", "random": "random", "least-conn": "least_conn", "p2c": "random two least_conn",
+            "peak-ewma": "least_conn"}
+_TEMP_PATHS = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+UPSTREAM_KEEPALIVE = 64
+
+
+class Nginx(ReferenceFrontend):
+    name: ClassVar[str] = "nginx"
+    layer: ClassVar[Literal["l4", "l7"]] = "l7"
+    binary: ClassVar[str] = "nginx"
+    package: ClassVar[str] = "nginx"
+    config_name: ClassVar[str] = "nginx.conf"
+
+    @property
+    def single_process(self) -> bool:
+        return os.geteuid() == 0 and unprivileged_identity() is None
+
+    def prepare_workdir(self, workdir: Path) -> None:
+        (workdir / "tmp").mkdir()  # nginx creates the leaf temp dirs itself
+
+    def run_argv(self, config: Path) -> list[str]:
+        return [self.binary, "-p", f"{config.parent}/", "-c", str(config), "-e", "stderr"]
+
+    def check_argv(self, config: Path) -> list[str]:
+        return [self.binary, "-t", "-q", "-p", f"{config.parent}/", "-c", str(config), "-e", "stderr"]
+
+    async def serving_generation(self) -> int | None:
+        return await probe_generation(HostPort(self.plan.ingress_ip, self.plan.ingress_port))
+
+    async def counters(self) -> dict[str, float]:
+        out = await super().counters()
+        out["single_process"] = float(self.single_process)
+        return out
+
+    def render(self) -> str:
+        assert self.workdir is not None
+        wd = self.workdir
+        lines = [f"# lbbench nginx, generation {self.generation}: rendered from the run's plan", "daemon off;"]
+        lines += self._process_lines()
+        lines += [
+            "worker_processes auto;",
+            f"pid {wd}/nginx.pid;",
+            "error_log stderr warn;",
+            "events { worker_connections 4096; }",
+            "http {",
+            "    access_log off;",
+            *(f"    {t}_temp_path {wd}/tmp/{t};" for t in _TEMP_PATHS),
+            *_indent(self._http_settings()),
+        ]
+        for s in self.plan.services:
+            lines += _indent(self._upstream(s.key))
+        rs = routes(self.plan)
+        lines += _indent(self._default_server([r for r in rs if r.host is None]))
+        for host in hosts_in_order(rs):
+            if host is not None:
+                lines += _indent(self._server(host, [r for r in rs if r.host == host]))
+        lines += _indent(self._status_server())
+        lines.append("}")
+        return "\n".join(lines) + "\n"
+
+    def _process_lines(self) -> list[str]:
+        ident = unprivileged_identity()
+        if ident is not None:
+            return [f"user {ident[0]} {ident[1]};"]
+        if self.single_process:
+            return ["user root root;", "master_process off;"]
+        return []
+
+    def _http_settings(self) -> list[str]:
+        p = self.plan.proxy
+        c = ms(p.client_timeout_s)
+        lines = [
+            f"keepalive_timeout {c}ms;",
+            "keepalive_requests 100000000;",
+            f"client_header_timeout {c}ms;",
+            f"client_body_timeout {c}ms;",
+            f"send_timeout {c}ms;",
+            "proxy_http_version 1.1;",
+            'proxy_set_header Connection "";',
+            "proxy_set_header Host $http_host;",
+            "proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;",
+            f"proxy_connect_timeout {ms(p.connect_timeout_s)}ms;",
+            f"proxy_read_timeout {ms(p.server_timeout_s)}ms;",
+            f"proxy_send_timeout {ms(p.server_timeout_s)}ms;",
+        ]
+        if p.retries > 0:
+            lines += ["proxy_next_upstream error timeout;", f"proxy_next_upstream_tries {p.retries + 1};"]
+        else:
+            lines.append("proxy_next_upstream off;")
+        return lines
+
+    def _upstream(self, key: str) -> list[str]:
+        eps = self.endpoints[key]
+        if not eps:
+            return []
+        p = self.plan.proxy
+        name = safe_name(key)
+        opts = f" max_fails={p.eject_after} fail_timeout={math.ceil(eject_s(self.plan))}s"  # seconds only
+        if p.maxconn > 0:
+            opts = f" max_conns={p.maxconn}{opts}"
+        balance = _BALANCE[p.balance]
+        return [
+            f"upstream {name} {{",
+            f"    zone {name} 64k;",
+            *([f"    {balance};"] if balance else []),
+            *(f"    server {e.ip}:{e.port}{opts};" for e in eps),
+            f"    keepalive {UPSTREAM_KEEPALIVE};",
+            "    keepalive_requests 100000000;",
+            "    keepalive_timeout 60s;",
+            "}",
+        ]
+
+    def _locations(self, rs: list[Route]) -> list[str]:
+        out: list[str] = []
+        seen: set[str] = set()
+        for r in rs:
+            if r.path in seen:
+                continue  # the more specific rule (sorted first) wins; nginx refuses duplicates
+            seen.add(r.path)
+            target = f"proxy_pass http://{safe_name(r.service)};" if self.endpoints[r.service] else "return 503;"
+            out.append(f"    location {r.path} {{ {target} }}")
+        if "/" not in seen:
+            out.append("    location / { return 404; }")
+        return out
+
+    def _listen(self) -> str:
+        return f"{self.plan.ingress_ip}:{self.plan.ingress_port}"
+
+    def _default_server(self, rs: list[Route]) -> list[str]:
+        return ["server {", f"    listen {self._listen()} default_server;", "    server_name _;",
+                *self._locations(rs), "}"]
+
+    def _server(self, host: str, rs: list[Route]) -> list[str]:
+        return ["server {", f"    listen {self._listen()};", f"    server_name {host};", *self._locations(rs), "}"]
+
+    def _status_server(self) -> list[str]:
+        return ["server {", f"    listen {self._listen()};", "    server_name lbbench-status.invalid;",
+                f'    location / {{ return 200 "lbbench-generation {self.generation}\\n"; }}', "}"]
+
+
+def _indent(lines: list[str]) -> list[str]:
+    return [f"    {ln}" for ln in lines]

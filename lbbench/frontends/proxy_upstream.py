@@ -1,0 +1,235 @@
+"""Connections from the proxy to backends: one HTTP/1.1 request at a time, kept alive in a per-backend pool.
+
+The response is parsed with llhttp (httptools.HttpResponseParser) and handed piece by piece
+to the client side; the client's write buffer pauses this connection's reading (flow control).
+A connection that fails reports the failure kind to the client side, which asks the Service's
+pool whether to retry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+import traceback
+from typing import TYPE_CHECKING
+
+from httptools import HttpParserError, HttpResponseParser
+
+from lbbench.frontends.proxy_backend import CONNECT_FAILED, PROTOCOL, RESET, RESET_AFTER, TIMEOUT, Backend
+from lbbench.frontends.proxy_exchange import CONNECTING, Exchange
+from lbbench.frontends.proxy_http import NO_BODY, UNTIL_CLOSE, Headers, response_framing
+
+if TYPE_CHECKING:
+    from lbbench.frontends.proxy_queue import ServicePool
+
+UPSTREAM_IDLE_S = 30.0  # below aiohttp's 75 s keep-alive, so that the pod never closes first
+
+
+class BadResponse(Exception):
+    """The backend sent something the proxy will not forward."""
+
+
+class UpstreamConnection(asyncio.Protocol):
+    __slots__ = (
+        "backend", "closed", "deadline", "ex", "framing", "got_bytes", "head_done", "headers", "interim",
+        "parser", "paused", "pool", "reason", "transport",
+    )
+
+    def __init__(self, backend: Backend, pool: ServicePool) -> None:
+        self.backend = backend
+        self.pool = pool
+        self.transport: asyncio.Transport | None = None
+        self.parser = HttpResponseParser(self)
+        self.ex: Exchange | None = None
+        self.closed = False
+        self.paused = False
+        self.deadline = 0.0
+        self.got_bytes = False
+        self.head_done = False
+        self.interim = False
+        self.framing = NO_BODY
+        self.reason = b""
+        self.headers: Headers = []
+
+    # -- life cycle ---------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.backend.conns.add(self)
+        self.pool.upstreams.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._forget()
+        ex, self.ex = self.ex, None
+        if ex is None:
+            return
+        if self.head_done and self.framing == UNTIL_CLOSE:
+            ex.client.response_done(ex, self, False)  # EOF is the end of a close-delimited body
+        else:
+            ex.client.upstream_failed(ex, RESET_AFTER if self.got_bytes else RESET)
+
+    def eof_received(self) -> bool:
+        return False
+
+    def _forget(self) -> None:
+        self.closed = True
+        self.deadline = 0.0
+        self.backend.conns.discard(self)
+        self.pool.upstreams.discard(self)
+        if self in self.backend.idle:
+            self.backend.idle.remove(self)
+
+    def reusable_now(self) -> bool:
+        return not self.closed and self.transport is not None and not self.transport.is_closing()
+
+    def attach(self, ex: Exchange) -> None:
+        self.ex = ex
+        self.got_bytes = self.head_done = self.interim = False
+        self.reason = b""
+        self.headers = []
+        self.deadline = time.monotonic() + self.pool.settings.server_timeout_s
+        ex.client.attached(ex, self)
+
+    def release(self, reusable: bool) -> None:
+        """Back to the idle pool after a complete exchange, or closed."""
+        self.ex = None
+        if not reusable or self.closed or self.backend.draining or not self.backend.usable:
+            self.close()
+            return
+        if self.paused:
+            self.resume()
+        self.deadline = time.monotonic() + UPSTREAM_IDLE_S
+        self.backend.idle.append(self)
+
+    def close(self) -> None:
+        self.ex = None
+        if self.transport is not None and not self.closed:
+            self.transport.close()
+        self._forget()
+
+    def abort(self) -> None:
+        """Drop the connection without reporting to the exchange (which already knows)."""
+        self.ex = None
+        if self.transport is not None and not self.closed:
+            self.transport.abort()
+        self._forget()
+
+    def on_deadline(self) -> None:
+        ex = self.ex
+        self.abort()
+        if ex is not None:
+            ex.client.upstream_failed(ex, RESET_AFTER if self.got_bytes else TIMEOUT)
+
+    # -- flow control -------------------------------------------------------------------------
+
+    def pause(self) -> None:
+        """The client is not reading: stop reading the backend (and its timeout is not the backend's fault)."""
+        if not self.paused and self.transport is not None:
+            self.paused = True
+            self.deadline = 0.0
+            self.transport.pause_reading()
+
+    def resume(self) -> None:
+        if self.paused and self.transport is not None:
+            self.paused = False
+            if self.ex is not None:
+                self.deadline = time.monotonic() + self.pool.settings.server_timeout_s
+            self.transport.resume_reading()
+
+    def pause_writing(self) -> None:
+        if self.ex is not None:
+            self.ex.client.upstream_backpressure(True)
+
+    def resume_writing(self) -> None:
+        if self.ex is not None:
+            self.ex.client.upstream_backpressure(False)
+
+    # -- the response -------------------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        if self.ex is None:
+            self.close()  # bytes nobody asked for: the connection is out of step
+            return
+        self.got_bytes = True
+        self.deadline = time.monotonic() + self.pool.settings.server_timeout_s
+        try:
+            self.parser.feed_data(data)
+        except HttpParserError as e:
+            if e.__context__ is not None and not isinstance(e.__context__, BadResponse):
+                traceback.print_exception(e.__context__, file=sys.stderr)
+            ex = self.ex
+            self.abort()
+            if ex is not None:
+                ex.client.upstream_failed(ex, PROTOCOL)
+
+    def on_status(self, status: bytes) -> None:
+        self.reason += status
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        ex = self.ex
+        if ex is None:
+            return
+        status = self.parser.get_status_code()
+        if status < 200:
+            if status == 101:
+                raise BadResponse("101 Switching Protocols to a request that did not ask")
+            self.interim = True  # 100 Continue and friends: the real response follows
+            self.reason = b""
+            self.headers = []
+            return
+        self.head_done = True
+        self.framing = response_framing(status, self.headers, ex.is_head)
+        ex.client.response_head(ex, status, self.reason, self.headers, self.framing)
+        if ex.is_head and self.ex is ex:
+            # llhttp cannot be told that a HEAD response has no body; finish here, do not reuse.
+            self.ex = None
+            ex.client.response_done(ex, self, False)
+
+    def on_body(self, data: bytes) -> None:
+        ex = self.ex
+        if ex is not None:
+            ex.client.response_body(ex, data)
+
+    def on_message_complete(self) -> None:
+        if self.interim:
+            self.interim = False
+            return
+        ex, self.ex = self.ex, None
+        if ex is not None:
+            ex.client.response_done(ex, self, self.parser.should_keep_alive())
+
+
+def open_upstream(pool: ServicePool, backend: Backend, ex: Exchange) -> None:
+    """Attach `ex` to an idle connection of `backend`, or connect a new one in the background."""
+    conn = backend.take_idle()
+    if conn is not None:
+        conn.attach(ex)
+        return
+    task = asyncio.get_running_loop().create_task(_connect(pool, backend, ex, ex.attempts))
+    pool.tasks.add(task)
+    task.add_done_callback(pool.tasks.discard)
+
+
+async def _connect(pool: ServicePool, backend: Backend, ex: Exchange, attempt: int) -> None:
+    loop = asyncio.get_running_loop()
+    host, port = backend.addr
+    try:
+        _, conn = await asyncio.wait_for(
+            loop.create_connection(lambda: UpstreamConnection(backend, pool), host, port),
+            pool.settings.connect_timeout_s,
+        )
+    except (OSError, TimeoutError):
+        if ex.backend is backend and ex.attempts == attempt and ex.state == CONNECTING:
+            ex.client.upstream_failed(ex, CONNECT_FAILED)
+        else:
+            pool.note_failure(backend, CONNECT_FAILED)
+        return
+    if ex.backend is backend and ex.attempts == attempt and ex.state == CONNECTING:
+        conn.attach(ex)
+    else:
+        conn.release(True)  # the client left meanwhile: keep the connection for the next request
