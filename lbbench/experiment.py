@@ -53,6 +53,10 @@ async def run_experiment(config: Config, opts: RunOptions) -> tuple[Path, bool]:
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal)
+    late = [ev for ev in config.events if ev.at_s >= config.run.duration_s]
+    for ev in late:
+        live.say(f"[yellow]warning[/]: event {ev.action} {ev.target} at {ev.at_s:g}s is after the load's end "
+                 f"({config.run.duration_s:g}s) and will not fire")
     skipped = {n: r for n in opts.frontends if (r := skip_reason(n)) is not None}
     for name, reason in skipped.items():
         live.say(f"[yellow]skipping {name}[/]: {reason}")

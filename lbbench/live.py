@@ -12,7 +12,7 @@ from rich.table import Table
 
 from lbbench.cluster.events import LoggedEvent
 
-SHOWN_EVENTS = ("event", "pod_started", "pod_ready", "pod_killed", "pod_died", "pod_deleted", "pod_terminating",
+SHOWN_EVENTS = ("event", "load_started", "pod_started", "pod_ready", "pod_killed", "pod_died", "pod_deleted", "pod_terminating",
                 "endpoints_synced", "node_down", "node_not_ready", "phase_error", "scaled")
 
 
@@ -56,7 +56,7 @@ class LiveView:
             return
         line = f"{ev.at_s:8.3f}s  {ev.kind:<17} {ev.target} {ev.detail}"
         self.recent = [*self.recent[-7:], line]
-        if not self.interactive and ev.kind in ("event", "phase_error", "node_down"):
+        if not self.interactive and ev.kind in ("event", "phase_error", "node_down", "load_started"):
             self.say(line)
 
     def on_progress(self, phase: Any, sample: dict[str, float]) -> None:

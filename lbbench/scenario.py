@@ -210,7 +210,8 @@ class Phase:
     async def _timeline(self, controller: Controller, t0: float) -> None:
         timer = PreciseTimer()
         try:
-            for i, ev in sorted(enumerate(self.config.events), key=lambda p: p[1].at_s):
+            due = [(i, ev) for i, ev in enumerate(self.config.events) if ev.at_s < self.config.run.duration_s]
+            for i, ev in sorted(due, key=lambda p: p[1].at_s):
                 await timer.sleep_until(t0 + ev.at_s)
                 asyncio.create_task(apply_event(self.config, controller, ev, i))  # noqa: RUF006
         finally:

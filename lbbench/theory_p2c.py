@@ -137,7 +137,7 @@ def mitzenmacher_mean_service_times(rho: float, d: int = 2) -> float:
         return 1 / (1 - rho)
     total, i = 0.0, 1
     while True:
-        term = rho ** ((d**i - d) / (d - 1))
+        term = math.pow(rho, (d**i - d) / (d - 1))
         total += term
         if term < 1e-18:
             return total

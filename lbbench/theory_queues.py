@@ -223,7 +223,7 @@ def gimc(servers: int, arrivals: Renewal, mean_service_s: float) -> ExpWaitRespo
 
 def _binomial_decay(n: int, j: int, transform: Callable[[float], float], mu: float) -> float:
     """E over the interarrival of C(n, j) e^{-j mu A} (1 - e^{-mu A})^(n-j), via `transform`."""
-    total = sum((-1) ** m * math.comb(n - j, m) * transform((j + m) * mu) for m in range(n - j + 1))
+    total = sum((-1 if m % 2 else 1) * math.comb(n - j, m) * transform((j + m) * mu) for m in range(n - j + 1))
     return math.comb(n, j) * total
 
 
@@ -297,4 +297,3 @@ def allen_cunneen_mean_wait(
     """
     m = mmc(servers, rate_rps, mean_service_s)
     return m.mean_wait_s * (arrival_scv + service_scv) / 2
-

@@ -62,37 +62,35 @@ def service_times(rng: np.random.Generator, service: ServiceTime, n: int) -> np.
 
 
 def _fcfs_one(arrive: np.ndarray, serve: np.ndarray) -> np.ndarray:
-    """Start times at one single-server FCFS pod, Lindley's recursion in closed form."""
+    """Waits at one single-server FCFS pod, Lindley's recursion in closed form."""
     # W_n = P_n - min_{k<=n} P_k with P the running sum of (S_{k-1} - A_k gaps).
     if len(arrive) == 0:
         return arrive
     u = serve[:-1] - np.diff(arrive)
     p = np.concatenate(([0.0], np.cumsum(u)))
-    return arrive + p - np.minimum.accumulate(p)
+    return p - np.minimum.accumulate(p)  # exactly 0 for an arrival to an empty pod
 
 
 def _fcfs_many(arrive: np.ndarray, serve: np.ndarray, servers: int) -> np.ndarray:
-    """Start times at one FCFS station with `servers` parallel servers."""
+    """Waits at one FCFS station with `servers` parallel servers."""
     if servers == 1:
         return _fcfs_one(arrive, serve)
     free = [0.0] * servers
-    start = np.empty_like(arrive)
+    wait = np.empty_like(arrive)
     for i, (a, s) in enumerate(zip(arrive.tolist(), serve.tolist(), strict=True)):
         b = max(a, free[0])
         heapq.heapreplace(free, b + s)
-        start[i] = b
-    return start
+        wait[i] = b - a
+    return wait
 
 
-def _p2c_starts(
-    rng: np.random.Generator, arrive: np.ndarray, serve: np.ndarray, pods: int, slots: int
-) -> np.ndarray:
+def _p2c_waits(rng: np.random.Generator, arrive: np.ndarray, serve: np.ndarray, pods: int, slots: int) -> np.ndarray:
     first = rng.integers(0, pods, len(arrive))
     second = (first + 1 + rng.integers(0, pods - 1, len(arrive))) % pods  # a distinct second pod
     coin = rng.random(len(arrive)) < 0.5
     free = [[0.0] * slots for _ in range(pods)]
     leave: list[list[float]] = [[] for _ in range(pods)]  # departure times of requests in the pod
-    start = np.empty_like(arrive)
+    wait = np.empty_like(arrive)
     for i, (a, s) in enumerate(zip(arrive.tolist(), serve.tolist(), strict=True)):
         x, y = int(first[i]), int(second[i])
         for p in (x, y):
@@ -103,8 +101,8 @@ def _p2c_starts(
         b = max(a, free[pod][0])
         heapq.heapreplace(free[pod], b + s)
         heapq.heappush(leave[pod], b + s)
-        start[i] = b
-    return start
+        wait[i] = b - a
+    return wait
 
 
 def simulate(
@@ -123,15 +121,14 @@ def simulate(
     arrive = arrival_times(rng, rate_rps, n, arrivals)
     serve = service_times(rng, service, n)
     if policy == "shared":
-        start = _fcfs_many(arrive, serve, pods * slots)
+        wait = _fcfs_many(arrive, serve, pods * slots)
     elif policy == "p2c":
-        start = _p2c_starts(rng, arrive, serve, pods, slots)
+        wait = _p2c_waits(rng, arrive, serve, pods, slots)
     else:
         pod = rng.integers(0, pods, n) if policy == "random" else np.arange(n) % pods
-        start = np.empty(n)
+        wait = np.empty(n)
         for k in range(pods):
             idx = np.flatnonzero(pod == k)
-            start[idx] = _fcfs_many(arrive[idx], serve[idx], slots)
+            wait[idx] = _fcfs_many(arrive[idx], serve[idx], slots)
     keep = slice(int(n * warmup), None)
-    wait = (start - arrive)[keep]
-    return SimResult(response_s=wait + serve[keep], wait_s=wait)
+    return SimResult(response_s=wait[keep] + serve[keep], wait_s=wait[keep])

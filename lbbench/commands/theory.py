@@ -17,9 +17,7 @@ if TYPE_CHECKING:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pods", type=int, required=True, help="number of pods N")
     p.add_argument("--slots", type=int, default=1, help="requests each pod serves at once (default 1)")
-    p.add_argument(
-        "--service", required=True, help="service-time model, e.g. exp:10ms, const:5ms, lognormal:10ms,1"
-    )
+    p.add_argument("--service", required=True, help="service-time model, e.g. exp:10ms, const:5ms, lognormal:10ms,1")
     load = p.add_mutually_exclusive_group(required=True)
     load.add_argument("--rate", type=float, help="offered load in requests/s")
     load.add_argument("--utilisation", type=float, help="per-slot utilisation in (0, 1); sets the rate")
@@ -48,9 +46,7 @@ def run(args: argparse.Namespace) -> int:
     rho = next(iter(predictions.values())).utilisation
     if rho >= 1:
         capacity = args.pods * args.slots / service.mean_s
-        raise UserError(
-            f"unstable: utilisation >= 1 ({rho:.3g}: {rate:g} requests/s offered, capacity {capacity:g})"
-        )
+        raise UserError(f"unstable: utilisation >= 1 ({rho:.3g}: {rate:g} requests/s offered, capacity {capacity:g})")
     if args.json:
         print(json.dumps(_json(args, service, rate, rho, predictions), indent=2))
     else:
@@ -63,7 +59,7 @@ def _rate(args: argparse.Namespace, service: ServiceTime) -> float:
 
     if args.utilisation is not None:
         u = float(args.utilisation)
-        if not (math.isfinite(u) and 0 < u):
+        if not (math.isfinite(u) and u > 0):
             raise UserError(f"--utilisation must be > 0, got {args.utilisation}")
         if u >= 1:
             raise UserError(f"unstable: utilisation >= 1 (--utilisation {u:g})")

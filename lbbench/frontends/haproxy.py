@@ -53,7 +53,6 @@ import asyncio
 import contextlib
 import csv
 import io
-import shutil
 import signal
 from pathlib import Path
 from typing import ClassVar, Literal
@@ -63,6 +62,7 @@ from lbbench.frontends.base import Endpoint, Entrypoint, FrontendPlan, ServiceTy
 from lbbench.frontends.reference import (
     ReferenceFrontend,
     Route,
+    binary_path,
     l4_entrypoint,
     l4_listeners,
     ms,
@@ -101,10 +101,10 @@ class _Haproxy(ReferenceFrontend):
         return self.workdir / "stats.sock"
 
     def run_argv(self, config: Path) -> list[str]:
-        return [shutil.which(self.binary) or self.binary, "-W", "-db", "-f", str(config)]
+        return [binary_path(self.binary), "-W", "-db", "-f", str(config)]
 
     def check_argv(self, config: Path) -> list[str]:
-        return [self.binary, "-c", "-f", str(config)]
+        return [binary_path(self.binary), "-c", "-f", str(config)]
 
     # -- slots ----------------------------------------------------------------------
 

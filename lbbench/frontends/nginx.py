@@ -40,12 +40,16 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import ClassVar, Literal
+
+import psutil
 
 from lbbench.frontends.reference import (
     ReferenceFrontend,
     Route,
+    binary_path,
     eject_s,
     hosts_in_order,
     ms,
@@ -77,10 +81,21 @@ class Nginx(ReferenceFrontend):
         (workdir / "tmp").mkdir()  # nginx creates the leaf temp dirs itself
 
     def run_argv(self, config: Path) -> list[str]:
-        return [self.binary, "-p", f"{config.parent}/", "-c", str(config), "-e", "stderr"]
+        return [binary_path(self.binary), "-p", f"{config.parent}/", "-c", str(config), "-e", "stderr"]
 
     def check_argv(self, config: Path) -> list[str]:
-        return [self.binary, "-t", "-q", "-p", f"{config.parent}/", "-c", str(config), "-e", "stderr"]
+        return [binary_path(self.binary), "-t", "-q", "-p", f"{config.parent}/", "-c", str(config), "-e", "stderr"]
+
+    def retired(self, old_workers: Sequence[int]) -> bool:
+        """Old workers retitle themselves "is shutting down" as they close their listeners."""
+        for pid in old_workers:
+            try:
+                title = " ".join(psutil.Process(pid).cmdline())
+            except psutil.Error:
+                continue  # gone
+            if "shutting down" not in title:
+                return False
+        return True
 
     async def serving_generation(self) -> int | None:
         return await probe_generation(HostPort(self.plan.ingress_ip, self.plan.ingress_port))

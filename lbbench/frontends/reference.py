@@ -43,6 +43,7 @@ import psutil
 from lbbench.errors import UserError
 from lbbench.frontends.base import Endpoint, Entrypoint, Frontend, FrontendPlan, ServiceSpec, ServiceType
 from lbbench.netaddr import HostPort, require_loopback
+from lbbench.netns import find_tool
 from lbbench.procs import Child, Supervisor
 
 STATUS_HOST = "lbbench-status.invalid"  # .invalid never collides with a real Host header
@@ -169,8 +170,13 @@ def ms(seconds: float) -> int:
     return max(1, math.ceil(seconds * 1000))
 
 
+def binary_path(binary: str) -> str:
+    """Absolute path of a proxy binary (they live in /usr/sbin, often not on a user's PATH)."""
+    return find_tool(binary) or binary
+
+
 def missing_binary_reason(binary: str, package: str) -> str | None:
-    if shutil.which(binary) is None:
+    if find_tool(binary) is None:
         return f"{binary} not installed (apt-get install {package})"
     return None
 
@@ -244,9 +250,23 @@ class ReferenceFrontend(Frontend):
     async def apply_update(self, service_key: str) -> str:
         """Make the running proxy serve the freshly written config; returns how ("reload", ...)."""
         assert self.child is not None
+        old = self.worker_pids()
         self.child.signal(self.reload_signal())
-        await self.wait_serving()
+        await self.wait_serving(old)
         return "reload"
+
+    def worker_pids(self) -> list[int]:
+        """The master's current children (the workers of the generation now serving)."""
+        if self.child is None:
+            return []
+        try:
+            return [p.pid for p in psutil.Process(self.child.pid).children()]
+        except psutil.Error:
+            return []
+
+    def retired(self, old_workers: Sequence[int]) -> bool:
+        """Whether the workers of the previous generation stopped taking new connections."""
+        return True
 
     def reload_signal(self) -> int:
         return signal.SIGHUP
@@ -305,13 +325,13 @@ class ReferenceFrontend(Frontend):
     def assign(self, service_key: str) -> None:
         """Hook run before rendering an update (HAProxy assigns server slots here)."""
 
-    async def wait_serving(self, timeout_s: float = READY_TIMEOUT_S) -> None:
-        """Return once the running proxy reports the current generation."""
+    async def wait_serving(self, old_workers: Sequence[int] = (), timeout_s: float = READY_TIMEOUT_S) -> None:
+        """Return once the running proxy reports the current generation and the old workers retired."""
         deadline = time.monotonic() + timeout_s
         while True:
             self._raise_if_dead()
             self._raise_if_refused()
-            if await self.serving_generation() == self.generation:
+            if await self.serving_generation() == self.generation and self.retired(old_workers):
                 return
             if time.monotonic() > deadline:
                 raise UserError(f"{self.name} did not serve config generation {self.generation} within "

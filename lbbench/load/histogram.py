@@ -133,15 +133,23 @@ class LogHistogram:
         n = self.count
         if n == 0:
             return np.full(q.shape, math.nan)
-        cum = np.cumsum(self.counts)
-        # the 0-based rank of the sample at q, as numpy.percentile(method="linear") uses
-        bucket = np.searchsorted(cum, np.floor(q * (n - 1)), side="right")
-        mid = self.lowest_s * self.growth ** (bucket.astype(np.float64) - 0.5)
-        mid = np.where(bucket == 0, self.min, mid)
-        out = np.clip(mid, self.min, self.max)
+        # numpy.percentile(method="linear"): interpolate between the samples of rank floor(h)
+        # and floor(h) + 1, h = q (n - 1); each sample is its bucket's geometric middle
+        h = q * (n - 1)
+        below = np.floor(h)
+        lo = self._rank_value(below)
+        hi = self._rank_value(np.minimum(below + 1, n - 1))
+        out = lo + (h - below) * (hi - lo)
         out[q == 0] = self.min
         out[q == 1] = self.max
         return out
+
+    def _rank_value(self, rank: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        """The value of the sample with 0-based `rank` in sorted order, to within its bucket."""
+        bucket = np.searchsorted(np.cumsum(self.counts), rank, side="right")
+        mid = self.lowest_s * self.growth ** (bucket.astype(np.float64) - 0.5)
+        mid = np.where(bucket == 0, self.min, mid)
+        return np.clip(mid, self.min, self.max)
 
     # -- JSON ------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

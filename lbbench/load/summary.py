@@ -132,7 +132,7 @@ def _text_lines(s: LoadSummary) -> list[str]:
     lines.append("latency (ok, from intended send): " + "  ".join(
         f"{k} {_ms(lat[k])}" for k in ("mean", "p50", "p90", "p99", "p999", "max")))
     late = s.lateness_s
-    lines.append(f"lateness (sent - intended): p50 {_ms(late['p50'])}  p99 {_ms(late['p99'])}  "
+    lines.append(f"lateness (generator: issued - intended): p50 {_ms(late['p50'])}  p99 {_ms(late['p99'])}  "
                  f"max {_ms(late['max'])}  (threshold {_ms(s.lateness_threshold_s)})")
     if s.pool_wait_s is not None and s.pool_wait_s["max"]:
         pw = s.pool_wait_s
@@ -141,6 +141,8 @@ def _text_lines(s: LoadSummary) -> list[str]:
     cpu = "  ".join(f"w{i} {frac:.0%} ({sec:.2f} s)"
                     for i, (frac, sec) in enumerate(zip(s.worker_cpu_fraction, s.worker_cpu_s, strict=True)))
     lines.append(f"generator CPU while sending: {cpu}")
+    if s.stopped:
+        lines.append("STOPPED early on request: the run is incomplete")
     for w in s.warnings:
         lines.append(f"WARNING: {w}")
     if s.generator_saturated:

@@ -1,0 +1,89 @@
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from lbbench.load.histogram import LogHistogram
+
+QS = [0.0001, 0.001, 0.01, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99, 0.999, 0.9999]
+
+
+@pytest.fixture(scope="module")
+def lognormal() -> np.ndarray:
+    # median 2 ms with a heavy tail: what a loopback latency distribution looks like
+    return np.random.default_rng(1).lognormal(mean=math.log(0.002), sigma=1.2, size=1_000_000)
+
+
+def test_quantiles_within_one_percent_of_numpy_on_a_million_lognormal_samples(lognormal: np.ndarray) -> None:
+    h = LogHistogram()
+    h.record_many(lognormal)
+    exact = np.percentile(lognormal, [q * 100 for q in QS])
+    got = h.quantiles(QS)
+    rel = np.abs(got - exact) / exact
+    assert rel.max() <= 0.01, dict(zip(QS, rel, strict=True))
+    assert h.count == 1_000_000
+    assert h.max == lognormal.max() and h.min == lognormal.min()
+    assert h.mean == pytest.approx(lognormal.mean(), rel=1e-9)
+    assert h.quantile(0) == lognormal.min() and h.quantile(1) == lognormal.max()
+
+
+def test_merging_is_exact(lognormal: np.ndarray) -> None:
+    whole = LogHistogram()
+    whole.record_many(lognormal)
+    parts = []
+    for chunk in np.array_split(lognormal, 4):
+        p = LogHistogram()
+        p.record_many(chunk)
+        parts.append(p)
+    merged = LogHistogram.merged(parts)
+    assert np.array_equal(merged.counts, whole.counts)
+    assert np.array_equal(merged.quantiles(QS), whole.quantiles(QS))
+    assert (parts[0] + parts[1]).count == len(np.array_split(lognormal, 4)[0]) + len(np.array_split(lognormal, 4)[1])
+
+
+def test_one_at_a_time_recording_matches_vectorised() -> None:
+    values = np.random.default_rng(2).exponential(0.01, 20_000)
+    a, b = LogHistogram(), LogHistogram()
+    for v in values:
+        a.record(float(v))
+    b.record_many(values)
+    assert np.array_equal(a.counts, b.counts)
+    assert a.sum == pytest.approx(b.sum)
+
+
+def test_sub_millisecond_values_keep_their_precision() -> None:
+    """Unlike a 1 ms floor: 37 us stays 37 us."""
+    h = LogHistogram()
+    for _ in range(10):
+        h.record(37e-6)
+    h.record(80e-6)
+    assert h.quantile(0.5) == pytest.approx(37e-6, rel=0.005)
+
+
+def test_out_of_range_values_are_counted_not_lost() -> None:
+    h = LogHistogram()
+    h.record(0.0)
+    h.record(-1e-4)  # a send a hair early, say
+    h.record(1e6)
+    assert h.count == 3
+    assert h.quantile(0) == -1e-4 and h.quantile(1) == 1e6
+
+
+def test_json_round_trip() -> None:
+    h = LogHistogram()
+    h.record_many(np.random.default_rng(3).uniform(1e-4, 1.0, 5000))
+    back = LogHistogram.from_dict(json.loads(json.dumps(h.to_dict())))
+    assert np.array_equal(back.counts, h.counts)
+    assert (back.sum, back.min, back.max) == (h.sum, h.min, h.max)
+    empty = LogHistogram.from_dict(LogHistogram().to_dict())
+    assert empty.count == 0 and math.isnan(empty.quantile(0.5)) and math.isnan(empty.mean)
+
+
+def test_different_layouts_refuse_to_merge() -> None:
+    with pytest.raises(ValueError, match="layout"):
+        LogHistogram().merge(LogHistogram(growth=1.02))
+    with pytest.raises(ValueError):
+        LogHistogram().quantile(1.5)
