@@ -11,6 +11,7 @@ import pandas as pd
 from lbbench.config import Config
 from lbbench.results import SCHEMA, buckets, frontend_summary, metadata, spread, write_json
 from lbbench.scenario import PhaseRecord
+from lbbench.theory_fit import theory_section
 
 PHASE_COLS = ("frontend", "rate_rps", "repeat")
 
@@ -25,7 +26,7 @@ def phase_rows(r: PhaseRecord) -> pd.DataFrame | None:
 
 def phase_events(r: PhaseRecord) -> pd.DataFrame:
     df = pd.DataFrame([e.__dict__ for e in r.events], columns=["at_s", "kind", "target", "detail"])
-    return _tag(df, r)
+    return _tag(df.sort_values("at_s", kind="stable", ignore_index=True), r)
 
 
 def write_results(out: Path, config: Config, records: list[PhaseRecord], skipped: dict[str, str],
@@ -64,6 +65,7 @@ def _phase_entry(r: PhaseRecord, config: Config) -> dict[str, Any]:
         gen = r.load.summary.to_dict()
         entry.update(frontend_summary(r.load.rows, phase_events(r), config.run.duration_s, r.cpu_s, gen))
         entry["generator"] = gen
+        entry["theory"] = theory_section(config, r.key.frontend, r.key.rate_rps, entry["latency_s"])
     return entry
 
 
@@ -95,6 +97,7 @@ def _by_frontend(records: list[PhaseRecord], config: Config) -> dict[str, Any]:
                                "p99_s": spread([p["latency_s"]["p99"] for p in per if p["latency_s"]["p99"]]),
                                "lost": spread([float(sum(f["lost"] for f in p["failover"])) for p in per])}
         entry["complete"] = all(r.complete for r in mine)
+        entry["theory"] = theory_section(config, name, first_rate, entry["latency_s"])
         out[name] = entry
     return out
 

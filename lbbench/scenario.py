@@ -170,7 +170,7 @@ class Phase:
             t0 = time.monotonic() + self.config.run.warmup_s + 0.5
             await gen.start(t0)
             log.rebase(t0)
-            log.log("load_started", self.record.target, f"rate={self.key.rate_rps:g}")
+            log.log("load_started", self.record.target, f"rate={self.key.rate_rps:g}", at_s=0.0)
             tasks.append(asyncio.create_task(self._timeline(controller, t0)))
             tasks.append(asyncio.create_task(self._sample(fe, controller, cpu, t0)))
             if self._stopping:

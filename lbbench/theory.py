@@ -52,6 +52,7 @@ from lbbench.theory_queues import (
 
 __all__ = [
     "MODEL_KEYS",
+    "Arrivals",
     "ExpWaitResponse",
     "ModelPrediction",
     "Renewal",

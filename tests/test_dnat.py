@@ -288,6 +288,7 @@ def test_10mb_byte_exact_both_ways_slow_reader_bounded_memory(
     assert len(received) == len(payload)
     assert hashlib.sha256(received).digest() == hashlib.sha256(payload).digest()
     growth = max(samples) - baseline
-    # Without flow control the forwarder would hold most of the 10 MB in its write buffer.
-    assert growth < 4 * 1024 * 1024, f"forwarder RSS grew by {growth / 2**20:.1f} MiB"
+    # With flow control it grows ~0.5 MiB here; without, 6-8 MiB (most of the 10 MB, less
+    # what the kernel's socket buffers absorb) sits in its write buffer.
+    assert growth < 3 * 1024 * 1024, f"forwarder RSS grew by {growth / 2**20:.1f} MiB"
     assert child.alive()

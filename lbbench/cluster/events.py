@@ -25,8 +25,8 @@ class EventLog:
     events: list[LoggedEvent] = field(default_factory=list)
     listeners: list[Callable[[LoggedEvent], None]] = field(default_factory=list)
 
-    def log(self, kind: str, target: str, detail: str = "") -> LoggedEvent:
-        ev = LoggedEvent(time.monotonic() - self.t0, kind, target, detail)
+    def log(self, kind: str, target: str, detail: str = "", at_s: float | None = None) -> LoggedEvent:
+        ev = LoggedEvent(time.monotonic() - self.t0 if at_s is None else at_s, kind, target, detail)
         self.events.append(ev)
         for listener in self.listeners:
             listener(ev)

@@ -260,7 +260,8 @@ class HaproxyHttp(_Haproxy):
         ]
         if p.retries > 0:
             lines.append("    option redispatch")
-            lines.append("    retry-on conn-failure empty-response" if p.retry_idempotent else "    retry-on conn-failure")
+            retry_on = "conn-failure empty-response" if p.retry_idempotent else "conn-failure"
+            lines.append(f"    retry-on {retry_on}")
         lines += ["", *self._render_frontend(routes(self.plan)), ""]
         lines += [
             "backend lbbench_no_route",

@@ -31,21 +31,31 @@ requests (HAProxy and lbbench's proxy do not recycle them). Host is passed throu
 X-Forwarded-For added. A Service with no endpoints is served ``return 503`` (nginx refuses
 an empty upstream), so requests fail at once. ``worker_processes auto``.
 
-As root, workers run as ``nobody``. Inside an unprivileged user namespace nginx cannot
-switch users (``initgroups`` is denied), so it runs as a single process
-(``master_process off``): noted in `counters()` as ``single_process``.
+As root, workers run as ``nobody``. Inside an unprivileged user namespace (lbbench's
+private netns: only uid 0 mapped, setgroups denied) an nginx master cannot start workers
+(``initgroups`` fails), so nginx runs as a single process (``master_process off``, noted
+as ``single_process`` in `counters()`). SIGHUP does not reload cleanly in that mode, so an
+update starts a new nginx on the new config (listeners use ``reuseport``), waits until it
+serves, then sends the old one SIGQUIT (graceful: it stops accepting, finishes its
+requests): the HAProxy ``-sf`` way. So that connections waiting in the old listener's
+accept queue are not reset, ``net.ipv4.tcp_migrate_req`` is set in that private netns.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import math
 import os
+import signal
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import ClassVar, Literal
 
 import psutil
 
+from lbbench.frontends.base import FrontendPlan
 from lbbench.frontends.reference import (
     ReferenceFrontend,
     Route,
@@ -59,6 +69,8 @@ from lbbench.frontends.reference import (
     unprivileged_identity,
 )
 from lbbench.netaddr import HostPort
+from lbbench.netns import in_private_netns
+from lbbench.procs import Child, Supervisor
 
 _BALANCE = {"round-robin": "", "random": "random", "least-conn": "least_conn", "p2c": "random two least_conn",
             "peak-ewma": "least_conn"}
@@ -77,14 +89,69 @@ class Nginx(ReferenceFrontend):
     def single_process(self) -> bool:
         return os.geteuid() == 0 and unprivileged_identity() is None
 
+    def __init__(self, plan: FrontendPlan, supervisor: Supervisor) -> None:
+        super().__init__(plan, supervisor)
+        self._retiring: list[Child] = []
+
     def prepare_workdir(self, workdir: Path) -> None:
         (workdir / "tmp").mkdir()  # nginx creates the leaf temp dirs itself
+        if self.single_process:
+            self.prepare_single_process()
 
     def run_argv(self, config: Path) -> list[str]:
         return [binary_path(self.binary), "-p", f"{config.parent}/", "-c", str(config), "-e", "stderr"]
 
     def check_argv(self, config: Path) -> list[str]:
         return [binary_path(self.binary), "-t", "-q", "-p", f"{config.parent}/", "-c", str(config), "-e", "stderr"]
+
+    async def apply_update(self, service_key: str) -> str:
+        if not self.single_process:
+            return await super().apply_update(service_key)
+        old = self.child
+        self.child = None
+        try:
+            self.spawn()
+            await self.wait_serving()
+        except BaseException:
+            if self.child is not None:
+                await self.child.stop(1.0)
+            self.child = old
+            raise
+        if old is not None:
+            old.signal(signal.SIGQUIT)
+            self._retiring.append(old)
+            await self._wait_unlisten(old.pid)
+        self._retiring = [c for c in self._retiring if c.alive()]
+        return "replace"
+
+    async def _wait_unlisten(self, pid: int, timeout_s: float = 5.0) -> None:
+        """Until the old single process closed its listener (it keeps finishing its requests)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                if not any(c.status == psutil.CONN_LISTEN for c in psutil.Process(pid).net_connections("tcp")):
+                    return
+            except psutil.Error:
+                return
+            await asyncio.sleep(0.002)
+
+    def prepare_single_process(self) -> None:
+        """Let the kernel hand connections queued on a closing reuseport listener to its sibling.
+
+        Only ever in lbbench's own network namespace: without it a replaced nginx would reset
+        connections that were waiting in its accept queue (net.ipv4.tcp_migrate_req, Linux 5.14+).
+        """
+        if in_private_netns():
+            with contextlib.suppress(OSError):
+                Path("/proc/sys/net/ipv4/tcp_migrate_req").write_text("1\n")
+
+    async def stop(self) -> None:
+        retiring, self._retiring = self._retiring, []
+        await asyncio.gather(*(c.stop(2.0) for c in retiring if c.alive()))
+        await super().stop()
+
+    def pids(self) -> list[int]:
+        return [*super().pids(), *(c.pid for c in self._retiring if c.alive())]
 
     def retired(self, old_workers: Sequence[int]) -> bool:
         """Old workers retitle themselves "is shutting down" as they close their listeners."""
@@ -112,7 +179,7 @@ class Nginx(ReferenceFrontend):
         lines += self._process_lines()
         lines += [
             "worker_processes auto;",
-            f"pid {wd}/nginx.pid;",
+            f"pid {wd}/nginx-{self.generation}.pid;" if self.single_process else f"pid {wd}/nginx.pid;",
             "error_log stderr warn;",
             "events { worker_connections 4096; }",
             "http {",
@@ -199,8 +266,12 @@ class Nginx(ReferenceFrontend):
     def _listen(self) -> str:
         return f"{self.plan.ingress_ip}:{self.plan.ingress_port}"
 
+    def _default_listen(self) -> str:
+        """The one `listen` that carries socket options (nginx wants them once per address)."""
+        return f"{self._listen()} default_server{' reuseport' if self.single_process else ''}"
+
     def _default_server(self, rs: list[Route]) -> list[str]:
-        return ["server {", f"    listen {self._listen()} default_server;", "    server_name _;",
+        return ["server {", f"    listen {self._default_listen()};", "    server_name _;",
                 *self._locations(rs), "}"]
 
     def _server(self, host: str, rs: list[Route]) -> list[str]:

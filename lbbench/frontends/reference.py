@@ -299,11 +299,14 @@ class ReferenceFrontend(Frontend):
         self.prepare_workdir(self.workdir)
         self._write_config()
         await self.check_config(self.config_path)
-        with self.log_path.open("ab") as log:
-            self.child = self.supervisor.spawn(
-                self.name, self.run_argv(self.config_path), stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=str(self.workdir)
-            )
+        self.spawn()
         await self.wait_serving()
+
+    def spawn(self) -> None:
+        """Start the proxy on the current config file, its output appended to the log."""
+        with self.log_path.open("ab") as log:
+            self.child = self.supervisor.spawn(self.name, self.run_argv(self.config_path), stdin=subprocess.DEVNULL,
+                                               stdout=log, stderr=log, cwd=str(self.workdir))
 
     async def update_endpoints(self, service_key: str, endpoints: tuple[Endpoint, ...]) -> None:
         if service_key not in self.endpoints:
@@ -342,8 +345,8 @@ class ReferenceFrontend(Frontend):
         """Syntax-check `config` with the proxy itself; UserError with its message if rejected."""
         out = config.with_suffix(config.suffix + ".check")
         with out.open("wb") as f:
-            child = self.supervisor.spawn(f"{self.name}-check", self.check_argv(config), stdin=subprocess.DEVNULL, stdout=f,
-                                          stderr=f, cwd=str(config.parent))
+            child = self.supervisor.spawn(f"{self.name}-check", self.check_argv(config), stdin=subprocess.DEVNULL,
+                                          stdout=f, stderr=f, cwd=str(config.parent))
         try:
             rc = await asyncio.wait_for(child.wait(), READY_TIMEOUT_S)
         finally:

@@ -262,6 +262,7 @@ class HttpClient:
         conn.req = req
         if req is not None:
             req.conn = conn
+            req.conn_id, req.new_conn = conn.conn_id, True  # also when the connect fails
             if math.isnan(req.sent):
                 req.sent = time.monotonic()  # the SYN is this request's first byte out
         self.conns.add(conn)

@@ -1,0 +1,49 @@
+"""Render a :class:`Document` as GitHub-flavoured Markdown; plots referenced as relative `plots/*.png`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lbbench.report.doc import Banner, Block, Bullets, Document, Image, Paragraph, Table
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def table(t: Table) -> str:
+    sep = {"l": ":---", "r": "---:", "c": ":---:"}
+    lines = ["| " + " | ".join(_cell(h) for h in t.headers) + " |",
+             "| " + " | ".join(sep.get(a, "---") for a in t.alignment()) + " |"]
+    lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in t.rows]
+    if t.caption:
+        lines += ["", f"*{t.caption}*"]
+    return "\n".join(lines)
+
+
+def _block(b: Block, base: Path) -> str:
+    if isinstance(b, Table):
+        return table(b)
+    if isinstance(b, Paragraph):
+        return b.text
+    if isinstance(b, Bullets):
+        return "\n".join(f"- {item}" for item in b.items)
+    if isinstance(b, Banner):
+        return f"> **{b.text}**"
+    if isinstance(b, Image):
+        rel = b.path.relative_to(base) if b.path.is_relative_to(base) else b.path
+        text = f"![{b.title}]({rel.as_posix()})"
+        return text + (f"\n\n{b.caption}" if b.caption else "")
+    raise TypeError(f"unknown block {type(b).__name__}")
+
+
+def render(doc: Document, base: Path) -> str:
+    """`base`: the folder the .md file is written to (image paths are made relative to it)."""
+    out = [f"# {doc.title}", "", doc.subtitle, ""]
+    for banner in doc.banners:
+        out += [_block(banner, base), ""]
+    for section in doc.sections:
+        out += [f"## {section.title}", ""]
+        for b in section.blocks:
+            out += [_block(b, base), ""]
+    return "\n".join(out).rstrip() + "\n"

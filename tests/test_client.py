@@ -1,0 +1,254 @@
+"""The raw HTTP/1.1 client against real pods and scripted loopback servers (no mocks)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import time
+from collections.abc import Callable, Coroutine, Iterator
+from typing import Any, TypeVar
+
+import pytest
+import uvloop
+
+from lbbench.load.client import HttpClient, Request, build_request
+from lbbench.load.spec import ConnectionMode
+from lbbench.netaddr import HostPort
+from lbbench.procs import Supervisor
+from lbbench.testing import fresh_ip, start_pod
+
+T = TypeVar("T")
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nx-pod: scripted\r\n\r\nok\n"
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    return uvloop.run(coro)
+
+
+async def fetch(target: HostPort, path: str = "/", mode: str = "close", n: int = 1, *, sequential: bool = True,
+                pause_s: float = 0.0, **kw: Any) -> list[Request]:
+    """Issue `n` requests (one after another, or all at once) and return them in completion order."""
+    done: list[Request] = []
+    m = ConnectionMode.parse(mode)
+    client = HttpClient(target, build_request(path, str(target), close=m.kind == "close"), m, done.append,
+                        pool_size=m.pool, **kw)
+    for _ in range(n):
+        client.issue(time.monotonic())
+        if sequential:
+            await client.wait_idle()
+            await asyncio.sleep(pause_s)
+    await client.wait_idle()
+    client.close()
+    await asyncio.sleep(0.02)  # let closed transports finish
+    return done
+
+
+# -- scripted servers -------------------------------------------------------------------------
+Handler = Callable[[int, int, asyncio.Transport], None]  # (connection no, request no on it, transport)
+
+
+class _Scripted(asyncio.Protocol):
+    def __init__(self, handler: Handler, conn_no: int) -> None:
+        self.handler = handler
+        self.conn_no = conn_no
+        self.buf = b""
+        self.n = 0
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        while b"\r\n\r\n" in self.buf and self.transport is not None:
+            _, self.buf = self.buf.split(b"\r\n\r\n", 1)
+            self.handler(self.conn_no, self.n, self.transport)
+            self.n += 1
+
+
+@contextlib.asynccontextmanager
+async def scripted(handler: Handler) -> Any:
+    loop = asyncio.get_running_loop()
+    counter = iter(range(10**6))
+    server = await loop.create_server(lambda: _Scripted(handler, next(counter)), fresh_ip(), 0)
+    host, port = server.sockets[0].getsockname()[:2]
+    try:
+        yield HostPort(host, port)
+    finally:
+        server.close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(server.wait_closed(), 1.0)
+
+
+@pytest.fixture
+def pod(supervisor: Supervisor) -> HostPort:
+    return start_pod(supervisor, "web-a", service="const:1ms", slots=4)[1]
+
+
+# -- tests ----------------------------------------------------------------------------------------
+def test_close_mode_opens_a_new_connection_per_request(pod: HostPort) -> None:
+    reqs = run(fetch(pod, n=5))
+    assert [r.error for r in reqs] == [""] * 5
+    assert {r.status for r in reqs} == {200}
+    assert len({r.conn_id for r in reqs}) == 5 and all(r.new_conn for r in reqs)
+    assert {r.pod for r in reqs} == {"web-a"} and {r.pod_ip for r in reqs} == {pod.host}
+    assert all(r.service_ms >= 0.9 and r.queue_ms >= 0 for r in reqs)
+    assert all(r.intended <= r.issued <= r.sent < r.done for r in reqs)
+
+
+def test_keepalive_pool_reuses_exactly_k_connections(pod: HostPort) -> None:
+    reqs = run(fetch(pod, mode="keepalive:2", n=20, sequential=False))
+    assert len(reqs) == 20 and all(r.error == "" for r in reqs)
+    assert len({r.conn_id for r in reqs}) == 2
+    assert sum(r.new_conn for r in reqs) == 2
+
+
+def test_open_loop_waits_for_a_free_connection_and_counts_latency_from_intended(supervisor: Supervisor) -> None:
+    _, addr = start_pod(supervisor, "slow", service="const:50ms", slots=4)
+    reqs = run(fetch(addr, mode="keepalive:1", n=4, sequential=False))
+    latencies = sorted(r.done - r.intended for r in reqs)
+    assert len({r.conn_id for r in reqs}) == 1
+    for k, lat in enumerate(latencies, start=1):  # one connection: they go one after another
+        assert lat >= 0.045 * k
+    waited = sorted(r.sent - r.issued for r in reqs)
+    assert waited[0] < 0.02 and waited[-1] >= 0.14
+
+
+def test_refused() -> None:
+    with socket.socket() as s:  # a free port on a fresh IP with nothing listening
+        s.bind((fresh_ip(), 0))
+        host, port = s.getsockname()
+    [r] = run(fetch(HostPort(host, port)))
+    assert r.error == "refused" and r.status == 0 and r.conn_id >= 0
+
+
+@pytest.fixture
+def full_listener() -> Iterator[HostPort]:
+    """A listening socket whose accept queue is full: further SYNs are dropped, connect hangs."""
+    srv = socket.socket()
+    srv.bind((fresh_ip(), 0))
+    srv.listen(0)
+    addr = HostPort(*srv.getsockname()[:2])
+    fillers = []
+    try:
+        for _ in range(8):
+            c = socket.socket()
+            c.settimeout(0.2)
+            fillers.append(c)
+            try:
+                c.connect((addr.host, addr.port))
+            except OSError:
+                break
+        else:
+            pytest.skip("could not fill the accept queue")
+        yield addr
+    finally:
+        for c in fillers:
+            c.close()
+        srv.close()
+
+
+def test_connect_timeout(full_listener: HostPort) -> None:
+    t0 = time.monotonic()
+    [r] = run(fetch(full_listener, connect_timeout_s=0.2))
+    assert r.error == "connect_timeout"
+    assert 0.19 <= r.done - r.intended < 1.0 and time.monotonic() - t0 < 2
+
+
+def test_total_timeout_counts_from_the_intended_time(pod: HostPort) -> None:
+    [r] = run(fetch(pod, "/?hang=100", timeout_s=0.3))
+    assert r.error == "timeout"
+    assert 0.29 <= r.done - r.intended < 0.8
+
+
+def test_peer_closing_without_reply_is_a_reset(pod: HostPort) -> None:
+    [r] = run(fetch(pod, "/?close=100"))
+    assert r.error == "reset" and r.status == 0
+
+
+@pytest.mark.parametrize(("status", "error"), [(503, "http_5xx"), (500, "http_5xx"), (404, "http_4xx"),
+                                               (429, "http_4xx"), (302, "")])
+def test_http_status_classes(pod: HostPort, status: int, error: str) -> None:
+    [r] = run(fetch(pod, f"/?status={status}:100"))
+    assert (r.status, r.error) == (status, error)
+    assert r.pod == "web-a"
+
+
+def test_truncated_response() -> None:
+    def partial(conn: int, n: int, tr: asyncio.Transport) -> None:
+        tr.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly a part")
+        tr.close()
+
+    async def go() -> list[Request]:
+        async with scripted(partial) as addr:
+            return await fetch(addr)
+
+    [r] = run(go())
+    assert r.error == "truncated" and r.status == 200
+
+
+def test_garbage_is_other() -> None:
+    def garbage(conn: int, n: int, tr: asyncio.Transport) -> None:
+        tr.write(b"SSH-2.0-OpenSSH\r\n\r\n")
+
+    async def go() -> list[Request]:
+        async with scripted(garbage) as addr:
+            return await fetch(addr, timeout_s=2)
+
+    [r] = run(go())
+    assert r.error == "other"
+
+
+def test_body_delimited_by_connection_end_is_complete() -> None:
+    def http10(conn: int, n: int, tr: asyncio.Transport) -> None:
+        tr.write(b"HTTP/1.1 200 OK\r\nx-pod: old\r\n\r\nthe body runs to the end")
+        tr.close()
+
+    async def go() -> list[Request]:
+        async with scripted(http10) as addr:
+            return await fetch(addr, timeout_s=2)
+
+    [r] = run(go())
+    assert (r.error, r.status, r.pod) == ("", 200, "old")
+
+
+def test_broken_keepalive_connections_are_replaced() -> None:
+    """Server closes every connection after two answers, and drops the 5th request without one."""
+    seen = []
+
+    def two_per_conn(conn: int, n: int, tr: asyncio.Transport) -> None:
+        seen.append(conn)
+        if len(seen) == 5:
+            tr.close()
+            return
+        tr.write(OK)
+        if n == 1:
+            tr.close()
+
+    async def go() -> list[Request]:
+        async with scripted(two_per_conn) as addr:
+            return await fetch(addr, mode="keepalive:1", n=7, pause_s=0.05)
+
+    reqs = run(go())
+    assert [r.error for r in reqs] == ["", "", "", "", "reset", "", ""]
+    ids = [r.conn_id for r in reqs]
+    assert ids[0] == ids[1] != ids[2] == ids[3] != ids[4] != ids[5] == ids[6]
+    assert [r.new_conn for r in reqs] == [True, False, True, False, True, True, False]
+
+
+def test_abort_all_drops_outstanding_requests(pod: HostPort) -> None:
+    async def go() -> tuple[list[Request], int, int]:
+        done: list[Request] = []
+        m = ConnectionMode.parse("keepalive:1")
+        client = HttpClient(pod, build_request("/?hang=100", str(pod), close=False), m, done.append, pool_size=1)
+        for _ in range(3):
+            client.issue(time.monotonic())
+        await asyncio.sleep(0.2)
+        dropped = client.abort_all()
+        await asyncio.wait_for(client.wait_idle(), 1.0)
+        await asyncio.sleep(0.02)
+        return done, dropped, client.outstanding
+
+    done, dropped, outstanding = run(go())
+    assert (len(done), dropped, outstanding) == (0, 3, 0)

@@ -1,0 +1,262 @@
+"""kernel-nftables: kube-proxy's nftables layout, applied by the real kernel in a private namespace.
+
+The kernel scenarios run inside ``unshare --user --map-root-user --net`` (through
+``netns_argv``) and print JSON; these tests assert on it. They are skipped only when
+``netns_unavailable_reason()`` says so (CI has user namespaces and nftables).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from scipy.stats import chisquare
+
+from lbbench.errors import UserError
+from lbbench.frontends.base import Endpoint, FrontendPlan, ServiceSpec
+from lbbench.frontends.nftables import (
+    KernelNftables,
+    endpoint_chain,
+    render_full_apply,
+    render_ruleset,
+    render_update,
+    service_chain,
+)
+from lbbench.netns import netns_argv, netns_unavailable_reason
+from lbbench.procs import Supervisor
+
+HERE = Path(__file__).parent
+GOLDEN = HERE / "golden" / "nftables_3x4.nft"
+SCENARIOS = HERE / "l4_scenarios.py"
+FRONTEND = "kernel-nftables"
+
+needs_netns = pytest.mark.skipif(netns_unavailable_reason() is not None,
+                                 reason=f"no private user+net namespace with nft: {netns_unavailable_reason()}")
+
+
+def golden_services() -> tuple[list[ServiceSpec], dict[str, list[Endpoint]]]:
+    services = [
+        ServiceSpec("web", "default", "ClusterIP", "127.96.0.10", 80, 8080),
+        ServiceSpec("cart", "shop", "NodePort", "127.96.0.11", 80, 8080, node_port=30080,
+                    node_ips=("127.97.0.1", "127.97.0.2")),
+        ServiceSpec("front", "shop", "LoadBalancer", "127.96.0.12", 443, 8443, node_port=30443,
+                    node_ips=("127.97.0.1", "127.97.0.2"), lb_ip="127.99.0.1"),
+    ]
+    endpoints = {
+        s.key: [Endpoint(f"{s.name}-{i}", f"127.100.{k}.{i + 1}", s.target_port, f"node-{i % 2}") for i in range(4)]
+        for k, s in enumerate(services)
+    }
+    return services, endpoints
+
+
+def run_in_netns(sup: Supervisor, argv: list[str], timeout_s: float = 90) -> subprocess.CompletedProcess[str]:
+    child = sup.spawn("netns", netns_argv(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                      stderr=subprocess.PIPE)
+    out, err = child.popen.communicate(timeout=timeout_s)
+    return subprocess.CompletedProcess(argv, child.popen.returncode, out.decode(), err.decode())
+
+
+def scenario(sup: Supervisor, name: str) -> dict[str, Any]:
+    r = run_in_netns(sup, [sys.executable, str(SCENARIOS), name, FRONTEND])
+    assert r.returncode == 0, r.stderr[-3000:]
+    result: dict[str, Any] = json.loads(r.stdout)
+    return result
+
+
+# ---------------------------------------------------------------------------------------
+# Rendering (pure)
+
+
+def test_chain_names_follow_kube_proxy() -> None:
+    # kube-proxy's own examples (pkg/proxy/nftables): the same hash scheme gives the same names
+    spec = ServiceSpec("svc1", "ns1", "ClusterIP", "127.0.0.10", 80, 80)
+    assert service_chain(spec) == "service-ULMVA6XW-ns1/svc1/tcp/p80"
+    assert endpoint_chain(spec, Endpoint("p", "10.180.0.1", 80)) == "endpoint-5OJB2KTY-ns1/svc1/tcp/p80__10.180.0.1/80"
+
+
+def test_ruleset_matches_golden() -> None:
+    services, endpoints = golden_services()
+    text = render_ruleset(services, endpoints)
+    if os.environ.get("LBBENCH_UPDATE_GOLDEN"):
+        GOLDEN.write_text(text)
+    assert text == GOLDEN.read_text()
+    assert "numgen random mod 4 vmap" in text
+    assert "127.99.0.1" not in text  # the LB IP is the cloud balancer's, not in service-ips
+
+
+def test_empty_service_goes_to_reject_not_to_nat() -> None:
+    services, endpoints = golden_services()
+    endpoints["shop/cart"] = []
+    text = render_ruleset(services, endpoints)
+    assert '127.96.0.11 . tcp . 80 comment "shop/cart:p80" : goto reject-chain' in text
+    assert 'tcp . 30080 comment "shop/cart:p80" : goto reject-chain' in text
+    assert service_chain(services[1]) not in text
+
+
+def test_names_must_be_dns_labels() -> None:
+    bad = ServiceSpec("Web_1", "default", "ClusterIP", "127.96.0.10", 80, 8080)
+    with pytest.raises(ValueError, match="DNS label"):
+        render_ruleset([bad], {})
+
+
+def test_start_refuses_outside_the_private_namespace() -> None:
+    """Never the host's netfilter: refused before any nft runs."""
+    spec = ServiceSpec("web", "default", "ClusterIP", "127.96.0.10", 80, 8080)
+
+    async def attempt(in_netns: bool) -> None:
+        sup = Supervisor()
+        try:
+            await KernelNftables(FrontendPlan((spec,), in_netns=in_netns), sup).start()
+        finally:
+            await sup.aclose()
+
+    for claimed in (False, True):  # claiming in_netns is not enough without the real namespace
+        with pytest.raises(UserError, match="private network namespace"):
+            asyncio.run(attempt(claimed))
+
+
+# ---------------------------------------------------------------------------------------
+# nft itself
+
+
+@pytest.mark.netns
+@needs_netns
+def test_golden_and_update_transactions_accepted_by_nft(supervisor: Supervisor, tmp_path: Path) -> None:
+    services, endpoints = golden_services()
+    update_to_two = {**endpoints, "default/web": endpoints["default/web"][:2]}
+    update_to_none = {**endpoints, "shop/front": []}
+    (tmp_path / "full.nft").write_text(render_full_apply(services, endpoints))
+    (tmp_path / "two.nft").write_text(render_update(services, update_to_two, services[0], endpoints["default/web"]))
+    (tmp_path / "none.nft").write_text(render_update(services, update_to_none, services[2],
+                                                     endpoints["shop/front"]))
+    script = (f"nft -c -f {GOLDEN} && nft -f {tmp_path}/full.nft && nft -f {tmp_path}/two.nft && "
+              f"nft -f {tmp_path}/none.nft && nft list table ip lbbench")
+    r = run_in_netns(supervisor, ["sh", "-c", script])
+    assert r.returncode == 0, r.stderr
+    listed = r.stdout
+    assert "numgen random mod 2 vmap" in listed  # default/web now has two endpoints
+    assert "127.100.0.3" not in listed  # its stale endpoint chains are gone
+    assert service_chain(services[2]) not in listed  # shop/front: no endpoints, no NAT chain
+    assert "30443" in listed and "reject-chain" in listed
+
+
+@pytest.mark.netns
+@needs_netns
+def test_nft_check_rejects_a_broken_ruleset(supervisor: Supervisor, tmp_path: Path) -> None:
+    """The golden check above can fail: nft -c does refuse bad input."""
+    services, endpoints = golden_services()
+    broken = render_ruleset(services, endpoints).replace("numgen random mod 4", "numgen random mod four", 1)
+    (tmp_path / "broken.nft").write_text(broken)
+    assert run_in_netns(supervisor, ["nft", "-c", "-f", str(tmp_path / "broken.nft")]).returncode != 0
+
+
+# ---------------------------------------------------------------------------------------
+# The kernel balancing real connections
+
+
+@pytest.mark.netns
+@pytest.mark.slow
+@needs_netns
+def test_kernel_uniform_random_and_keepalive_sticks(supervisor: Supervisor) -> None:
+    r = scenario(supervisor, "uniformity")
+    counts = r["new"]["served"]
+    assert r["new"]["errors"] == {}
+    assert sorted(counts) == ["pod-0", "pod-1", "pod-2", "pod-3"]
+    assert sum(counts.values()) == 2000
+    assert chisquare(list(counts.values())).pvalue > 0.001
+    assert r["keepalive_errors"] == 0 and len(r["keepalive"]) == 200
+    assert all(len(set(pods)) == 1 and len(pods) == 2 for pods in r["keepalive"])
+    assert len({pods[0] for pods in r["keepalive"]}) == 4
+    assert r["counters"]["nft_applies_total"] == 2  # start + one Endpoints sync
+
+
+@pytest.mark.netns
+@pytest.mark.slow
+@needs_netns
+def test_kernel_dead_endpoint_fails_until_sync_then_never(supervisor: Supervisor) -> None:
+    r = scenario(supervisor, "dead_endpoint")
+    flight, before, after = r["in_flight"], r["before_sync"], r["after_sync"]
+    assert "pod-0" not in flight["served"]
+    assert sum(flight["errors"].values()) >= 1
+    assert sum(flight["served"].values()) + sum(flight["errors"].values()) == 40
+    failed = sum(before["errors"].values())
+    assert set(before["errors"]) <= {"refused", "reset"}  # the dead pod IP answers the SYN with RST
+    assert 0.12 < failed / 400 < 0.40
+    assert "pod-0" not in before["served"]
+    assert after["errors"] == {}
+    assert sorted(after["served"]) == ["pod-1", "pod-2", "pod-3"]
+
+
+@pytest.mark.netns
+@needs_netns
+def test_kernel_conntrack_keeps_established_connection(supervisor: Supervisor) -> None:
+    r = scenario(supervisor, "conntrack")
+    sticky = r["sticky"]
+    assert len(sticky) == 3 and len(set(sticky)) == 1
+    assert sticky[0] not in r["after"]["served"]
+    assert r["after"]["errors"] == {}
+
+
+@pytest.mark.netns
+@needs_netns
+def test_kernel_service_types_and_lb_hop(supervisor: Supervisor) -> None:
+    r = scenario(supervisor, "service_types")
+    assert len(r["NodePort"]) == 2
+    for res in [r["ClusterIP"], *r["NodePort"].values(), r["LoadBalancer"]]:
+        assert res["errors"] == {}
+        assert len(res["served"]) >= 2
+    assert r["counters"]["lb_connections_total"] == 80  # the cloud-LB hop, then the kernel's NodePort DNAT
+
+
+@pytest.mark.netns
+@needs_netns
+def test_kernel_rules_act_reject_then_dnat(supervisor: Supervisor) -> None:
+    """A listener on the ClusterIP itself: the rules must keep every connection away from it."""
+    r = scenario(supervisor, "reject_trap")
+    assert r["hits_before_rules"] == 5  # without rules the trap does answer
+    assert r["empty"]["errors"] == {"refused": 20}  # kube-proxy's reject for a Service without endpoints
+    assert r["full"]["served"] == {"pod-0": 20}
+    assert r["trap_hits_with_rules"] == 0
+
+
+@pytest.mark.netns
+@needs_netns
+def test_every_apply_is_saved_with_its_time(supervisor: Supervisor, tmp_path: Path) -> None:
+    code = f"""
+import asyncio, json
+from pathlib import Path
+from lbbench.frontends.base import Endpoint, FrontendPlan, ServiceSpec
+from lbbench.frontends.nftables import KernelNftables
+from lbbench.procs import Supervisor
+
+async def main():
+    sup = Supervisor()
+    spec = ServiceSpec("web", "default", "ClusterIP", "127.96.0.10", 80, 8080)
+    fe = KernelNftables(FrontendPlan((spec,), in_netns=True, artifacts_dir=Path({str(tmp_path)!r})), sup)
+    await fe.start()
+    await fe.update_endpoints(spec.key, (Endpoint("a", "127.100.0.1", 8080), Endpoint("b", "127.100.0.2", 8080)))
+    await fe.update_endpoints(spec.key, ())
+    counters = await fe.counters()
+    await fe.stop()
+    await sup.aclose()
+    print(json.dumps(counters))
+
+asyncio.run(main())
+"""
+    r = run_in_netns(supervisor, [sys.executable, "-c", code])
+    assert r.returncode == 0, r.stderr
+    counters = json.loads(r.stdout)
+    assert counters["nft_applies_total"] == 3
+    assert counters["nft_apply_max_ms"] > 0
+    folder = tmp_path / "nftables"
+    applies = [json.loads(line) for line in (folder / "applies.jsonl").read_text().splitlines()]
+    assert [a["seq"] for a in applies] == [1, 2, 3, 4]  # start, two syncs, stop
+    assert all(a["exit_status"] == 0 and a["apply_ms"] > 0 and a["applied_unix_s"] > 0 for a in applies)
+    assert "numgen random mod 2" in (folder / "0002.nft").read_text()
+    assert "goto reject-chain" in (folder / "0003.nft").read_text()
