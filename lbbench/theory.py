@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -125,7 +126,7 @@ class _Inputs:
 
 
 def _require_count(name: str, value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
 
 
@@ -166,7 +167,7 @@ def predict(
     if rho >= 1:
         capacity = pods * slots / service.mean_s
         return _all_none(rho, f"unstable: utilisation {rho:.3g} >= 1 (capacity {capacity:.4g} requests/s)")
-    x = _Inputs(pods, slots, service, rate_rps, arrivals, rho)
+    x = _Inputs(int(pods), int(slots), service, float(rate_rps), arrivals, float(rho))
     exp_service = service.kind == "exp"
     return {
         "random_split": _random_split(x) if exp_service else _random_split_general(x),

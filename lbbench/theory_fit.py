@@ -33,8 +33,9 @@ def matching_model(config: Config, frontend: str) -> tuple[str | None, str]:
     slots = workloads[0].template.slots
     if frontend in DNAT:
         if lc.connections.kind != "close":
-            return None, ("keep-alive through DNAT: a pod is chosen per connection, not per request, "
-                          "so the split is not Poisson")
+            return None, (
+                "keep-alive through DNAT: a pod is chosen per connection, not per request, so the split is not Poisson"
+            )
         return "random_split", "random DNAT per new connection, one request per connection"
     if frontend in QUEUEING:
         mc = config.proxy.maxconn
@@ -55,12 +56,18 @@ def theory_section(config: Config, frontend: str, rate_rps: float, measured: dic
     w = config.backing_workloads(config.service(config.load.service))[0]
     replicas = config.cluster.nodes if w.kind == "DaemonSet" else w.replicas
     try:
-        pred: ModelPrediction = predict(replicas, w.template.slots, w.template.service, rate_rps,
-                                        config.load.arrivals)[model]
+        pred: ModelPrediction = predict(replicas, w.template.slots, w.template.service, rate_rps, config.load.arrivals)[
+            model
+        ]
     except ValueError as e:
         return {"model": None, "reason": str(e)}
-    out: dict[str, Any] = {"model": model, "why": why, "exact": pred.exact, "note": pred.note,
-                           "utilisation": pred.utilisation}
+    out: dict[str, Any] = {
+        "model": model,
+        "why": why,
+        "exact": pred.exact,
+        "note": pred.note,
+        "utilisation": pred.utilisation,
+    }
     for stat, key in (("mean", "mean_s"), ("p50", "p50_s"), ("p99", "p99_s")):
         predicted = getattr(pred, key)
         got = measured.get(stat)

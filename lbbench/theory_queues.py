@@ -1,13 +1,14 @@
 """Single-station queueing formulas: Erlang B/C, M/M/c, GI/M/c, M/G/1 and Allen-Cunneen.
 
 Units: rates in 1/s, times in s. Every model assumes FCFS order, a stationary (long-run) system,
-independent service times independent of arrivals, and no abandonment, retries or timeouts.
+i.i.d. service times independent of the arrivals, and no abandonment, retries or timeouts.
 An unstable system (utilisation >= 1) raises `UnstableError`.
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -36,7 +37,7 @@ def _check_positive(**values: float) -> None:
 
 
 def _check_servers(servers: int) -> None:
-    if isinstance(servers, bool) or not isinstance(servers, int) or servers < 1:
+    if isinstance(servers, bool) or not isinstance(servers, numbers.Integral) or servers < 1:
         raise ValueError(f"servers must be an integer >= 1, got {servers!r}")
 
 
@@ -79,8 +80,12 @@ def _quantile(sf: Callable[[float], float], q: float, scale_s: float) -> float:
     if sf(0.0) <= target:
         return 0.0
     hi = scale_s
-    while sf(hi) > target:
+    for _ in range(200):  # 2^200 mean response times: only a broken sf gets this far
+        if sf(hi) <= target:
+            break
         hi *= 2
+    else:
+        raise ArithmeticError(f"no {q} quantile found below {hi:g} s")
     return float(brentq(lambda t: sf(t) - target, 0.0, hi, xtol=1e-15 * hi, rtol=1e-13))
 
 
@@ -170,6 +175,14 @@ class Renewal:
     phases: int = 1
     keep: float = 1.0
 
+    def __post_init__(self) -> None:
+        if self.kind not in ("poisson", "erlang", "deterministic", "thinned_deterministic"):
+            raise ValueError(f"unknown arrival process {self.kind!r}")
+        _check_positive(rate_rps=self.rate_rps)
+        _check_servers(self.phases)
+        if not 0 < self.keep <= 1:
+            raise ValueError(f"keep must be in (0, 1], got {self.keep!r}")
+
     def lst(self, s: float) -> float:
         return 1 - self.one_minus_lst(s)
 
@@ -180,9 +193,10 @@ class Renewal:
             return s / (lam + s)
         if self.kind == "erlang":
             return -math.expm1(-self.phases * math.log1p(s / (self.phases * lam)))
-        d = self.keep / lam  # the spacing of the unthinned constant-rate stream
         if self.kind == "deterministic":
             return -math.expm1(-s / lam)
+        # Thinned: a geometric number of gaps of the unthinned stream's spacing keep/lam.
+        d = self.keep / lam
         return -math.expm1(-s * d) / (1 - (1 - self.keep) * math.exp(-s * d))
 
     @property

@@ -13,11 +13,11 @@ from collections.abc import Iterator
 
 import psutil
 import pytest
+from l4_scenarios import http_conn, run_scenario
 from scipy.stats import chisquare
 
-from l4_scenarios import http_conn, run_scenario
 from lbbench.frontends.base import Endpoint, FrontendPlan, ServiceSpec
-from lbbench.frontends.dnat import ForwarderPlan, Listener, UserspaceDnat, entrypoint_of, forwarder_plan
+from lbbench.frontends.dnat import ForwarderPlan, UserspaceDnat, entrypoint_of, forwarder_plan
 from lbbench.netaddr import HostPort
 from lbbench.procs import Child, Supervisor, lbbench_argv
 from lbbench.testing import fresh_ip, start_pod, wait_port

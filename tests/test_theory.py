@@ -326,37 +326,47 @@ def test_utilisation_to_rate() -> None:
 
 
 # --- against the discrete-event simulation ---------------------------------------------------------
-# Tolerances: the largest deviation seen over seeds 1-8 at these run lengths, roughly doubled
-# (mean <= 2.4%, p50 <= 1.6%, p99 <= 5.3%, P(wait) <= 0.005 absolute, exponential service).
+# Tolerances: the largest deviation over seeds 1-12 at these run lengths, roughly doubled (mean <= 2.4%,
+# p50 <= 1.6%, p99 <= 5.3%, P(wait) <= 0.005 absolute, mean wait <= 4%). p2c gets `slack` 2: at 100 pods
+# the mean field is still ~1% optimistic, and P(wait) and the mean wait vary more (seen: 0.016, 6.9%).
 
 DES_CASES = [
-    # policy, pods, slots, utilisation, service, arrivals, model key, requests
-    ("random", 4, 1, 0.8, EXP10, "poisson", "random_split", 400_000),
-    ("shared", 4, 1, 0.8, EXP10, "poisson", "shared_queue", 400_000),
-    ("round_robin", 4, 1, 0.8, EXP10, "poisson", "round_robin", 400_000),
-    ("random", 4, 2, 0.7, EXP10, "poisson", "random_split", 200_000),
-    ("round_robin", 4, 2, 0.7, EXP10, "poisson", "round_robin", 200_000),
-    ("random", 4, 1, 0.7, EXP10, "constant", "random_split", 200_000),
-    ("round_robin", 4, 1, 0.7, EXP10, "constant", "round_robin", 200_000),
-    ("shared", 4, 1, 0.7, EXP10, "constant", "shared_queue", 200_000),
-    ("p2c", 100, 1, 0.8, EXP10, "poisson", "p2c", 200_000),  # many pods: the mean-field regime
-    ("p2c", 100, 2, 0.8, EXP10, "poisson", "p2c", 200_000),
+    # policy, pods, slots, utilisation, service, arrivals, model key, requests, slack
+    ("random", 4, 1, 0.8, EXP10, "poisson", "random_split", 400_000, 1.0),
+    ("shared", 4, 1, 0.8, EXP10, "poisson", "shared_queue", 400_000, 1.0),
+    ("round_robin", 4, 1, 0.8, EXP10, "poisson", "round_robin", 400_000, 1.0),
+    ("random", 4, 2, 0.7, EXP10, "poisson", "random_split", 200_000, 1.0),
+    ("round_robin", 4, 2, 0.7, EXP10, "poisson", "round_robin", 200_000, 1.0),
+    ("random", 4, 1, 0.7, EXP10, "constant", "random_split", 200_000, 1.0),
+    ("round_robin", 4, 1, 0.7, EXP10, "constant", "round_robin", 200_000, 1.0),
+    ("shared", 4, 1, 0.7, EXP10, "constant", "shared_queue", 200_000, 1.0),
+    ("p2c", 100, 1, 0.8, EXP10, "poisson", "p2c", 200_000, 2.0),  # many pods: the mean-field regime
+    ("p2c", 100, 2, 0.8, EXP10, "poisson", "p2c", 200_000, 2.0),
 ]
 
 
-@pytest.mark.parametrize(("policy", "pods", "slots", "rho", "service", "arrivals", "key", "n"), DES_CASES)
+@pytest.mark.parametrize(("policy", "pods", "slots", "rho", "service", "arrivals", "key", "n", "slack"), DES_CASES)
 def test_model_matches_simulation(
-    policy: Policy, pods: int, slots: int, rho: float, service: ServiceTime, arrivals: Arrivals, key: str, n: int
+    policy: Policy,
+    pods: int,
+    slots: int,
+    rho: float,
+    service: ServiceTime,
+    arrivals: Arrivals,
+    key: str,
+    n: int,
+    slack: float,
 ) -> None:
     rate = rho * pods * slots / service.mean_s
     p = predict(pods, slots, service, rate, arrivals)[key]
     sim = simulate(policy, pods, slots, rate, service, n, arrivals=arrivals, seed=7)
     assert p.mean_s is not None and p.p50_s is not None and p.p99_s is not None and p.p_wait is not None
-    assert sim.mean_s == pytest.approx(p.mean_s, rel=0.05)
-    assert sim.quantile(0.5) == pytest.approx(p.p50_s, rel=0.04)
-    assert sim.quantile(0.99) == pytest.approx(p.p99_s, rel=0.10)
-    assert sim.p_wait == pytest.approx(p.p_wait, abs=0.012)
-    assert p.mean_wait_s is not None and sim.mean_wait_s == pytest.approx(p.mean_wait_s, rel=0.08)
+    assert p.mean_wait_s is not None
+    assert sim.mean_s == pytest.approx(p.mean_s, rel=0.05 * slack)
+    assert sim.quantile(0.5) == pytest.approx(p.p50_s, rel=0.04 * slack)
+    assert sim.quantile(0.99) == pytest.approx(p.p99_s, rel=0.10 * slack)
+    assert sim.p_wait == pytest.approx(p.p_wait, abs=0.012 * slack)
+    assert sim.mean_wait_s == pytest.approx(p.mean_wait_s, rel=0.08 * slack)
 
 
 def test_md1_matches_simulation() -> None:

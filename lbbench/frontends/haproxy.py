@@ -63,6 +63,7 @@ from lbbench.frontends.reference import (
     ReferenceFrontend,
     Route,
     binary_path,
+    hosts_in_order,
     l4_entrypoint,
     l4_listeners,
     ms,
@@ -278,11 +279,13 @@ class HaproxyHttp(_Haproxy):
             f"    bind {self.plan.ingress_ip}:{self.plan.ingress_port}",
             "    http-request set-var(txn.host) req.hdr(host),field(1,:),lower",
         ]
-        for r in rs:
-            cond = f"{{ path_beg {r.path} }}"
-            if r.host is not None:
-                cond = f"{{ var(txn.host) -m str {r.host} }} {cond}"
-            lines.append(f"    use_backend {safe_name(r.service)} if {cond}")
+        for host in hosts_in_order(rs):
+            on_host = "" if host is None else f"{{ var(txn.host) -m str {host} }} "
+            for r in rs:
+                if r.host == host:
+                    lines.append(f"    use_backend {safe_name(r.service)} if {on_host}{{ path_beg {r.path} }}")
+            if host is not None:  # a known host whose paths all missed: 404, as nginx and httpd do
+                lines.append(f"    use_backend lbbench_no_route if {on_host.strip()}")
         lines.append("    default_backend lbbench_no_route")
         return lines
 

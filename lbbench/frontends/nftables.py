@@ -183,7 +183,7 @@ def render_ruleset(services: Sequence[ServiceSpec], endpoints: Mapping[str, Sequ
     out += _chain_block("service-endpoints-check", [
         "ip daddr . meta l4proto . th dport vmap @no-endpoint-services",
         "ip daddr @nodeport-ips meta l4proto . th dport vmap @no-endpoint-nodeports"])
-    out += _map_block("service-ips", _SERVICE_KEY, "ClusterIP, ExternalIP and LoadBalancer IP traffic",
+    out += _map_block("service-ips", _SERVICE_KEY, "ClusterIP traffic",
                       el.service_ips)
     out += _map_block("service-nodeports", _NODEPORT_KEY, "NodePort traffic", el.service_nodeports)
     out += _chain_block("services", [

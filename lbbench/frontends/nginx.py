@@ -178,7 +178,8 @@ class Nginx(ReferenceFrontend):
         lines = [f"# lbbench nginx, generation {self.generation}: rendered from the run's plan", "daemon off;"]
         lines += self._process_lines()
         lines += [
-            "worker_processes auto;",
+            # reuseport clones one listener per worker; a single process polls only one of them
+            "worker_processes 1;" if self.single_process else "worker_processes auto;",
             f"pid {wd}/nginx-{self.generation}.pid;" if self.single_process else f"pid {wd}/nginx.pid;",
             "error_log stderr warn;",
             "events { worker_connections 4096; }",

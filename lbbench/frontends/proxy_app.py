@@ -53,7 +53,7 @@ class ProxyApp:
         cfg = self.config
         rng = random.Random(cfg.seed)
         for svc in cfg.services:
-            pool = ServicePool(svc.key, cfg.settings, rng, self.upstreams)
+            pool = ServicePool(svc.key, cfg.settings, rng, self.upstreams, svc.dns_name)
             if cfg.settings.health.interval_s > 0:
                 pool.health = HealthChecker(pool, cfg.settings.health, rng)
             self.pools[svc.key] = pool

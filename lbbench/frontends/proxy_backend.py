@@ -32,10 +32,31 @@ class Backend:
     """A pod behind a Service, with what the proxy knows and counts about it."""
 
     __slots__ = (
-        "addr", "conns", "connect_failures", "consecutive_failures", "down", "draining", "ejected",
-        "ejected_until", "ejections", "endpoint", "ewma_s", "ewma_stamp", "failures", "health_fail",
-        "health_ok", "health_streak", "idle", "in_flight", "maxconn", "name", "requests", "resets",
-        "responses", "timeouts", "usable",
+        "addr",
+        "connect_failures",
+        "conns",
+        "consecutive_failures",
+        "down",
+        "draining",
+        "ejected",
+        "ejected_until",
+        "ejections",
+        "endpoint",
+        "ewma_s",
+        "ewma_stamp",
+        "failures",
+        "health_fail",
+        "health_ok",
+        "health_streak",
+        "idle",
+        "in_flight",
+        "maxconn",
+        "name",
+        "requests",
+        "resets",
+        "responses",
+        "timeouts",
+        "usable",
     )
 
     def __init__(self, endpoint: Endpoint, maxconn: int) -> None:

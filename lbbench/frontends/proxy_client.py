@@ -18,17 +18,37 @@ import collections
 import sys
 import time
 import traceback
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade, HttpRequestParser
 
 from lbbench.frontends.proxy_backend import CONNECT_FAILED, TIMEOUT
 from lbbench.frontends.proxy_exchange import (
-    ACTIVE, CANCELLED, CONNECTING, DONE, QUEUED, RETRY_BUFFER, WAITING, Exchange,
+    ACTIVE,
+    CANCELLED,
+    CONNECTING,
+    DONE,
+    QUEUED,
+    RETRY_BUFFER,
+    WAITING,
+    Exchange,
 )
 from lbbench.frontends.proxy_http import (
-    CHUNKED, CONTINUE_100, CRLF, IDEMPOTENT, LAST_CHUNK, LENGTH, NO_BODY, UNTIL_CLOSE, Headers, chunk_size_line,
-    client_head, error_response, request_info, split_target, upstream_head,
+    CHUNKED,
+    CONTINUE_100,
+    CRLF,
+    IDEMPOTENT,
+    LAST_CHUNK,
+    LENGTH,
+    NO_BODY,
+    UNTIL_CLOSE,
+    Headers,
+    chunk_size_line,
+    client_head,
+    error_response,
+    request_info,
+    split_target,
+    upstream_head,
 )
 
 if TYPE_CHECKING:
@@ -74,13 +94,12 @@ class ClientConnection(asyncio.Protocol):
     # -- connection ---------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not subclasses
         peer = transport.get_extra_info("peername")
         if peer:
             self.peer = str(peer[0]).encode()
         self.app.clients.add(self)
-        self.app.c["client_connections"] += 1
+        self.app.c["clients_accepted"] += 1
         if len(self.app.clients) > self.limits.max_clients:
             self.app.c["clients_refused"] += 1
             self.app.count_response(503)
@@ -258,7 +277,8 @@ class ClientConnection(asyncio.Protocol):
                               f"{ex.target.split(b'?', 1)[0].decode('latin-1')!r}")
         else:
             head = upstream_head(p.get_method(), ex.target, ex.headers, client_ip=self.peer,
-                                 via_version=b"1.1" if ex.version11 else b"1.0", framing=ex.framing)
+                                 via_version=b"1.1" if ex.version11 else b"1.0", framing=ex.framing,
+                                 add_host=b"" if info.host else authority or ex.pool.host)
             ex.out.append(head)
             ex.out_bytes = len(head)
         ex.headers = []
@@ -304,7 +324,7 @@ class ClientConnection(asyncio.Protocol):
 
     def _start(self, ex: Exchange) -> None:
         """`ex` now owns the connection: admit it to its Service's queue."""
-        self.app.c["requests"] += 1
+        self.app.c["client_requests"] += 1
         if ex.reject is not None:
             if ex.request_done:
                 self.respond_error(ex, *ex.reject)

@@ -15,7 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from lbbench.frontends.base import (
-    Endpoint, FrontendPlan, HealthCheck, IngressRule, ProxySettings, ServiceSpec,
+    Endpoint,
+    FrontendPlan,
+    HealthCheck,
+    IngressRule,
+    ProxySettings,
+    ServiceSpec,
 )
 from lbbench.frontends.proxy_balance import BALANCES
 from lbbench.netaddr import HostPort, parse_hostport, require_loopback
@@ -187,7 +192,7 @@ def config_from_args(args: argparse.Namespace) -> ProxyConfig:
     services = plan.services if plan is not None else ()
     if not services:
         services = (ServiceSpec("default", "default", "ClusterIP", listen.host, listen.port, 0),)
-    eps = [(s.key, ()) for s in services]
+    eps: list[tuple[str, tuple[Endpoint, ...]]] = [(s.key, ()) for s in services]
     if backends:
         key, _ = eps[0]
         eps[0] = (key, tuple(Endpoint(f"{b.host}:{b.port}", b.host, b.port) for b in backends))

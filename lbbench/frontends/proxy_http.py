@@ -91,10 +91,15 @@ def split_target(url: bytes) -> tuple[bytes, bytes]:
 
 
 def upstream_head(method: bytes, target: bytes, headers: Headers, *, client_ip: bytes, via_version: bytes,
-                  framing: int) -> bytes:
-    """The request head sent to a backend: HTTP/1.1, hop-by-hop gone, X-Forwarded-For and Via added."""
+                  framing: int, add_host: bytes = b"") -> bytes:
+    """The request head sent to a backend: HTTP/1.1, hop-by-hop gone, X-Forwarded-For and Via added.
+
+    `add_host`: a Host header for requests without one (HTTP/1.0), which HTTP/1.1 requires.
+    """
     extra = _connection_tokens(headers) if len(headers) > 0 else frozenset()
     parts = [method, b" ", target, b" HTTP/1.1\r\n"]
+    if add_host:
+        parts += (b"Host: ", add_host, CRLF)
     xff = b""
     via = b""
     for name, value in headers:

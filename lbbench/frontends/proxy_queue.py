@@ -22,7 +22,12 @@ from typing import TYPE_CHECKING
 
 from lbbench.frontends.base import Endpoint, ProxySettings
 from lbbench.frontends.proxy_backend import (
-    BAD_STATUS, CONNECT_FAILED, RESET, RESET_AFTER, TIMEOUT, Backend,
+    BAD_STATUS,
+    CONNECT_FAILED,
+    RESET,
+    RESET_AFTER,
+    TIMEOUT,
+    Backend,
 )
 from lbbench.frontends.proxy_balance import make_balancer
 from lbbench.frontends.proxy_exchange import CONNECTING, DONE, QUEUED
@@ -40,8 +45,9 @@ class ServicePool:
     """A Service's backends behind one central FIFO queue (HAProxy's backend, Envoy's cluster)."""
 
     def __init__(self, key: str, settings: ProxySettings, rng: random.Random,
-                 upstreams: set[UpstreamConnection]) -> None:
+                 upstreams: set[UpstreamConnection], host: str = "") -> None:
         self.key = key
+        self.host = (host or key.replace("/", ".")).encode()  # Host for requests that lack one
         self.settings = settings
         self.loop = asyncio.get_running_loop()
         self.balancer = make_balancer(settings.balance, rng)
@@ -267,12 +273,14 @@ class ServicePool:
                     self.health.stop(b)
         fresh: list[Backend] = []
         for e in endpoints:
-            b = self.by_addr.get((e.ip, e.port))
-            if b is None:
+            known = self.by_addr.get((e.ip, e.port))
+            if known is None:
                 b = self.by_addr[(e.ip, e.port)] = Backend(e, self.settings.maxconn)
                 if self.health is not None:
                     self.health.start(b)
-            elif b.draining:
+            else:
+                b = known
+            if b.draining:
                 b.draining = False
                 b.refresh()
                 if self.health is not None:

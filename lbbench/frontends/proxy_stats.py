@@ -12,7 +12,7 @@ import json
 import os
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from httptools import HttpParserError, HttpRequestParser
 
@@ -97,8 +97,7 @@ class StatsProtocol(asyncio.Protocol):
         self.url = b""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not subclasses
 
     def data_received(self, data: bytes) -> None:
         try:

@@ -12,7 +12,7 @@ import asyncio
 import sys
 import time
 import traceback
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from httptools import HttpParserError, HttpResponseParser
 
@@ -55,8 +55,7 @@ class UpstreamConnection(asyncio.Protocol):
     # -- life cycle ---------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not subclasses
         self.backend.conns.add(self)
         self.pool.upstreams.add(self)
 

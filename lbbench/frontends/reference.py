@@ -457,10 +457,22 @@ def _descendants(pid: int) -> list[psutil.Process]:
         return []
 
 
-def _reap(procs: list[psutil.Process]) -> None:
-    """Wait for the master's children to go; SIGKILL any left (they are ours)."""
-    _, alive = psutil.wait_procs(procs, timeout=3.0)
-    for p in alive:
-        with contextlib.suppress(psutil.Error):
-            p.kill()
-    psutil.wait_procs(alive, timeout=2.0)
+def _gone(p: psutil.Process) -> bool:
+    try:
+        return not p.is_running() or p.status() == psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return True
+
+
+def _reap(procs: list[psutil.Process], timeout_s: float = 3.0) -> None:
+    """Wait for the master's children to go; SIGKILL any left (they are ours).
+
+    A zombie counts as gone: reaping orphans is init's job, not ours.
+    """
+    deadline = time.monotonic() + timeout_s
+    while not all(_gone(p) for p in procs) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    for p in procs:
+        if not _gone(p):
+            with contextlib.suppress(psutil.Error):
+                p.kill()

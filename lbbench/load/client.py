@@ -2,10 +2,11 @@
 
 One `HttpClient` per worker. `issue(intended)` starts a request at once and never blocks:
 in `close` mode every request opens its own TCP connection (with `Connection: close`); in
-`keepalive:K` mode the client owns K persistent connections and a request that finds them
-all busy waits in the client, first come first served (its latency still counts from the
-intended time). A broken or timed-out connection is dropped and a new one (new conn_id)
-is opened on demand.
+`keepalive:K` mode the client owns K persistent connections: the first K requests open
+them, later ones rotate over them (least recently used first), and a request that finds
+them all busy waits in the client, first come first served (its latency still counts from
+the intended time). A broken or timed-out connection is dropped and a new one (new
+conn_id) is opened by the next request.
 
 Every request ends exactly once, through `on_done(request)`, with `error` one of
 :data:`ERROR_KINDS` ("" when ok). `reset` covers a connection reset or closed by the peer
@@ -338,15 +339,19 @@ class HttpClient:
         self.idle.append(conn)
 
     def _pump(self) -> None:
-        """Hand waiting requests to idle connections (FIFO, which spreads them over the pool) or new ones."""
+        """Hand waiting requests to new connections until the pool is full, then to idle ones.
+
+        Idle connections are used least recently used first, so requests rotate over all K
+        (behind a per-connection balancer, over all K backends) even at a low rate.
+        """
         waiting = self.waiting
         while waiting:
             if waiting[0].finished:
                 waiting.popleft()
-            elif self.idle:
-                self._release(self.idle.popleft())
             elif len(self.conns) < self.pool_size:
                 self._open(waiting.popleft())
+            elif self.idle:
+                self._release(self.idle.popleft())
             else:
                 return
 

@@ -42,11 +42,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from lbbench.load.generator import resolve_workers, run_load
+
     try:
         spec = build_spec(args)
+        resolve_workers(spec)  # refuses impossible combinations before any process starts
     except ValueError as e:
         raise UserError(str(e)) from None
-    from lbbench.load.generator import run_load
 
     result = run_load(spec)
     document = result_document(spec, result)

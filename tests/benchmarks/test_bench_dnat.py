@@ -1,0 +1,73 @@
+"""Micro-benchmark: the userspace-dnat relay moving one chunk client -> pod and back.
+
+The forwarder's two protocol objects are wired to socketpairs on uvloop (no TCP handshake,
+no endpoint choice): what is timed is data_received -> peer write, both directions.
+Run with: .venv/bin/pytest tests/benchmarks/test_bench_dnat.py --benchmark-enable
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Iterator
+
+import pytest
+import uvloop
+from pytest_benchmark.fixture import BenchmarkFixture
+
+from lbbench.frontends.dnat import Forwarder, ForwarderPlan, Table, _ClientSide, _PodSide
+
+CHUNK = 16 * 1024
+
+
+class _WiredClient(_ClientSide):
+    """A client side whose pod connection is handed in, instead of picked and dialled."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+
+class Relay:
+    def __init__(self) -> None:
+        self.loop = uvloop.new_event_loop()
+        self.client, client_fwd = socket.socketpair()
+        self.pod, pod_fwd = socket.socketpair()
+        for s in (self.client, self.pod):
+            s.setblocking(False)
+        fwd = Forwarder(ForwarderPlan((), ()))
+        client_side = _WiredClient(fwd, Table())
+        self.loop.run_until_complete(self.loop.connect_accepted_socket(lambda: client_side, client_fwd))
+        self.loop.run_until_complete(self.loop.connect_accepted_socket(lambda: _PodSide(client_side), pod_fwd))
+        self.payload = b"x" * CHUNK
+
+    async def _move(self, src: socket.socket, dst: socket.socket) -> None:
+        await self.loop.sock_sendall(src, self.payload)
+        got = 0
+        while got < CHUNK:
+            got += len(await self.loop.sock_recv(dst, CHUNK))
+
+    async def _round_trip(self) -> None:
+        await self._move(self.client, self.pod)
+        await self._move(self.pod, self.client)
+
+    def round_trip(self) -> None:
+        self.loop.run_until_complete(self._round_trip())
+
+    def close(self) -> None:
+        self.client.close()
+        self.pod.close()
+        self.loop.run_until_complete(asyncio.sleep(0.01))  # the relay sees EOF and closes its ends
+        self.loop.close()
+
+
+@pytest.fixture
+def relay() -> Iterator[Relay]:
+    r = Relay()
+    try:
+        yield r
+    finally:
+        r.close()
+
+
+def test_relay_chunk_round_trip(benchmark: BenchmarkFixture, relay: Relay) -> None:
+    benchmark(relay.round_trip)
