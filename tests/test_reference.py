@@ -10,6 +10,7 @@ import collections
 import concurrent.futures
 import http.client
 import json
+import os
 import socket
 import time
 from collections.abc import Coroutine, Iterator
@@ -64,7 +65,7 @@ def endpoints(pods: dict[str, HostPort], *names: str) -> tuple[Endpoint, ...]:
 
 
 def service(name: str = "web") -> ServiceSpec:
-    return ServiceSpec(name, "default", "ClusterIP", fresh_ip(), 80, 8080)
+    return ServiceSpec(name, "default", "ClusterIP", fresh_ip(), 8000, 8080)  # >= 1024: tests run as non-root too
 
 
 def make_plan(*services: ServiceSpec, artifacts: Path | None = None, rules: tuple[IngressRule, ...] = (),
@@ -318,7 +319,7 @@ def test_haproxy_queues_beyond_maxconn_not_the_pods(cls: type[ReferenceFrontend]
 @pytest.mark.parametrize("cls", params([HaproxyTcp]))
 def test_haproxy_tcp_listens_on_every_service_address(cls: type[ReferenceFrontend], pods: dict[str, HostPort],
                                                       supervisor: Supervisor) -> None:
-    svc = ServiceSpec("web", "default", "LoadBalancer", fresh_ip(), 80, 8080, node_port=30080,
+    svc = ServiceSpec("web", "default", "LoadBalancer", fresh_ip(), 8000, 8080, node_port=30080,
                       node_ips=(fresh_ip(), fresh_ip()), lb_ip=fresh_ip())
 
     async def scenario() -> list[str | None]:
@@ -342,6 +343,15 @@ def test_non_loopback_addresses_are_refused(supervisor: Supervisor) -> None:
     fe = HaproxyHttp(make_plan(svc), supervisor)
     with pytest.raises(ValueError, match=r"not in 127\.0\.0\.0/8"):
         run(fe.update_endpoints(svc.key, (Endpoint("x", "192.168.1.5", 8080),)))
+
+
+def test_a_privileged_service_port_needs_root_and_says_so(supervisor: Supervisor) -> None:
+    if os.geteuid() == 0:
+        pytest.skip("root may bind any port")
+    svc = ServiceSpec("web", "default", "ClusterIP", fresh_ip(), 80, 8080)
+    fe = HaproxyTcp(make_plan(svc), supervisor)
+    with pytest.raises(UserError, match=r"ports below \d+ need root"):
+        run(fe.start())
 
 
 def test_a_port_already_taken_is_a_clear_error(supervisor: Supervisor) -> None:

@@ -1,15 +1,35 @@
-"""`lbbench compare`: compare two results folders."""
+"""`lbbench compare A B`: two results folders side by side per front end, with deltas and one CDF."""
 
 from __future__ import annotations
 
 import argparse
-
-from lbbench.errors import NotBuiltYet
+import sys
+from pathlib import Path
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("args", nargs="*", help="not built yet")
+    p.add_argument("a", type=Path, metavar="DIR_A", help="results folder A (the baseline)")
+    p.add_argument("b", type=Path, metavar="DIR_B", help="results folder B (deltas are B - A)")
+    p.add_argument("--out", type=Path, help="where to write compare.md, compare.json, latency_cdf.png "
+                   "(default: ./compare-<A>-vs-<B>/)")
 
 
 def run(args: argparse.Namespace) -> int:
-    raise NotBuiltYet("'lbbench compare' is not built yet (issue 6: experiments and reports)")
+    from lbbench.report.compare import compare, default_out, table, write_compare
+    from lbbench.report.markdown import plain_table
+
+    c = compare(args.a, args.b)
+    print(f"A: {c.a.folder}\nB: {c.b.folder}\n")
+    for note in c.notes:
+        print(f"note: {note}", file=sys.stderr)
+    for fc in c.frontends:
+        print(plain_table(table(fc)))
+        print()
+    if not c.frontends:
+        print("neither folder has a measured front end")
+    paths = write_compare(c, args.out or default_out(args.a, args.b))
+    print(f"json: {paths.json}")
+    if paths.cdf is not None:
+        print(f"plot: {paths.cdf}")
+    print(paths.markdown)
+    return 0

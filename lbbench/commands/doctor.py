@@ -21,8 +21,7 @@ def _version(argv: list[str]) -> str:
 
 
 def checks() -> dict[str, dict[str, str | bool]]:
-    from lbbench.experiment import skip_reason
-    from lbbench.frontends.registry import FRONTENDS, KERNEL
+    from lbbench.frontends.registry import FRONTENDS, KERNEL, frontend_class
     from lbbench.netns import netns_unavailable_reason
 
     result: dict[str, dict[str, str | bool]] = {}
@@ -42,10 +41,12 @@ def checks() -> dict[str, dict[str, str | bool]]:
         result[name] = ({"ok": True, "detail": f"{path}: {_version([path, *argv[1:]])}"} if path else
                         {"ok": False, "detail": f"{argv[0]} not found (apt-get install {_pkg(name)})"})
     for fe in FRONTENDS:
-        why = None if fe in KERNEL and ns is None else skip_reason(fe)
-        if fe in KERNEL and ns is None and why is None:
-            why = None
-        result[f"frontend {fe}"] = {"ok": why is None, "detail": why or "available"}
+        cls = frontend_class(fe)
+        # `lbbench run` enters the private namespace itself, so the kernel front ends are
+        # available whenever the namespace is.
+        why = cls if isinstance(cls, str) else cls.unavailable_reason()
+        detail = "available" + (" (inside lbbench's private user+net namespace)" if fe in KERNEL else "")
+        result[f"frontend {fe}"] = {"ok": why is None, "detail": why or detail}
     return result
 
 

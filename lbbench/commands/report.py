@@ -1,15 +1,43 @@
-"""`lbbench report`: regenerate plots and reports from a results folder."""
+"""`lbbench report DIR`: regenerate plots and reports from a results folder, and check its summary.
+
+The per-front-end numbers are recomputed from requests.parquet + events.csv with the functions
+`lbbench run` used and printed; any disagreement with summary.json is a warning and exit code 1.
+"""
 
 from __future__ import annotations
 
 import argparse
-
-from lbbench.errors import NotBuiltYet
+import sys
+from pathlib import Path
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("args", nargs="*", help="not built yet")
+    p.add_argument("folder", type=Path, metavar="DIR", help="a results folder written by 'lbbench run'")
+    p.add_argument("--no-check", action="store_true",
+                   help="do not recompute the summary from requests.parquet + events.csv")
 
 
 def run(args: argparse.Namespace) -> int:
-    raise NotBuiltYet("'lbbench report' is not built yet (issue 6: experiments and reports)")
+    from lbbench.report import load_results, write_report
+    from lbbench.report.markdown import plain_table
+    from lbbench.report.tables import frontend_table
+    from lbbench.report.verify import check
+
+    results = load_results(args.folder)
+    if not results.complete:
+        print(f"note: {args.folder}: this run was cut short (complete: false); reporting what was measured",
+              file=sys.stderr)
+    problems: list[str] = []
+    if not args.no_check and results.frontends:
+        fresh, problems = check(results)
+        print(f"recomputed from requests.parquet + events.csv ({args.folder}):")
+        print(plain_table(frontend_table(results, fresh)))
+        print()
+        for p in problems:
+            print(f"warning: summary.json disagrees with the rows: {p}", file=sys.stderr)
+    for name, reason in results.skipped.items():
+        print(f"skipped {name}: {reason}")
+    paths = write_report(results.folder, results)
+    print(f"markdown: {paths.markdown}")
+    print(paths.html)
+    return 1 if problems else 0

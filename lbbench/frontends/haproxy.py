@@ -70,6 +70,7 @@ from lbbench.frontends.reference import (
     routes,
     safe_name,
 )
+from lbbench.netaddr import HostPort
 from lbbench.procs import Supervisor
 
 MIN_SLOTS = 8
@@ -344,6 +345,9 @@ class HaproxyTcp(_Haproxy):
 
     def entrypoint(self, service_key: str, via: ServiceType = "ClusterIP") -> Entrypoint:
         return l4_entrypoint(self.service(service_key), via)
+
+    def listen_addresses(self) -> list[HostPort]:
+        return [a for s in self.plan.services for a in l4_listeners(s)]
 
 
 def _int(row: dict[str, str], column: str) -> int:

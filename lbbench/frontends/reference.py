@@ -157,6 +157,21 @@ def unprivileged_identity() -> tuple[str, str] | None:
         return None
 
 
+def check_bindable(addrs: Sequence[HostPort], who: str) -> None:
+    """Refuse privileged ports up front when not root, with the reason (the proxy's own error is cryptic)."""
+    if os.geteuid() == 0:
+        return
+    try:
+        first_free = int(Path("/proc/sys/net/ipv4/ip_unprivileged_port_start").read_text())
+    except (OSError, ValueError):
+        first_free = 1024
+    low = [str(a) for a in addrs if 0 < a.port < first_free]
+    if low:
+        raise UserError(f"{who} must listen on {', '.join(low)}: ports below {first_free} need root "
+                        "(run inside lbbench's private network namespace, or use Service ports >= "
+                        f"{first_free})")
+
+
 def eject_s(plan: FrontendPlan) -> float:
     """How long a passively ejected pod stays out: one active-check interval, at least 1 s.
 
@@ -255,6 +270,9 @@ class ReferenceFrontend(Frontend):
         await self.wait_serving(old)
         return "reload"
 
+    def listen_addresses(self) -> list[HostPort]:
+        return [HostPort(self.plan.ingress_ip, self.plan.ingress_port)]
+
     def worker_pids(self) -> list[int]:
         """The master's current children (the workers of the generation now serving)."""
         if self.child is None:
@@ -293,6 +311,7 @@ class ReferenceFrontend(Frontend):
             raise UserError(why)
         for eps in self.endpoints.values():
             self._check_endpoints(eps)
+        check_bindable(self.listen_addresses(), self.name)
         self.workdir = Path(tempfile.mkdtemp(prefix=f"lbbench-{self.name}-"))
         # Workers that switched to nobody must traverse it (files inside stay private).
         self.workdir.chmod(0o711)

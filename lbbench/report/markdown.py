@@ -47,3 +47,18 @@ def render(doc: Document, base: Path) -> str:
         for b in section.blocks:
             out += [_block(b, base), ""]
     return "\n".join(out).rstrip() + "\n"
+
+
+def plain_table(t: Table) -> str:
+    """An aligned plain-text table for the terminal."""
+    rows = [t.headers, *t.rows]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(t.headers))]
+    align = t.alignment()
+
+    def line(cells: tuple[str, ...]) -> str:
+        return "  ".join(c.rjust(w) if a == "r" else c.ljust(w)
+                         for c, w, a in zip(cells, widths, align, strict=True)).rstrip()
+
+    out = [line(t.headers), "  ".join("-" * w for w in widths)]
+    out += [line(r) for r in t.rows]
+    return "\n".join(out)

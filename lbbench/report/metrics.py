@@ -23,6 +23,7 @@ class Metric:
     get: Callable[[FrontendStats], Value]
     fmt: Callable[[Value], str]
     lower_is_better: bool | None = None  # None: neither (e.g. request count)
+    has_delta: bool = True  # False for yes/no metrics: a difference of booleans means nothing
 
 
 def fmt_int(v: Value) -> str:
@@ -89,18 +90,19 @@ BASE: tuple[Metric, ...] = (
 )
 AFTER_ERRORS: tuple[Metric, ...] = (
     Metric("achieved_rps", "achieved rps", lambda f: f.achieved_rps, fmt_rps),
-    Metric("latency_ms.mean", "latency mean (ms)", _latency("mean"), fmt_ms, lower_is_better=True),
-    Metric("latency_ms.p50", "latency p50 (ms)", _latency("p50"), fmt_ms, lower_is_better=True),
-    Metric("latency_ms.p99", "latency p99 (ms)", _latency("p99"), fmt_ms, lower_is_better=True),
-    Metric("latency_ms.p999", "latency p99.9 (ms)", _latency("p999"), fmt_ms, lower_is_better=True),
-    Metric("latency_ms.max", "latency max (ms)", _latency("max"), fmt_ms, lower_is_better=True),
+    Metric("latency_s.mean", "latency mean (ms)", _latency("mean"), fmt_ms, lower_is_better=True),
+    Metric("latency_s.p50", "latency p50 (ms)", _latency("p50"), fmt_ms, lower_is_better=True),
+    Metric("latency_s.p99", "latency p99 (ms)", _latency("p99"), fmt_ms, lower_is_better=True),
+    Metric("latency_s.p999", "latency p99.9 (ms)", _latency("p999"), fmt_ms, lower_is_better=True),
+    Metric("latency_s.max", "latency max (ms)", _latency("max"), fmt_ms, lower_is_better=True),
     Metric("lost", "lost during failover", lost, fmt_int, lower_is_better=True),
     Metric("error_window_s", "error window (s)", error_window, fmt_s, lower_is_better=True),
     Metric("recovery_s", "recovery (s)", recovery, fmt_s, lower_is_better=True),
     Metric("cpu_s.frontend", "CPU s: front end", _cpu("frontend"), fmt_s, lower_is_better=True),
     Metric("cpu_s.generator", "CPU s: generator", _cpu("generator"), fmt_s),
     Metric("cpu_s.pods", "CPU s: pods", _cpu("pods"), fmt_s),
-    Metric("generator_saturated", "generator saturated?", lambda f: float(f.generator_saturated), fmt_yes_no),
+    Metric("generator_saturated", "generator saturated?", lambda f: float(f.generator_saturated), fmt_yes_no,
+           has_delta=False),
 )
 
 

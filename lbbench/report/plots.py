@@ -101,7 +101,7 @@ def timeline_events(ev: pd.DataFrame) -> list[tuple[float, str]]:
 
 
 # -- drawing helpers ----------------------------------------------------------------------------------
-def _figure(rows: int, cols: int = 1, height: float = ROW_IN, sharex: bool = True, sharey: bool = False,
+def new_figure(rows: int, cols: int = 1, height: float = ROW_IN, sharex: bool = True, sharey: bool = False,
             bottom_in: float = 0.6, left_in: float = 0.8, wspace: float = 0.25) -> tuple[Figure, list[Axes]]:
     """Margins fixed in inches: matplotlib's constrained layout costs ~1 s per figure on log axes."""
     fig_h = max(2.6, 0.4 + bottom_in + height * rows)
@@ -141,7 +141,7 @@ def latency_over_time(results: Results, out_dir: Path) -> Plot | str:
     names = shown_frontends(results)
     if not names or "p99_s" not in results.timeseries.columns:
         return "latency over time: no time series in this results folder"
-    fig, axes = _figure(len(names), sharey=True)
+    fig, axes = new_figure(len(names), sharey=True)
     color = colors(results.frontend_names)
     for ax, name in zip(axes, names, strict=True):
         ts, ev = phase_frames(results, name)
@@ -164,7 +164,7 @@ def errors_over_time(results: Results, out_dir: Path) -> Plot | str:
     names = shown_frontends(results)
     if not names or "errors" not in results.timeseries.columns:
         return "errors over time: no time series in this results folder"
-    fig, axes = _figure(len(names), sharey=True)
+    fig, axes = new_figure(len(names), sharey=True)
     for ax, name in zip(axes, names, strict=True):
         ts, ev = phase_frames(results, name)
         _style(ax, name)
@@ -240,7 +240,7 @@ def latency_cdf(results: Results, out_dir: Path) -> Plot | str:
     curves = [(n, ok_latencies(results, n), color[n], "-") for n in names]
     if not any(c[1].size for c in curves):
         return "latency CDF: no successful requests in requests.parquet"
-    fig, axes = _figure(1, 2, height=3.6, sharex=False)
+    fig, axes = new_figure(1, 2, height=3.6, sharex=False)
     draw_cdf(axes, curves)
     note = f"at {results.first_rate:g} rps, all repeats merged. " if len(results.rates) > 1 else ""
     return _save(fig, out_dir, "latency_cdf", "Latency distribution (successful requests)",
@@ -261,7 +261,7 @@ def pod_share(results: Results, out_dir: Path) -> Plot | str:
     if not fes:
         return "pod share: no pod names in the responses (x-pod header)"
     rows = max(len(f.pod_share) for f in fes)
-    fig, axes = _figure(1, len(fes), height=max(2.0, 0.3 * rows + 0.5), sharex=True, sharey=False, left_in=1.1,
+    fig, axes = new_figure(1, len(fes), height=max(2.0, 0.3 * rows + 0.5), sharex=True, sharey=False, left_in=1.1,
                         wspace=0.45)
     color = colors(results.frontend_names)
     for ax, fe in zip(axes, fes, strict=True):
@@ -296,7 +296,7 @@ def queue_and_endpoints(results: Results, out_dir: Path) -> Plot | str:
     ep_cols = [c for c in ("ready_endpoints", "synced_endpoints") if c in ts_cols]
     if not names or not (queue_cols or ep_cols):
         return "queue and endpoints: the front ends' counters were not sampled (no queue_len/synced_endpoints)"
-    fig, axes = _figure(len(names), sharey=False)
+    fig, axes = new_figure(len(names), sharey=False)
     for ax, name in zip(axes, names, strict=True):
         ts, ev = phase_frames(results, name)
         _style(ax, name)
@@ -321,7 +321,8 @@ def _queue_lines(ax: Axes, ts: pd.DataFrame, cols: list[str]) -> None:
             label, color, style = styles[col]
             ax.step(ts["t_s"], ts[col], where="post", color=color, linestyle=style, linewidth=1.1, label=label)
     ax.set_ylabel("requests")
-    ax.set_ylim(bottom=0)
+    top = np.nanmax(ts[cols].to_numpy(dtype=float)) if len(ts) and ts[cols].notna().any().any() else 0.0
+    ax.set_ylim(0, max(1.0, top * 1.1))  # an always-empty queue shows as a flat line at 0, not a blown-up axis
     if ax.get_legend_handles_labels()[0]:
         ax.legend(loc="upper left", fontsize=8)
 
@@ -345,9 +346,9 @@ def failover_bars(results: Results, out_dir: Path) -> Plot | str:
     if not fes:
         return "failover: no timeline events fired in this run, so nothing failed over"
     events = list(dict.fromkeys(e.event for f in fes for e in f.failover))
-    fig, axes = _figure(1, 3, height=3.0, sharex=False, bottom_in=1.0, wspace=0.3)
+    fig, axes = new_figure(1, 3, height=3.0, sharex=False, bottom_in=1.0, wspace=0.3)
     color = colors(results.frontend_names)
-    width = 0.8 / len(events)
+    width = 0.7 / len(events)
     panels: tuple[tuple[str, Callable[[float | None], float], Callable[[float | None], str]], ...] = (
         ("lost requests", lambda v: v or 0.0, lambda v: f"{v:.0f}"),
         ("error window (s)", lambda v: v or 0.0, lambda v: f"{v:.2f}"),
@@ -367,6 +368,7 @@ def failover_bars(results: Results, out_dir: Path) -> Plot | str:
                 ax.annotate(label(raw), xy=(x, height(raw)), xytext=(0, 2), textcoords="offset points",
                             ha="center", fontsize=8)
         ax.set_xticks(range(len(fes)), [f.name for f in fes], rotation=20, ha="right", fontsize=8)
+        ax.set_xlim(-0.5 - 0.5 / len(fes), len(fes) - 0.5 + 0.5 / len(fes))
         ax.set_ylim(bottom=0)
         ax.margins(y=0.15)
     events_text = "; ".join(f"{e} at {_at(fes, e):.1f} s" for e in events)
@@ -387,7 +389,7 @@ def latency_vs_rate(results: Results, out_dir: Path) -> Plot | str:
     rows = results.requests
     if not len(rows):
         return "latency vs rate: no rows in requests.parquet"
-    fig, axes = _figure(1, 2, height=3.4, sharex=True)
+    fig, axes = new_figure(1, 2, height=3.4, sharex=True)
     color = colors(results.frontend_names)
     ok = is_ok(rows)
     for name in results.frontend_names:

@@ -1,0 +1,83 @@
+"""Micro-benchmarks of the load generator's per-request costs (run with --benchmark-enable)."""
+
+from __future__ import annotations
+
+import math
+
+import httptools
+import numpy as np
+from pytest_benchmark.fixture import BenchmarkFixture
+
+from lbbench.load.client import Request, _Conn
+from lbbench.load.histogram import LogHistogram
+from lbbench.load.schedule import build_schedule
+from lbbench.load.spec import LoadSpec
+from lbbench.netaddr import HostPort
+
+RESPONSE = (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; charset=utf-8\r\nx-pod: web-a\r\n"
+            b"x-pod-ip: 127.10.0.2\r\nx-queue-ms: 0.012\r\nx-service-ms: 10.021\r\nContent-Length: 3\r\n"
+            b"Date: Wed, 26 Nov 2025 18:00:00 GMT\r\nServer: Python/3.11 aiohttp/3.9\r\n\r\nok\n")
+
+
+def test_histogram_record_one_value(benchmark: BenchmarkFixture) -> None:
+    h = LogHistogram()
+    values = np.random.default_rng(0).lognormal(math.log(0.002), 1.0, 1000).tolist()
+
+    def record_1000() -> None:
+        for v in values:
+            h.record(v)
+
+    benchmark(record_1000)
+    assert h.count >= 1000
+
+
+def test_histogram_record_many(benchmark: BenchmarkFixture) -> None:
+    values = np.random.default_rng(0).lognormal(math.log(0.002), 1.0, 100_000)
+    h = LogHistogram()
+    benchmark(h.record_many, values)
+    assert h.count >= 100_000
+
+
+def test_histogram_merge_and_quantiles(benchmark: BenchmarkFixture) -> None:
+    parts = []
+    for seed in range(8):
+        p = LogHistogram()
+        p.record_many(np.random.default_rng(seed).exponential(0.01, 10_000))
+        parts.append(p)
+
+    def merge_and_read() -> float:
+        return float(LogHistogram.merged(parts).quantiles([0.5, 0.9, 0.99, 0.999])[-1])
+
+    assert benchmark(merge_and_read) > 0
+
+
+def test_build_poisson_schedule_100k(benchmark: BenchmarkFixture) -> None:
+    spec = LoadSpec(HostPort("127.0.0.1", 80), rate_rps=10_000, duration_s=10)
+    assert len(benchmark(build_schedule, spec)) == 100_000
+
+
+class _Sink:
+    """Stands in for the HttpClient: only the parse path is measured here."""
+
+    def __init__(self) -> None:
+        self.completed = 0
+
+    def response_complete(self, conn: _Conn) -> None:
+        self.completed += 1
+        conn.req = None
+
+
+def test_parse_one_response(benchmark: BenchmarkFixture) -> None:
+    sink = _Sink()
+    conn = _Conn(sink, 0)  # type: ignore[arg-type]
+
+    def parse() -> None:
+        req = Request(0.0, 0.0, -1)
+        conn.req = req
+        conn.parser = httptools.HttpResponseParser(conn)
+        conn.complete = False
+        conn.data_received(RESPONSE)
+
+    benchmark(parse)
+    assert sink.completed >= 1
+    assert conn.parser is not None
