@@ -17,13 +17,15 @@ from typing import Any
 import psutil
 
 from lbbench.cluster.controller import Controller
+from lbbench.cluster.dns import ClusterDns, aresolve_a
 from lbbench.cluster.events import EventLog, LoggedEvent
 from lbbench.cluster.services import offered_capacity_rps, service_specs
 from lbbench.config import Config, Event, parse_template
 from lbbench.config_reader import Table
-from lbbench.frontends.base import Frontend, FrontendPlan
+from lbbench.frontends.base import Frontend, FrontendPlan, ServiceSpec
 from lbbench.load.generator import LoadGenerator, LoadResult
 from lbbench.load.spec import LoadSpec
+from lbbench.netaddr import HostPort, parse_hostport
 from lbbench.procs import Supervisor
 from lbbench.timer import PreciseTimer
 
@@ -94,6 +96,25 @@ def load_spec(config: Config, fe: Frontend, rate_rps: float, seed: int) -> tuple
     return spec, f"{ep.addr}" + (f" (Host: {ep.host_header})" if ep.host_header else "")
 
 
+def lb_dns_name(svc: ServiceSpec) -> str:
+    return f"{svc.name}.{svc.namespace}.lb.cluster.local"
+
+
+async def resolved_load_spec(config: Config, fe: Frontend, plan: FrontendPlan, dns: tuple[ClusterDns, HostPort],
+                             rate_rps: float, seed: int, log: EventLog) -> tuple[LoadSpec, str]:
+    """The load spec, with a DNAT target reached as a client would: by its cluster DNS name."""
+    spec, label = load_spec(config, fe, rate_rps, seed)
+    svc = next(s for s in plan.services if s.key == config.load.service)
+    name = {"ClusterIP": svc.dns_name, "LoadBalancer": lb_dns_name(svc)}.get(config.load.via)
+    if fe.layer == "l4" and name is not None:
+        ip = await aresolve_a(name, dns[1], 1.0)
+        log.log("dns_resolved", name, ip)
+        if ip != spec.target.host:
+            raise RuntimeError(f"cluster DNS answered {ip} for {name}, the front end serves {spec.target.host}")
+        label = f"{name} -> {label}"
+    return spec, label
+
+
 def phase_rates(config: Config) -> tuple[float, ...]:
     if config.load.rates_rps:
         return config.load.rates_rps
@@ -144,6 +165,7 @@ class Phase:
         self.generator: LoadGenerator | None = None
         self.controller: Controller | None = None
         self._stopping = False
+        self.dns: tuple[ClusterDns, HostPort] | None = None
 
     def request_stop(self) -> None:
         self._stopping = True
@@ -163,9 +185,11 @@ class Phase:
             controller = self.controller = Controller(self.config, sup, log, seed)
             await fe.start()
             controller.subscribers.append(fe.update_endpoints)
+            dns = await self._start_dns(plan, log)
             await controller.start()
             await controller.wait_synced()
-            spec, self.record.target = load_spec(self.config, fe, self.key.rate_rps, seed)
+            spec, self.record.target = await resolved_load_spec(self.config, fe, plan, dns, self.key.rate_rps,
+                                                               seed, log)
             gen = self.generator = LoadGenerator(spec)
             t0 = time.monotonic() + self.config.run.warmup_s + 0.5
             await gen.start(t0)
@@ -194,9 +218,27 @@ class Phase:
             if fe is not None:
                 with contextlib.suppress(Exception):
                     await fe.stop()
+            if self.dns is not None:
+                await self.dns[0].stop()
             await sup.aclose()
             self.record.events = list(log.events)
         return self.record
+
+    async def _start_dns(self, plan: FrontendPlan, log: EventLog) -> tuple[ClusterDns, HostPort]:
+        """The cluster DNS: <svc>.<ns>.svc.cluster.local -> ClusterIP, LoadBalancer names -> external IP."""
+        server = ClusterDns()
+        wanted = parse_hostport(self.config.cluster.dns)
+        try:
+            addr = await server.start(wanted)
+        except OSError:  # taken (another run?): any free port on the same address
+            addr = await server.start(HostPort(wanted.host, 0))
+        for svc in plan.services:
+            server.set_record(svc.dns_name, svc.cluster_ip)
+            if svc.lb_ip is not None:
+                server.set_record(lb_dns_name(svc), svc.lb_ip)
+        log.log("dns_started", str(addr), f"{len(plan.services)} services")
+        self.dns = (server, addr)
+        return self.dns
 
     def _plan(self, seed: int) -> FrontendPlan:
         c = self.config

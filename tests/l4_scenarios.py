@@ -148,6 +148,18 @@ async def start_cluster(sup: Supervisor, frontend: str, n_pods: int = 4, slots: 
     return cluster
 
 
+async def drained(fe: Frontend, timeout_s: float = 5.0) -> bool | None:
+    """userspace-dnat: do all relayed connections close once the clients are done? (None: no such counter)"""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        active = (await fe.counters()).get("connections_active")
+        if active is None or active == 0:
+            return None if active is None else True
+        if asyncio.get_running_loop().time() > deadline:
+            return False
+        await asyncio.sleep(0.05)
+
+
 async def _with_cluster(frontend: str, body: Callable[[Cluster], Awaitable[Result]], **kw: Any) -> Result:
     sup = Supervisor()
     cluster: Cluster | None = None
@@ -174,7 +186,7 @@ async def uniformity(frontend: str, n: int = 2000) -> Result:
         fresh = await many_conns(addr, n)
         keepalive = await many_conns(addr, 200, requests=2)
         return {"new": summarize(fresh), "keepalive": [k.pods for k in keepalive if k.error is None],
-                "keepalive_errors": sum(1 for k in keepalive if k.error is not None)}
+                "keepalive_errors": sum(1 for k in keepalive if k.error is not None), "drained": await drained(c.fe)}
 
     return await _with_cluster(frontend, body)
 

@@ -93,6 +93,7 @@ def test_uniform_random_per_new_connection_and_keepalive_sticks() -> None:
     assert all(len(set(pods)) == 1 and len(pods) == 2 for pods in r["keepalive"])
     assert len({pods[0] for pods in r["keepalive"]}) == 4
     assert r["counters"]["connections_total"] == 2200
+    assert r["drained"] is True  # every relayed connection closed once its client was done
 
 
 def test_round_robin_mode_cycles_in_order(supervisor: Supervisor) -> None:

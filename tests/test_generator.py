@@ -32,8 +32,7 @@ def check_rows(res: LoadResult, spec: LoadSpec) -> None:
     assert len(rows) == res.summary.completed
     assert np.allclose(rows.latency_s, rows.done_s - rows.intended_s)
     assert (rows.done_s >= rows.intended_s).all()
-    # sends are on time or a hair early (the timer wakes ahead by its learned wake-up latency)
-    assert ((rows.sent_s - rows.intended_s) > -0.001).all()
+    assert (rows.sent_s >= rows.intended_s).all()  # never early
 
 
 def test_500_rps_poisson_is_sent_on_schedule(pod: HostPort) -> None:
@@ -122,8 +121,9 @@ def test_request_stop_ends_early_with_the_rows_so_far(pod: HostPort) -> None:
     assert 150 < s.requests < 800 and s.actual_duration_s < 5
     assert s.aborted > 0  # the 3 s delayed ones were cut off after the 1 s grace
     assert len(res.rows) == s.completed == s.requests - s.aborted
-    assert seen[-1].issued > seen[0].issued and seen[-1].done > 0 and seen[-1].ok > 0
-    assert seen[-1].p99_last_s is not None and seen[-1].elapsed_s > 1
+    assert seen[-1].issued > seen[0].issued and seen[-1].done > 0 and seen[-1].ok > 0, seen
+    assert seen[-1].elapsed_s > 1, seen
+    assert any(p.p99_last_s is not None for p in seen), seen
 
 
 def test_closed_loop_never_has_more_than_n_requests_in_flight(supervisor: Supervisor) -> None:

@@ -8,8 +8,10 @@ import json
 import random
 import socket
 import threading
+import time
 from collections.abc import Iterator
 
+import psutil
 import pytest
 from aiohttp import web
 
@@ -118,6 +120,49 @@ def test_streams_large_bodies_both_ways(supervisor: Supervisor, echo: HostPort) 
     assert big.status == 200
     assert len(big.body) == 200 * 65536
     assert big.headers["transfer-encoding"] == "chunked"
+
+
+def test_slow_reader_pauses_the_backend_instead_of_filling_memory(supervisor: Supervisor, echo: HostPort) -> None:
+    px = start_proxy(supervisor, [echo])
+    proc = psutil.Process(px.child.pid)
+    rss_before = proc.memory_info().rss
+    size = 1280 * 65536  # 80 MiB, far more than the socket buffers of both hops hold
+    with socket.create_connection((px.addr.host, px.addr.port), timeout=10) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        s.sendall(request_bytes("/?chunks=1280&size=65536", headers=[("Connection", "close")]))
+        time.sleep(1.5)  # not reading: the proxy must stop reading the backend
+        grown = proc.memory_info().rss - rss_before
+        received = 0
+        while chunk := s.recv(1 << 20):
+            received += len(chunk)
+    assert grown < 16 * 1024 * 1024, grown
+    assert received > size
+
+
+def test_backend_that_does_not_read_pauses_the_client_upload(supervisor: Supervisor) -> None:
+    with socket.create_server((fresh_ip(), 8080)) as deaf:  # accepts (in the kernel), never reads
+        host, port = deaf.getsockname()[:2]
+        px = start_proxy(supervisor, [HostPort(host, port)], "--health-interval", "0")
+        proc = psutil.Process(px.child.pid)
+        rss_before = proc.memory_info().rss
+        body = b"u" * (60 * 1024 * 1024)
+        sent = [0]
+
+        def upload() -> None:
+            with socket.create_connection((px.addr.host, px.addr.port), timeout=3) as s:
+                s.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body))
+                view = memoryview(body)
+                try:
+                    while sent[0] < len(body):
+                        sent[0] += s.send(view[sent[0]:sent[0] + 65536])
+                except OSError:
+                    pass  # timed out: the proxy stopped reading
+
+        t = threading.Thread(target=upload)
+        t.start()
+        t.join(10)
+        assert sent[0] < len(body) // 2  # the upload was held back...
+        assert proc.memory_info().rss - rss_before < 16 * 1024 * 1024  # ...not buffered in the proxy
 
 
 def test_pipelined_requests_are_answered_in_order(supervisor: Supervisor, echo: HostPort) -> None:

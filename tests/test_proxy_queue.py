@@ -112,9 +112,8 @@ def test_killing_one_of_four_pods_under_load_shows_no_connect_failure(supervisor
     assert statuses == {200: len(replies)}, statuses
     assert totals["retries"] >= 1
     assert totals["failed_in_flight"] == 0
-    dead = [b for b in stats["services"]["default/default"]["backends"] if b["pod"].endswith(
-        str(pods[1][1]))]
-    assert dead and dead[0]["state"] in ("down", "ejected")
+    (dead,) = [b for b in stats["services"]["default/default"]["backends"] if b["addr"] == str(pods[1][1])]
+    assert dead["state"] in ("down", "ejected")
     served_after = collections.Counter(r.headers["x-pod"] for r in replies[-200:])
     assert "k1" not in served_after
 
@@ -127,10 +126,15 @@ def test_non_idempotent_requests_in_flight_on_a_killed_pod_fail_and_are_counted(
     raw = request_bytes("/", method="POST", body=b"order=1")
     replies = _load(px.addr, raw, 2.5, 1.0, lambda: victim.signal(signal.SIGKILL))
     statuses = collections.Counter(r.status for r in replies)
-    totals = get_stats(px.stats)["totals"]
+    stats = get_stats(px.stats)
+    totals = stats["totals"]
     assert statuses[0] == 0  # no client saw a connect failure or a dropped connection
     assert set(statuses) <= {200, 502}
-    # Only the request in flight on the killed pod (maxconn 1) may fail, and it is counted.
-    assert statuses[502] <= 1
+    # Only POSTs the killed pod had taken may fail: the one it was serving (maxconn 1), and rarely
+    # one whose connection its kernel accepted while the process was being torn down. Counted.
+    assert 1 <= statuses[502] <= 3
+    assert all(b"reset" in r.body for r in replies if r.status == 502)
     assert statuses[502] == totals["failed_in_flight"]
-    assert totals["responses_2xx"] >= statuses[200]
+    (dead,) = [b for b in stats["services"]["default/default"]["backends"] if b["addr"] == str(pods[2][1])]
+    assert dead["resets"] == statuses[502]
+    assert totals["responses_2xx"] == statuses[200]

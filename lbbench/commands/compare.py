@@ -10,8 +10,11 @@ from pathlib import Path
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("a", type=Path, metavar="DIR_A", help="results folder A (the baseline)")
     p.add_argument("b", type=Path, metavar="DIR_B", help="results folder B (deltas are B - A)")
-    p.add_argument("--out", type=Path, help="where to write compare.md, compare.json, latency_cdf.png "
-                   "(default: ./compare-<A>-vs-<B>/)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        help="where to write compare.md, compare.json, latency_cdf.png (default: ./compare-<A>-vs-<B>/)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:

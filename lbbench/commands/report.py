@@ -13,8 +13,11 @@ from pathlib import Path
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("folder", type=Path, metavar="DIR", help="a results folder written by 'lbbench run'")
-    p.add_argument("--no-check", action="store_true",
-                   help="do not recompute the summary from requests.parquet + events.csv")
+    p.add_argument(
+        "--no-check",
+        action="store_true",
+        help="do not recompute the summary from requests.parquet + events.csv",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -25,8 +28,10 @@ def run(args: argparse.Namespace) -> int:
 
     results = load_results(args.folder)
     if not results.complete:
-        print(f"note: {args.folder}: this run was cut short (complete: false); reporting what was measured",
-              file=sys.stderr)
+        print(
+            f"note: {args.folder}: this run was cut short (complete: false); reporting what was measured",
+            file=sys.stderr,
+        )
     problems: list[str] = []
     if not args.no_check and results.frontends:
         fresh, problems = check(results)

@@ -220,12 +220,12 @@ class _Side(asyncio.Protocol):
     # Flow control: when our outgoing buffer is full, stop reading the peer that feeds it.
     def pause_writing(self) -> None:
         peer = self.peer
-        if peer is not None and not peer.lost:
+        if peer is not None and not peer.transport.is_closing():
             peer.transport.pause_reading()
 
     def resume_writing(self) -> None:
         peer = self.peer
-        if peer is not None and not peer.lost:
+        if peer is not None and not peer.transport.is_closing():
             peer.transport.resume_reading()
 
     def eof_received(self) -> bool:
@@ -235,7 +235,7 @@ class _Side(asyncio.Protocol):
         return True  # stay open: the other direction may still be flowing (half-close)
 
     def forward_eof(self, peer: _Side) -> None:
-        if peer.lost:
+        if peer.transport.is_closing():
             return
         peer.transport.write_eof()  # sent once the buffered bytes are flushed
         if peer.got_eof:  # both directions done
@@ -291,7 +291,10 @@ class _ClientSide(_Side):
     def data_received(self, data: bytes) -> None:
         peer = self.peer
         if peer is not None:
-            peer.transport.write(data)
+            try:
+                peer.transport.write(data)
+            except RuntimeError:  # the pod's socket closed this very iteration; its reset follows
+                return
             self.fwd.counters.bytes_up += len(data)
             return
         pending = self.pending
@@ -336,7 +339,10 @@ class _PodSide(_Side):
             client.forward_eof(self)
 
     def data_received(self, data: bytes) -> None:
-        self.client.transport.write(data)
+        try:
+            self.client.transport.write(data)
+        except RuntimeError:  # the client's socket closed this very iteration; its reset follows
+            return
         self.client.fwd.counters.bytes_down += len(data)
 
 

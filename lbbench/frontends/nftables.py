@@ -115,7 +115,7 @@ def _elements(services: Sequence[ServiceSpec], endpoints: Mapping[str, Sequence[
     return out
 
 
-def _node_ips(services: Sequence[ServiceSpec]) -> list[str]:
+def nodeport_ips(services: Sequence[ServiceSpec]) -> list[str]:
     return sorted({addr.host for spec in services for addr in node_port_addrs(spec)},
                   key=lambda ip: tuple(int(x) for x in ip.split(".")))
 
@@ -168,7 +168,7 @@ def render_ruleset(services: Sequence[ServiceSpec], endpoints: Mapping[str, Sequ
     out = [f"table {FAMILY} {TABLE} {{", '\tcomment "lbbench: kube-proxy nftables-mode layout"']
     for name, ctype, hook, prio, rule in _BASE_CHAINS:
         out += _chain_block(name, [f"type {ctype} hook {hook} priority {prio}; policy accept;", rule])
-    node_ips = _node_ips(services)
+    node_ips = nodeport_ips(services)
     out += ["\tset nodeport-ips {", "\t\ttype ipv4_addr", '\t\tcomment "IPs that accept NodePort traffic"']
     if node_ips:
         out.append("\t\telements = { " + ", ".join(node_ips) + " }")
@@ -247,18 +247,22 @@ def render_update(services: Sequence[ServiceSpec], endpoints: Mapping[str, Seque
 # Applying
 
 
-class NftApplier:
-    """Runs `nft -f` (through the supervisor), keeps every applied file and its timing."""
+class RulesApplier:
+    """Runs a rules loader (`nft -f FILE`, `iptables-restore FILE`) through the supervisor;
+    keeps every applied file, with its apply time, and counts applies."""
 
-    def __init__(self, supervisor: Supervisor, directory: Path | None) -> None:
-        nft = find_tool("nft")
-        if nft is None:
-            raise UserError("nft (nftables) is not installed")
-        self.nft = nft
+    def __init__(self, supervisor: Supervisor, directory: Path | None, tool: str, args: Sequence[str],
+                 suffix: str, prefix: str) -> None:
+        path = find_tool(tool)
+        if path is None:
+            raise UserError(f"{tool} is not installed")
+        self.argv = [path, *args]
+        self.suffix = suffix
+        self.prefix = prefix  # counter names: nft_applies_total, iptables_applies_total
         self.supervisor = supervisor
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         if directory is None:
-            self._tmp = tempfile.TemporaryDirectory(prefix="lbbench-nft-")
+            self._tmp = tempfile.TemporaryDirectory(prefix="lbbench-rules-")
             directory = Path(self._tmp.name)
         directory.mkdir(parents=True, exist_ok=True)
         self.directory = directory
@@ -269,16 +273,16 @@ class NftApplier:
         self._lock = asyncio.Lock()
 
     async def apply(self, text: str, reason: str) -> float:
-        """Apply one transaction; returns its duration. Raises RuntimeError if nft refuses it."""
-        async with self._lock:
+        """Apply one transaction; returns its duration. Raises RuntimeError if the tool refuses it."""
+        async with self._lock:  # one at a time, in call order: each rebuilds from the latest state
             seq = self.applies + 1
-            path = self.directory / f"{seq:04d}.nft"
-            path.write_text(f"# lbbench kernel-nftables apply #{seq}: {reason}\n{text}")
+            path = self.directory / f"{seq:04d}{self.suffix}"
+            path.write_text(f"# lbbench apply #{seq}: {reason}\n{text}")
             err_path = self.directory / f"{seq:04d}.err"
             wall = time.time()
             started = time.perf_counter()
             with err_path.open("wb") as err:
-                child = self.supervisor.spawn(f"nft-{seq}", [self.nft, "-f", str(path)],
+                child = self.supervisor.spawn(f"{self.prefix}-{seq}", [*self.argv, str(path)],
                                               stdin=subprocess.DEVNULL, stderr=err)
                 rc = await child.wait()
             took = time.perf_counter() - started
@@ -286,7 +290,7 @@ class NftApplier:
             err_path.unlink()
             self._record(seq, path, wall, took, rc, reason)
             if rc != 0:
-                raise RuntimeError(f"nft -f {path} failed (exit {rc}): {message}")
+                raise RuntimeError(f"{' '.join(self.argv)} {path} failed (exit {rc}): {message}")
             self.applies = seq
             self.total_s += took
             self.last_s = took
@@ -300,8 +304,9 @@ class NftApplier:
             f.write(json.dumps(entry) + "\n")
 
     def counters(self) -> dict[str, float]:
-        return {"nft_applies_total": self.applies, "nft_apply_seconds_total": self.total_s,
-                "nft_apply_last_ms": self.last_s * 1e3, "nft_apply_max_ms": self.max_s * 1e3}
+        p = self.prefix
+        return {f"{p}_applies_total": self.applies, f"{p}_apply_seconds_total": self.total_s,
+                f"{p}_apply_last_ms": self.last_s * 1e3, f"{p}_apply_max_ms": self.max_s * 1e3}
 
     def close(self) -> None:
         if self._tmp is not None:
@@ -318,31 +323,48 @@ class KernelNftables(Frontend):
 
     name = "kernel-nftables"
     layer = "l4"
+    tool = "nft"
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
-        if in_private_netns():
-            return None if find_tool("nft") else "nft (nftables) is not installed"
-        return netns_unavailable_reason()
+        if find_tool(cls.tool) is None:
+            return f"{cls.tool} is not installed"
+        return None if in_private_netns() else netns_unavailable_reason()
 
     def __init__(self, plan: FrontendPlan, supervisor: Supervisor) -> None:
         super().__init__(plan, supervisor)
         self.services = {s.key: s for s in plan.services}
         self.endpoints: dict[str, tuple[Endpoint, ...]] = {s.key: () for s in plan.services}
-        self.applier: NftApplier | None = None
+        self.applier: RulesApplier | None = None
         self.lb_hop: ForwarderProcess | None = None
+
+    # What differs between the kernel modes: the loader, and the text of each transaction.
+    def make_applier(self, directory: Path | None) -> RulesApplier:
+        folder = directory / "nftables" if directory is not None else None
+        return RulesApplier(self.supervisor, folder, "nft", ["-f"], ".nft", "nft")
+
+    def render_start(self) -> str:
+        return render_full_apply(list(self.plan.services), self.endpoints)
+
+    def render_update(self, spec: ServiceSpec, previous: Sequence[Endpoint],
+                      proposed: Mapping[str, Sequence[Endpoint]]) -> str:
+        return render_update(list(self.plan.services), proposed, spec, previous)
+
+    def render_stop(self) -> str:
+        return f"delete table {FAMILY} {TABLE}\n"
 
     async def start(self) -> None:
         if not (self.plan.in_netns and in_private_netns()):
-            raise UserError("kernel-nftables writes netfilter rules only inside lbbench's private network "
+            raise UserError(f"{self.name} writes netfilter rules only inside lbbench's private network "
                             "namespace (run through lbbench.netns.netns_argv); refusing to touch the host's")
-        artifacts = self.plan.artifacts_dir / "nftables" if self.plan.artifacts_dir is not None else None
-        self.applier = NftApplier(self.supervisor, artifacts)
-        services = list(self.plan.services)
-        await self.applier.apply(render_full_apply(services, self.endpoints), "start: no endpoints yet")
-        lb_plan = forwarder_plan(services, "random", self.plan.seed, include_cluster=False)
+        for spec in self.plan.services:
+            validate_service(spec)
+            check_names(spec)
+        self.applier = self.make_applier(self.plan.artifacts_dir)
+        await self.applier.apply(self.render_start(), "start: no endpoints yet")
+        lb_plan = forwarder_plan(list(self.plan.services), "random", self.plan.seed, include_cluster=False)
         if lb_plan.listeners:
-            self.lb_hop = ForwarderProcess(self.supervisor, lb_plan, "kernel-nftables-lb")
+            self.lb_hop = ForwarderProcess(self.supervisor, lb_plan, f"{self.name}-lb")
             await self.lb_hop.start()
 
     async def update_endpoints(self, service_key: str, endpoints: tuple[Endpoint, ...]) -> None:
@@ -350,11 +372,11 @@ class KernelNftables(Frontend):
         if spec is None:
             raise ValueError(f"unknown service {service_key!r}")
         if self.applier is None:
-            raise RuntimeError("kernel-nftables is not started")
+            raise RuntimeError(f"{self.name} is not started")
         previous = self.endpoints[service_key]
         proposed = {**self.endpoints, service_key: tuple(endpoints)}
-        text = render_update(list(self.plan.services), proposed, spec, previous)
-        await self.applier.apply(text, f"endpoints {service_key}: {len(endpoints)}")
+        await self.applier.apply(self.render_update(spec, previous, proposed),
+                                 f"endpoints {service_key}: {len(endpoints)}")
         self.endpoints = proposed
 
     async def stop(self) -> None:
@@ -364,7 +386,7 @@ class KernelNftables(Frontend):
         applier, self.applier = self.applier, None
         if applier is not None:
             with contextlib.suppress(RuntimeError):
-                await applier.apply(f"delete table {FAMILY} {TABLE}\n", "stop")
+                await applier.apply(self.render_stop(), "stop")
             applier.close()
 
     def entrypoint(self, service_key: str, via: ServiceType = "ClusterIP") -> Entrypoint:

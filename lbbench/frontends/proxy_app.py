@@ -112,7 +112,7 @@ class ProxyApp:
         while time.monotonic() < deadline:
             busy = False
             for c in list(self.clients):
-                if c.current is None and c.parsing is None and c.transport is not None:
+                if c.current is None and c.reader.parsing is None and c.transport is not None:
                     c.transport.close()
                 else:
                     busy = True

@@ -91,8 +91,9 @@ class PowerOfTwo:
 
     def _two(self, found: list[Backend]) -> tuple[Backend, Backend]:
         n = len(found)
-        i = self._rng.randrange(n)
-        j = self._rng.randrange(n - 1)
+        rnd = self._rng.random
+        i = int(rnd() * n)
+        j = int(rnd() * (n - 1))
         return found[i], found[j + 1 if j >= i else j]
 
     def pick(self, backends: Sequence[Backend], exclude: Sequence[Backend]) -> Backend | None:

@@ -1,7 +1,7 @@
 """The client side of the proxy: one asyncio.Protocol per client connection.
 
-Requests are parsed with llhttp (httptools.HttpRequestParser), routed to a Service's pool
-and streamed to the backend; responses are streamed back in order. One request is served at
+Requests arrive from a RequestReader (proxy_request: llhttp, limits, routing), are admitted
+to their Service's pool and streamed to the backend; responses are streamed back in order. One request is served at
 a time per connection; pipelined requests wait their turn with reading paused. Reading is
 also paused while the backend's write buffer is full or while a request body waits for a
 backend beyond the retry buffer; the backend's reading is paused while ours is full.
@@ -15,12 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import sys
 import time
-import traceback
 from typing import TYPE_CHECKING, cast
-
-from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade, HttpRequestParser
 
 from lbbench.frontends.proxy_backend import CONNECT_FAILED, TIMEOUT
 from lbbench.frontends.proxy_exchange import (
@@ -30,26 +26,20 @@ from lbbench.frontends.proxy_exchange import (
     DONE,
     QUEUED,
     RETRY_BUFFER,
-    WAITING,
     Exchange,
 )
 from lbbench.frontends.proxy_http import (
     CHUNKED,
     CONTINUE_100,
     CRLF,
-    IDEMPOTENT,
     LAST_CHUNK,
-    LENGTH,
     NO_BODY,
-    UNTIL_CLOSE,
     Headers,
     chunk_size_line,
     client_head,
     error_response,
-    request_info,
-    split_target,
-    upstream_head,
 )
+from lbbench.frontends.proxy_request import RequestReader
 
 if TYPE_CHECKING:
     from lbbench.frontends.proxy_app import ProxyApp
@@ -60,32 +50,19 @@ LINGER_S = 2.0
 P_UPSTREAM, P_BUFFER, P_PIPELINE, P_STOP = 1, 2, 4, 8
 
 
-class Reject(Exception):
-    """Raised inside a parser callback: answer `status` and close."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
 class ClientConnection(asyncio.Protocol):
     def __init__(self, app: ProxyApp) -> None:
         self.app = app
         self.limits = app.config.limits
         self.client_timeout_s = app.config.settings.client_timeout_s
         self.transport: asyncio.Transport | None = None
-        self.parser = HttpRequestParser(self)
-        self.parsing: Exchange | None = None  # the request whose bytes are arriving
+        self.reader = RequestReader(self)
         self.current: Exchange | None = None  # the request whose response owns the connection
         self.pipeline: collections.deque[Exchange] = collections.deque()
         self.paused = 0
         self.write_paused = False
         self.deadline = 0.0  # reading (idle, head, body) or lingering
         self.write_deadline = 0.0  # the client does not read our response
-        self.in_head = True
-        self.head_bytes = 0
-        self.heads_done = 0
         self.closing = False
         self.eof = False
         self.fatal: tuple[int, str] | None = None
@@ -110,16 +87,18 @@ class ClientConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.app.clients.discard(self)
         self.closing = True
-        for ex in (self.current, self.parsing, *self.pipeline):
+        for ex in (self.current, self.reader.parsing, *self.pipeline):
             if ex is not None:
                 self._cancel(ex)
-        self.current = self.parsing = None
+        self.current = self.reader.parsing = None
         self.pipeline.clear()
 
     def eof_received(self) -> bool:
-        if self.parsing is not None or self.current is None or self.closing:
+        if self.reader.parsing is not None or self.current is None or self.closing:
             return False  # an unfinished request can never finish; nothing owed otherwise
-        self.eof = True  # half-close after a complete request: answer, then close
+        if self.current.state == QUEUED:
+            return False  # gave up waiting (HAProxy's abortonclose): its place goes to the next one
+        self.eof = True  # half-close while a backend works on it: answer, then close
         return True
 
     def _cancel(self, ex: Exchange) -> None:
@@ -149,12 +128,12 @@ class ClientConnection(asyncio.Protocol):
             t.abort()
         elif not self.deadline or now < self.deadline:
             return
-        elif self.parsing is not None or (self.current is not None and not self.current.request_done):
+        elif self.reader.parsing is not None or (self.current is not None and not self.current.request_done):
             self.app.c["client_timeouts"] += 1
             if self.current is not None and self.current.head_sent:
                 t.abort()
             else:
-                self._fail(408, f"request not received within client_timeout {self.client_timeout_s:g} s")
+                self.fail(408, f"request not received within client_timeout {self.client_timeout_s:g} s")
         elif self.current is None:
             t.close()  # idle keep-alive connection
 
@@ -190,99 +169,17 @@ class ClientConnection(asyncio.Protocol):
         else:
             self._unpause(P_UPSTREAM)
 
-    # -- request parsing ----------------------------------------------------------------------
+    # -- requests, from the RequestReader ------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
-        if self.closing:
-            return  # lingering: discard
-        if self.in_head:
-            room = self.limits.max_header_bytes - self.head_bytes
-            if len(data) > room:
-                # Feed only what the head may still take: a head that does not end within it is too large.
-                done = self.heads_done
-                self.head_bytes = self.limits.max_header_bytes
-                if not self._feed(data[:room]):
-                    return
-                if self.heads_done == done:
-                    self._fail(431, f"request head larger than {self.limits.max_header_bytes} bytes")
-                    return
-                data = data[room:]
-            else:
-                self.head_bytes += len(data)
-        if data:
-            self._feed(data)
+        if not self.closing:  # lingering: discard
+            self.reader.feed(data)
 
-    def _feed(self, data: bytes) -> bool:
-        try:
-            self.parser.feed_data(data)
-            return True
-        except HttpParserUpgrade:
-            self._fail(501, "protocol upgrades (WebSocket, h2c) and CONNECT are not supported")
-        except HttpParserCallbackError as e:
-            cause = e.__context__
-            if isinstance(cause, Reject):
-                self._fail(cause.status, cause.message)
-            else:
-                traceback.print_exception(cause or e, file=sys.stderr)
-                self._fail(500, "internal error in the proxy")
-        except HttpParserError as e:
-            self._fail(400, f"malformed request: {e}")
-        return False
-
-    def on_message_begin(self) -> None:
-        self.parsing = Exchange(self)
+    def request_begins(self) -> None:
         if self.current is not None:
             self._pause(P_PIPELINE)  # a pipelined request: read no further until its turn
 
-    def on_url(self, url: bytes) -> None:
-        assert self.parsing is not None
-        self.parsing.url += url
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        assert self.parsing is not None
-        headers = self.parsing.headers
-        if len(headers) >= self.limits.max_headers:
-            raise Reject(431, f"more than {self.limits.max_headers} header fields")
-        headers.append((name, value))
-
-    def on_headers_complete(self) -> None:
-        ex = self.parsing
-        assert ex is not None
-        self.in_head = False
-        self.head_bytes = 0
-        self.heads_done += 1
-        p = self.parser
-        version = p.get_http_version()
-        if version not in ("1.1", "1.0"):
-            raise Reject(505, f"HTTP/{version} is not supported (HTTP/1.0 and 1.1 are)")
-        if p.should_upgrade():
-            raise Reject(501, "protocol upgrades (WebSocket, h2c) and CONNECT are not supported")
-        ex.method = p.get_method().decode("ascii", "replace")
-        ex.version11 = version == "1.1"
-        ex.keep_alive = p.should_keep_alive()
-        ex.is_head = ex.method == "HEAD"
-        ex.idempotent = ex.method in IDEMPOTENT
-        info = request_info(ex.headers)
-        if info.bad_transfer_encoding:
-            raise Reject(501, "transfer codings other than chunked are not supported")
-        if info.framing == LENGTH and not 0 <= info.content_length <= self.limits.max_body_bytes:
-            raise Reject(413, f"request body larger than {self.limits.max_body_bytes} bytes")
-        ex.framing = info.framing
-        ex.expect_continue = info.expect_continue
-        authority, ex.target = split_target(ex.url)
-        host = authority or info.host
-        ex.pool = self.app.router.route(host, ex.target)
-        if ex.pool is None:
-            ex.reject = (404, f"no Ingress rule for host {host.decode('latin-1')!r} and path "
-                              f"{ex.target.split(b'?', 1)[0].decode('latin-1')!r}")
-        else:
-            head = upstream_head(p.get_method(), ex.target, ex.headers, client_ip=self.peer,
-                                 via_version=b"1.1" if ex.version11 else b"1.0", framing=ex.framing,
-                                 add_host=b"" if info.host else authority or ex.pool.host)
-            ex.out.append(head)
-            ex.out_bytes = len(head)
-        ex.headers = []
-        ex.state = WAITING
+    def request_head(self, ex: Exchange) -> None:
         self.deadline = time.monotonic() + self.client_timeout_s if ex.framing != NO_BODY else 0.0
         if self.current is None:
             self.current = ex
@@ -290,26 +187,12 @@ class ClientConnection(asyncio.Protocol):
         else:
             self.pipeline.append(ex)
 
-    def on_body(self, data: bytes) -> None:
-        ex = self.parsing
-        assert ex is not None
-        ex.body_bytes += len(data)
-        if ex.body_bytes > self.limits.max_body_bytes:
-            raise Reject(413, f"request body larger than {self.limits.max_body_bytes} bytes")
+    def request_body(self, ex: Exchange, piece: bytes) -> None:
         self.deadline = time.monotonic() + self.client_timeout_s
-        if ex.reject is not None or ex.state >= DONE:
-            return  # discarded: an answer was or will be generated
-        if ex.framing == CHUNKED:
-            self._to_upstream(ex, chunk_size_line(len(data)) + data + CRLF)
-        else:
-            self._to_upstream(ex, data)
+        if ex.reject is None and ex.state < DONE:  # else discarded: an answer was or will be generated
+            self._to_upstream(ex, piece)
 
-    def on_message_complete(self) -> None:
-        ex = self.parsing
-        assert ex is not None
-        self.parsing = None
-        self.in_head = True
-        ex.request_done = True
+    def request_complete(self, ex: Exchange) -> None:
         if ex is not self.current:
             return  # pipelined: its turn comes in _finish
         self.deadline = 0.0
@@ -353,7 +236,7 @@ class ClientConnection(asyncio.Protocol):
         else:
             ex.out.append(piece)
             ex.out_bytes += n
-            if ex.out_bytes > RETRY_BUFFER and ex is self.parsing:
+            if ex.out_bytes > RETRY_BUFFER and ex is self.reader.parsing:
                 self._pause(P_BUFFER)
 
     def attached(self, ex: Exchange, up: UpstreamConnection) -> None:
@@ -397,17 +280,16 @@ class ClientConnection(asyncio.Protocol):
 
     # -- towards the client -------------------------------------------------------------------
 
-    def response_head(self, ex: Exchange, status: int, reason: bytes, headers: Headers, framing: int) -> None:
-        if ex.state != ACTIVE or self.transport is None:
-            return
-        head, ex.out_framing = client_head(
-            status, reason, headers, version11=ex.version11, keep_alive=ex.keep_alive and not self.fatal,
-            framing=framing, queue_ms=ex.queue_wait_s * 1e3)
-        if ex.out_framing == UNTIL_CLOSE:
-            ex.keep_alive = False
-        ex.status = status
-        ex.head_sent = True
-        self.transport.write(head)
+    def response_head(self, ex: Exchange, status: int, reason: bytes, headers: Headers) -> int:
+        """Send the response head; returns how the backend frames the body."""
+        head, framing, ex.out_framing, ex.keep_alive = client_head(
+            status, reason, headers, head_request=ex.is_head, version11=ex.version11,
+            keep_alive=ex.keep_alive and not self.fatal, queue_ms=ex.queue_wait_s * 1e3)
+        if ex.state == ACTIVE and self.transport is not None:
+            ex.status = status
+            ex.head_sent = True
+            self.transport.write(head)
+        return framing
 
     def response_body(self, ex: Exchange, data: bytes) -> None:
         if ex.state != ACTIVE or self.transport is None:
@@ -471,12 +353,12 @@ class ClientConnection(asyncio.Protocol):
             self._unpause(P_PIPELINE)
             self.deadline = time.monotonic() + self.client_timeout_s
 
-    def _fail(self, status: int, message: str) -> None:
+    def fail(self, status: int, message: str) -> None:
         """The request being read is unacceptable: no further requests on this connection."""
         self.app.c[f"client_error_{status}"] += 1
         self.app.count_response(status)
         self._pause(P_STOP)
-        ex, self.parsing = self.parsing, None
+        ex, self.reader.parsing = self.reader.parsing, None
         cur = self.current
         if ex is not None and ex is not cur:
             self._cancel(ex)
@@ -510,10 +392,10 @@ class ClientConnection(asyncio.Protocol):
         if t is None or self.closing:
             return
         self.closing = True
-        for ex in (self.parsing, *self.pipeline):
+        for ex in (self.reader.parsing, *self.pipeline):
             if ex is not None:
                 self._cancel(ex)
-        self.parsing = None
+        self.reader.parsing = None
         self.pipeline.clear()
         self.deadline = time.monotonic() + LINGER_S
         self.write_deadline = 0.0

@@ -8,6 +8,7 @@ loop, scheduled send times) lives in lbbench.load.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import select
 import socket
@@ -86,10 +87,8 @@ class _ResponseCollector:
 def parse_responses(data: bytes) -> list[Reply]:
     """Every complete response in `data` (an HTTP/1.1 byte stream from the server)."""
     c = _ResponseCollector()
-    try:
+    with contextlib.suppress(HttpParserError):
         c.parser.feed_data(data)
-    except HttpParserError:
-        pass
     return c.replies
 
 
@@ -162,11 +161,12 @@ class _KeepAliveClient(asyncio.Protocol):
 
 
 async def keepalive_load(addr: HostPort, raw: bytes, *, connections: int, duration_s: float | None = None,
-                         requests: int | None = None, timeout_s: float = 30.0) -> list[Reply]:
+                         requests: int | None = None, stop: asyncio.Event | None = None,
+                         timeout_s: float = 30.0) -> list[Reply]:
     """Closed-loop load: `connections` keep-alive clients each sending `raw` back to back.
 
-    Runs for `duration_s`, or until `requests` replies in total. Connection failures are
-    recorded as replies with status 0 and the client reconnects.
+    Runs for `duration_s`, until `requests` replies in total, or until `stop` is set.
+    Connection failures are recorded as replies with status 0 and the client reconnects.
     """
     loop = asyncio.get_running_loop()
     replies: list[Reply] = []
@@ -175,7 +175,7 @@ async def keepalive_load(addr: HostPort, raw: bytes, *, connections: int, durati
 
     async def worker() -> None:
         proto: _KeepAliveClient | None = None
-        while time.monotonic() < stop_at and budget[0] > 0:
+        while time.monotonic() < stop_at and budget[0] > 0 and not (stop is not None and stop.is_set()):
             budget[0] -= 1
             t0 = time.perf_counter()
             try:

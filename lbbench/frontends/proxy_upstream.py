@@ -9,6 +9,7 @@ pool whether to retry.
 from __future__ import annotations
 
 import asyncio
+import socket
 import sys
 import time
 import traceback
@@ -18,7 +19,7 @@ from httptools import HttpParserError, HttpResponseParser
 
 from lbbench.frontends.proxy_backend import CONNECT_FAILED, PROTOCOL, RESET, RESET_AFTER, TIMEOUT, Backend
 from lbbench.frontends.proxy_exchange import CONNECTING, Exchange
-from lbbench.frontends.proxy_http import NO_BODY, UNTIL_CLOSE, Headers, response_framing
+from lbbench.frontends.proxy_http import NO_BODY, UNTIL_CLOSE, Headers
 
 if TYPE_CHECKING:
     from lbbench.frontends.proxy_queue import ServicePool
@@ -80,6 +81,27 @@ class UpstreamConnection(asyncio.Protocol):
         if self in self.backend.idle:
             self.backend.idle.remove(self)
 
+    def peer_closed(self) -> bool:
+        """Has the backend closed this idle connection (EOF queued, not yet seen by the loop)?
+
+        One MSG_PEEK syscall; worth it only for requests that cannot be replayed: a pod that
+        dies leaves its idle connections closed a moment before the loop learns it.
+        """
+        if self.transport is None:
+            return True
+        sock = self.transport.get_extra_info("socket")
+        if sock is None:
+            return False
+        peek = socket.socket(socket.AF_INET, socket.SOCK_STREAM, 0, sock.fileno())
+        try:
+            return peek.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True
+        finally:
+            peek.detach()
+
     def reusable_now(self) -> bool:
         return not self.closed and self.transport is not None and not self.transport.is_closing()
 
@@ -117,9 +139,11 @@ class UpstreamConnection(asyncio.Protocol):
 
     def on_deadline(self) -> None:
         ex = self.ex
+        if ex is None:
+            self.close()  # idle too long
+            return
         self.abort()
-        if ex is not None:
-            ex.client.upstream_failed(ex, RESET_AFTER if self.got_bytes else TIMEOUT)
+        ex.client.upstream_failed(ex, RESET_AFTER if self.got_bytes else TIMEOUT)
 
     # -- flow control -------------------------------------------------------------------------
 
@@ -182,8 +206,7 @@ class UpstreamConnection(asyncio.Protocol):
             self.headers = []
             return
         self.head_done = True
-        self.framing = response_framing(status, self.headers, ex.is_head)
-        ex.client.response_head(ex, status, self.reason, self.headers, self.framing)
+        self.framing = ex.client.response_head(ex, status, self.reason, self.headers)
         if ex.is_head and self.ex is ex:
             # llhttp cannot be told that a HEAD response has no body; finish here, do not reuse.
             self.ex = None
@@ -206,6 +229,9 @@ class UpstreamConnection(asyncio.Protocol):
 def open_upstream(pool: ServicePool, backend: Backend, ex: Exchange) -> None:
     """Attach `ex` to an idle connection of `backend`, or connect a new one in the background."""
     conn = backend.take_idle()
+    while conn is not None and not ex.idempotent and conn.peer_closed():
+        conn.close()  # a request that cannot be replayed goes only where nobody has hung up
+        conn = backend.take_idle()
     if conn is not None:
         conn.attach(ex)
         return

@@ -37,8 +37,10 @@ from lbbench.netaddr import HostPort
 
 ERROR_KINDS = ("refused", "reset", "timeout", "connect_timeout", "truncated", "http_5xx", "http_4xx", "other")
 
-_WANTED = {b"x-pod": "pod", b"x-pod-ip": "pod_ip", b"x-queue-ms": "queue_ms", b"x-service-ms": "service_ms"}
-_LENGTH_HEADERS = (b"content-length", b"transfer-encoding")
+# what each interesting response header (lower case) is for
+_POD, _POD_IP, _QUEUE_MS, _SERVICE_MS, _LENGTH = range(5)
+_HEADERS = {b"x-pod": _POD, b"x-pod-ip": _POD_IP, b"x-queue-ms": _QUEUE_MS, b"x-service-ms": _SERVICE_MS,
+            b"content-length": _LENGTH, b"transfer-encoding": _LENGTH}
 
 
 def build_request(path: str, host: str, close: bool) -> bytes:
@@ -123,19 +125,22 @@ class _Conn(asyncio.Protocol):
         req = self.req
         if req is None:
             return
-        key = _WANTED.get(name.lower())
-        if key is None:
-            if name.lower() in _LENGTH_HEADERS:
-                self.length_known = True
+        what = _HEADERS.get(name.lower())
+        if what is None:
             return
-        text = value.decode("latin-1")
-        if key == "pod":
-            req.pod = text
-        elif key == "pod_ip":
-            req.pod_ip = text
-        else:
-            with contextlib.suppress(ValueError):
-                setattr(req, key, float(text))
+        try:
+            if what == _POD:
+                req.pod = value.decode("latin-1")
+            elif what == _POD_IP:
+                req.pod_ip = value.decode("latin-1")
+            elif what == _QUEUE_MS:
+                req.queue_ms = float(value)
+            elif what == _SERVICE_MS:
+                req.service_ms = float(value)
+            else:
+                self.length_known = True
+        except ValueError:
+            pass  # a malformed timing header is just missing
 
     def on_headers_complete(self) -> None:
         self.headers_done = True

@@ -91,7 +91,22 @@ class Progress:
 
 @dataclass(frozen=True, eq=False)
 class LoadResult:
-    rows: pd.DataFrame  # one row per request; see ROW_COLUMNS (times in s from t=0)
+    """What a run produced. `rows` has one row per finished request, sorted by intended time:
+
+    intended_s, sent_s, done_s  seconds from t=0 (start_at). sent_s is when the request's
+                                first byte left: its SYN in close mode, its write on a pooled
+                                connection in keepalive mode (so it includes any wait for a free
+                                connection); NaN if it never left (timed out while waiting).
+    latency_s                   done_s - intended_s, whatever the outcome
+    status                      HTTP status, 0 if none; error: "" or one of client.ERROR_KINDS
+    pod, pod_ip                 x-pod / x-pod-ip ("" if absent); queue_ms, service_ms: NaN if absent
+    conn_id, new_conn, worker   the TCP connection (unique in the run), whether this was its
+                                first request, and the worker process that sent it
+
+    Requests cut off by `request_stop()` are not in the rows (`summary.aborted` counts them).
+    """
+
+    rows: pd.DataFrame
     histogram: LogHistogram  # latency of successful requests
     summary: LoadSummary
     complete: bool

@@ -1,13 +1,15 @@
 """Per-worker bookkeeping of finished requests: raw rows, histograms and counters.
 
-Rows are kept as plain Python lists (an append is the cheapest thing per request) and turned
-into numpy columns once, at the end. Strings (pod names, IPs, error kinds) are interned to
-small integer codes with a table per column.
+Rows are kept in `array.array` columns (an append is about as cheap as a list's, a float
+takes 8 bytes instead of 32, and the garbage collector never walks them) and become numpy
+columns once, at the end. Strings (pod names, IPs, error kinds) are interned to small
+integer codes with a table per column.
 """
 
 from __future__ import annotations
 
 import math
+from array import array
 from collections import Counter
 from typing import Any
 
@@ -18,6 +20,8 @@ from lbbench.load.histogram import LogHistogram
 
 ERROR_CODE = {"": 0, **{kind: i + 1 for i, kind in enumerate(ERROR_KINDS)}}
 ERROR_TABLE = ("", *ERROR_KINDS)
+_TYPECODES = {"intended_s": "d", "sent_s": "d", "done_s": "d", "status": "h", "error": "b", "pod": "i",
+              "pod_ip": "i", "conn_id": "q", "new_conn": "b", "queue_ms": "d", "service_ms": "d"}
 
 
 class _Interner:
@@ -42,7 +46,7 @@ class Recorder:
         self.start_at = start_at
         self.record_rows = record_rows
         self.latency = LogHistogram()  # successful requests: done - intended
-        self.lateness = LogHistogram()  # issued - intended (negative clamped to 0 here; exact in rows)
+        self.lateness = LogHistogram()  # issued - intended (>= 0: sends never leave early)
         self.pool_wait = LogHistogram()  # sent - issued: waiting for a free keep-alive connection
         self.interval_latency = LogHistogram()  # since the last progress report
         self.interval_lateness = LogHistogram()
@@ -55,9 +59,7 @@ class Recorder:
         self.last_issue = math.nan
         self._pods = _Interner()
         self._ips = _Interner()
-        self._cols: dict[str, list[Any]] = {name: [] for name in (
-            "intended_s", "sent_s", "done_s", "status", "error", "pod", "pod_ip", "conn_id", "new_conn",
-            "queue_ms", "service_ms")}
+        self._cols: dict[str, array[Any]] = {name: array(code) for name, code in _TYPECODES.items()}
 
     def on_issue(self, req: Request) -> None:
         self.issued += 1
@@ -113,19 +115,8 @@ class Recorder:
 
     def columns(self) -> dict[str, Any]:
         """Rows as numpy columns plus the string tables of the coded columns."""
-        c = self._cols
-        return {
-            "intended_s": np.asarray(c["intended_s"], dtype=np.float64),
-            "sent_s": np.asarray(c["sent_s"], dtype=np.float64),
-            "done_s": np.asarray(c["done_s"], dtype=np.float64),
-            "status": np.asarray(c["status"], dtype=np.int16),
-            "error": np.asarray(c["error"], dtype=np.int8),
-            "pod": np.asarray(c["pod"], dtype=np.int32),
-            "pod_ip": np.asarray(c["pod_ip"], dtype=np.int32),
-            "conn_id": np.asarray(c["conn_id"], dtype=np.int64),
-            "new_conn": np.asarray(c["new_conn"], dtype=np.bool_),
-            "queue_ms": np.asarray(c["queue_ms"], dtype=np.float64),
-            "service_ms": np.asarray(c["service_ms"], dtype=np.float64),
-            "pod_table": list(self._pods.table),
-            "pod_ip_table": list(self._ips.table),
-        }
+        out: dict[str, Any] = {name: np.array(col) for name, col in self._cols.items()}
+        out["new_conn"] = out["new_conn"].astype(np.bool_)
+        out["pod_table"] = list(self._pods.table)
+        out["pod_ip_table"] = list(self._ips.table)
+        return out

@@ -23,14 +23,6 @@ def encode(message: Message) -> bytes:
     return _HEADER.pack(len(payload)) + payload
 
 
-def write_message(fd: int, message: Message) -> None:
-    """Blocking write of one whole frame (the parent reads continuously)."""
-    view = memoryview(encode(message))
-    while view:
-        n = os.write(fd, view)
-        view = view[n:]
-
-
 class FrameReader(asyncio.Protocol):
     """Reads frames from a pipe and calls `on_message` for each, then `on_eof` once."""
 

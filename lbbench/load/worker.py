@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import gc
 import math
 import os
 import resource
@@ -35,6 +36,16 @@ from lbbench.timer import PreciseTimer
 
 PROGRESS_EVERY_S = 0.25
 STOP_GRACE_S = 1.0  # after request_stop(), in-flight requests get this long
+
+
+def wait_until(when: float) -> None:
+    """Busy-wait the last few microseconds to `when`: never send before the intended time.
+
+    The precise timer wakes up to its learned wake-up latency early (~50-300 us) so that it
+    is on time on average; a request sent early would understate its own latency.
+    """
+    while time.monotonic() < when:
+        pass
 
 
 def cpu_seconds() -> float:
@@ -79,8 +90,8 @@ class Dispatcher:
             return
         times, i, n = self.times, self.next, len(self.times)
         issue, on_issue, lead = self.client.issue, self.recorder.on_issue, self.timer.lead_s
-        # the timer wakes up to `lead` early so that, on average, sends leave on time
         while i < n and times[i] <= time.monotonic() + lead:
+            wait_until(times[i])
             on_issue(issue(times[i]))
             i += 1
         self.next = i
@@ -120,6 +131,7 @@ class Users:
 
     def _send(self, user: int, at: float) -> None:
         if not self.stopped:
+            wait_until(at)
             self.recorder.on_issue(self.client.issue(at, user))
 
 
@@ -160,6 +172,10 @@ class Worker:
 
     async def run(self, inbox: asyncio.Queue[Message]) -> None:
         share = self._share()
+        # Everything alive now (modules, the schedule) lives for the whole run: keep the
+        # collector from walking it again and again while requests are being timed.
+        gc.collect()
+        gc.freeze()
         self.out.send({"type": "ready", "worker": self.index, "share": len(share), "pid": os.getpid()})
         msg = await inbox.get()
         if "go" not in msg:

@@ -25,7 +25,10 @@ class ReportPaths:
 
 
 def write_report(folder: Path, results: Results | None = None) -> ReportPaths:
-    """Write DIR/plots/*.png, DIR/report.html and DIR/report.md; raises UserError if DIR is no results folder."""
+    """Write DIR/plots/*.png, DIR/report.html and DIR/report.md.
+
+    Raises UserError if `folder` is not a results folder. `results`: already loaded (saves a read).
+    """
     from lbbench.report import html, markdown
     from lbbench.report.build import build_document
     from lbbench.report.plots import make_plots
@@ -44,4 +47,3 @@ def _write(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text, encoding="utf-8")
     tmp.replace(path)
-

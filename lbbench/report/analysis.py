@@ -53,10 +53,21 @@ def queue_stats(results: Results, frontend: str) -> QueueStats:
     known = ok.dropna(subset=["queue_ms", "service_ms", "latency_s"]) if len(ok) else ok
     wait = known["queue_ms"].to_numpy(dtype=float) if len(known) else np.array([])
     service = known["service_ms"].to_numpy(dtype=float) if len(known) else np.array([])
-    outside = (known["latency_s"].to_numpy(dtype=float) * 1e3 - wait - service) if len(known) else np.array([])
+    outside = (
+        (known["latency_s"].to_numpy(dtype=float) * 1e3 - wait - service) if len(known) else np.array([])
+    )
     pq_mean, pq_max = _proxy_queue(results, frontend)
-    return QueueStats(frontend, int(wait.size), _mean(wait), _p99(wait), _mean(service), _mean(outside),
-                      _p99(outside), pq_mean, pq_max)
+    return QueueStats(
+        frontend,
+        int(wait.size),
+        _mean(wait),
+        _p99(wait),
+        _mean(service),
+        _mean(outside),
+        _p99(outside),
+        pq_mean,
+        pq_max,
+    )
 
 
 def _proxy_queue(results: Results, frontend: str) -> tuple[float | None, float | None]:
@@ -71,4 +82,3 @@ def _proxy_queue(results: Results, frontend: str) -> tuple[float | None, float |
 
 def fmt_opt(v: float | None, spec: str = ".3g") -> str:
     return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, spec)
-

@@ -6,7 +6,7 @@ from lbbench.report.analysis import queue_stats
 from lbbench.report.doc import Banner, Block, Bullets, Document, Image, Paragraph, Section, Table
 from lbbench.report.loader import Results
 from lbbench.report.narrative import answers
-from lbbench.report.plots import PlotSet
+from lbbench.report.plotkit import PlotSet
 from lbbench.report.tables import (
     failover_table,
     frontend_table,
@@ -16,32 +16,44 @@ from lbbench.report.tables import (
     setup_table,
     skipped_table,
     spread_table,
-    theory_table,
 )
+from lbbench.report.theory import theory_blocks
 
-CUT_SHORT = ("This run was cut short (complete: false): it was interrupted or a phase failed. "
-             "Everything measured until then is shown, but phases may be missing or shorter than configured.")
+CUT_SHORT = (
+    "This run was cut short (complete: false): it was interrupted or a phase failed. "
+    "Everything measured until then is shown, but phases may be missing or shorter than configured."
+)
 
 
 def banners(r: Results) -> tuple[Banner, ...]:
     out = [] if r.complete else [Banner(CUT_SHORT)]
-    out += [Banner(f"Phase {p.frontend} @ {p.rate_rps:g} rps #{p.repeat} failed: {p.error}") for p in r.phases
-            if p.error]
-    out += [Banner(f"The load generator was saturated during {f.name}: {f.saturation_reason or '?'}; "
-                   "its latencies may be the generator's, not the front end's.") for f in r.frontends
-            if f.generator_saturated]
+    out += [
+        Banner(f"Phase {p.frontend} @ {p.rate_rps:g} rps #{p.repeat} failed: {p.error}")
+        for p in r.phases
+        if p.error
+    ]
+    out += [
+        Banner(
+            f"The load generator was saturated during {f.name}: {f.saturation_reason or '?'}; "
+            "its latencies may be the generator's, not the front end's."
+        )
+        for f in r.frontends
+        if f.generator_saturated
+    ]
     out += [Banner(f"Results folder: {note}.") for note in r.notes]
     return tuple(out)
 
 
-def _optional(title: str, *blocks: Table | Paragraph | None) -> list[Section]:
+def _optional(title: str, *blocks: Block | None) -> list[Section]:
     present: tuple[Block, ...] = tuple(b for b in blocks if b is not None)
     return [Section(title, present)] if any(isinstance(b, Table) for b in present) else []
 
 
 def build_document(r: Results, plots: PlotSet) -> Document:
     queues = [queue_stats(r, name) for name in (f.name for f in r.frontends)]
-    sections = [Section("In short", (Bullets(tuple(answers(r, queues))),))] if r.frontends or r.skipped else []
+    sections = (
+        [Section("In short", (Bullets(tuple(answers(r, queues))),))] if r.frontends or r.skipped else []
+    )
     sections.append(Section("Setup", (setup_table(r),)))
     if r.frontends:
         table_blocks: list[Block] = [frontend_table(r)]
@@ -50,7 +62,7 @@ def build_document(r: Results, plots: PlotSet) -> Document:
     else:
         sections.append(Section("Front ends side by side", (Paragraph("No front end measured anything."),)))
     sections += _optional("Where requests waited", queue_table(queues))
-    sections += _optional("Measured against theory", theory_table(r))
+    sections += _optional("Measured against theory", *theory_blocks(r))
     if needs_phases_table(r):
         sections.append(Section("Phases", (phases_table(r),)))
     sections += _optional("Skipped front ends", skipped_table(r))
@@ -60,7 +72,10 @@ def build_document(r: Results, plots: PlotSet) -> Document:
     if figures:
         sections.append(Section("Plots", tuple(figures)))
     started = r.metadata.get("started_utc", "")
-    subtitle = (f"{len(r.frontend_names)} front end(s), {r.duration_s:g} s per phase, seed "
-                f"{r.metadata.get('seed', '?')}" + (f", started {started}" if started else "")
-                + f". Results folder: {r.folder.name}")
+    subtitle = (
+        f"{len(r.frontend_names)} front end(s), {r.duration_s:g} s per phase, seed "
+        f"{r.metadata.get('seed', '?')}"
+        + (f", started {started}" if started else "")
+        + f". Results folder: {r.folder.name}"
+    )
     return Document(f"lbbench report: {r.name}", subtitle, banners(r), tuple(sections))

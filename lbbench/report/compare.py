@@ -79,16 +79,22 @@ def _raw_schema(folder: Path) -> object:
 def compare(a_dir: Path, b_dir: Path) -> Comparison:
     sa, sb = _raw_schema(a_dir), _raw_schema(b_dir)
     if sa is not None and sb is not None and sa != sb:
-        raise UserError(f"cannot compare results of different schemas: {a_dir} has schema {sa!r}, "
-                        f"{b_dir} has schema {sb!r}")
+        raise UserError(
+            f"cannot compare results of different schemas: {a_dir} has schema {sa!r}, "
+            f"{b_dir} has schema {sb!r}"
+        )
     a, b = load_results(a_dir), load_results(b_dir)
     names = list(dict.fromkeys([f.name for f in a.frontends] + [f.name for f in b.frontends]))
-    return Comparison(a, b, tuple(_frontend(n, a.frontend(n), b.frontend(n)) for n in names), tuple(notes(a, b)))
+    return Comparison(
+        a, b, tuple(_frontend(n, a.frontend(n), b.frontend(n)) for n in names), tuple(notes(a, b))
+    )
 
 
 def _frontend(name: str, fa: FrontendStats | None, fb: FrontendStats | None) -> FrontendComparison:
     present = [f for f in (fa, fb) if f is not None]
-    rows = tuple(Row(m, m.get(fa) if fa else None, m.get(fb) if fb else None) for m in frontend_metrics(present))
+    rows = tuple(
+        Row(m, m.get(fa) if fa else None, m.get(fb) if fb else None) for m in frontend_metrics(present)
+    )
     return FrontendComparison(name, fa, fb, rows)
 
 
@@ -118,12 +124,26 @@ def _signed(m: Metric, d: Value) -> str:
     return text if d == 0 else ("+" if d > 0 else "−") + text
 
 
+def _pct(p: Value) -> str:
+    return "–" if p is None else f"{p:+.1f}%".replace("-", "−")
+
+
 def table(fc: FrontendComparison) -> Table:
-    rows = tuple((r.metric.label, r.metric.fmt(r.a) if fc.a else "absent", r.metric.fmt(r.b) if fc.b else "absent",
-                  _signed(r.metric, r.delta), "–" if r.delta_pct is None else f"{r.delta_pct:+.1f}%")
-                 for r in fc.rows)
-    return Table((fc.name, "A", "B", "Δ (B − A)", "Δ %"), rows,
-                 caption="Latency in ms (successful requests, from the intended send time); Δ % relative to A.")
+    rows = tuple(
+        (
+            r.metric.label,
+            r.metric.fmt(r.a) if fc.a else "absent",
+            r.metric.fmt(r.b) if fc.b else "absent",
+            _signed(r.metric, r.delta),
+            _pct(r.delta_pct),
+        )
+        for r in fc.rows
+    )
+    return Table(
+        (fc.name, "A", "B", "Δ (B − A)", "Δ %"),
+        rows,
+        caption="Latency in ms (successful requests, from the intended send time); Δ % relative to A.",
+    )
 
 
 def _json_num(v: Value) -> float | None:
@@ -131,31 +151,55 @@ def _json_num(v: Value) -> float | None:
 
 
 def _side(r: Results) -> dict[str, Any]:
-    return {"folder": str(r.folder), "config": r.name, "started_utc": r.metadata.get("started_utc"),
-            "complete": r.complete, "seed": r.metadata.get("seed"), "rates_rps": list(r.rates)}
+    return {
+        "folder": str(r.folder),
+        "config": r.name,
+        "started_utc": r.metadata.get("started_utc"),
+        "complete": r.complete,
+        "seed": r.metadata.get("seed"),
+        "rates_rps": list(r.rates),
+    }
 
 
 def to_json(c: Comparison) -> dict[str, Any]:
-    """Values in the metrics' own units (latency in seconds); null where absent, undefined or never (recovery)."""
+    """Values in the metrics' own units (latency in seconds).
+
+    null where absent, undefined, or never (a recovery that did not happen).
+    """
     return {
         "schema": c.a.summary.get("schema"),
         "a": _side(c.a),
         "b": _side(c.b),
         "notes": list(c.notes),
-        "frontends": {fc.name: {
-            "in": [tag for tag, f in (("a", fc.a), ("b", fc.b)) if f is not None],
-            "metrics": {r.metric.key: {"label": r.metric.label.strip(), "a": _json_num(r.a), "b": _json_num(r.b),
-                                       "delta": _json_num(r.delta), "delta_pct": _json_num(r.delta_pct)}
-                        for r in fc.rows},
-        } for fc in c.frontends},
+        "frontends": {
+            fc.name: {
+                "in": [tag for tag, f in (("a", fc.a), ("b", fc.b)) if f is not None],
+                "metrics": {
+                    r.metric.key: {
+                        "label": r.metric.label.strip(),
+                        "a": _json_num(r.a),
+                        "b": _json_num(r.b),
+                        "delta": _json_num(r.delta),
+                        "delta_pct": _json_num(r.delta_pct),
+                    }
+                    for r in fc.rows
+                },
+            }
+            for fc in c.frontends
+        },
     }
 
 
 def to_markdown(c: Comparison, cdf: Path | None) -> str:
     from lbbench.report.markdown import table as md_table
 
-    lines = ["# lbbench compare", "", f"- A: `{c.a.folder}` ({c.a.name}, {c.a.metadata.get('started_utc', '?')})",
-             f"- B: `{c.b.folder}` ({c.b.name}, {c.b.metadata.get('started_utc', '?')})", ""]
+    lines = [
+        "# lbbench compare",
+        "",
+        f"- A: `{c.a.folder}` ({c.a.name}, {c.a.metadata.get('started_utc', '?')})",
+        f"- B: `{c.b.folder}` ({c.b.name}, {c.b.metadata.get('started_utc', '?')})",
+        "",
+    ]
     if c.notes:
         lines += ["Not like for like:", "", *(f"- {n}" for n in c.notes), ""]
     for fc in c.frontends:
@@ -166,7 +210,7 @@ def to_markdown(c: Comparison, cdf: Path | None) -> str:
 
 
 def cdf_plot(c: Comparison, path: Path) -> Path | None:
-    from lbbench.report.plots import _figure, colors, draw_cdf, ok_latencies
+    from lbbench.report.plotkit import colors, draw_cdf, new_figure, ok_latencies
 
     names = [fc.name for fc in c.frontends]
     color = colors(names)
@@ -177,9 +221,9 @@ def cdf_plot(c: Comparison, path: Path) -> Path | None:
                 curves.append((f"{tag}: {name}", ok_latencies(r, name), color[name], style))
     if not any(lat.size for _, lat, _, _ in curves):
         return None
-    fig, axes = new_figure(1, 2, height=3.6, sharex=False)
+    fig, axes = new_figure(1, 2, height=3.6, sharex=False, top_in=0.7)
     draw_cdf(axes, curves)
-    fig.suptitle(f"A (solid): {c.a.folder.name}    B (dashed): {c.b.folder.name}", fontsize=9)
+    fig.suptitle(f"A (solid): {c.a.folder.name}    B (dashed): {c.b.folder.name}", fontsize=10, y=0.98)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     return path

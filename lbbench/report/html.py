@@ -12,14 +12,15 @@ from pathlib import Path
 from lbbench.report.doc import Banner, Block, Bullets, Document, Image, Paragraph, Table
 
 CSS = """
-body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; color: #1d2330; margin: 0; background: #f6f7f9; }
+body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; color: #1d2330; margin: 0;
+       background: #f6f7f9; }
 main { max-width: 1100px; margin: 0 auto; padding: 24px 28px 60px; background: #fff; }
 h1 { font-size: 26px; margin: 0 0 4px; }
 h2 { font-size: 20px; margin: 34px 0 10px; border-bottom: 1px solid #dde1e7; padding-bottom: 4px; }
 h3 { font-size: 16px; margin: 22px 0 6px; }
 .sub { color: #5b6475; margin: 0 0 16px; }
-.banner { background: #fff3cd; border: 2px solid #e0a800; color: #5c4400; padding: 10px 14px; border-radius: 6px;
-          font-weight: 600; margin: 12px 0; }
+.banner { background: #fff3cd; border: 2px solid #e0a800; color: #5c4400; padding: 10px 14px;
+          border-radius: 6px; font-weight: 600; margin: 12px 0; }
 table { border-collapse: collapse; margin: 8px 0 4px; font-variant-numeric: tabular-nums; }
 th, td { padding: 4px 10px; border-bottom: 1px solid #e6e9ee; }
 th { background: #eef1f5; text-align: left; }
@@ -42,8 +43,12 @@ def _data_uri(path: Path) -> str:
 def table(t: Table) -> str:
     align = t.alignment()
     head = "".join(f'<th class="{a}">{escape(h)}</th>' for h, a in zip(t.headers, align, strict=True))
-    body = "".join("<tr>" + "".join(f'<td class="{a}">{escape(c)}</td>' for c, a in zip(row, align, strict=True))
-                   + "</tr>\n" for row in t.rows)
+    body = "".join(
+        "<tr>"
+        + "".join(f'<td class="{a}">{escape(c)}</td>' for c, a in zip(row, align, strict=True))
+        + "</tr>\n"
+        for row in t.rows
+    )
     caption = f'<div class="caption">{escape(t.caption)}</div>' if t.caption else ""
     return f"<table><thead><tr>{head}</tr></thead>\n<tbody>\n{body}</tbody></table>{caption}"
 
@@ -59,16 +64,22 @@ def _block(b: Block) -> str:
         return f'<div class="banner">{escape(b.text)}</div>'
     if isinstance(b, Image):
         caption = f"<figcaption>{escape(b.caption)}</figcaption>" if b.caption else ""
-        return (f'<figure><h3>{escape(b.title)}</h3><img alt="{escape(b.title)}" '
-                f'src="{_data_uri(b.path)}">{caption}</figure>')
+        return (
+            f'<figure><h3>{escape(b.title)}</h3><img alt="{escape(b.title)}" '
+            f'src="{_data_uri(b.path)}">{caption}</figure>'
+        )
     raise TypeError(f"unknown block {type(b).__name__}")
 
 
 def render(doc: Document) -> str:
-    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-             '<meta name="viewport" content="width=device-width, initial-scale=1">',
-             f"<title>{escape(doc.title)}</title><style>{CSS}</style></head><body><main>",
-             f"<h1>{escape(doc.title)}</h1>", f'<p class="sub">{escape(doc.subtitle)}</p>']
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>{escape(doc.title)}</title><style>{CSS}</style></head><body><main>",
+        f"<h1>{escape(doc.title)}</h1>",
+        f'<p class="sub">{escape(doc.subtitle)}</p>',
+    ]
     parts += [_block(b) for b in doc.banners]
     for section in doc.sections:
         parts.append(f"<h2>{escape(section.title)}</h2>")

@@ -18,8 +18,18 @@ from lbbench.errors import UserError
 from lbbench.results import read_summary
 
 # requests.parquet columns the report uses (read only these: a long run has millions of rows)
-REQUEST_COLUMNS = ("intended_s", "latency_s", "status", "error", "pod", "queue_ms", "service_ms",
-                   "frontend", "rate_rps", "repeat")
+REQUEST_COLUMNS = (
+    "intended_s",
+    "latency_s",
+    "status",
+    "error",
+    "pod",
+    "queue_ms",
+    "service_ms",
+    "frontend",
+    "rate_rps",
+    "repeat",
+)
 EVENT_COLUMNS = ("at_s", "kind", "target", "detail", "frontend", "rate_rps", "repeat")
 PHASE_COLUMNS = ("frontend", "rate_rps", "repeat")
 
@@ -175,7 +185,8 @@ def _events(path: Path, notes: list[str]) -> pd.DataFrame:
         notes.append(f"{path.name} is missing")
         return pd.DataFrame(columns=list(EVENT_COLUMNS))
     # keep "" as "" (not NaN): event labels are built from `detail` and `target`
-    df = pd.read_csv(path, keep_default_na=False, na_values=[])
+    text_cols = {c: str for c in ("kind", "target", "detail", "frontend")}
+    df = pd.read_csv(path, keep_default_na=False, na_values=[], dtype=text_cols)
     for c in EVENT_COLUMNS:
         if c not in df.columns:
             df[c] = ""
@@ -251,7 +262,9 @@ def _phase(d: dict[str, Any]) -> PhaseStats:
 
 
 # -- selections the plots and the narrative share --------------------------------------------------
-def phase_mask(df: pd.DataFrame, frontend: str, rate_rps: float | None, repeat: int | None = None) -> pd.Series:
+def phase_mask(
+    df: pd.DataFrame, frontend: str, rate_rps: float | None, repeat: int | None = None
+) -> pd.Series:
     mask = df["frontend"].astype(str) == frontend
     if rate_rps is not None:
         mask &= (df["rate_rps"].astype(float) - rate_rps).abs() < 1e-9
@@ -263,4 +276,3 @@ def phase_mask(df: pd.DataFrame, frontend: str, rate_rps: float | None, repeat: 
 def first_repeat(results: Results, frontend: str) -> int | None:
     reps = [p.repeat for p in results.phases if p.frontend == frontend and p.rate_rps == results.first_rate]
     return min(reps) if reps else None
-

@@ -13,8 +13,10 @@ def _cell(text: str) -> str:
 
 def table(t: Table) -> str:
     sep = {"l": ":---", "r": "---:", "c": ":---:"}
-    lines = ["| " + " | ".join(_cell(h) for h in t.headers) + " |",
-             "| " + " | ".join(sep.get(a, "---") for a in t.alignment()) + " |"]
+    lines = [
+        "| " + " | ".join(_cell(h) for h in t.headers) + " |",
+        "| " + " | ".join(sep.get(a, "---") for a in t.alignment()) + " |",
+    ]
     lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in t.rows]
     if t.caption:
         lines += ["", f"*{t.caption}*"]
@@ -56,8 +58,9 @@ def plain_table(t: Table) -> str:
     align = t.alignment()
 
     def line(cells: tuple[str, ...]) -> str:
-        return "  ".join(c.rjust(w) if a == "r" else c.ljust(w)
-                         for c, w, a in zip(cells, widths, align, strict=True)).rstrip()
+        return "  ".join(
+            c.rjust(w) if a == "r" else c.ljust(w) for c, w, a in zip(cells, widths, align, strict=True)
+        ).rstrip()
 
     out = [line(t.headers), "  ".join("-" * w for w in widths)]
     out += [line(r) for r in t.rows]

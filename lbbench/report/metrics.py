@@ -101,14 +101,20 @@ AFTER_ERRORS: tuple[Metric, ...] = (
     Metric("cpu_s.frontend", "CPU s: front end", _cpu("frontend"), fmt_s, lower_is_better=True),
     Metric("cpu_s.generator", "CPU s: generator", _cpu("generator"), fmt_s),
     Metric("cpu_s.pods", "CPU s: pods", _cpu("pods"), fmt_s),
-    Metric("generator_saturated", "generator saturated?", lambda f: float(f.generator_saturated), fmt_yes_no,
-           has_delta=False),
+    Metric(
+        "generator_saturated",
+        "generator saturated?",
+        lambda f: float(f.generator_saturated),
+        fmt_yes_no,
+        has_delta=False,
+    ),
 )
 
 
 def frontend_metrics(frontends: Sequence[FrontendStats]) -> tuple[Metric, ...]:
     """The table's rows: fixed metrics plus one `errors: <kind>` row per error kind seen anywhere."""
     kinds = sorted({k for f in frontends for k in f.errors})
-    per_kind = tuple(Metric(f"errors.{k}", f"  errors: {k}", _error_kind(k), fmt_int, lower_is_better=True)
-                     for k in kinds)
+    per_kind = tuple(
+        Metric(f"errors.{k}", f"  errors: {k}", _error_kind(k), fmt_int, lower_is_better=True) for k in kinds
+    )
     return BASE + per_kind + AFTER_ERRORS

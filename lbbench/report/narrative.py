@@ -23,11 +23,7 @@ def answers(r: Results, queues: Sequence[QueueStats]) -> list[str]:
     if (errs := error_sentence(r.frontends)) is not None:
         out.append(errs)
     out += [s for q in queues if (s := queue_sentence(q))]
-    out += [s for f in r.frontends if (s := share_sentence(f))]
-    for f in r.frontends:
-        if f.generator_saturated:
-            out.append(f"Caution: during {f.name} the load generator itself was saturated "
-                       f"({f.saturation_reason or 'no reason recorded'}); its latencies may be the generator's.")
+    out += [s for f in r.frontends if (s := share_sentence(f, replaced_pods(r, f.name)))]
     for name, reason in r.skipped.items():
         out.append(f"{name} was skipped: {reason}.")
     return out
@@ -71,7 +67,7 @@ def failover_sentences(fes: Sequence[FrontendStats]) -> list[str]:
 
 
 def tail_sentence(fes: Sequence[FrontendStats]) -> str | None:
-    measured = sorted(((f.latency_s["p99"], f.name) for f in fes if f.latency_s.get("p99") is not None))
+    measured = sorted((p99, f.name) for f in fes if (p99 := f.latency_s.get("p99")) is not None)
     if not measured:
         return None
     listed = ", ".join(f"{name} {fmt_ms(p99)} ms" for p99, name in measured)
@@ -101,18 +97,36 @@ def queue_sentence(q: QueueStats) -> str:
         return ""
     proxy = ""
     if q.proxy_queue_max is not None:
-        proxy = ("its own queue stayed empty" if q.proxy_queue_max == 0 else
-                 f"its own queue held up to {q.proxy_queue_max:.0f} requests (mean {q.proxy_queue_mean or 0:.2f})")
-    where = ("at the pods" if q.queue_at == "pods" else "before the pods (front end, network, client)")
-    text = (f"{q.frontend}: requests waited mostly {where}: mean {q.pod_wait_mean_ms:.3g} ms "
-            f"(p99 {q.pod_wait_p99_ms or 0:.3g} ms) in a pod's queue against {q.outside_mean_ms:.3g} ms "
-            f"(p99 {q.outside_p99_ms or 0:.3g} ms) outside the pod")
+        proxy = (
+            "its own queue stayed empty"
+            if q.proxy_queue_max == 0
+            else f"its own queue held up to {q.proxy_queue_max:.0f} requests "
+            f"(mean {q.proxy_queue_mean or 0:.2f})"
+        )
+    where = "at the pods" if q.queue_at == "pods" else "before the pods (front end, network, client)"
+    text = (
+        f"{q.frontend}: requests waited mostly {where}: mean {q.pod_wait_mean_ms:.3g} ms "
+        f"(p99 {q.pod_wait_p99_ms or 0:.3g} ms) in a pod's queue against {q.outside_mean_ms:.3g} ms "
+        f"(p99 {q.outside_p99_ms or 0:.3g} ms) outside the pod"
+    )
     return text + (f"; {proxy}." if proxy else ".")
 
 
-def share_sentence(f: FrontendStats) -> str:
+def replaced_pods(r: Results, frontend: str) -> bool:
+    """Did a pod start after the load began (a replacement, a scale-up, a rolling update)?"""
+    ev = r.events
+    if not len(ev):
+        return False
+    started = ev.loc[(ev["frontend"] == frontend) & (ev["kind"] == "pod_started") & (ev["at_s"] > 0)]
+    return bool(len(started))
+
+
+def share_sentence(f: FrontendStats, replaced: bool) -> str:
     if len(f.pod_share) < 2:
         return ""
     lo, hi = min(f.pod_share.values()), max(f.pod_share.values())
-    return (f"{f.name} spread successful requests over {len(f.pod_share)} pods, from {lo:.1%} to {hi:.1%} "
-            "each (pods started during the run have smaller shares).")
+    note = " (some pods started during the run, so they served less)" if replaced else ""
+    return (
+        f"{f.name} spread successful requests over {len(f.pod_share)} pods, from {lo:.1%} to {hi:.1%} "
+        f"each{note}."
+    )

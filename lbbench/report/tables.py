@@ -11,8 +11,20 @@ from lbbench.report.loader import FrontendStats, PhaseStats, Results
 from lbbench.report.metrics import fmt_int, fmt_ms, fmt_rps, fmt_s, frontend_metrics, lost
 
 # Setup rows: (label, how to get the value from the results); metadata keys not listed are appended.
-SHOWN_META = ("config_file", "started_utc", "seed", "hostname", "machine", "cpu_count", "kernel", "lbbench_version",
-              "implementation", "python", "in_netns", "frontends_requested")
+SHOWN_META = (
+    "config_file",
+    "started_utc",
+    "seed",
+    "hostname",
+    "machine",
+    "cpu_count",
+    "kernel",
+    "lbbench_version",
+    "implementation",
+    "python",
+    "in_netns",
+    "frontends_requested",
+)
 
 
 def _rates(r: Results) -> str:
@@ -21,8 +33,11 @@ def _rates(r: Results) -> str:
 
 def _load(r: Results) -> str:
     load = r.config.get("load") or {}
-    parts = [f"{load.get('arrivals', '?')} arrivals", f"connections {load.get('connections', '?')}",
-             f"to {load.get('service', '?')} via {load.get('via', '?')}"]
+    parts = [
+        f"{load.get('arrivals', '?')} arrivals",
+        f"connections {load.get('connections', '?')}",
+        f"to {load.get('service', '?')} via {load.get('via', '?')}",
+    ]
     return ", ".join(parts)
 
 
@@ -37,14 +52,27 @@ SETUP: tuple[tuple[str, Callable[[Results], Any]], ...] = (
     ("repeats per phase", lambda r: r.config.get("repeat", 1)),
     ("seed", lambda r: r.metadata.get("seed", "–")),
     ("front ends", lambda r: ", ".join(r.config.get("frontends") or r.frontend_names)),
-    ("endpoint sync delay", lambda r: f"{r.config['endpoint_sync_delay_s']:g} s"
-     if "endpoint_sync_delay_s" in r.config else "–"),
-    ("pod restart delay", lambda r: f"{r.config['restart_delay_s']:g} s" if "restart_delay_s" in r.config else "–"),
-    ("machine", lambda r: " ".join(str(r.metadata.get(k, "")) for k in ("hostname", "machine")).strip() or "–"),
+    (
+        "endpoint sync delay",
+        lambda r: f"{r.config['endpoint_sync_delay_s']:g} s" if "endpoint_sync_delay_s" in r.config else "–",
+    ),
+    (
+        "pod restart delay",
+        lambda r: f"{r.config['restart_delay_s']:g} s" if "restart_delay_s" in r.config else "–",
+    ),
+    (
+        "machine",
+        lambda r: " ".join(str(r.metadata.get(k, "")) for k in ("hostname", "machine")).strip() or "–",
+    ),
     ("CPUs", lambda r: r.metadata.get("cpu_count", "–")),
     ("kernel", lambda r: r.metadata.get("kernel", "–")),
-    ("versions", lambda r: f"lbbench {r.metadata.get('lbbench_version', '?')}, "
-     f"{r.metadata.get('implementation', 'Python')} {r.metadata.get('python', '?')}"),
+    (
+        "versions",
+        lambda r: (
+            f"lbbench {r.metadata.get('lbbench_version', '?')}, "
+            f"{r.metadata.get('implementation', 'Python')} {r.metadata.get('python', '?')}"
+        ),
+    ),
     ("private network namespace", lambda r: "yes" if r.metadata.get("in_netns") else "no"),
 )
 
@@ -67,35 +95,74 @@ def frontend_table(r: Results, fes: Sequence[FrontendStats] | None = None) -> Ta
     rows = tuple((m.label, *(m.fmt(m.get(f)) for f in fes)) for m in frontend_metrics(fes))
     rate = f" at {r.first_rate:g} rps" if r.first_rate is not None else ""
     reps = max((f.repeats for f in fes), default=1)
-    caption = (f"Per front end{rate}" + (f", {reps} repeats merged (percentiles from the raw rows)" if reps > 1 else "")
-               + ". Latency: successful (2xx) requests, from the intended send time. Lost, error window and "
-                 "recovery: over the timeline's events (sum of lost; the longest window and recovery). "
-                 "CPU: seconds used by each part during the phase.")
+    caption = (
+        f"Per front end{rate}"
+        + (f", {reps} repeats merged (percentiles from the raw rows)" if reps > 1 else "")
+        + ". Latency: successful (2xx) requests, from the intended send time. Lost, error window and "
+        "recovery: over the timeline's events (sum of lost; the longest window and recovery). "
+        "CPU: seconds used by each part during the phase."
+    )
     return Table(("", *(f.name for f in fes)), rows, caption=caption)
 
 
 def failover_table(r: Results) -> Table | None:
-    rows = [(f.name, e.event, f"{e.at_s:.2f}", fmt_int(float(e.lost)), fmt_s(e.error_window_s),
-             "never" if e.recovery_s is None else fmt_s(e.recovery_s), fmt_ms(e.pre_event_p99_s))
-            for f in r.frontends for e in f.failover]
+    rows = [
+        (
+            f.name,
+            e.event,
+            f"{e.at_s:.2f}",
+            fmt_int(float(e.lost)),
+            fmt_s(e.error_window_s),
+            "never" if e.recovery_s is None else fmt_s(e.recovery_s),
+            fmt_ms(e.pre_event_p99_s),
+        )
+        for f in r.frontends
+        for e in f.failover
+    ]
     if not rows:
         return None
-    return Table(("front end", "event", "at (s)", "lost", "error window (s)", "recovery (s)", "p99 before (ms)"),
-                 tuple(rows), align=("l", "l", "r", "r", "r", "r", "r"),
-                 caption="recovery 'never': not error-free with p99 within 2x the pre-event p99 before the run ended.")
+    return Table(
+        ("front end", "event", "at (s)", "lost", "error window (s)", "recovery (s)", "p99 before (ms)"),
+        tuple(rows),
+        align=("l", "l", "r", "r", "r", "r", "r"),
+        caption="recovery 'never': not error-free with p99 within 2x the pre-event p99 before the run ended.",
+    )
 
 
 def queue_table(stats: Sequence[QueueStats]) -> Table | None:
     if not any(s.n or s.proxy_queue_max is not None for s in stats):
         return None
-    rows = tuple((s.frontend, fmt_opt(s.proxy_queue_mean, ".2f"), fmt_opt(s.proxy_queue_max, ".0f"),
-                  fmt_opt(s.pod_wait_mean_ms), fmt_opt(s.pod_wait_p99_ms), fmt_opt(s.service_mean_ms),
-                  fmt_opt(s.outside_mean_ms), fmt_opt(s.outside_p99_ms), s.queue_at or "–") for s in stats)
-    return Table(("front end", "proxy queue mean", "proxy queue max", "pod wait mean (ms)", "pod wait p99 (ms)",
-                  "service mean (ms)", "outside pod mean (ms)", "outside pod p99 (ms)", "waited most at"), rows,
-                 caption="Successful requests. Proxy queue: the front end's own queue length, sampled every 100 ms. "
-                         "Pod wait/service: reported by the pod (x-queue-ms, x-service-ms). Outside pod: latency "
-                         "minus both (client, front end and its queue, network).")
+    rows = tuple(
+        (
+            s.frontend,
+            fmt_opt(s.proxy_queue_mean, ".2f"),
+            fmt_opt(s.proxy_queue_max, ".0f"),
+            fmt_opt(s.pod_wait_mean_ms),
+            fmt_opt(s.pod_wait_p99_ms),
+            fmt_opt(s.service_mean_ms),
+            fmt_opt(s.outside_mean_ms),
+            fmt_opt(s.outside_p99_ms),
+            s.queue_at or "–",
+        )
+        for s in stats
+    )
+    return Table(
+        (
+            "front end",
+            "proxy queue mean",
+            "proxy queue max",
+            "pod wait mean (ms)",
+            "pod wait p99 (ms)",
+            "service mean (ms)",
+            "outside pod mean (ms)",
+            "outside pod p99 (ms)",
+            "waited most at",
+        ),
+        rows,
+        caption="Successful requests. Proxy queue: the front end's own queue length, sampled every 100 ms. "
+        "Pod wait/service: reported by the pod (x-queue-ms, x-service-ms). Outside pod: latency "
+        "minus both (client, front end and its queue, network).",
+    )
 
 
 def skipped_table(r: Results) -> Table | None:
@@ -114,14 +181,37 @@ def phases_table(r: Results) -> Table:
     rows = []
     for p in r.phases:
         s = p.stats
-        nums = (("–",) * 7 if s is None else
-                (fmt_int(float(s.requests)), fmt_int(float(s.ok)), fmt_int(float(s.error_count)),
-                 fmt_rps(s.achieved_rps), fmt_ms(s.latency_s.get("p50")), fmt_ms(s.latency_s.get("p99")),
-                 fmt_int(lost(s))))
+        nums = (
+            ("–",) * 7
+            if s is None
+            else (
+                fmt_int(float(s.requests)),
+                fmt_int(float(s.ok)),
+                fmt_int(float(s.error_count)),
+                fmt_rps(s.achieved_rps),
+                fmt_ms(s.latency_s.get("p50")),
+                fmt_ms(s.latency_s.get("p99")),
+                fmt_int(lost(s)),
+            )
+        )
         rows.append((p.frontend, f"{p.rate_rps:g}", str(p.repeat), *nums, _phase_status(p)))
-    return Table(("front end", "rate (rps)", "repeat", "requests", "ok", "errors", "achieved rps", "p50 (ms)",
-                  "p99 (ms)", "lost", "status"), tuple(rows),
-                 align=("l", "r", "r", "r", "r", "r", "r", "r", "r", "r", "l"))
+    return Table(
+        (
+            "front end",
+            "rate (rps)",
+            "repeat",
+            "requests",
+            "ok",
+            "errors",
+            "achieved rps",
+            "p50 (ms)",
+            "p99 (ms)",
+            "lost",
+            "status",
+        ),
+        tuple(rows),
+        align=("l", "r", "r", "r", "r", "r", "r", "r", "r", "r", "l"),
+    )
 
 
 def needs_phases_table(r: Results) -> bool:
@@ -133,57 +223,24 @@ def spread_table(r: Results) -> Table | None:
     fes = [f for f in r.frontends if f.spread]
     if not fes:
         return None
-    keys = (("achieved_rps", "achieved rps", fmt_rps), ("p99_s", "p99 (ms)", fmt_ms), ("lost", "lost", fmt_rps))
+    keys = (
+        ("achieved_rps", "achieved rps", fmt_rps),
+        ("p99_s", "p99 (ms)", fmt_ms),
+        ("lost", "lost", fmt_rps),
+    )
     rows = []
     for label_key, label, fmt in keys:
         cells = []
         for f in fes:
             s = f.spread.get(label_key) or {}
-            cells.append("–" if s.get("mean") is None else
-                         f"{fmt(s['mean'])} ± {fmt(s.get('stdev'))} ({fmt(s.get('min'))}–{fmt(s.get('max'))})")
+            cells.append(
+                "–"
+                if s.get("mean") is None
+                else f"{fmt(s['mean'])} ± {fmt(s.get('stdev'))} ({fmt(s.get('min'))}–{fmt(s.get('max'))})"
+            )
         rows.append((label, *cells))
-    return Table(("across repeats", *(f.name for f in fes)), tuple(rows),
-                 caption="mean ± standard deviation (min–max) over the repeats of each phase.")
-
-
-# -- theory: measured against predicted -----------------------------------------------------------
-# theory key -> (label, measured value from the front end's stats). Add a quantity: add a line.
-THEORY_MEASURED: dict[str, tuple[str, Callable[[FrontendStats], float | None]]] = {
-    "mean_s": ("latency mean", lambda f: f.latency_s.get("mean")),
-    "p50_s": ("latency p50", lambda f: f.latency_s.get("p50")),
-    "p90_s": ("latency p90", lambda f: f.latency_s.get("p90")),
-    "p99_s": ("latency p99", lambda f: f.latency_s.get("p99")),
-    "p999_s": ("latency p99.9", lambda f: f.latency_s.get("p999")),
-}
-
-
-def _theory_sources(r: Results) -> list[tuple[str, FrontendStats, dict[str, Any]]]:
-    """(rate label, measured stats, prediction): per phase when phases carry theory, else per front end."""
-    per_phase = [(f"{p.rate_rps:g}", p.stats, t) for p in r.phases if p.stats for t in p.stats.theory]
-    if per_phase:
-        return per_phase
-    rate = f"{r.first_rate:g}" if r.first_rate is not None else "–"
-    return [(rate, f, t) for f in r.frontends for t in f.theory]
-
-
-def _theory_value(key: str, v: float | None) -> str:
-    return fmt_ms(v) + " ms" if key.endswith("_s") else fmt_opt(v, ".4g")
-
-
-def theory_table(r: Results) -> Table | None:
-    rows = []
-    for rate, fe, theory in _theory_sources(r):
-        model = str(theory.get("model", "?"))
-        for key, predicted in theory.items():
-            if key == "model" or isinstance(predicted, bool) or not isinstance(predicted, int | float):
-                continue
-            label, measure = THEORY_MEASURED.get(key, (key, lambda _f: None))
-            measured = measure(fe)
-            rel = (f"{(measured - predicted) / predicted:+.1%}" if measured is not None and predicted else "–")
-            rows.append((fe.name, rate, model, label, _theory_value(key, measured),
-                         _theory_value(key, float(predicted)), rel))
-    if not rows:
-        return None
-    return Table(("front end", "rate (rps)", "model", "quantity", "measured", "predicted", "relative error"),
-                 tuple(rows), align=("l", "r", "l", "l", "r", "r", "r"),
-                 caption="relative error = (measured − predicted) / predicted.")
+    return Table(
+        ("across repeats", *(f.name for f in fes)),
+        tuple(rows),
+        caption="mean ± standard deviation (min–max) over the repeats of each phase.",
+    )

@@ -33,15 +33,27 @@ def recompute_frontend(r: Results, f: FrontendStats) -> FrontendStats | None:
     rows, events = r.requests, r.events
     if r.first_rate is None:
         return None
-    repeats = sorted({p.repeat for p in r.phases if p.frontend == f.name and p.rate_rps == r.first_rate and p.stats})
+    repeats = sorted(
+        {p.repeat for p in r.phases if p.frontend == f.name and p.rate_rps == r.first_rate and p.stats}
+    )
     if not repeats:
         return None
     duration = r.duration_s
     mine = rows.loc[phase_mask(rows, f.name, r.first_rate)] if len(rows) else rows
     if not len(mine):
-        return replace(f, requests=0, ok=0, errors={}, achieved_rps=0.0, failover=(), pod_share={},
-                       latency_s={k: None for k in f.latency_s})
-    entry = frontend_summary(mine, _events_of(events, f.name, r.first_rate, None), duration * len(repeats), {}, {})
+        return replace(
+            f,
+            requests=0,
+            ok=0,
+            errors={},
+            achieved_rps=0.0,
+            failover=(),
+            pod_share={},
+            latency_s={k: None for k in f.latency_s},
+        )
+    entry = frontend_summary(
+        mine, _events_of(events, f.name, r.first_rate, None), duration * len(repeats), {}, {}
+    )
     fail: list[dict[str, Any]] = []
     rates = []
     for rep in repeats:
@@ -52,9 +64,16 @@ def recompute_frontend(r: Results, f: FrontendStats) -> FrontendStats | None:
     entry["achieved_rps"] = sum(rates) / len(rates)
     fresh = frontend_stats(f.name, entry)
     # not recomputable from the rows: keep the summary's
-    return replace(fresh, cpu_s=f.cpu_s, generator_saturated=f.generator_saturated,
-                   saturation_reason=f.saturation_reason, repeats=f.repeats, complete=f.complete, theory=f.theory,
-                   spread=f.spread)
+    return replace(
+        fresh,
+        cpu_s=f.cpu_s,
+        generator_saturated=f.generator_saturated,
+        saturation_reason=f.saturation_reason,
+        repeats=f.repeats,
+        complete=f.complete,
+        theory=f.theory,
+        spread=f.spread,
+    )
 
 
 def _events_of(events: pd.DataFrame, name: str, rate: float, repeat: int | None) -> pd.DataFrame:
@@ -75,20 +94,25 @@ def disagreements(summary: FrontendStats, fresh: FrontendStats) -> list[str]:
     out = []
     for field in ("requests", "ok", "errors", "pod_share"):
         a, b = getattr(summary, field), getattr(fresh, field)
-        if field == "pod_share":
-            same = a.keys() == b.keys() and all(_close(a[k], b[k]) for k in a)
-        else:
-            same = a == b
+        # pod shares are fractions (floats); the rest are exact counts
+        same = a.keys() == b.keys() and all(_close(a[k], b[k]) for k in a) if field == "pod_share" else a == b
         if not same:
             out.append(f"{name}: {field} is {a} in summary.json but {b} from the rows")
     if not _close(summary.achieved_rps, fresh.achieved_rps):
-        out.append(f"{name}: achieved_rps {summary.achieved_rps} in summary.json but {fresh.achieved_rps} from the rows")
+        out.append(
+            f"{name}: achieved_rps {summary.achieved_rps} in summary.json but {fresh.achieved_rps} "
+            "from the rows"
+        )
     for k, v in summary.latency_s.items():
         if not _close(v, fresh.latency_s.get(k)):
-            out.append(f"{name}: latency {k} {v} s in summary.json but {fresh.latency_s.get(k)} s from the rows")
+            out.append(
+                f"{name}: latency {k} {v} s in summary.json but {fresh.latency_s.get(k)} s from the rows"
+            )
     if len(summary.failover) != len(fresh.failover):
-        out.append(f"{name}: {len(summary.failover)} failover events in summary.json, {len(fresh.failover)} "
-                   "from events.csv")
+        out.append(
+            f"{name}: {len(summary.failover)} failover events in summary.json, {len(fresh.failover)} "
+            "from events.csv"
+        )
     for a, b in zip(summary.failover, fresh.failover, strict=False):
         for field in ("lost", "error_window_s", "recovery_s", "at_s"):
             va, vb = getattr(a, field), getattr(b, field)

@@ -1,5 +1,5 @@
 """One run: the same keep-alive HTTP load direct to one pod, through userspace-dnat, through
-kernel-nftables and through HAProxy in `mode tcp` (each in front of that one pod).
+kernel-nftables, kernel-iptables and HAProxy in `mode tcp` (each in front of that one pod).
 
 Needs the private namespace for the kernel rules, so run it through netns_argv::
 
@@ -28,6 +28,7 @@ import psutil
 
 from lbbench.frontends.base import Endpoint, Frontend, FrontendPlan, ServiceSpec
 from lbbench.frontends.dnat import UserspaceDnat
+from lbbench.frontends.iptables import KernelIptables
 from lbbench.frontends.nftables import KernelNftables
 from lbbench.netaddr import HostPort
 from lbbench.netns import find_tool, in_private_netns
@@ -95,7 +96,7 @@ async def start_targets(sup: Supervisor, pod: HostPort, tmp: Path) -> dict[str, 
     """Every front end up at once, each in front of the same single pod."""
     targets: dict[str, tuple[HostPort, list[int]]] = {"direct": (pod, [])}
     endpoints = (Endpoint("pod-0", pod.host, pod.port),)
-    for cls in (UserspaceDnat, KernelNftables):
+    for cls in (UserspaceDnat, KernelNftables, KernelIptables):
         spec = ServiceSpec("web", "default", "ClusterIP", fresh_ip(), 80, 8080)
         fe: Frontend = cls(FrontendPlan((spec,), in_netns=True), sup)
         await fe.start()

@@ -1,0 +1,192 @@
+"""The two shell scripts `lbbench k8s render` writes next to the manifests.
+
+faults.sh  the failure timeline: `kubectl delete pod` (and scale, rolling update) at the config's
+           offsets from the load's t=0; prints events.csv rows (the results folder's format)
+run.sh     every phase end to end: apply, wait for rollout, set the clock, run the load Job and the
+           timeline, collect each part's `kubectl logs`, then print the `lbbench merge` command
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shlex
+from dataclasses import dataclass
+
+from lbbench.config import Config, Event, PodTemplate, Workload, parse_template
+from lbbench.config_reader import Table
+from lbbench.k8s.manifests import CLOCK_CONFIGMAP, Context, LoadPhase, pod_args, readiness_probe
+
+EVENTS_HEADER = "at_s,kind,target,detail,frontend,rate_rps,repeat"
+JOB_SLACK_S = 120
+
+_FAULTS_PRELUDE = """\
+#!/bin/sh
+# The failure timeline of {config}, for a real cluster (rendered by `lbbench k8s render`).
+# usage: faults.sh START_AT FRONTEND RATE_RPS [REPEAT] > events.csv
+#   START_AT is the load's t=0 in unix seconds (the lbbench-clock ConfigMap's start_at).
+# Prints events.csv rows (at_s measured from START_AT when each command was issued) for `lbbench merge --events`.
+set -u
+START_AT=$1 FRONTEND=$2 RATE=$3 REPEAT=${{4:-0}}
+sleep_until() {{ python3 -c 'import sys, time; time.sleep(max(0.0, float(sys.argv[1]) + float(sys.argv[2]) - time.time()))' "$START_AT" "$1"; }}
+event() {{ printf '%s,event,%s,%s,%s,%s,%s\\n' "$(python3 -c 'import sys, time; print(f"{{time.time() - float(sys.argv[1]):.6f}}")' "$START_AT")" "$1" "$2" "$FRONTEND" "$RATE" "$REPEAT"; }}
+pod_at() {{ kubectl -n "$1" get pods -l "$2" --field-selector=status.phase=Running --sort-by=.metadata.name -o name | sed -n "$(($3 + 1))p"; }}
+skip() {{ echo "faults.sh: $1" >&2; }}
+echo '{header}'
+"""
+
+
+@dataclass(frozen=True)
+class FaultStep:
+    at_s: float
+    action: str
+    target: str
+    lines: tuple[str, ...]  # shell lines that fire it; empty: not possible on a real cluster
+    note: str = ""
+
+
+def _workload(config: Config, target: str) -> Workload | None:
+    kind, _, name = target.partition("/")
+    if kind == "pod":  # a StatefulSet's pod-k, or a pod named after its workload
+        return next((w for w in config.workloads if name.startswith(f"{w.name}-")), None)
+    return next((w for w in config.workloads if w.key == target), None)
+
+
+def _selector(w: Workload) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted(w.labels.items()))
+
+
+def _pod_lines(ctx: Context, ev: Event, i: int, delete_flags: str) -> tuple[str, ...]:
+    q = shlex.quote
+    kind, _, name = ev.target.partition("/")
+    w = _workload(ctx.config, ev.target)
+    ns = ctx.ns(w.namespace if w is not None else ctx.config.service(ctx.config.load.service).namespace)
+    if kind == "pod":
+        pod = f"pod/{name}"
+        return (f"event {q(ev.target)} {ev.action}", f"kubectl -n {ns} delete {q(pod)} {delete_flags} >&2")
+    assert w is not None
+    index = ev.index if ev.index is not None else random.Random(ctx.config.run.seed * 1_000_003 + i).randrange(
+        max(1, w.replicas))
+    return (f"POD=$(pod_at {ns} {q(_selector(w))} {index})",
+            f'if [ -n "$POD" ]; then event {q(ev.target)} {ev.action}; '
+            f'kubectl -n {ns} delete "$POD" {delete_flags} >&2; '
+            f"else skip {q(f'{ev.action} {ev.target}: no running pod #{index}')}; fi")
+
+
+def _rolling_lines(ctx: Context, ev: Event, i: int, template: PodTemplate) -> tuple[str, ...]:
+    w = _workload(ctx.config, ev.target)
+    assert w is not None
+    patch = [{"op": "replace", "path": "/spec/template/spec/containers/0/args",
+              "value": pod_args(template, ctx.config.run.seed)},
+             {"op": "replace", "path": "/spec/template/spec/containers/0/readinessProbe",
+              "value": readiness_probe(template.readiness)}]
+    kind = w.kind.lower()
+    return (f"event {shlex.quote(ev.target)} {ev.action}",
+            f"kubectl -n {ctx.ns(w.namespace)} patch {kind} {w.name} --type=json "
+            f"-p {shlex.quote(json.dumps(patch, separators=(',', ':')))} >&2")
+
+
+UNSUPPORTED = {
+    "slow_pod": "pods take slow/fail/unready/recover faults over their control pipe, which a cluster does not have",
+    "fail_pod": "pods take slow/fail/unready/recover faults over their control pipe, which a cluster does not have",
+    "unready_pod": "pods take slow/fail/unready/recover faults over their control pipe, which a cluster does not have",
+    "recover_pod": "pods take slow/fail/unready/recover faults over their control pipe, which a cluster does not have",
+    "node_down": "taking a real node down is not something a benchmark should do to your cluster",
+}
+
+
+def fault_steps(ctx: Context) -> list[FaultStep]:
+    """The config's [[events]] as kubectl commands (in order), or why one cannot be done."""
+    templates = {w.key: w.template for w in ctx.config.workloads}
+    steps = []
+    for i, ev in enumerate(sorted(ctx.config.events, key=lambda e: e.at_s)):
+        if ev.action == "kill_pod":
+            # SIGKILL from outside is not possible (PID 1 ignores it from inside its namespace):
+            # a forced delete is the closest crash; the pod is then replaced, not restarted
+            lines = _pod_lines(ctx, ev, i, "--grace-period=0 --force --wait=false")
+            steps.append(FaultStep(ev.at_s, ev.action, ev.target, lines,
+                                   "forced delete (grace 0): the crash is a new pod, not a container restart"))
+        elif ev.action == "delete_pod":
+            steps.append(FaultStep(ev.at_s, ev.action, ev.target, _pod_lines(ctx, ev, i, "--wait=false")))
+        elif ev.action == "scale":
+            w = _workload(ctx.config, ev.target)
+            assert w is not None
+            lines = (f"event {shlex.quote(ev.target)} {ev.action}",
+                     f"kubectl -n {ctx.ns(w.namespace)} scale {ev.target} --replicas={ev.replicas} >&2")
+            steps.append(FaultStep(ev.at_s, ev.action, ev.target, lines))
+        elif ev.action == "rolling_update":
+            table = Table(ctx.config.path, f"events[{i}].template", dict(ev.template))
+            templates[ev.target] = parse_template(table, base=templates[ev.target])
+            steps.append(FaultStep(ev.at_s, ev.action, ev.target, _rolling_lines(ctx, ev, i, templates[ev.target])))
+        else:
+            steps.append(FaultStep(ev.at_s, ev.action, ev.target, (), UNSUPPORTED.get(ev.action, "not supported")))
+    return steps
+
+
+def faults_script(ctx: Context) -> str:
+    out = [_FAULTS_PRELUDE.format(config=ctx.config.path, header=EVENTS_HEADER)]
+    for s in fault_steps(ctx):
+        out.append(f"\n# {s.at_s:g} s: {s.action} {s.target}" + (f" ({s.note})" if s.note else "") + "\n")
+        out.append(f"sleep_until {s.at_s:.9g}\n")
+        if s.lines:
+            out += [line + "\n" for line in s.lines]
+        else:
+            out.append(f"skip {shlex.quote(f'{s.action} {s.target} at {s.at_s:g} s skipped: {s.note}')}\n")
+    return "".join(out)
+
+
+def _rollouts(ctx: Context, with_proxy: bool) -> list[str]:
+    lines = [f"kubectl -n {ctx.ns(w.namespace)} rollout status {w.kind.lower()}/{w.name} --timeout=600s"
+             for w in ctx.config.workloads]
+    if with_proxy:
+        svc = ctx.config.service(ctx.config.load.service)
+        lines.append(f"kubectl -n {ctx.ns(svc.namespace)} rollout status deployment/lbbench-l7-proxy --timeout=600s")
+    return lines
+
+
+def _phase_block(ctx: Context, phase: LoadPhase, job_file: str) -> str:
+    ns, job, q = phase.namespace, phase.job, shlex.quote
+    wait_s = round(ctx.config.run.duration_s + ctx.config.load.timeout_s) + JOB_SLACK_S
+    tag = f"{phase.frontend}-{phase.rate_rps:g}rps"
+    return f"""
+# -- {phase.frontend} @ {phase.rate_rps:g} rps: {phase.parallelism} part(s) --
+r=0
+while [ "$r" -lt "$REPEATS" ]; do
+  START=$(( $(date +%s) + LEAD_S ))
+  kubectl -n {ns} create configmap {CLOCK_CONFIGMAP} --from-literal=start_at="$START" --from-literal=repeat="$r" \\
+    --dry-run=client -o yaml | kubectl apply -f -
+  kubectl apply -f "$DIR/{job_file}"
+  sh "$DIR/faults.sh" "$START" {q(phase.frontend)} {phase.rate_rps:.9g} "$r" > "$OUT/events-{tag}-$r.csv" &
+  FAULTS=$!
+  kubectl -n {ns} wait --for=condition=complete job/{job} --timeout=$(( LEAD_S + {wait_s} ))s \\
+    || echo "run.sh: job {job} did not complete; collecting what is there" >&2
+  wait "$FAULTS" || true
+  for pod in $(kubectl -n {ns} get pods -l job-name={job} -o name); do
+    kubectl -n {ns} logs "$pod" --tail=-1 > "$OUT/{tag}-$r-${{pod#pod/}}.log"
+  done
+  kubectl -n {ns} delete job {job} --wait=true
+  r=$(( r + 1 ))
+done
+"""
+
+
+def run_script(ctx: Context, phases: list[tuple[LoadPhase, str]], files: list[str], with_proxy: bool) -> str:
+    applies = "\n".join(f'kubectl apply -f "$DIR/{f}"' for f in files)
+    rollouts = "\n".join(_rollouts(ctx, with_proxy))
+    blocks = "".join(_phase_block(ctx, p, f) for p, f in phases)
+    return f"""#!/bin/sh
+# Run {ctx.config.path} on the cluster of the current kubectl context (rendered by `lbbench k8s render`).
+# usage: sh run.sh [PARTS_DIR]     (env LBBENCH_LEAD_S: seconds between creating a Job and its t=0)
+set -eu
+DIR=$(cd "$(dirname "$0")" && pwd)
+OUT=${{1:-lbbench-parts}}
+LEAD_S=${{LBBENCH_LEAD_S:-45}}
+REPEATS={ctx.config.run.repeat}
+mkdir -p "$OUT"
+{applies}
+{rollouts}
+{blocks}
+echo "collected into $OUT; now:"
+echo "  lbbench merge $OUT/*.log --events $OUT/events-*.csv --config $DIR/config.toml --out results/k8s-{ctx.config.name}"
+echo "  lbbench report results/k8s-{ctx.config.name}"
+"""

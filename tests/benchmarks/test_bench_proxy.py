@@ -1,0 +1,142 @@
+"""Micro-benchmarks of the proxy's per-request CPU: parse, route, queue admission, response relay.
+
+The proxy's objects are driven in-process with stand-in transports that count bytes, so the
+numbers are the proxy's own Python cost per request, without sockets or the event loop.
+Run with `pytest tests/benchmarks/test_bench_proxy.py --benchmark-enable`.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import uvloop
+
+from lbbench.frontends.base import Endpoint, HealthCheck, ProxySettings, ServiceSpec
+from lbbench.frontends.proxy_app import ProxyApp
+from lbbench.frontends.proxy_client import ClientConnection
+from lbbench.frontends.proxy_config import ProxyConfig
+from lbbench.frontends.proxy_queue import ServicePool
+from lbbench.frontends.proxy_route import Router
+from lbbench.frontends.proxy_upstream import UpstreamConnection
+from lbbench.netaddr import HostPort
+
+REQUEST = (b"GET /api/items?id=42 HTTP/1.1\r\nHost: web.shop.svc.cluster.local\r\nUser-Agent: bench\r\n"
+           b"Accept: */*\r\nAccept-Encoding: gzip\r\nX-Request-Id: 0123456789abcdef\r\n\r\n")
+RESPONSE = (b"HTTP/1.1 200 OK\r\nx-pod: web-1\r\nx-pod-ip: 127.0.0.9\r\nx-queue-ms: 0.010\r\n"
+            b"x-service-ms: 1.000\r\nContent-Type: text/plain\r\nContent-Length: 3\r\n"
+            b"Date: Thu, 01 Jan 2026 00:00:00 GMT\r\nServer: Python/3.11 aiohttp\r\n\r\nok\n")
+
+
+class CountingTransport:
+    """Stands in for a socket transport: counts what is written."""
+
+    def __init__(self) -> None:
+        self.written = 0
+        self.closing = False
+
+    def write(self, data: bytes) -> None:
+        self.written += len(data)
+
+    def writelines(self, parts: Iterable[bytes]) -> None:
+        for p in parts:
+            self.written += len(p)
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return ("127.0.0.1", 40000) if name == "peername" else default
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def pause_reading(self) -> None: ...
+    def resume_reading(self) -> None: ...
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None: ...
+
+    def close(self) -> None:
+        self.closing = True
+
+    def abort(self) -> None:
+        self.closing = True
+
+
+def _proxy(n_backends: int) -> tuple[ProxyApp, ServicePool]:
+    svc = ServiceSpec("web", "shop", "ClusterIP", "127.97.0.1", 80, 8080)
+    settings = ProxySettings(maxconn=1, balance="p2c", health=HealthCheck(interval_s=0))
+    config = ProxyConfig(HostPort("127.0.0.1", 0), None, (svc,), (), (), settings, default_service=svc.key)
+    app = ProxyApp(config)
+    pool = ServicePool(svc.key, settings, random.Random(0), app.upstreams, svc.dns_name)
+    pool.set_endpoints(tuple(Endpoint(f"web-{i}", f"127.0.0.{10 + i}", 8080) for i in range(n_backends)))
+    app.pools[svc.key] = pool
+    app.router = Router([(svc.dns_name, "/", pool)], pool)
+    for b in pool.backends:  # one idle keep-alive connection per backend
+        up = UpstreamConnection(b, pool)
+        up.connection_made(CountingTransport())  # type: ignore[arg-type]
+        up.release(True)
+    return app, pool
+
+
+def _client(app: ProxyApp) -> tuple[ClientConnection, CountingTransport]:
+    t = CountingTransport()
+    c = ClientConnection(app)
+    c.connection_made(t)  # type: ignore[arg-type]
+    return c, t
+
+
+def _in_loop(fn: Callable[[], None]) -> None:
+    async def main() -> None:
+        fn()
+
+    uvloop.run(main())
+
+
+def test_bench_request_through_the_proxy(benchmark: Any) -> None:
+    """Parse, route, admit (a backend has room), write upstream, parse the response, relay it."""
+
+    def run() -> None:
+        app, pool = _proxy(4)
+        client, t = _client(app)
+
+        def cycle() -> None:
+            client.data_received(REQUEST)
+            ex = client.current
+            assert ex is not None and ex.upstream is not None
+            ex.upstream.data_received(RESPONSE)
+
+        benchmark(cycle)
+        assert app.c["responses_2xx"] >= 1 and pool.in_flight == 0 and pool.queued == 0
+        assert t.written > len(RESPONSE)
+
+    _in_loop(run)
+
+
+def test_bench_request_through_the_queue(benchmark: Any) -> None:
+    """One backend with maxconn 1 and two clients: every other request waits in the queue."""
+
+    def run() -> None:
+        app, pool = _proxy(1)
+        (a, _), (b, _) = _client(app), _client(app)
+
+        def cycle() -> None:
+            a.data_received(REQUEST)
+            b.data_received(REQUEST)  # queued behind a's
+            assert pool.queued == 1
+            up = a.current.upstream if a.current else None
+            assert up is not None
+            up.data_received(RESPONSE)  # a done; b dispatched on the same connection
+            assert b.current is not None and b.current.upstream is up
+            up.data_received(RESPONSE)
+
+        benchmark(cycle)
+        assert pool.c["queued"] >= 1 and pool.queued == 0 and app.c["responses_2xx"] >= 2
+
+    _in_loop(run)
+
+
+def test_bench_router_lookup(benchmark: Any) -> None:
+    r = Router([("*", "/", 0), ("shop.example", "/", 1), ("shop.example", "/api", 2), ("*.example", "/", 3)])
+    assert benchmark(r.route, b"shop.example:8080", b"/api/items?id=1") == 2
+

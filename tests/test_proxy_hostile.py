@@ -1,0 +1,178 @@
+"""Hostile clients: malformed input, oversized heads and bodies, slowloris, overload, random bytes."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import select
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import psutil
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from lbbench.frontends.proxy_testing import (
+    ProxyProcess,
+    get_stats,
+    parse_responses,
+    raw_exchange,
+    request_bytes,
+    start_proxy,
+)
+from lbbench.procs import Supervisor
+from lbbench.testing import start_pod
+
+LIMITS = ("--max-header-bytes", "4096", "--max-headers", "20", "--max-body-bytes", "10000",
+          "--client-timeout", "1.0")
+
+
+@pytest.fixture(scope="module")
+def proxy() -> Iterator[ProxyProcess]:
+    """One proxy for the module: each test also checks that the earlier abuse left it serving."""
+    with Supervisor() as sup:
+        _, pod = start_pod(sup, "target")
+        yield start_proxy(sup, [pod], *LIMITS)
+
+
+def _status_and_closed(px: ProxyProcess, data: bytes, timeout_s: float = 5.0) -> tuple[int, bool, bytes]:
+    """Status of the only response, and whether the proxy closed the connection after it."""
+    t0 = time.monotonic()
+    raw = raw_exchange(px.addr, data, timeout_s=timeout_s)
+    closed = time.monotonic() - t0 < timeout_s - 0.5
+    replies = parse_responses(raw)
+    return (replies[0].status if replies else 0), closed, replies[0].body if replies else raw
+
+
+def _still_serving(px: ProxyProcess) -> None:
+    (reply,) = parse_responses(raw_exchange(px.addr, request_bytes("/", headers=[("Connection", "close")])))
+    assert reply.status == 200 and reply.headers["x-pod"] == "target"
+
+
+@pytest.mark.parametrize("data", [
+    b"GARBAGE\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: x\r\nBad Header Line\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello",
+    b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nZZ\r\nhello\r\n0\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    b"GET /\x00 HTTP/1.1\r\n\r\n",
+])
+def test_malformed_requests_get_400_and_close(proxy: ProxyProcess, data: bytes) -> None:
+    status, closed, _ = _status_and_closed(proxy, data)
+    assert (status, closed) == (400, True)
+    _still_serving(proxy)
+
+
+def test_limits_431_413_501_505(proxy: ProxyProcess) -> None:
+    before = get_stats(proxy.stats)["totals"]
+    big_head = request_bytes("/", headers=[("X-Big", "a" * 5000)])
+    assert _status_and_closed(proxy, big_head)[:2] == (431, True)
+    many = request_bytes("/", headers=[(f"X-{i}", "v") for i in range(25)])
+    assert _status_and_closed(proxy, many)[:2] == (431, True)
+    slow_big_head = request_bytes("/", headers=[("X-Big", "a" * 5000)])[:-2]  # never ends
+    assert _status_and_closed(proxy, slow_big_head)[:2] == (431, True)
+    declared = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000000\r\n\r\n"
+    status, closed, body = _status_and_closed(proxy, declared)
+    assert (status, closed) == (413, True) and b"10000 bytes" in body
+    chunked = (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+               + b"".join(b"1000\r\n" + b"z" * 4096 + b"\r\n" for _ in range(4)) + b"0\r\n\r\n")
+    assert _status_and_closed(proxy, chunked)[:2] == (413, True)
+    upgrade = request_bytes("/", headers=[("Connection", "Upgrade"), ("Upgrade", "websocket")])
+    assert _status_and_closed(proxy, upgrade)[:2] == (501, True)
+    assert _status_and_closed(proxy, b"GET / HTTP/2.0\r\nHost: x\r\n\r\n")[:2] == (505, True)
+    after = get_stats(proxy.stats)["totals"]
+    for key, count in (("client_error_431", 3), ("client_error_413", 2), ("client_error_501", 1)):
+        assert after[key] - before.get(key, 0) == count, key
+    _still_serving(proxy)
+
+
+def _slowloris(px: ProxyProcess, stop: threading.Event, results: list[tuple[float, bytes]]) -> None:
+    """Send a request head one byte every 0.1 s; note when the proxy answers or hangs up."""
+    head = request_bytes("/", headers=[("X-Slow", "y" * 200)])
+    t0 = time.monotonic()
+    with socket.create_connection((px.addr.host, px.addr.port), timeout=5) as s:
+        try:
+            for b in head:
+                if stop.is_set():
+                    break
+                s.sendall(bytes([b]))
+                if select.select([s], [], [], 0.1)[0]:
+                    results.append((time.monotonic() - t0, s.recv(65536)))
+                    return
+            results.append((time.monotonic() - t0, b"the whole head went through"))
+        except OSError as e:
+            results.append((time.monotonic() - t0, str(e).encode()))
+
+
+def test_slowloris_times_out_and_others_are_served(proxy: ProxyProcess) -> None:
+    before = get_stats(proxy.stats)["totals"].get("client_timeouts", 0)
+    stop = threading.Event()
+    results: list[tuple[float, bytes]] = []
+    threads = [threading.Thread(target=_slowloris, args=(proxy, stop, results)) for _ in range(40)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(0.3)
+        for _ in range(5):  # the proxy serves others at full speed meanwhile
+            t0 = time.monotonic()
+            _still_serving(proxy)
+            assert time.monotonic() - t0 < 1.0
+        for t in threads:
+            t.join(10)
+    finally:
+        stop.set()
+    assert len(results) == 40
+    for elapsed, answer in results:
+        assert 0.9 <= elapsed < 2.5, elapsed  # cut at client_timeout (1 s), not at the end of the head
+        assert answer.startswith(b"HTTP/1.1 408 Request Timeout"), answer
+    assert get_stats(proxy.stats)["totals"]["client_timeouts"] - before == 40
+
+
+def test_idle_keepalive_connection_is_closed_after_client_timeout(proxy: ProxyProcess) -> None:
+    with socket.create_connection((proxy.addr.host, proxy.addr.port), timeout=5) as s:
+        s.sendall(request_bytes("/"))
+        first = s.recv(65536)
+        assert first.startswith(b"HTTP/1.1 200")
+        t0 = time.monotonic()
+        assert s.recv(65536) == b""  # closed, silently: no request was in progress
+        assert 0.8 <= time.monotonic() - t0 < 3.0
+
+
+def test_overload_is_refused_by_the_bounded_queue_with_memory_bounded(supervisor: Supervisor) -> None:
+    _, pod = start_pod(supervisor, "busy", service="const:50ms")
+    px = start_proxy(supervisor, [pod], "--maxconn", "1", "--max-queue", "20", "--queue-timeout", "5")
+    rss_before = psutil.Process(px.child.pid).memory_info().rss
+    req = request_bytes("/", headers=[("Connection", "close")])
+
+    def one(_: int) -> int:
+        replies = parse_responses(raw_exchange(px.addr, req, timeout_s=15))
+        return replies[0].status if replies else 0
+
+    with concurrent.futures.ThreadPoolExecutor(100) as ex:
+        statuses = list(ex.map(one, range(400)))
+    assert set(statuses) <= {200, 503}
+    assert statuses.count(503) >= 200  # most were refused at once rather than piling up
+    totals = get_stats(px.stats)["totals"]
+    assert totals["queue_full"] == statuses.count(503)
+    assert totals["queue_len"] == 0
+    assert psutil.Process(px.child.pid).memory_info().rss - rss_before < 30 * 1024 * 1024
+    (reply,) = parse_responses(raw_exchange(px.addr, req))
+    assert reply.status == 200
+
+
+_HTTPISH = st.one_of(
+    st.binary(max_size=300),
+    st.lists(st.sampled_from([b"GET ", b"POST ", b"/", b"?a=1", b" HTTP/1.1", b"\r\n", b"Host: x", b": ",
+                              b"Content-Length: ", b"Transfer-Encoding: chunked", b"5", b"\r\n\r\n", b"0",
+                              b"\x00", b"\xff", b" ", b"\t", b"Connection: close", b"hello"]),
+             max_size=40).map(b"".join),
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=_HTTPISH)
+def test_random_bytes_never_stop_the_proxy(proxy: ProxyProcess, data: bytes) -> None:
+    raw_exchange(proxy.addr, data, timeout_s=3.0, shut_write=True)
+    _still_serving(proxy)
