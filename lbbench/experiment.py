@@ -83,7 +83,21 @@ async def run_experiment(config: Config, opts: RunOptions) -> tuple[Path, bool]:
             loop.remove_signal_handler(sig)
     complete = not stop.is_set() and all(r.complete for r in records) and len(records) == len(keys)
     write_results(opts.out, config, records, skipped, complete, meta)
+    _report(opts.out, live)
     return opts.out, complete
+
+
+def _report(out: Path, live: LiveView) -> None:
+    """The report is derived from the files; failing to draw must never lose a run's results."""
+    from lbbench.report import write_report
+
+    try:
+        paths = write_report(out)
+    except Exception as e:  # noqa: BLE001 - reported, results already written
+        live.say(f"[yellow]warning[/]: could not write the report ({type(e).__name__}: {e}); "
+                 f"the results are complete; try `lbbench report {out}`")
+        return
+    live.say(f"report: {paths.html}")
 
 
 async def _run_phase(phase: Phase, live: LiveView, i: int, n: int, config: Config) -> PhaseRecord:

@@ -99,6 +99,22 @@ def test_workers_split_one_schedule_and_merge_exactly(pod: HostPort) -> None:
     assert np.array_equal(whole.counts, res.histogram.counts)
 
 
+def test_a_part_sends_its_share_of_the_one_schedule(pod: HostPort) -> None:
+    """Part 1 of 3 (as one pod of a load Job), itself split over 2 workers."""
+    spec = LoadSpec(pod, rate_rps=300, duration_s=1, workers=2, seed=9, part_index=1, part_count=3)
+    t0 = time.time() + 1.5
+    res = run_load(spec, start_at_unix=t0)
+    mine = build_schedule(spec)[1::3]
+    assert np.allclose(np.sort(res.rows.intended_s.to_numpy()), mine, atol=1e-9)
+    s = res.summary
+    assert s.part == "1/3" and s.scheduled == s.requests == len(mine) == 100
+    assert s.requested_rps == pytest.approx(100) and set(res.rows.worker) == {0, 1}
+    assert s.start_at_unix == pytest.approx(t0, abs=0.05)
+    assert s.warnings == ()
+    late = run_load(LoadSpec(pod, rate_rps=50, duration_s=0.2), start_at_unix=time.time() - 5)
+    assert late.summary.ok == 10 and "after the requested start time" in late.summary.warnings[0]
+
+
 def test_request_stop_ends_early_with_the_rows_so_far(pod: HostPort) -> None:
     spec = LoadSpec(pod, rate_rps=200, duration_s=20, path="/?delay=3s:5")
 

@@ -80,6 +80,8 @@ def test_closed_loop_is_labelled(pod: HostPort) -> None:
     (["http://127.0.0.1:80/", "--duration", "forever"], "duration"),
     (["http://127.0.0.1:80/", "--dns", "8.8.8.8:53"], "127.0.0.0/8"),
     (["http://127.0.0.1:80/", "--workers", "3", "--connections", "keepalive:2"], "keep-alive"),
+    (["http://127.0.0.1:80/", "--part", "3/3"], "--part"),
+    (["http://127.0.0.1:80/", "--start-at", "nan"], "--start-at"),
 ])
 def test_bad_input_is_one_clear_line(args: list[str], message: str) -> None:
     proc = load(*args)

@@ -309,6 +309,9 @@ def test_sweep_with_repeats(tmp_path: Path) -> None:
     md = paths.markdown.read_text()
     assert "first rate, 80 rps (also measured: 160 rps)" in md
     assert "## Phases" in md and "across repeats" in md
+    lost = [f["lost"] for f in summary_of(folder)["frontends"]["userspace-dnat"]["failover"]]  # type: ignore[index]
+    assert len(lost) == 2  # one per repeat, listed rather than averaged
+    assert f"userspace-dnat lost {lost[0]}, {lost[1]} requests over" in md and "in its 2 repeats" in md
     phases = md[md.index("## Phases") :].split("\n## ")[0]
     assert phases.count("| userspace-dnat | 160 |") == 2  # one row per repeat
     _, problems = check(load_results(folder))

@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from lbbench.errors import UserError
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("a", type=Path, metavar="DIR_A", help="results folder A (the baseline)")
@@ -30,7 +32,11 @@ def run(args: argparse.Namespace) -> int:
         print()
     if not c.frontends:
         print("neither folder has a measured front end")
-    paths = write_compare(c, args.out or default_out(args.a, args.b))
+    out = args.out or default_out(args.a, args.b)
+    try:
+        paths = write_compare(c, out)
+    except OSError as e:
+        raise UserError(f"cannot write the comparison into {out}: {e}") from None
     print(f"json: {paths.json}")
     if paths.cdf is not None:
         print(f"plot: {paths.cdf}")

@@ -56,7 +56,8 @@ def _render(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     image = {"image": args.image} if args.image else {}
-    opts = RenderOptions(**image, namespace=args.namespace, parallelism=args.parallelism, ingress_class=args.ingress_class,
+    opts = RenderOptions(**image, namespace=args.namespace, parallelism=args.parallelism,
+                         ingress_class=args.ingress_class,
                          ingress_controller=args.ingress_controller, ingress_url=args.ingress_url,
                          lb_address=args.lb_address, with_proxy=args.proxy)
     try:

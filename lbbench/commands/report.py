@@ -10,6 +10,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from lbbench.errors import UserError
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("folder", type=Path, metavar="DIR", help="a results folder written by 'lbbench run'")
@@ -42,7 +44,10 @@ def run(args: argparse.Namespace) -> int:
             print(f"warning: summary.json disagrees with the rows: {p}", file=sys.stderr)
     for name, reason in results.skipped.items():
         print(f"skipped {name}: {reason}")
-    paths = write_report(results.folder, results)
+    try:
+        paths = write_report(results.folder, results)
+    except OSError as e:  # a read-only copy, a full disk: say so in one line
+        raise UserError(f"cannot write the report into {results.folder}: {e}") from None
     print(f"markdown: {paths.markdown}")
     print(paths.html)
     return 1 if problems else 0

@@ -1,10 +1,15 @@
 """lbbench's queueing HTTP/1.1 reverse proxy, the Ingress: `lbbench serve proxy` and the `l7-proxy` front end.
 
-The proxy itself lives in the proxy_* modules (one responsibility each): proxy_http (message
-pieces), proxy_client (client protocol), proxy_upstream (backend connections and pool),
-proxy_queue (the managed queue, retries, ejection), proxy_balance, proxy_health, proxy_route,
-proxy_stats, proxy_config, proxy_app (the process). This module is the command and the
-Frontend that runs the proxy as a child process and talks to it over its control pipe.
+The proxy itself lives in the proxy_* modules, one responsibility each:
+  proxy_app       the process: listeners, pools, timeouts sweeper, control messages, shutdown
+  proxy_request   reading requests (llhttp, limits, routing)    proxy_client   the client protocol
+  proxy_upstream  backend connections and their keep-alive pool proxy_queue    the managed queue,
+  proxy_balance   the five balancers                             retries and ejection
+  proxy_health    active checks        proxy_route   Ingress rules   proxy_http   message pieces
+  proxy_backend   one backend's state  proxy_exchange one request's state
+  proxy_stats     /stats and /metrics  proxy_config  plan files and flags
+This module is the command and the Frontend that runs the proxy as a child process and
+talks to it over its control pipe.
 """
 
 from __future__ import annotations
@@ -108,7 +113,7 @@ class L7Proxy(Frontend):
             self._stats_conn[1].close()
             self._stats_conn = None
         if self.child is not None:
-            await self.child.stop(5.0)
+            await self.child.stop(8.0)  # the proxy itself gives requests in progress 5 s
             self.child.close_pipes()
         if self._tmpdir is not None:
             shutil.rmtree(self._tmpdir, ignore_errors=True)

@@ -66,6 +66,8 @@ class ClientConnection(asyncio.Protocol):
         self.closing = False
         self.eof = False
         self.fatal: tuple[int, str] | None = None
+        self._finishing = False
+        self._finished: Exchange | None = None
         self.peer = b"unknown"
 
     # -- connection ---------------------------------------------------------------------------
@@ -335,23 +337,36 @@ class ClientConnection(asyncio.Protocol):
         self._finish(ex)
 
     def _finish(self, ex: Exchange) -> None:
-        """`ex` is answered and fully read: next pipelined request, keep-alive wait, or close."""
+        """`ex` is answered and fully read: next pipelined request, keep-alive wait, or close.
+
+        Iterative: a pipelined request answered at once (queue full, no route) finishes inside
+        _start, and thousands of those must not nest calls.
+        """
         if ex is not self.current:
             return
         self.current = None
-        if self.fatal is not None:
-            self._final(*self.fatal)
-        elif not ex.keep_alive or (self.eof and not self.pipeline):
-            self._linger()
-        elif self.pipeline:
-            nxt = self.pipeline.popleft()
-            if not self.pipeline:
-                self._unpause(P_PIPELINE)
-            self.current = nxt
-            self._start(nxt)
-        else:
-            self._unpause(P_PIPELINE)
-            self.deadline = time.monotonic() + self.client_timeout_s
+        self._finished = ex
+        if self._finishing:
+            return  # the loop below, further up the stack, takes it from here
+        self._finishing = True
+        try:
+            while (done := self._finished) is not None:
+                self._finished = None
+                if self.fatal is not None:
+                    self._final(*self.fatal)
+                elif not done.keep_alive or (self.eof and not self.pipeline):
+                    self._linger()
+                elif self.pipeline:
+                    nxt = self.pipeline.popleft()
+                    if not self.pipeline:
+                        self._unpause(P_PIPELINE)
+                    self.current = nxt
+                    self._start(nxt)
+                else:
+                    self._unpause(P_PIPELINE)
+                    self.deadline = time.monotonic() + self.client_timeout_s
+        finally:
+            self._finishing = False
 
     def fail(self, status: int, message: str) -> None:
         """The request being read is unacceptable: no further requests on this connection."""

@@ -174,10 +174,12 @@ def config_from_args(args: argparse.Namespace) -> ProxyConfig:
     plan = plan_from_json(args.plan.read_text()) if args.plan is not None else None
     if plan is None and not args.backend:
         raise ValueError("give --backend IP:PORT (one or more) or --plan FILE")
-    if plan is None and not args.listen:
+    if args.listen:
+        listen = parse_hostport(args.listen)
+    elif plan is not None:
+        listen = HostPort(require_loopback(plan.ingress_ip, "ingress_ip"), plan.ingress_port)
+    else:
         raise ValueError("--listen IP:PORT is required without --plan")
-    listen = parse_hostport(args.listen) if args.listen else HostPort(
-        require_loopback(plan.ingress_ip, "ingress_ip"), plan.ingress_port) if plan else HostPort("", 0)
     settings = plan.proxy if plan is not None else ProxySettings()
     changes = {field_: getattr(args, flag) for flag, field_ in _SETTING_FLAGS.items()
                if getattr(args, flag) is not None}

@@ -23,6 +23,7 @@ from lbbench.frontends.proxy_http import (
     CRLF,
     IDEMPOTENT,
     LENGTH,
+    NO_BODY,
     chunk_size_line,
     scan_request,
     split_target,
@@ -40,6 +41,10 @@ class Reject(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
+
+
+class Stop(Exception):
+    """Raised inside a parser callback once the connection is closing: parse no further."""
 
 
 class RequestReader:
@@ -82,7 +87,7 @@ class RequestReader:
             cause = e.__context__
             if isinstance(cause, Reject):
                 self.conn.fail(cause.status, cause.message)
-            else:
+            elif not isinstance(cause, Stop):
                 traceback.print_exception(cause or e, file=sys.stderr)
                 self.conn.fail(500, "internal error in the proxy")
         except HttpParserError as e:
@@ -91,21 +96,29 @@ class RequestReader:
 
     # -- llhttp callbacks ---------------------------------------------------------------------
 
+    # The connection may close from inside a callback (a final error response): the callbacks
+    # that follow in the same feed then find no request and stop the parser.
+
     def on_message_begin(self) -> None:
+        if self.conn.closing:
+            raise Stop
         self.parsing = Exchange(self.conn)
         self.conn.request_begins()
 
     def on_url(self, url: bytes) -> None:
-        assert self.parsing is not None
+        if self.parsing is None:
+            raise Stop
         self.parsing.url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        assert self.parsing is not None
+        if self.parsing is None:
+            raise Stop
         self.parsing.headers.append((name, value))  # counted at the end: the head's size bounds them
 
     def on_headers_complete(self) -> None:
         ex = self.parsing
-        assert ex is not None
+        if ex is None:
+            raise Stop
         self.in_head = False
         self.head_bytes = 0
         self.heads_done += 1
@@ -145,11 +158,13 @@ class RequestReader:
             ex.out_bytes = len(head)
         ex.headers = []
         ex.state = WAITING
+        ex.request_done = ex.framing == NO_BODY  # complete already: an answer needs not wait for the end
         self.conn.request_head(ex)
 
     def on_body(self, data: bytes) -> None:
         ex = self.parsing
-        assert ex is not None
+        if ex is None:
+            raise Stop
         ex.body_bytes += len(data)
         if ex.body_bytes > self.limits.max_body_bytes:
             raise Reject(413, f"request body larger than {self.limits.max_body_bytes} bytes")
@@ -157,7 +172,8 @@ class RequestReader:
 
     def on_message_complete(self) -> None:
         ex = self.parsing
-        assert ex is not None
+        if ex is None:
+            raise Stop
         self.parsing = None
         self.in_head = True
         ex.request_done = True

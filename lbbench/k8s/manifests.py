@@ -135,8 +135,9 @@ def workload(ctx: Context, w: Workload, governing_service: str | None) -> Obj:
         "selector": {"matchLabels": dict(w.labels)},
         "template": {"metadata": {"labels": pod_labels}, "spec": {"containers": [pod_container(ctx, w.template)]}},
     }
-    if w.kind == "Deployment":
-        spec = {"replicas": w.replicas, **spec}
+    if w.kind == "Deployment":  # surge 1, unavailable 0: how lbbench's controller rolls
+        spec = {"replicas": w.replicas, "strategy": {"type": "RollingUpdate",
+                                                     "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}, **spec}
     elif w.kind == "StatefulSet":
         # Parallel: all pods start at once, as lbbench's controller starts them
         spec = {"replicas": w.replicas, "serviceName": governing_service, "podManagementPolicy": "Parallel", **spec}
@@ -154,7 +155,8 @@ def service(ctx: Context, s: ServiceConfig) -> Obj:
     port: Obj = {"name": "http", "port": s.port, "targetPort": s.target_port, "protocol": "TCP"}
     if s.type != "ClusterIP" and s.node_port is not None:
         port["nodePort"] = s.node_port
-    return {"apiVersion": "v1", "kind": "Service", "metadata": _meta(s.name, ctx.ns(s.namespace), ctx.labels("service")),
+    meta = _meta(s.name, ctx.ns(s.namespace), ctx.labels("service"))
+    return {"apiVersion": "v1", "kind": "Service", "metadata": meta,
             "spec": {"type": s.type, "selector": dict(s.selector), "ports": [port]}}
 
 

@@ -192,7 +192,7 @@ _Dumper.add_representer(str, _str)
 
 
 def _yaml(config: Config, objs: list[m.Obj]) -> str:
-    head = (f"# Rendered by `lbbench k8s render` from {config.path} (lbbench {__version__}); "
+    head = (f"# Rendered by `lbbench k8s render` from {config.path}; "
             f"validated against the Kubernetes {K8S_VERSION} schemas.\n")
     return head + "---\n".join(yaml.dump(o, Dumper=_Dumper, sort_keys=False, width=120) for o in objs)
 

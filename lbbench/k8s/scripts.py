@@ -28,9 +28,18 @@ _FAULTS_PRELUDE = """\
 # Prints events.csv rows (at_s measured from START_AT when each command was issued) for `lbbench merge --events`.
 set -u
 START_AT=$1 FRONTEND=$2 RATE=$3 REPEAT=${{4:-0}}
-sleep_until() {{ python3 -c 'import sys, time; time.sleep(max(0.0, float(sys.argv[1]) + float(sys.argv[2]) - time.time()))' "$START_AT" "$1"; }}
-event() {{ printf '%s,event,%s,%s,%s,%s,%s\\n' "$(python3 -c 'import sys, time; print(f"{{time.time() - float(sys.argv[1]):.6f}}")' "$START_AT")" "$1" "$2" "$FRONTEND" "$RATE" "$REPEAT"; }}
-pod_at() {{ kubectl -n "$1" get pods -l "$2" --field-selector=status.phase=Running --sort-by=.metadata.name -o name | sed -n "$(($3 + 1))p"; }}
+sleep_until() {{
+  python3 -c 'import sys, time; time.sleep(max(0.0, float(sys.argv[1]) + float(sys.argv[2]) - time.time()))' \\
+    "$START_AT" "$1"
+}}
+event() {{
+  at=$(python3 -c 'import sys, time; print(f"{{time.time() - float(sys.argv[1]):.6f}}")' "$START_AT")
+  printf '%s,event,%s,%s,%s,%s,%s\\n' "$at" "$1" "$2" "$FRONTEND" "$RATE" "$REPEAT"
+}}
+pod_at() {{
+  kubectl -n "$1" get pods -l "$2" --field-selector=status.phase=Running --sort-by=.metadata.name -o name |
+    sed -n "$(($3 + 1))p"
+}}
 skip() {{ echo "faults.sh: $1" >&2; }}
 echo '{header}'
 """
@@ -162,7 +171,7 @@ while [ "$r" -lt "$REPEATS" ]; do
     || echo "run.sh: job {job} did not complete; collecting what is there" >&2
   wait "$FAULTS" || true
   for pod in $(kubectl -n {ns} get pods -l job-name={job} -o name); do
-    kubectl -n {ns} logs "$pod" --tail=-1 > "$OUT/{tag}-$r-${{pod#pod/}}.log"
+    kubectl -n {ns} logs "$pod" --tail=-1 > "$OUT/{tag}-$r-${{pod#pod/}}.log" || echo "run.sh: no log of $pod" >&2
   done
   kubectl -n {ns} delete job {job} --wait=true
   r=$(( r + 1 ))
@@ -182,11 +191,12 @@ DIR=$(cd "$(dirname "$0")" && pwd)
 OUT=${{1:-lbbench-parts}}
 LEAD_S=${{LBBENCH_LEAD_S:-45}}
 REPEATS={ctx.config.run.repeat}
+RESULTS=results/k8s-{ctx.config.name}
 mkdir -p "$OUT"
 {applies}
 {rollouts}
 {blocks}
 echo "collected into $OUT; now:"
-echo "  lbbench merge $OUT/*.log --events $OUT/events-*.csv --config $DIR/config.toml --out results/k8s-{ctx.config.name}"
-echo "  lbbench report results/k8s-{ctx.config.name}"
+echo "  lbbench merge $OUT/*.log --events $OUT/events-*.csv --config $DIR/config.toml --out $RESULTS"
+echo "  lbbench report $RESULTS"
 """

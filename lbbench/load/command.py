@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,6 +37,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-lateness", default="2ms", metavar="S",
                    help="lateness p99 above this marks the generator as saturated")
     p.add_argument("--no-rows", action="store_true", help="keep histograms only, not one row per request")
+    p.add_argument("--part", default="0/1", metavar="I/P",
+                   help="send only part I of P of the schedule (every P-th request from the I-th): several "
+                   "generators, e.g. the pods of a Kubernetes Job, split one run; merge with 'lbbench merge'")
+    p.add_argument("--start-at", type=float, metavar="UNIX",
+                   help="t=0 on the wall clock (unix seconds), so that several generators start together")
     p.add_argument("--dns", metavar="IP:PORT", help="DNS server to resolve a name in URL (the cluster DNS)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the text summary")
     p.add_argument("--out", metavar="DIR", help="write requests.parquet and summary.json into DIR")
@@ -47,10 +53,12 @@ def run(args: argparse.Namespace) -> int:
     try:
         spec = build_spec(args)
         resolve_workers(spec)  # refuses impossible combinations before any process starts
+        if args.start_at is not None and not math.isfinite(args.start_at):
+            raise ValueError(f"--start-at must be a unix time in seconds, got {args.start_at}")
     except ValueError as e:
         raise UserError(str(e)) from None
 
-    result = run_load(spec)
+    result = run_load(spec, start_at_unix=args.start_at)
     document = result_document(spec, result)
     if args.out:
         write_out(Path(args.out), result, document)
@@ -72,6 +80,7 @@ def build_spec(args: argparse.Namespace) -> LoadSpec:
     from lbbench.netaddr import parse_hostport
 
     dns = parse_hostport(args.dns) if args.dns else None
+    part = parse_part(args.part)
     target = parse_url(args.url, dns)
     return LoadSpec(
         target=target.addr, path=target.path, host_header=target.host_header,
@@ -80,7 +89,19 @@ def build_spec(args: argparse.Namespace) -> LoadSpec:
         workers=args.workers, closed_loop_users=args.closed_loop, think_time_s=parse_duration(args.think_time),
         connect_timeout_s=parse_duration(args.connect_timeout), timeout_s=parse_duration(args.timeout),
         seed=args.seed, record_rows=not args.no_rows, lateness_threshold_s=parse_duration(args.max_lateness),
+        part_index=part[0], part_count=part[1],
     )
+
+
+def parse_part(text: str) -> tuple[int, int]:
+    index, sep, count = text.partition("/")
+    try:
+        i, n = int(index), int(count)
+    except ValueError:
+        i, n = -1, 0
+    if not sep or not 0 <= i < n:
+        raise ValueError(f"--part expects I/P with 0 <= I < P (e.g. 0/3), got {text!r}")
+    return i, n
 
 
 def parse_step(text: str) -> RateStep:

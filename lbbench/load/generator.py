@@ -16,12 +16,14 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import math
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,7 +33,7 @@ import pandas as pd
 from lbbench import control
 from lbbench.load.histogram import LogHistogram
 from lbbench.load.recorder import ERROR_TABLE
-from lbbench.load.schedule import expected_requests, requested_rate
+from lbbench.load.schedule import expected_requests, part_size, requested_rate
 from lbbench.load.spec import LoadSpec
 from lbbench.load.summary import LoadSummary, all_errors, latency_stats, saturation, short_stats
 from lbbench.load.wire import FrameReader, Message
@@ -55,22 +57,23 @@ def peak_rate(spec: LoadSpec) -> float:
 def resolve_workers(spec: LoadSpec, cpu_count: int | None = None) -> int:
     """How many worker processes: as asked, else enough for the rate, at most the CPU count."""
     cpus = cpu_count or os.cpu_count() or 1
+    users = part_size(spec.closed_loop_users, spec)
     if spec.workers:
         n = spec.workers
     elif spec.closed_loop:
-        n = min(cpus, math.ceil(spec.closed_loop_users / USERS_PER_WORKER))
+        n = min(cpus, math.ceil(users / USERS_PER_WORKER))
     else:
-        n = min(cpus, math.ceil(peak_rate(spec) / RPS_PER_WORKER[spec.connections.kind]))
+        n = min(cpus, math.ceil(peak_rate(spec) / spec.part_count / RPS_PER_WORKER[spec.connections.kind]))
     n = max(1, n)
     if spec.connections.kind == "keepalive" and n > spec.connections.pool:
         if spec.workers:
             raise ValueError(f"{n} workers but only {spec.connections.pool} keep-alive connections: "
                              "each worker needs at least one (use fewer workers or a bigger pool)")
         n = spec.connections.pool
-    if spec.closed_loop and n > spec.closed_loop_users:
+    if spec.closed_loop and n > users:
         if spec.workers:
-            raise ValueError(f"{n} workers but only {spec.closed_loop_users} closed-loop users")
-        n = spec.closed_loop_users
+            raise ValueError(f"{n} workers but only {users} closed-loop users")
+        n = max(1, users)
     return n
 
 
@@ -158,6 +161,8 @@ class LoadGenerator:
         self._sup: Supervisor | None = None
         self._links: list[_Link] = []
         self._start_at: float | None = None
+        self.start_at_unix: float | None = None
+        self.notes: list[str] = []  # warnings for the summary (e.g. a late start)
         self._stop_sent = False
         self._closed = False
 
@@ -190,6 +195,7 @@ class LoadGenerator:
             raise RuntimeError(f"load workers were ready {now - start_at:.3f} s after start_at; "
                                "give them more time (they need ~1 s to start)")
         self._start_at = start_at
+        self.start_at_unix = time.time() + (start_at - now)
         for link in self._links:
             control.send(link.child.stdin, {"go": start_at})
 
@@ -233,7 +239,7 @@ class LoadGenerator:
                     results.append(None)
         finally:
             await self.aclose()
-        return merge_results(spec, self.workers, results)
+        return merge_results(spec, self.workers, results, notes=self.notes, start_at_unix=self.start_at_unix)
 
     async def aclose(self) -> None:
         """Stop all workers (idempotent)."""
@@ -248,8 +254,9 @@ class LoadGenerator:
 
 
 # -- merging ----------------------------------------------------------------------------------
-def merge_results(spec: LoadSpec, workers: int, results: list[Message | None]) -> LoadResult:
-    warnings: list[str] = []
+def merge_results(spec: LoadSpec, workers: int, results: list[Message | None], *,
+                  notes: Sequence[str] = (), start_at_unix: float | None = None) -> LoadResult:
+    warnings: list[str] = list(notes)
     got = [r for r in results if r is not None and not r.get("never_started")]
     for i, r in enumerate(results):
         if r is None:
@@ -265,6 +272,7 @@ def merge_results(spec: LoadSpec, workers: int, results: list[Message | None]) -
     cpu_frac = tuple(float(r["send_cpu_fraction"]) for r in got)
     complete = len(got) == workers and not stopped and not aborted
     summary = build_summary(spec, workers, got, hist, stopped, aborted, complete, warnings, cpu_s, cpu_frac)
+    summary = dataclasses.replace(summary, start_at_unix=start_at_unix, part=f"{spec.part_index}/{spec.part_count}")
     return LoadResult(rows, hist["latency"], summary, complete, cpu_s, hist["lateness"])
 
 
@@ -287,10 +295,10 @@ def build_summary(spec: LoadSpec, workers: int, got: list[Message], hist: dict[s
         arrivals=None if spec.closed_loop else spec.arrivals, connections=str(spec.connections),
         workers=workers, closed_loop_users=spec.closed_loop_users, think_time_s=spec.think_time_s,
         seed=spec.seed,
-        requested_rps=None if spec.closed_loop else requested_rate(spec),
+        requested_rps=None if spec.closed_loop else requested_rate(spec) / spec.part_count,
         achieved_rps=issued / actual if actual > 0 else 0.0, ok_rps=ok / actual if actual > 0 else 0.0,
         requested_duration_s=spec.duration_s, actual_duration_s=actual,
-        scheduled=expected_requests(spec), requests=issued, completed=done, ok=ok, failed=done - ok,
+        scheduled=part_size(expected_requests(spec), spec), requests=issued, completed=done, ok=ok, failed=done - ok,
         aborted=aborted, errors=all_errors(errors), statuses=dict(sorted(statuses.items())),
         latency_s=latency_stats(hist["latency"]), lateness_s=short_stats(hist["lateness"]),
         pool_wait_s=short_stats(hist["pool_wait"]) if spec.connections.kind == "keepalive" else None,
@@ -333,14 +341,31 @@ def merge_rows(results: list[Message]) -> pd.DataFrame:
 
 
 # -- one-shot, synchronous -----------------------------------------------------------------------
-def run_load(spec: LoadSpec) -> LoadResult:
-    """Run `spec` to the end on a fresh uvloop loop; first Ctrl-C stops early, the second aborts."""
+def run_load(spec: LoadSpec, start_at_unix: float | None = None) -> LoadResult:
+    """Run `spec` to the end on a fresh uvloop loop; first Ctrl-C stops early, the second aborts.
+
+    `start_at_unix`: t=0 on the wall clock (`time.time()`), so that several generators on
+    several machines start one run together; by default, as soon as the workers are ready.
+    """
     import uvloop
 
-    return uvloop.run(_run_load(spec))
+    return uvloop.run(_run_load(spec, start_at_unix))
 
 
-async def _run_load(spec: LoadSpec) -> LoadResult:
+def _monotonic_start(gen: LoadGenerator, start_at_unix: float | None) -> float:
+    """t=0 on the monotonic clock: `start_at_unix` if still ahead, else right away (noted)."""
+    soon = time.monotonic() + 0.1
+    if start_at_unix is None:
+        return soon
+    at = time.monotonic() + (start_at_unix - time.time())
+    if at < soon:
+        gen.notes.append(f"started {soon - at:.3f} s after the requested start time (--start-at): "
+                         "this part's t=0 is late against the others'")
+        return soon
+    return at
+
+
+async def _run_load(spec: LoadSpec, start_at_unix: float | None) -> LoadResult:
     loop = asyncio.get_running_loop()
     gen = LoadGenerator(spec)
     main = asyncio.current_task()
@@ -358,7 +383,7 @@ async def _run_load(spec: LoadSpec) -> LoadResult:
     loop.add_signal_handler(signal.SIGINT, on_sigint)
     try:
         await gen.prepare()
-        await gen.start(time.monotonic() + 0.1)
+        await gen.start(_monotonic_start(gen, start_at_unix))
         return await gen.result()
     except asyncio.CancelledError:
         raise KeyboardInterrupt from None

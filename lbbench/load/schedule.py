@@ -86,6 +86,11 @@ def expected_requests(spec: LoadSpec) -> int:
     return round(rate_profile(spec).total)
 
 
+def part_size(total: int, spec: LoadSpec) -> int:
+    """How many of `total` requests (or users) fall to this process's part."""
+    return len(range(spec.part_index, total, spec.part_count))
+
+
 def requested_rate(spec: LoadSpec) -> float:
     """The mean requested rate over the run (the rate itself when there are no steps)."""
     return rate_profile(spec).total / spec.duration_s

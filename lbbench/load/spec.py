@@ -81,6 +81,11 @@ class LoadSpec:
     seed: int = 0
     record_rows: bool = True
     lateness_threshold_s: float = 0.002
+    # This process sends part `part_index` of `part_count` of the one schedule (every
+    # part_count-th request, or closed-loop user): several generators, e.g. the pods of a
+    # Kubernetes Job, split one run and their rows are merged afterwards.
+    part_index: int = 0
+    part_count: int = 1
 
     def __post_init__(self) -> None:
         require_loopback(self.target.host, "load target")
@@ -98,6 +103,8 @@ class LoadSpec:
             raise ValueError("workers and closed_loop_users must be >= 0")
         if not math.isfinite(self.think_time_s) or self.think_time_s < 0:
             raise ValueError(f"think_time_s must be >= 0, got {self.think_time_s}")
+        if not 0 <= self.part_index < self.part_count:
+            raise ValueError(f"part must be I/P with 0 <= I < P, got {self.part_index}/{self.part_count}")
         if not self.closed_loop:
             _positive("rate_rps", self.rate_rps)
             self._check_steps()

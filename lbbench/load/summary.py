@@ -71,6 +71,8 @@ class LoadSummary:
     complete: bool
     stopped: bool
     warnings: tuple[str, ...] = ()
+    start_at_unix: float | None = None  # t=0 on the wall clock (labels and cross-machine checks only)
+    part: str = "0/1"  # which part of the schedule this process sent (see LoadSpec.part_index)
     schema: str = SCHEMA
 
     def to_dict(self) -> dict[str, Any]:
@@ -115,7 +117,7 @@ def _text_lines(s: LoadSummary) -> list[str]:
     req_rate = "-" if s.requested_rps is None else f"{s.requested_rps:.1f}"
     lines = [
         f"target http://{s.target}{s.path}: {mode}, connections {s.connections}, "
-        f"{s.workers} worker(s), seed {s.seed}",
+        f"{s.workers} worker(s), seed {s.seed}" + ("" if s.part == "0/1" else f", part {s.part}"),
         f"{'':14}{'requested':>12}{'actual':>12}",
         f"{'rate (rps)':14}{req_rate:>12}{s.achieved_rps:>12.1f}",
         f"{'duration (s)':14}{s.requested_duration_s:>12.3f}{s.actual_duration_s:>12.3f}",

@@ -148,10 +148,11 @@ class Worker:
         self._report_handle: asyncio.TimerHandle | None = None
 
     def _share(self) -> np.ndarray[Any, np.dtype[np.float64]]:
+        """This worker's requests (or users): its share of this process's part of the schedule."""
         spec = self.spec
-        if spec.closed_loop:
-            return worker_share(closed_loop_offsets(spec), self.index, self.count)
-        return worker_share(build_schedule(spec), self.index, self.count)
+        whole = closed_loop_offsets(spec) if spec.closed_loop else build_schedule(spec)
+        part = worker_share(whole, spec.part_index, spec.part_count)
+        return worker_share(part, self.index, self.count)
 
     def _on_done(self, req: Request) -> None:
         assert self.recorder is not None

@@ -29,39 +29,54 @@ def answers(r: Results, queues: Sequence[QueueStats]) -> list[str]:
     return out
 
 
-def _event_groups(fes: Sequence[FrontendStats]) -> list[tuple[str, float, list[tuple[str, FailoverStats]]]]:
-    """Timeline events across front ends, matched by name and order (each phase fires the same timeline)."""
-    groups: dict[tuple[str, int], list[tuple[str, FailoverStats]]] = {}
+Group = tuple[str, float, dict[str, list[FailoverStats]]]
+
+
+def _event_groups(fes: Sequence[FrontendStats]) -> list[Group]:
+    """Timeline events across front ends and repeats, matched by name and offset (every phase fires
+    the same timeline): (event, at_s, {front end: one entry per repeat})."""
+    groups: dict[tuple[str, float], dict[str, list[FailoverStats]]] = {}
     for f in fes:
-        seen: dict[str, int] = {}
         for e in f.failover:
-            k = seen.get(e.event, 0)
-            seen[e.event] = k + 1
-            groups.setdefault((e.event, k), []).append((f.name, e))
-    return [(event, min(e.at_s for _, e in members), members) for (event, _), members in groups.items()]
+            groups.setdefault((e.event, round(e.at_s, 1)), {}).setdefault(f.name, []).append(e)
+    return [(event, at, members) for (event, at), members in sorted(groups.items(), key=lambda g: g[0][1])]
 
 
-def _loss_phrase(name: str, e: FailoverStats, first: bool) -> str:
-    if e.lost == 0 and e.error_window_s == 0:
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def _loss_phrase(name: str, runs: list[FailoverStats], first: bool) -> str:
+    """One front end's losses for one event; several repeats are listed, not averaged."""
+    lost = [e.lost for e in runs]
+    windows = [e.error_window_s for e in runs]
+    if not any(lost) and not any(windows):
         text = f"{name} lost 0"
+    elif len(runs) == 1:
+        over = f" over {windows[0]:.2f} s" if windows[0] else ""
+        text = f"{name} lost {_plural(lost[0], 'request')}{over}"
     else:
-        text = f"{name} lost {e.lost} request{'s' if e.lost != 1 else ''}"
-        if e.error_window_s > 0:
-            text += f" over {e.error_window_s:.2f} s"
-    if e.recovery_s is None:
-        text += " and had not recovered when the run ended"
-    elif e.recovery_s > 0 and first:
-        text += f" (recovered after {e.recovery_s:.2f} s)"
-    elif e.recovery_s > 0:
-        text += f" ({e.recovery_s:.2f} s)"
+        each = ", ".join(map(str, lost))
+        over = ", ".join(f"{w:.2f}" for w in windows)
+        text = f"{name} lost {each} requests over {over} s in its {len(runs)} repeats"
+    recoveries = [e.recovery_s for e in runs]
+    if any(r is None for r in recoveries):
+        return text + (
+            " and had not recovered when the run ended"
+            if len(runs) == 1
+            else " and did not always recover before the run ended"
+        )
+    slowest = max(r for r in recoveries if r is not None)
+    if slowest > 0:
+        text += f" (recovered after {slowest:.2f} s)" if first else f" ({slowest:.2f} s)"
     return text
 
 
 def failover_sentences(fes: Sequence[FrontendStats]) -> list[str]:
     out = []
     for event, at, members in _event_groups(fes):
-        members = sorted(members, key=lambda m: -m[1].lost)
-        phrases = [_loss_phrase(name, e, i == 0) for i, (name, e) in enumerate(members)]
+        order = sorted(members.items(), key=lambda m: -sum(e.lost for e in m[1]))
+        phrases = [_loss_phrase(name, runs, i == 0) for i, (name, runs) in enumerate(order)]
         out.append(f"During {event} at {at:.1f} s, " + "; ".join(phrases) + ".")
     return out
 

@@ -105,26 +105,47 @@ def frontend_table(r: Results, fes: Sequence[FrontendStats] | None = None) -> Ta
     return Table(("", *(f.name for f in fes)), rows, caption=caption)
 
 
+def _repeat_of(f: FrontendStats, i: int) -> int:
+    """summary.json lists the failover entries of all repeats in order, the same timeline each time."""
+    per_repeat = max(1, len(f.failover) // max(1, f.repeats))
+    return i // per_repeat
+
+
 def failover_table(r: Results) -> Table | None:
-    rows = [
-        (
-            f.name,
-            e.event,
-            f"{e.at_s:.2f}",
-            fmt_int(float(e.lost)),
-            fmt_s(e.error_window_s),
-            "never" if e.recovery_s is None else fmt_s(e.recovery_s),
-            fmt_ms(e.pre_event_p99_s),
-        )
-        for f in r.frontends
-        for e in f.failover
-    ]
+    repeats = max((f.repeats for f in r.frontends), default=1) > 1
+    rows = []
+    for f in r.frontends:
+        for i, e in enumerate(f.failover):
+            rep = (f"#{_repeat_of(f, i)}",) if repeats else ()
+            recovery = "never" if e.recovery_s is None else fmt_s(e.recovery_s)
+            rows.append(
+                (
+                    f.name,
+                    *rep,
+                    e.event,
+                    f"{e.at_s:.2f}",
+                    fmt_int(float(e.lost)),
+                    fmt_s(e.error_window_s),
+                    recovery,
+                    fmt_ms(e.pre_event_p99_s),
+                )
+            )
     if not rows:
         return None
+    headers = (
+        "front end",
+        *(("repeat",) if repeats else ()),
+        "event",
+        "at (s)",
+        "lost",
+        "error window (s)",
+        "recovery (s)",
+        "p99 before (ms)",
+    )
     return Table(
-        ("front end", "event", "at (s)", "lost", "error window (s)", "recovery (s)", "p99 before (ms)"),
+        headers,
         tuple(rows),
-        align=("l", "l", "r", "r", "r", "r", "r"),
+        align=("l", *(("r",) if repeats else ()), "l", "r", "r", "r", "r", "r"),
         caption="recovery 'never': not error-free with p99 within 2x the pre-event p99 before the run ended.",
     )
 
@@ -159,6 +180,7 @@ def queue_table(stats: Sequence[QueueStats]) -> Table | None:
             "waited most at",
         ),
         rows,
+        align=("l", "r", "r", "r", "r", "r", "r", "r", "l"),
         caption="Successful requests. Proxy queue: the front end's own queue length, sampled every 100 ms. "
         "Pod wait/service: reported by the pod (x-queue-ms, x-service-ms). Outside pod: latency "
         "minus both (client, front end and its queue, network).",

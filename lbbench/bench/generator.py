@@ -1,0 +1,148 @@
+"""lbbench's load generator against wrk, both against the same fast target (nginx `return 200`).
+
+wrk is closed-loop: its figure is simply the requests/s it reaches. lbbench's generator is
+open-loop, so its figure is the highest *scheduled* rate it sustains honestly: send
+lateness p99 under 2 ms, at least 99% of the scheduled requests answered 200, and at least
+95% of the requested rate achieved. That rate is searched (bounded: a few probes per
+round, geometric steps, then bisection to within 10%). Both sides use the same number of
+keep-alive connections and the same number of threads / worker processes.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from lbbench.netaddr import HostPort
+
+LATENESS_P99_MAX_S = 0.002
+OK_FRACTION_MIN = 0.99
+ACHIEVED_FRACTION_MIN = 0.95
+PRECISION = 1.10  # stop bisecting when the failing rate is within 10% of the passing one
+FIRST_RATE_RPS = 3000.0  # the generator's documented per-worker keep-alive rate (RPS_PER_WORKER)
+
+
+@dataclass(frozen=True)
+class Probe:
+    rate_rps: float
+    achieved_rps: float
+    ok_fraction: float
+    lateness_p99_ms: float | None
+    passed: bool
+    why: str  # "" when passed
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+
+
+def judge(rate_rps: float, achieved_rps: float, scheduled: int, ok: int, lateness_p99_s: float | None) -> Probe:
+    """Whether one run at `rate_rps` was sustained honestly, and if not why."""
+    ok_fraction = ok / scheduled if scheduled else 0.0
+    why = []
+    if lateness_p99_s is None or not math.isfinite(lateness_p99_s):
+        why.append("no lateness measured")
+    elif lateness_p99_s >= LATENESS_P99_MAX_S:
+        why.append(f"lateness p99 {lateness_p99_s * 1e3:.2f} ms >= {LATENESS_P99_MAX_S * 1e3:g} ms")
+    if ok_fraction < OK_FRACTION_MIN:
+        why.append(f"only {ok_fraction:.1%} of scheduled requests ok")
+    if achieved_rps < ACHIEVED_FRACTION_MIN * rate_rps:
+        why.append(f"achieved {achieved_rps:,.0f} of {rate_rps:,.0f} req/s")
+    late_ms = lateness_p99_s * 1e3 if lateness_p99_s is not None and math.isfinite(lateness_p99_s) else None
+    return Probe(rate_rps, achieved_rps, ok_fraction, late_ms, not why, "; ".join(why))
+
+
+ProbeFn = Callable[[float], Awaitable[Probe]]
+
+
+async def search_max_rate(probe: ProbeFn, start_rps: float, factor: float, max_probes: int,
+                          cap_rps: float) -> tuple[float, list[Probe]]:
+    """Highest passing rate found in at most `max_probes` probes (0.0 if none passed).
+
+    Steps up (or down) by `factor` until a pass and a failure bracket the answer, then
+    bisects geometrically until the bracket is within PRECISION. Never probes above `cap_rps`.
+    """
+    if start_rps <= 0 or factor <= 1 or max_probes < 1 or cap_rps <= 0:
+        raise ValueError("search_max_rate needs start_rps > 0, factor > 1, max_probes >= 1, cap_rps > 0")
+    best, lowest_fail = 0.0, math.inf
+    rate = min(start_rps, cap_rps)
+    probes: list[Probe] = []
+    for _ in range(max_probes):
+        p = await probe(rate)
+        probes.append(p)
+        if p.passed:
+            best = max(best, rate)
+        else:
+            lowest_fail = min(lowest_fail, rate)
+        if lowest_fail == math.inf:
+            if rate >= cap_rps:
+                break  # passes at the cap: the cap is the answer
+            rate = min(rate * factor, cap_rps)
+        elif best == 0.0:
+            rate = rate / factor
+        elif lowest_fail / best <= PRECISION:
+            break
+        else:
+            rate = math.sqrt(best * lowest_fail)
+    return best, probes
+
+
+async def lbbench_probe(target: HostPort, rate_rps: float, duration_s: float, connections: int,
+                        workers: int, seed: int) -> Probe:
+    """One open-loop run of lbbench's generator at `rate_rps`, judged."""
+    from lbbench.load.generator import LoadGenerator
+    from lbbench.load.spec import ConnectionMode, LoadSpec
+
+    spec = LoadSpec(target, rate_rps=rate_rps, duration_s=duration_s, connections=ConnectionMode(
+        "keepalive", connections), workers=workers, seed=seed, record_rows=False, timeout_s=2.0)
+    gen = LoadGenerator(spec)
+    try:
+        await gen.prepare()
+        await gen.start(time.monotonic() + 0.2)
+        s = (await gen.result()).summary
+    finally:
+        await gen.aclose()
+    return judge(rate_rps, s.achieved_rps, s.scheduled, s.ok, s.lateness_s.get("p99"))
+
+
+@dataclass
+class GeneratorRun:
+    wrk_rps: list[float]
+    wrk_p99_ms: list[float]
+    lbbench_rps: list[float]
+    probes: list[list[Probe]]
+
+
+async def run_rounds(wrk_once: Callable[[], Awaitable[tuple[float, float]]],
+                     probe: ProbeFn, repeats: int, log: Callable[[str], None]) -> GeneratorRun:
+    """Interleaved rounds (who goes first alternates): wrk's rate, then lbbench's searched maximum.
+
+    The first search starts at the generator's documented per-worker rate and doubles; later
+    ones start at the previous answer with 20% steps, so they need only a few probes.
+    """
+    run = GeneratorRun([], [], [], [])
+    for r in range(repeats):
+        async def lbbench_side() -> None:
+            if run.lbbench_rps and run.lbbench_rps[-1] > 0:
+                start, factor, budget = run.lbbench_rps[-1], 1.2, 3
+            else:
+                start, factor, budget = FIRST_RATE_RPS, 2.0, 7
+            cap = 3 * max(run.wrk_rps, default=100_000.0)
+            best, probes = await search_max_rate(probe, start, factor, budget, cap)
+            run.lbbench_rps.append(best)
+            run.probes.append(probes)
+            log(f"round {r + 1}/{repeats} lbbench generator: max {best:,.0f} req/s "
+                f"({len(probes)} probes)")
+
+        async def wrk_side() -> None:
+            rps, p99 = await wrk_once()
+            run.wrk_rps.append(rps)
+            run.wrk_p99_ms.append(p99)
+            log(f"round {r + 1}/{repeats} wrk: {rps:,.0f} req/s")
+
+        first, second = (wrk_side, lbbench_side) if r % 2 == 0 else (lbbench_side, wrk_side)
+        await first()
+        await second()
+    return run

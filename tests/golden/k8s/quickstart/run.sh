@@ -1,0 +1,59 @@
+#!/bin/sh
+# Run configs/quickstart.toml on the cluster of the current kubectl context (rendered by `lbbench k8s render`).
+# usage: sh run.sh [PARTS_DIR]     (env LBBENCH_LEAD_S: seconds between creating a Job and its t=0)
+set -eu
+DIR=$(cd "$(dirname "$0")" && pwd)
+OUT=${1:-lbbench-parts}
+LEAD_S=${LBBENCH_LEAD_S:-45}
+REPEATS=1
+RESULTS=results/k8s-quickstart
+mkdir -p "$OUT"
+kubectl apply -f "$DIR/00-namespaces.yaml"
+kubectl apply -f "$DIR/10-workloads.yaml"
+kubectl apply -f "$DIR/20-services.yaml"
+kubectl apply -f "$DIR/30-ingress.yaml"
+kubectl apply -f "$DIR/40-l7-proxy.yaml"
+kubectl -n lbbench-quickstart rollout status deployment/web --timeout=600s
+kubectl -n lbbench-quickstart rollout status deployment/lbbench-l7-proxy --timeout=600s
+
+# -- kube-proxy @ 280 rps: 3 part(s) --
+r=0
+while [ "$r" -lt "$REPEATS" ]; do
+  START=$(( $(date +%s) + LEAD_S ))
+  kubectl -n lbbench-quickstart create configmap lbbench-clock --from-literal=start_at="$START" --from-literal=repeat="$r" \
+    --dry-run=client -o yaml | kubectl apply -f -
+  kubectl apply -f "$DIR/50-load-kube-proxy-0.yaml"
+  sh "$DIR/faults.sh" "$START" kube-proxy 280 "$r" > "$OUT/events-kube-proxy-280rps-$r.csv" &
+  FAULTS=$!
+  kubectl -n lbbench-quickstart wait --for=condition=complete job/lbbench-load-kube-proxy-0 --timeout=$(( LEAD_S + 142 ))s \
+    || echo "run.sh: job lbbench-load-kube-proxy-0 did not complete; collecting what is there" >&2
+  wait "$FAULTS" || true
+  for pod in $(kubectl -n lbbench-quickstart get pods -l job-name=lbbench-load-kube-proxy-0 -o name); do
+    kubectl -n lbbench-quickstart logs "$pod" --tail=-1 > "$OUT/kube-proxy-280rps-$r-${pod#pod/}.log" || echo "run.sh: no log of $pod" >&2
+  done
+  kubectl -n lbbench-quickstart delete job lbbench-load-kube-proxy-0 --wait=true
+  r=$(( r + 1 ))
+done
+
+# -- l7-proxy @ 280 rps: 3 part(s) --
+r=0
+while [ "$r" -lt "$REPEATS" ]; do
+  START=$(( $(date +%s) + LEAD_S ))
+  kubectl -n lbbench-quickstart create configmap lbbench-clock --from-literal=start_at="$START" --from-literal=repeat="$r" \
+    --dry-run=client -o yaml | kubectl apply -f -
+  kubectl apply -f "$DIR/50-load-l7-proxy-0.yaml"
+  sh "$DIR/faults.sh" "$START" l7-proxy 280 "$r" > "$OUT/events-l7-proxy-280rps-$r.csv" &
+  FAULTS=$!
+  kubectl -n lbbench-quickstart wait --for=condition=complete job/lbbench-load-l7-proxy-0 --timeout=$(( LEAD_S + 142 ))s \
+    || echo "run.sh: job lbbench-load-l7-proxy-0 did not complete; collecting what is there" >&2
+  wait "$FAULTS" || true
+  for pod in $(kubectl -n lbbench-quickstart get pods -l job-name=lbbench-load-l7-proxy-0 -o name); do
+    kubectl -n lbbench-quickstart logs "$pod" --tail=-1 > "$OUT/l7-proxy-280rps-$r-${pod#pod/}.log" || echo "run.sh: no log of $pod" >&2
+  done
+  kubectl -n lbbench-quickstart delete job lbbench-load-l7-proxy-0 --wait=true
+  r=$(( r + 1 ))
+done
+
+echo "collected into $OUT; now:"
+echo "  lbbench merge $OUT/*.log --events $OUT/events-*.csv --config $DIR/config.toml --out $RESULTS"
+echo "  lbbench report $RESULTS"
