@@ -14,7 +14,7 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY lbbench ./lbbench
 # every dependency ships manylinux wheels for CPython 3.11 (amd64 and arm64): no compiler needed
-RUN pip install . pyyaml \
+RUN pip install . \
     && rm -rf /src \
     && useradd --uid 10001 --no-create-home --shell /usr/sbin/nologin lbbench
 

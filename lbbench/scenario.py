@@ -191,7 +191,8 @@ class Phase:
             spec, self.record.target = await resolved_load_spec(self.config, fe, plan, dns, self.key.rate_rps,
                                                                seed, log)
             gen = self.generator = LoadGenerator(spec)
-            t0 = time.monotonic() + self.config.run.warmup_s + 0.5
+            await gen.prepare()  # workers up and holding their share of the schedule
+            t0 = time.monotonic() + self.config.run.warmup_s + 0.1
             await gen.start(t0)
             log.rebase(t0)
             log.log("load_started", self.record.target, f"rate={self.key.rate_rps:g}", at_s=0.0)
@@ -210,6 +211,8 @@ class Phase:
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            if self.generator is not None:
+                await self.generator.aclose()
             self.record.cpu_s = cpu.totals()
             if self.record.load is not None:
                 self.record.cpu_s["generator"] = sum(self.record.load.worker_cpu_s)

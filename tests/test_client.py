@@ -93,7 +93,7 @@ def test_close_mode_opens_a_new_connection_per_request(pod: HostPort) -> None:
     assert {r.status for r in reqs} == {200}
     assert len({r.conn_id for r in reqs}) == 5 and all(r.new_conn for r in reqs)
     assert {r.pod for r in reqs} == {"web-a"} and {r.pod_ip for r in reqs} == {pod.host}
-    assert all(r.service_ms >= 0.9 and r.queue_ms >= 0 for r in reqs)
+    assert all(r.service_ms > 0.5 and r.queue_ms >= 0 for r in reqs)  # const:1ms, as the pod measured it
     assert all(r.intended <= r.issued <= r.sent < r.done for r in reqs)
 
 

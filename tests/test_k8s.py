@@ -426,6 +426,7 @@ def test_faults_script_fires_at_the_offsets(tmp_path: Path) -> None:
     assert events["at_s"].between(0.3, 5.0).all() and pd.api.types.is_float_dtype(events["at_s"])
 
 
+@pytest.mark.slow
 def test_cli_render_and_its_errors(tmp_path: Path) -> None:
     def lbbench(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "lbbench", *args], capture_output=True, text=True, timeout=60,
@@ -450,3 +451,9 @@ def test_namespace_map_keeps_everything_out_of_default(tmp_path: Path) -> None:
     rendered = render(config, RenderOptions(namespace="bench"))
     spaces = {d["metadata"].get("namespace") for _, d in documents(rendered) if d["kind"] != "Namespace"}
     assert spaces == {"bench", "bench-db"}
+
+
+def test_parts_too_big_for_kubectl_logs_are_flagged(tmp_path: Path) -> None:
+    config = _config(tmp_path, "timeline", TIMELINE.replace("rate = 10", "rate = 2000").replace('"1s"', '"600s"'))
+    assert any("--parallelism 8 or more" in n for n in render(config, RenderOptions(parallelism=3)).notes)
+    assert not any("MiB of log" in n for n in render(config, RenderOptions(parallelism=8)).notes)

@@ -333,3 +333,63 @@ def test_schedule_rebuilt_from_a_part_spec() -> None:
     assert got is not None and np.array_equal(got, build_schedule(spec))
     assert schedule_of({**d, "closed_loop_users": 5}) is None
 
+
+
+def test_phases_of_several_front_ends_and_repeats(tmp_path: Path) -> None:
+    """Logs of two load Jobs (kube-proxy, l7-proxy) x two repeats: one folder, phases in `lbbench run`'s order."""
+    logs = []
+    for fe in ("kube-proxy", "l7-proxy"):
+        for rep in (0, 1):
+            buf = io.StringIO()
+            for i, folder in enumerate(_three(tmp_path / f"{fe}-{rep}")):
+                pack(folder, fe, rep, buf)
+                buf.write(f"noise between pods {i}\n")
+            log = tmp_path / f"{fe}-{rep}.log"
+            log.write_text(buf.getvalue())
+            logs.append(log)
+    events = tmp_path / "events.csv"
+    events.write_text("at_s,kind,target,detail,frontend,rate_rps,repeat\n"
+                      "0.5,event,deployment/web,kill_pod,kube-proxy,300,0\n"
+                      "0.7,event,deployment/web,kill_pod,kube-proxy,300,1\n")
+    out = tmp_path / "out"
+    assert merge_cmd.run(merge_args(logs[::-1], out, "--events", str(events))) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert [(p["frontend"], p["repeat"]) for p in summary["phases"]] == [
+        ("l7-proxy", 0), ("l7-proxy", 1), ("kube-proxy", 0), ("kube-proxy", 1)]
+    results = load_results(out)
+    _, problems = check(results)
+    assert problems == []
+    kp = results.frontend("kube-proxy")
+    assert kp is not None and kp.repeats == 2 and [f.at_s for f in kp.failover] == [0.5, 0.7]
+    assert kp.requests == 2 * len(build_schedule(_spec()))
+
+
+CONFIG = """
+[[deployments]]
+name = "web"
+replicas = 3
+[[services]]
+name = "web"
+selector = { app = "web" }
+[load]
+service = "web"
+rate = 300
+[run]
+duration = "DURATION"
+seed = 3
+frontends = ["kernel-nftables", "l7-proxy"]
+"""
+
+
+def test_config_adds_theory_and_must_match_the_parts(tmp_path: Path) -> None:
+    folders = _three(tmp_path)
+    config = tmp_path / "c.toml"
+    config.write_text(CONFIG.replace("DURATION", "2s"))
+    out = tmp_path / "out"
+    assert merge_cmd.run(merge_args(folders, out, "--config", str(config))) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert (out / "config.toml").read_text() == config.read_text() and summary["config"]["name"] == "c"
+    assert summary["frontends"]["kube-proxy"]["theory"]["model"] == "random_split"  # kube-proxy: random DNAT
+    config.write_text(CONFIG.replace("DURATION", "5s"))
+    with pytest.raises(UserError, match=r"ran for 2 s but .* says run\.duration = 5 s"):
+        merge_cmd.run(merge_args(folders, tmp_path / "out2", "--config", str(config)))

@@ -9,6 +9,7 @@ import random
 import socket
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 
 import psutil
@@ -201,6 +202,11 @@ def test_balancing_spreads_over_pods_and_stats_count_it(supervisor: Supervisor) 
     backends = stats["services"]["default/default"]["backends"]
     assert sorted(b["requests"] for b in backends) == [3, 3, 3]
     assert stats["totals"]["responses_2xx"] == 9
+    with urllib.request.urlopen(f"http://{px.stats}/metrics", timeout=5) as r:
+        metrics = r.read().decode()
+    assert "# TYPE lbbench_proxy_queue_length gauge" in metrics
+    assert 'lbbench_proxy_client_events_total{event="responses_2xx"} 9' in metrics
+    assert metrics.count("lbbench_proxy_backend_requests_total{") == 3
 
 
 def _backend(name: str, in_flight: int = 0, maxconn: int = 0) -> Backend:

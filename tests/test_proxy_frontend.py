@@ -58,7 +58,7 @@ def test_ingress_rules_route_and_entrypoints_name_the_host(supervisor: Superviso
         await fe.start()
         try:
             assert (tmp_path / "l7-proxy-plan.json").exists()
-            assert fe.pids() == [fe.child.pid] if fe.child else False
+            assert fe.child is not None and fe.pids() == [fe.child.pid]
             await fe.update_endpoints("shop/a", (_ep("pod-a", pod_a),))
             await fe.update_endpoints("shop/b", (_ep("pod-b", pod_b),))
             ep_a, ep_b = fe.entrypoint("shop/a"), fe.entrypoint("shop/b")

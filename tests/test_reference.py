@@ -366,3 +366,56 @@ def test_a_port_already_taken_is_a_clear_error(supervisor: Supervisor) -> None:
         with pytest.raises(UserError, match="haproxy exited"):
             run(fe.start())
         run(fe.stop())
+
+
+@pytest.mark.parametrize("cls", params([HaproxyHttp]))
+def test_haproxy_grows_its_server_slots_with_one_process_reload(cls: type[ReferenceFrontend],
+                                                               pods: dict[str, HostPort],
+                                                               supervisor: Supervisor) -> None:
+    """More endpoints than pre-allocated slots: re-render and reload the master; fewer: runtime API only."""
+    svc = service()
+    many = tuple(Endpoint(f"{n}{i}", pods[n].host, pods[n].port) for i in range(3) for n in "abc")  # 9 > 8 slots
+
+    async def scenario() -> tuple[dict[str, float], dict[str, float], set[str | None], list[int], list[int]]:
+        fe = cls(make_plan(svc), supervisor)
+        await fe.start()
+        try:
+            master = fe.pids()
+            await fe.update_endpoints(svc.key, many)
+            grown = await fe.counters()
+            seen = set((await asyncio.to_thread(spread, fe.entrypoint(svc.key), 18)).keys())
+            await fe.update_endpoints(svc.key, endpoints(pods, "a", "b"))
+            return grown, await fe.counters(), seen, master, fe.pids()
+        finally:
+            await fe.stop()
+
+    grown, shrunk, seen, master_before, master_after = run(scenario())
+    assert grown["process_reloads"] == 1
+    assert seen == {"a", "b", "c"}
+    assert shrunk["process_reloads"] == 1 and shrunk["reloads"] == 2
+    assert master_before == master_after, "master-worker mode keeps the master across reloads"
+
+
+def test_proxy_settings_map_to_each_proxys_knobs(supervisor: Supervisor, tmp_path: Path) -> None:
+    """The knobs the module docstrings promise appear in the renders (the tools' own checks cover syntax)."""
+    svc = service()
+    proxy = ProxySettings(maxconn=3, queue_timeout_s=2.5, balance="p2c", retries=2, eject_after=4)
+    eps = endpoints({"a": HostPort("127.200.0.1", 8080)}, "a")
+    renders = {}
+    for cls in ALL:
+        fe = cls(make_plan(svc, proxy=proxy), supervisor)
+        fe.workdir = tmp_path
+        fe.endpoints[svc.key] = eps
+        fe.assign(svc.key)
+        renders[cls.name] = fe.render()
+    h, t, n, a = renders["haproxy"], renders["haproxy-tcp"], renders["nginx"], renders["httpd"]
+    for knob in ("balance random(2)", "timeout queue 2500ms", "retries 2", "option redispatch", "maxconn 3",
+                 "option httpchk GET /healthz", "server s1 127.200.0.1:8080 check inter 500 fall 2 rise 1"):
+        assert knob in h, knob
+    for knob in ("mode tcp", "balance random(1)", "retries 0", f"bind {svc.cluster_ip}:8000"):
+        assert knob in t, knob
+    assert "check" not in t and "maxconn 3" not in t and "redispatch" not in t
+    for knob in ("random two least_conn;", "max_conns=3 max_fails=4 fail_timeout=1s", "proxy_next_upstream_tries 3;"):
+        assert knob in n, knob
+    for knob in ("lbmethod=bybusyness maxattempts=2", "max=3 acquire=2500", "hcuri=/healthz"):
+        assert knob in a, knob

@@ -10,6 +10,7 @@ keep-alive connections and the same number of threads / worker processes.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Awaitable, Callable
@@ -115,6 +116,25 @@ class GeneratorRun:
     probes: list[list[Probe]]
 
 
+async def _lbbench_round(run: GeneratorRun, probe: ProbeFn) -> str:
+    if run.lbbench_rps and run.lbbench_rps[-1] > 0:
+        start, factor, budget = run.lbbench_rps[-1], 1.2, 3
+    else:
+        start, factor, budget = FIRST_RATE_RPS, 2.0, 7
+    cap = 3 * max(run.wrk_rps, default=100_000.0)
+    best, probes = await search_max_rate(probe, start, factor, budget, cap)
+    run.lbbench_rps.append(best)
+    run.probes.append(probes)
+    return f"lbbench generator: max {best:,.0f} req/s ({len(probes)} probes)"
+
+
+async def _wrk_round(run: GeneratorRun, wrk_once: Callable[[], Awaitable[tuple[float, float]]]) -> str:
+    rps, p99 = await wrk_once()
+    run.wrk_rps.append(rps)
+    run.wrk_p99_ms.append(p99)
+    return f"wrk: {rps:,.0f} req/s"
+
+
 async def run_rounds(wrk_once: Callable[[], Awaitable[tuple[float, float]]],
                      probe: ProbeFn, repeats: int, log: Callable[[str], None]) -> GeneratorRun:
     """Interleaved rounds (who goes first alternates): wrk's rate, then lbbench's searched maximum.
@@ -124,25 +144,9 @@ async def run_rounds(wrk_once: Callable[[], Awaitable[tuple[float, float]]],
     """
     run = GeneratorRun([], [], [], [])
     for r in range(repeats):
-        async def lbbench_side() -> None:
-            if run.lbbench_rps and run.lbbench_rps[-1] > 0:
-                start, factor, budget = run.lbbench_rps[-1], 1.2, 3
-            else:
-                start, factor, budget = FIRST_RATE_RPS, 2.0, 7
-            cap = 3 * max(run.wrk_rps, default=100_000.0)
-            best, probes = await search_max_rate(probe, start, factor, budget, cap)
-            run.lbbench_rps.append(best)
-            run.probes.append(probes)
-            log(f"round {r + 1}/{repeats} lbbench generator: max {best:,.0f} req/s "
-                f"({len(probes)} probes)")
-
-        async def wrk_side() -> None:
-            rps, p99 = await wrk_once()
-            run.wrk_rps.append(rps)
-            run.wrk_p99_ms.append(p99)
-            log(f"round {r + 1}/{repeats} wrk: {rps:,.0f} req/s")
-
-        first, second = (wrk_side, lbbench_side) if r % 2 == 0 else (lbbench_side, wrk_side)
-        await first()
-        await second()
+        sides = [functools.partial(_wrk_round, run, wrk_once), functools.partial(_lbbench_round, run, probe)]
+        if r % 2:
+            sides.reverse()
+        for side in sides:
+            log(f"round {r + 1}/{repeats} {await side()}")
     return run

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import json
 import math
+import os
 import re
 import signal
 import subprocess
@@ -129,7 +130,7 @@ async def _forget(sup: Supervisor, child: Child) -> None:
 NGINX_STATIC = """\
 daemon off;
 master_process off;
-worker_processes 1;
+{user}worker_processes 1;
 pid {wd}/nginx.pid;
 error_log stderr warn;
 events {{ worker_connections 4096; }}
@@ -167,7 +168,9 @@ class StaticNginx:
     def config(self, workdir: Path) -> str:
         temp = "\n".join(f"    {t}_temp_path {workdir}/{t};" for t in ("client_body", "proxy", "fastcgi", "uwsgi",
                                                                         "scgi"))
-        return NGINX_STATIC.format(wd=workdir, addr=self.addr, temp=temp)
+        # As root nginx would chown its temp dirs to "nobody", which a user namespace may not map.
+        user = "user root root;\n" if os.geteuid() == 0 else ""
+        return NGINX_STATIC.format(wd=workdir, addr=self.addr, temp=temp, user=user)
 
     async def start(self) -> None:
         nginx = find_tool("nginx")

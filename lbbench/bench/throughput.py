@@ -56,6 +56,7 @@ class Target:
     pids: Pids = _no_pids
     stop: Callable[[], Awaitable[None]] = _nothing
     note: str = ""
+    own_process: bool = False  # False: direct, or the kernel doing the work
 
 
 @dataclass
@@ -144,7 +145,7 @@ async def start_frontend(name: str, sup: Supervisor, backend: HostPort, layer: s
         entry = fe.entrypoint(spec.key)
         note = "kernel NAT: no process of its own (its CPU is charged to client and backend)" \
             if name in KERNEL else ""
-        target = Target(name, entry.addr, entry.host_header, fe.pids, fe.stop, note)
+        target = Target(name, entry.addr, entry.host_header, fe.pids, fe.stop, note, own_process=bool(fe.pids()))
         await wait_ok(target)
     except BaseException:
         with contextlib.suppress(Exception):
@@ -188,17 +189,36 @@ async def measure_once(wrk: Wrk, target: Target, backend_pids: Pids, duration_s:
 
 async def measure(run: GroupRun, wrk: Wrk, backend_pids: Pids, duration_s: float, repeats: int,
                   warmup_s: float, log: Callable[[str], None]) -> None:
-    """Warm every peer up, then `repeats` interleaved rounds, each in a rotated order."""
-    for t in run.targets:
-        await wrk.run(t.addr, t.host_header, warmup_s)
+    """Warm every peer up, then `repeats` interleaved rounds, each in a rotated order.
+
+    A peer whose client run fails (wrk without a report, ...) is dropped with the reason.
+    """
+    for t in list(run.targets):
+        try:
+            await wrk.run(t.addr, t.host_header, warmup_s)
+        except Exception as e:
+            await _drop(run, t, f"warm-up failed: {_one_line(e)}", log)
     run.rounds = {t.name: [] for t in run.targets}
-    n = len(run.targets)
     for r in range(repeats):
+        n = len(run.targets)
         order = run.targets[r % n:] + run.targets[: r % n] if n else []
         for t in order:
-            got = await measure_once(wrk, t, backend_pids, duration_s)
+            try:
+                got = await measure_once(wrk, t, backend_pids, duration_s)
+            except Exception as e:
+                await _drop(run, t, f"failed during round {r + 1}: {_one_line(e)}", log)
+                continue
             run.rounds[t.name].append(got)
             log(f"round {r + 1}/{repeats} {t.name}: {got.rps:,.0f} req/s, p99 {got.p99_ms:.2f} ms")
+
+
+async def _drop(run: GroupRun, target: Target, why: str, log: Callable[[str], None]) -> None:
+    run.targets.remove(target)
+    run.rounds.pop(target.name, None)
+    run.skipped[target.name] = why
+    log(f"{target.name} dropped: {why}")
+    with contextlib.suppress(Exception):
+        await target.stop()
 
 
 async def stop_all(run: GroupRun) -> None:
@@ -216,7 +236,7 @@ def _finite(values: Sequence[float]) -> list[float]:
     return [v for v in values if math.isfinite(v)]
 
 
-def _stat_or_none(values: Sequence[float]) -> Stat | None:
+def stat_or_none(values: Sequence[float]) -> Stat | None:
     vals = _finite(values)
     return stat(vals) if vals else None
 
@@ -226,19 +246,18 @@ def peer_figures(target: Target, rounds: Sequence[Round]) -> dict[str, Any]:
     for r in rounds:
         for k, v in r.errors.items():
             errors[k] = errors.get(k, 0) + v
-    has_process = bool(target.pids())
-    fe_cpu = [per_10k(r.frontend_cpu_s, r.requests) for r in rounds] if has_process else []
+    fe_cpu = [per_10k(r.frontend_cpu_s, r.requests) for r in rounds] if target.own_process else []
     return {
         "status": "ok",
         "address": str(target.addr),
         "host_header": target.host_header,
         "rps": stat([r.rps for r in rounds]),
-        "p50_ms": _stat_or_none([r.p50_ms for r in rounds]),
-        "p99_ms": _stat_or_none([r.p99_ms for r in rounds]),
+        "p50_ms": stat_or_none([r.p50_ms for r in rounds]),
+        "p99_ms": stat_or_none([r.p99_ms for r in rounds]),
         "requests": sum(r.requests for r in rounds),
         "errors": errors,
-        "frontend_cpu_s_per_10k": _stat_or_none(fe_cpu),
-        "backend_cpu_s_per_10k": _stat_or_none([per_10k(r.backend_cpu_s, r.requests) for r in rounds]),
+        "frontend_cpu_s_per_10k": stat_or_none(fe_cpu),
+        "backend_cpu_s_per_10k": stat_or_none([per_10k(r.backend_cpu_s, r.requests) for r in rounds]),
         "note": target.note,
     }
 

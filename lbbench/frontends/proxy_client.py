@@ -66,6 +66,7 @@ class ClientConnection(asyncio.Protocol):
         self.closing = False
         self.eof = False
         self.fatal: tuple[int, str] | None = None
+        self.wbuf: list[bytes] = []  # response bytes produced during one backend read
         self._finishing = False
         self._finished: Exchange | None = None
         self.peer = b"unknown"
@@ -216,8 +217,8 @@ class ClientConnection(asyncio.Protocol):
             return
         if ex.framing == CHUNKED and ex.request_done:
             self._to_upstream(ex, LAST_CHUNK)  # pipelined chunked request, complete before its turn
-        if ex.expect_continue and not ex.request_done and self.transport is not None:
-            self.transport.write(CONTINUE_100)
+        if ex.expect_continue and not ex.request_done:
+            self._send(CONTINUE_100)
         assert ex.pool is not None
         ex.pool.admit(ex)
 
@@ -287,26 +288,48 @@ class ClientConnection(asyncio.Protocol):
         head, framing, ex.out_framing, ex.keep_alive = client_head(
             status, reason, headers, head_request=ex.is_head, version11=ex.version11,
             keep_alive=ex.keep_alive and not self.fatal, queue_ms=ex.queue_wait_s * 1e3)
-        if ex.state == ACTIVE and self.transport is not None:
+        if ex.state == ACTIVE:
             ex.status = status
             ex.head_sent = True
-            self.transport.write(head)
+            self.wbuf.append(head)
         return framing
 
     def response_body(self, ex: Exchange, data: bytes) -> None:
-        if ex.state != ACTIVE or self.transport is None:
+        if ex.state != ACTIVE:
             return
         if ex.out_framing == CHUNKED:
-            self.transport.writelines((chunk_size_line(len(data)), data, CRLF))
+            self.wbuf += (chunk_size_line(len(data)), data, CRLF)
         else:
+            self.wbuf.append(data)
+
+    def flush(self) -> None:
+        """Write what the responses produced: one write per backend read, not one per piece."""
+        buf = self.wbuf
+        if not buf:
+            return
+        self.wbuf = []
+        t = self.transport
+        if t is None or t.is_closing():
+            return
+        if len(buf) == 1:
+            t.write(buf[0])
+        elif len(buf) <= 8:
+            t.write(b"".join(buf))
+        else:
+            t.writelines(buf)
+
+    def _send(self, data: bytes) -> None:
+        self.flush()
+        if self.transport is not None:
             self.transport.write(data)
 
     def response_done(self, ex: Exchange, up: UpstreamConnection, reusable: bool) -> None:
         if ex.state != ACTIVE:
             up.release(False)
             return
-        if ex.out_framing == CHUNKED and self.transport is not None:
-            self.transport.write(LAST_CHUNK)
+        if ex.out_framing == CHUNKED:
+            self.wbuf.append(LAST_CHUNK)
+        self.flush()
         ex.upstream = None
         up.release(reusable and ex.request_done)
         self._unpause(P_UPSTREAM)
@@ -330,8 +353,8 @@ class ClientConnection(asyncio.Protocol):
             self._final(status, message)  # the rest of the body is not worth reading
             return
         keep = ex.keep_alive and self.fatal is None
-        self.transport.write(error_response(status, message, keep_alive=keep, version11=ex.version11,
-                                            head_request=ex.is_head))
+        self._send(error_response(status, message, keep_alive=keep, version11=ex.version11,
+                                  head_request=ex.is_head))
         if not keep:
             ex.keep_alive = False
         self._finish(ex)
@@ -398,7 +421,7 @@ class ClientConnection(asyncio.Protocol):
         """Write a last error response and close."""
         if self.transport is None or self.closing:
             return
-        self.transport.write(error_response(status, message))
+        self._send(error_response(status, message))
         self._linger()
 
     def _linger(self) -> None:
@@ -406,6 +429,7 @@ class ClientConnection(asyncio.Protocol):
         t = self.transport
         if t is None or self.closing:
             return
+        self.flush()
         self.closing = True
         for ex in (self.reader.parsing, *self.pipeline):
             if ex is not None:

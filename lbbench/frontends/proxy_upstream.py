@@ -177,6 +177,7 @@ class UpstreamConnection(asyncio.Protocol):
             return
         self.got_bytes = True
         self.deadline = time.monotonic() + self.pool.settings.server_timeout_s
+        client = self.ex.client
         try:
             self.parser.feed_data(data)
         except HttpParserError as e:
@@ -186,6 +187,7 @@ class UpstreamConnection(asyncio.Protocol):
             self.abort()
             if ex is not None:
                 ex.client.upstream_failed(ex, PROTOCOL)
+        client.flush()
 
     def on_status(self, status: bytes) -> None:
         self.reason += status

@@ -135,6 +135,7 @@ def schedule_of(spec: dict[str, Any]) -> FloatArray | None:
     names = {f.name for f in dataclasses.fields(LoadSpec)}
     data = {k: v for k, v in spec.items() if k in names}
     data["target"] = "127.0.0.1:80"  # the schedule does not depend on where it is sent
+    data.update({k: v for k, v in (("part_index", 0), ("part_count", 1), ("allow_remote", False)) if k in names})
     try:
         return build_schedule(LoadSpec.from_dict(data))
     except (KeyError, TypeError, ValueError) as e:
@@ -272,7 +273,10 @@ def read_events(paths: Sequence[Path]) -> pd.DataFrame:
     if not frames:
         return pd.DataFrame(columns=cols)
     df = pd.concat(frames, ignore_index=True)
-    df["at_s"] = pd.to_numeric(df["at_s"], errors="raise")
+    try:
+        df["at_s"] = pd.to_numeric(df["at_s"], errors="raise")
+    except ValueError as e:
+        raise UserError(f"events: at_s must be seconds: {e}") from None
     return df
 
 
@@ -358,7 +362,11 @@ def _config_section(phases: list[MergedPhase], config: Config | None, name: str,
 def write_folder(out: Path, phases: list[MergedPhase], events: pd.DataFrame, config: Config | None,
                  name: str) -> dict[str, Any]:
     """Write requests.parquet, events.csv, timeseries.parquet, summary.json (and config.toml)."""
-    duration_s = float(phases[0].parts[0].spec["duration_s"])
+    durations = sorted({float(ph.parts[0].spec["duration_s"]) for ph in phases})
+    if len(durations) > 1:
+        raise UserError(f"the phases ran for different durations ({', '.join(f'{d:g} s' for d in durations)}): "
+                        "merge the parts of one experiment at a time")
+    duration_s = durations[0]
     if config is not None and abs(config.run.duration_s - duration_s) > 1e-9:
         raise UserError(f"the parts ran for {duration_s:g} s but {config.path} says run.duration = "
                         f"{config.run.duration_s:g} s: not this config's parts")

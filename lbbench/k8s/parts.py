@@ -86,11 +86,9 @@ def read_folder(folder: Path) -> dict[str, bytes]:
 
 
 def read_parts(path: Path) -> list[PartFiles]:
-    """A part folder (its label from part.json if there is one), or every armored block of a log file."""
+    """A part folder (no label: the caller's default front end, repeat 0), or every armored block of a log file."""
     if path.is_dir():
-        label = path / "part.json"
-        header = json.loads(label.read_text()) if label.is_file() else {}
-        return [PartFiles(str(path), header, read_folder(path))]
+        return [PartFiles(str(path), {}, read_folder(path))]
     try:
         text = path.read_text(errors="replace")
     except OSError as e:

@@ -30,6 +30,8 @@ INGRESS_PROXIES = ("haproxy", "nginx", "httpd")
 CONTROLLERS = ("auto", "ingress-nginx", "haproxy-ingress", "haproxytech", "none")
 RPS_PER_WORKER = {"close": 1500.0, "keepalive": 3000.0}  # lbbench.load.generator's sizing
 USERS_PER_WORKER = 64
+LOG_BYTES_PER_REQUEST = 52  # a packed part, measured: parquet rows, gzip, base64
+LOG_LIMIT_BYTES = 8 * 2**20  # under the kubelet's default containerLogMaxSize (10 MiB), with room
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 
 
@@ -89,6 +91,8 @@ def targets(config: Config, ctx: m.Context, opts: RenderOptions, ingress_class: 
     """(front-end label, URL) of each load Job, in the config's front-end order."""
     lc = config.load
     svc = config.service(lc.service)
+    if opts.ingress_url is not None and not opts.ingress_url.startswith("http://"):
+        raise ValueError(f"--ingress-url must be an http:// URL, got {opts.ingress_url!r}")
     out: dict[str, str] = {}
     for fe in config.run.frontends:
         if fe in DNAT:
@@ -147,7 +151,20 @@ def phases(config: Config, ctx: m.Context, opts: RenderOptions, ingress_class: s
                                  "workers: each worker needs one (lower --parallelism or raise the pool)")
             out.append(m.LoadPhase(label, rate, f"lbbench-load-{label}-{k}", ctx.ns(svc.namespace), url,
                                    opts.parallelism, workers))
+    _log_size_note(config, out, opts.parallelism, notes)
     return out
+
+
+def _log_size_note(config: Config, load: list[m.LoadPhase], parallelism: int, notes: list[str]) -> None:
+    """Each part travels through `kubectl logs`, which only keeps the kubelet's current log file."""
+    if not load or config.load.closed_loop_users:
+        return
+    rate = max(p.rate_rps for p in load)
+    per_part = rate * config.run.duration_s / parallelism
+    if per_part * LOG_BYTES_PER_REQUEST > LOG_LIMIT_BYTES:
+        need = math.ceil(rate * config.run.duration_s * LOG_BYTES_PER_REQUEST / LOG_LIMIT_BYTES)
+        notes.append(f"~{per_part:,.0f} requests per part is ~{per_part * LOG_BYTES_PER_REQUEST / 2**20:.0f} MiB of "
+                     f"log, over the kubelet's default 10 MiB per container log: use --parallelism {need} or more")
 
 
 def _headless(config: Config, ctx: m.Context) -> tuple[list[m.Obj], dict[str, str]]:

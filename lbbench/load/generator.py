@@ -1,7 +1,8 @@
 """The load generator: W worker processes, one seeded schedule, results merged exactly.
 
     gen = LoadGenerator(spec)
-    await gen.start(start_at)      # spawn workers, return when all are ready (before start_at)
+    await gen.prepare()            # optional: spawn the workers now (~0.3-1 s), then pick t=0
+    await gen.start(start_at)      # spawn workers if needed, set them off at start_at (monotonic)
     gen.progress()                 # cumulative counters, from reports every ~250 ms
     gen.request_stop()             # optional abort: in-flight requests get <= 1 s
     result = await gen.result()    # rows (DataFrame), merged histogram, summary
@@ -187,7 +188,11 @@ class LoadGenerator:
             raise
 
     async def start(self, start_at: float) -> None:
-        """Spawn the workers (if `prepare` was not called) and set them off at `start_at` (monotonic)."""
+        """Spawn the workers (if `prepare` was not called) and set them off at `start_at` (monotonic).
+
+        Raises RuntimeError if the workers were not ready before `start_at` (a late start would
+        make every early request late): call `prepare()` first, then choose `start_at`.
+        """
         await self.prepare()
         now = time.monotonic()
         if now >= start_at:
