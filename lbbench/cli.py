@@ -27,6 +27,7 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("serve", "lbbench.commands.serve", "run one component on its own: a pod, the DNAT forwarder, the L7 proxy"),
     ("bench", "lbbench.commands.bench", "throughput/overhead suite against HAProxy, nginx, wrk and the kernel"),
     ("k8s", "lbbench.commands.k8s", "render the experiment as Kubernetes manifests"),
+    ("merge", "lbbench.commands.merge", "combine a distributed run's generator parts into one results folder"),
 )
 
 

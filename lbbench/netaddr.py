@@ -33,8 +33,11 @@ class HostPort:
         return f"{self.host}:{self.port}"
 
 
-def parse_hostport(text: str, *, default_port: int | None = None) -> HostPort:
-    """Parse 'IP:PORT' (loopback only). Raises ValueError with a readable message."""
+def parse_hostport(text: str, *, default_port: int | None = None, allow_remote: bool = False) -> HostPort:
+    """Parse 'IP:PORT' (loopback only unless `allow_remote`, for running inside a real cluster).
+
+    Raises ValueError with a readable message.
+    """
     host, sep, port_s = text.rpartition(":")
     if not sep:
         if default_port is None:
@@ -46,6 +49,12 @@ def parse_hostport(text: str, *, default_port: int | None = None) -> HostPort:
         raise ValueError(f"expected IP:PORT with a numeric port, got {text!r}") from None
     if not 0 <= port <= 65535:
         raise ValueError(f"port {port} out of range 0-65535 in {text!r}")
+    if allow_remote and host != "localhost":
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise ValueError(f"expected an IP address, got {host!r} in {text!r}") from None
+        return HostPort(host, port)
     return HostPort(require_loopback(host), port)
 
 

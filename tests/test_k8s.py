@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import kubernetes_validate  # type: ignore[import-untyped]
 import pandas as pd
 import pytest
 import yaml
@@ -26,8 +27,6 @@ from lbbench.config import Config, load_config
 from lbbench.k8s import manifests as m
 from lbbench.k8s.merge import read_events
 from lbbench.k8s.render import K8S_VERSION, Rendered, RenderOptions, render, write
-
-kubernetes_validate = pytest.importorskip("kubernetes_validate")
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = ROOT / "tests" / "golden" / "k8s" / "quickstart"

@@ -189,6 +189,10 @@ _HTTPISH = st.one_of(
                               b"Content-Length: ", b"Transfer-Encoding: chunked", b"5", b"\r\n\r\n", b"0",
                               b"\x00", b"\xff", b" ", b"\t", b"Connection: close", b"hello"]),
              max_size=40).map(b"".join),
+    st.tuples(st.sampled_from([  # a valid request, then anything: pipelining into garbage
+        request_bytes("/"), request_bytes("/?delay=20ms:100"), request_bytes("/", method="POST", body=b"abc"),
+        b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n",
+    ]), st.binary(max_size=200)).map(b"".join),
 )
 
 
@@ -197,3 +201,13 @@ _HTTPISH = st.one_of(
 def test_random_bytes_never_stop_the_proxy(proxy: ProxyProcess, data: bytes) -> None:
     raw_exchange(proxy.addr, data, timeout_s=3.0, shut_write=True)
     _still_serving(proxy)
+
+
+def test_after_all_the_abuse_nothing_is_left_in_flight(proxy: ProxyProcess) -> None:
+    """Runs last on the module's proxy: every request it admitted was answered or withdrawn."""
+    time.sleep(0.3)
+    stats = get_stats(proxy.stats)
+    totals = stats["totals"]
+    assert totals["in_flight_total"] == 0 and totals["queue_len"] == 0
+    assert all(b["in_flight"] == 0 for b in stats["services"]["default/default"]["backends"])
+    assert stats["client_connections"] == 0

@@ -75,7 +75,11 @@ def scale_table(group: dict[str, Any]) -> Table:
     for key, f in figures.items():
         if key == "pod_start":
             continue
-        t.add_row(key.replace("_", " "), f"{f['seconds']['median'] * 1e3:,.1f} ms", _spread(f["seconds"]))
+        label = key.replace("_", " ")
+        if f.get("requested_services", f.get("services")) != f.get("services"):
+            label = (f"nft apply {f['services']} services (one transaction of {f['requested_services']} was "
+                     "refused: Message too long)")
+        t.add_row(label, f"{f['seconds']['median'] * 1e3:,.1f} ms", _spread(f["seconds"]))
     for key, why in group.get("skipped", {}).items():
         t.add_row(key.replace("_", " "), f"[dim]skipped: {why}[/dim]", "")
     return t
@@ -96,8 +100,10 @@ def ratio_table(doc: dict[str, Any]) -> Table:
         else:
             mark = "" if goal is None else (" [green]ok[/green]" if r["median"] >= goal else " [red]below[/red]")
             t.add_row(name, f"{r['median']:.2f}{mark}", f"{r['min']:.2f}", f"{r['max']:.2f}", goal_s)
+    cost = doc["groups"].get("cost", {}).get("peers", {})
     for fe, r in doc.get("ratios", {}).get("cpu_per_10k_vs_haproxy", {}).items():
-        t.add_row(f"cpu_per_10k {fe} vs haproxy (< 1 = cheaper)", f"{r['median']:.2f}", f"{r['min']:.2f}",
+        ref = "haproxy-tcp" if cost.get(fe, {}).get("layer") == "l4" else "haproxy"
+        t.add_row(f"CPU per 10k req: {fe} / {ref} (< 1 = cheaper)", f"{r['median']:.2f}", f"{r['min']:.2f}",
                   f"{r['max']:.2f}", "report")
     return t
 

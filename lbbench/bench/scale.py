@@ -87,32 +87,63 @@ async def endpoint_sync(sup: Supervisor, name: str, repeats: int, n: int = SYNC_
     return {"seconds": stat(took), "pods": n}
 
 
-async def nft_apply(sup: Supervisor, repeats: int, n: int = NFT_SERVICES) -> dict[str, Any]:
-    """Render + `nft -f` of the whole ruleset for n Services (inside the private namespace only)."""
-    from lbbench.frontends.nftables import FAMILY, TABLE, RulesApplier, render_full_apply
-
+def _nft_inputs(n: int) -> tuple[list[ServiceSpec], dict[str, tuple[Endpoint, ...]]]:
     svcs = services(n)
     per = NFT_ENDPOINTS_PER_SERVICE
     eps = {s.key: tuple(Endpoint(f"pod-{k}-{j}", _ip(200, k * per + j), 8080) for j in range(per))
            for k, s in enumerate(svcs)}
+    return svcs, eps
+
+
+async def _render_and_apply(applier: Any, n: int) -> tuple[float, float, int]:
+    from lbbench.frontends.nftables import render_full_apply
+
+    svcs, eps = _nft_inputs(n)
+    t0 = time.perf_counter()
+    text = render_full_apply(svcs, eps)
+    render = time.perf_counter() - t0
+    apply = await applier.apply(text, f"bench: {n} services")
+    return render, apply, len(text)
+
+
+async def nft_apply(sup: Supervisor, repeats: int, n: int = NFT_SERVICES) -> dict[str, Any]:
+    """Render + `nft -f` of the whole ruleset for n Services (inside the private namespace only).
+
+    If the transaction is too big for nft's netlink buffer (nft cannot raise it inside an
+    unprivileged user namespace), the count is halved until one applies; the figure then
+    says so (`services` < `requested_services`, with the refusal in `refused`).
+    """
+    from lbbench.frontends.nftables import FAMILY, TABLE, RulesApplier
+
     applier = RulesApplier(sup, None, "nft", ["-f"], ".nft", "nft")
     render_s: list[float] = []
     apply_s: list[float] = []
-    size = 0
+    refused: list[str] = []
+    count, size = n, 0
     try:
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            text = render_full_apply(svcs, eps)
-            render_s.append(time.perf_counter() - t0)
-            size = len(text)
-            apply_s.append(await applier.apply(text, f"bench: {n} services"))
+        while not render_s:
+            try:
+                render, apply, size = await _render_and_apply(applier, count)
+            except RuntimeError as e:
+                if "Message too long" not in str(e) or count < 50:
+                    raise
+                refused.append(f"{count} services: {str(e).strip().splitlines()[-1][-90:]}")
+                count //= 2
+                continue
+            render_s.append(render)
+            apply_s.append(apply)
+        for _ in range(repeats - 1):
+            render, apply, size = await _render_and_apply(applier, count)
+            render_s.append(render)
+            apply_s.append(apply)
     finally:
         with contextlib.suppress(RuntimeError):
             await applier.apply(f"delete table {FAMILY} {TABLE}\n", "bench: cleanup")
         applier.close()
     total = [a + b for a, b in zip(render_s, apply_s, strict=True)]
-    return {"seconds": stat(total), "render_s": stat(render_s), "apply_s": stat(apply_s), "services": n,
-            "endpoints_per_service": NFT_ENDPOINTS_PER_SERVICE, "ruleset_bytes": size}
+    return {"seconds": stat(total), "render_s": stat(render_s), "apply_s": stat(apply_s), "services": count,
+            "requested_services": n, "endpoints_per_service": NFT_ENDPOINTS_PER_SERVICE, "ruleset_bytes": size,
+            "refused": refused}
 
 
 def nft_skip_reason() -> str | None:

@@ -225,7 +225,7 @@ def cost_figures(state: SuiteState) -> dict[str, Any]:
             if not t.own_process or not rounds:
                 continue
             mine = _cpu_per_10k(rounds)
-            vs = paired_ratio(mine, _cpu_per_10k(ref)) if ref else None
+            vs = paired_ratio(mine, _cpu_per_10k(ref)) if ref and t.name != HAPROXY_OF[layer] else None
             own = throughput.stat_or_none(mine)
             if own is not None:
                 out[t.name] = {"layer": layer, "cpu_s_per_10k": own, "vs_haproxy": vs}

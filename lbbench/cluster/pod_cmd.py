@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import zlib
 
 from lbbench.netaddr import parse_hostport
 
@@ -21,6 +22,10 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--close-rate", type=float, default=0.0, help="fraction of requests closed without reply")
     p.add_argument("--unready", action="store_true", help="start with /healthz failing")
     p.add_argument("--no-control", action="store_true", help="do not read control messages from stdin")
+    p.add_argument("--allow-remote", action="store_true",
+                   help="accept a --listen address outside 127.0.0.0/8 (only in a container on a real cluster)")
+    p.add_argument("--seed-from-name", action="store_true",
+                   help="mix the pod name into the seed, so replicas started with the same args differ")
 
 
 def serve_command(args: argparse.Namespace) -> int:
@@ -31,7 +36,8 @@ def serve_command(args: argparse.Namespace) -> int:
     from lbbench.procs import die_with_parent
 
     die_with_parent()
-    addr = parse_hostport(args.listen)
+    addr = parse_hostport(args.listen, allow_remote=args.allow_remote)
+    seed = args.seed ^ zlib.crc32(args.name.encode()) if args.seed_from_name else args.seed
     if args.slots < 1:
         raise ValueError(f"--slots must be >= 1, got {args.slots}")
     for flag in ("error_rate", "hang_rate", "close_rate"):
@@ -39,6 +45,6 @@ def serve_command(args: argparse.Namespace) -> int:
             raise ValueError(f"--{flag.replace('_', '-')} must be in [0, 1]")
     faults = Faults(args.error_rate, args.slow_factor, args.hang_rate, args.close_rate, not args.unready)
     spec = PodSpec(args.name, addr.host, addr.port, ServiceTime.parse(args.service), args.slots,
-                   args.burn_cpu, args.seed, faults)
+                   args.burn_cpu, seed, faults)
     uvloop.run(serve_pod(spec, control=not args.no_control))
     return 0

@@ -95,7 +95,8 @@ def _run_here(settings: BenchSettings, out: Path, as_json: bool) -> int:
     if as_json:
         print(json.dumps(doc, indent=2))
     else:
-        output.print_report(doc, Console())
+        # Not a terminal (a log, CI): wide enough that the tables do not wrap.
+        output.print_report(doc, Console() if sys.stdout.isatty() else Console(width=150))
     err.print(f"wrote {out / 'bench.json'} and {out / 'bench.png'}")
     return 0
 

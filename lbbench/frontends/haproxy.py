@@ -69,6 +69,7 @@ from lbbench.frontends.reference import (
     ms,
     routes,
     safe_name,
+    wait_signal_handled,
 )
 from lbbench.netaddr import HostPort
 from lbbench.procs import Supervisor
@@ -162,6 +163,8 @@ class _Haproxy(ReferenceFrontend):
 
     async def _reload_process(self) -> None:
         assert self.child is not None
+        # The master (re-executed by each reload) ignores SIGUSR2 until its worker is up.
+        await wait_signal_handled(self.child.pid, signal.SIGUSR2)
         self.child.signal(signal.SIGUSR2)
         await self.wait_serving()
         self.process_reloads += 1

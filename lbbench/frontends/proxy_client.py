@@ -104,7 +104,8 @@ class ClientConnection(asyncio.Protocol):
         self.eof = True  # half-close while a backend works on it: answer, then close
         return True
 
-    def _cancel(self, ex: Exchange) -> None:
+    def _cancel(self, ex: Exchange, *, client_gone: bool = True) -> None:
+        """Withdraw `ex` from its queue or backend (client_gone: count it as the client's abort)."""
         state = ex.state
         if state >= DONE:
             return
@@ -116,7 +117,7 @@ class ClientConnection(asyncio.Protocol):
                 up.abort()
             ex.state = CANCELLED
             ex.pool.release(ex, ok=None)
-        if QUEUED <= state <= ACTIVE:
+        if client_gone and QUEUED <= state <= ACTIVE:
             self.app.c["client_aborts"] += 1
         ex.state = CANCELLED
 
@@ -406,12 +407,11 @@ class ClientConnection(asyncio.Protocol):
         if cur is None:
             self._final(status, message)
         elif cur is ex or not cur.request_done:
+            self._cancel(cur, client_gone=False)  # its request is broken: the backend gets no more of it
             if cur.head_sent:
-                self._cancel(cur)
                 if self.transport is not None:
                     self.transport.abort()
                 return
-            self._cancel(cur)
             self.current = None
             self._final(status, message)
         else:

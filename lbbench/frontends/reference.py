@@ -216,6 +216,31 @@ async def probe_generation(addr: HostPort, timeout_s: float = 1.0) -> int | None
     return int(m.group(1)) if m else None
 
 
+def handles_signal(pid: int, sig: int) -> bool:
+    """Whether `pid` has a handler for `sig` installed and does not block it (Linux /proc)."""
+    masks: dict[str, int] = {}
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(("SigBlk:", "SigCgt:")):
+                    key, value = line.split(":", 1)
+                    masks[key] = int(value, 16)
+    except (OSError, ValueError):
+        return False
+    bit = 1 << (sig - 1)
+    return bool(masks.get("SigCgt", 0) & bit) and not masks.get("SigBlk", 0) & bit
+
+
+async def wait_signal_handled(pid: int, sig: int, timeout_s: float = READY_TIMEOUT_S) -> None:
+    """Until `pid` will act on `sig`: a signal sent earlier may be dropped (HAProxy's master)."""
+    deadline = time.monotonic() + timeout_s
+    while not handles_signal(pid, sig):
+        if time.monotonic() > deadline:
+            raise UserError(f"process {pid} did not get ready for signal {signal.Signals(sig).name} "
+                            f"within {timeout_s:.0f} s")
+        await asyncio.sleep(_POLL_S)
+
+
 class ReferenceFrontend(Frontend):
     """Render -> write -> check -> run -> (update -> reload, timed) -> stop.
 
@@ -266,6 +291,7 @@ class ReferenceFrontend(Frontend):
         """Make the running proxy serve the freshly written config; returns how ("reload", ...)."""
         assert self.child is not None
         old = self.worker_pids()
+        await wait_signal_handled(self.child.pid, self.reload_signal())
         self.child.signal(self.reload_signal())
         await self.wait_serving(old)
         return "reload"

@@ -37,6 +37,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-lateness", default="2ms", metavar="S",
                    help="lateness p99 above this marks the generator as saturated")
     p.add_argument("--no-rows", action="store_true", help="keep histograms only, not one row per request")
+    p.add_argument("--allow-remote", action="store_true",
+                   help="accept a target outside 127.0.0.0/8 (only for running inside a real cluster; "
+                        "lbbench is loopback-only otherwise)")
     p.add_argument("--part", default="0/1", metavar="I/P",
                    help="send only part I of P of the schedule (every P-th request from the I-th): several "
                    "generators, e.g. the pods of a Kubernetes Job, split one run; merge with 'lbbench merge'")
@@ -81,7 +84,7 @@ def build_spec(args: argparse.Namespace) -> LoadSpec:
 
     dns = parse_hostport(args.dns) if args.dns else None
     part = parse_part(args.part)
-    target = parse_url(args.url, dns)
+    target = parse_url(args.url, dns, allow_remote=args.allow_remote)
     return LoadSpec(
         target=target.addr, path=target.path, host_header=target.host_header,
         rate_rps=args.rate, duration_s=parse_duration(args.duration), arrivals=args.arrivals,
@@ -89,7 +92,7 @@ def build_spec(args: argparse.Namespace) -> LoadSpec:
         workers=args.workers, closed_loop_users=args.closed_loop, think_time_s=parse_duration(args.think_time),
         connect_timeout_s=parse_duration(args.connect_timeout), timeout_s=parse_duration(args.timeout),
         seed=args.seed, record_rows=not args.no_rows, lateness_threshold_s=parse_duration(args.max_lateness),
-        part_index=part[0], part_count=part[1],
+        part_index=part[0], part_count=part[1], allow_remote=args.allow_remote,
     )
 
 

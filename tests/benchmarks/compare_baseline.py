@@ -1,0 +1,117 @@
+"""Compare a pytest-benchmark JSON against the committed baseline; exit 1 on a regression.
+
+    python tests/benchmarks/compare_baseline.py CURRENT.json [--baseline results/baseline/benchmarks.json]
+        [--threshold 1.6] [--write-baseline OUT.json [MORE.json ...]]
+
+The statistic is each benchmark's *minimum* round time (noise on a shared machine only ever
+adds time, so the minimum is the steadiest figure), divided by the minimum of the
+calibration benchmark of the same run: a uniformly slower machine cancels out. A benchmark
+regresses when current/baseline of that normalised time exceeds the threshold (default
+1.6: noise seen between runs on a busy 2-core machine stays well below it, a 2x slowdown
+is above it). Benchmarks new since the baseline are listed, not judged; ones that
+disappeared are listed as a warning.
+
+`--write-baseline` writes a new baseline from one or more runs, taking each benchmark's
+best normalised time over the runs (so a noisy run cannot loosen the gate).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+SCHEMA = "lbbench.benchmarks-baseline/1"
+CALIBRATION = "test_calibration"
+DEFAULT_THRESHOLD = 1.6
+DEFAULT_BASELINE = Path("results/baseline/benchmarks.json")
+
+
+def load_run(path: Path) -> dict[str, float]:
+    """fullname -> min seconds, from a pytest-benchmark --benchmark-json file."""
+    doc = json.loads(path.read_text())
+    out = {b["fullname"]: float(b["stats"]["min"]) for b in doc.get("benchmarks", [])}
+    if not out:
+        raise SystemExit(f"{path}: no benchmarks in it (was --benchmark-enable given?)")
+    return out
+
+
+def calibration_of(run: dict[str, float], where: str) -> float:
+    hits = [v for k, v in run.items() if k.endswith("::" + CALIBRATION)]
+    if len(hits) != 1 or hits[0] <= 0:
+        raise SystemExit(f"{where}: expected exactly one {CALIBRATION} benchmark, found {len(hits)}")
+    return hits[0]
+
+
+def normalised(run: dict[str, float], where: str) -> dict[str, float]:
+    cal = calibration_of(run, where)
+    return {k: v / cal for k, v in run.items() if not k.endswith("::" + CALIBRATION)}
+
+
+def make_baseline(paths: list[Path]) -> dict[str, Any]:
+    runs = [normalised(load_run(p), str(p)) for p in paths]
+    names = sorted(set().union(*runs))
+    return {
+        "schema": SCHEMA,
+        "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
+        "statistic": "min round time / min round time of test_calibration, best over the runs",
+        "runs": len(runs),
+        "machine": {"python": platform.python_version(), "machine": platform.machine(), "node": platform.node()},
+        "benchmarks": {n: min(r[n] for r in runs if n in r) for n in names},
+    }
+
+
+def compare(current: dict[str, float], baseline: dict[str, float], threshold: float) -> tuple[list[str], bool]:
+    """Report lines and whether any benchmark regressed."""
+    lines = [f"{'benchmark':<78} {'baseline':>9} {'now':>9} {'ratio':>6}"]
+    failed = False
+    for name in sorted(current):
+        now = current[name]
+        base = baseline.get(name)
+        if base is None:
+            lines.append(f"{name:<78} {'-':>9} {now:>9.4g} {'new':>6}")
+            continue
+        ratio = now / base
+        verdict = ""
+        if ratio > threshold:
+            failed = True
+            verdict = f"  REGRESSION (> {threshold:g}x)"
+        lines.append(f"{name:<78} {base:>9.4g} {now:>9.4g} {ratio:>5.2f}x{verdict}")
+    for name in sorted(set(baseline) - set(current)):
+        lines.append(f"{name:<78} warning: in the baseline but not measured now (renamed or removed?)")
+    return lines, failed
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    p.add_argument("current", type=Path, nargs="+", help="pytest-benchmark JSON file(s)")
+    p.add_argument("--baseline", type=Path, default=DEFAULT_BASELINE)
+    p.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
+                   help=f"fail when a normalised time grew by more than this factor (default {DEFAULT_THRESHOLD})")
+    p.add_argument("--write-baseline", type=Path, help="write a baseline from the given run(s) instead of comparing")
+    args = p.parse_args(argv)
+    if args.write_baseline:
+        doc = make_baseline(args.current)
+        args.write_baseline.parent.mkdir(parents=True, exist_ok=True)
+        args.write_baseline.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+        print(f"wrote {args.write_baseline} ({len(doc['benchmarks'])} benchmarks from {doc['runs']} run(s))")
+        return 0
+    if len(args.current) != 1:
+        p.error("compare takes exactly one current run")
+    base_doc = json.loads(args.baseline.read_text())
+    if base_doc.get("schema") != SCHEMA:
+        raise SystemExit(f"{args.baseline}: schema {base_doc.get('schema')!r}, expected {SCHEMA!r}")
+    lines, failed = compare(normalised(load_run(args.current[0]), str(args.current[0])), base_doc["benchmarks"],
+                            args.threshold)
+    print("\n".join(lines))
+    print(f"benchmark gate: {'FAILED' if failed else 'passed'} (threshold {args.threshold:g}x, normalised by "
+          f"{CALIBRATION})")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,76 @@
+"""The micro-benchmark regression gate, as CI runs it.
+
+    python tests/benchmarks/run_gate.py [--json results/benchmarks-ci.json] [--baseline ...] [-k EXPR]
+
+Runs every micro-benchmark in tests/benchmarks/ (pytest-benchmark, enabled) with a bounded
+time per benchmark, keeps the JSON (the CI artifact), then compares it with the committed
+baseline (see compare_baseline.py). Exit 0: no regression; 1: a regression; 2: the
+benchmarks themselves failed. Takes ~15 s on a 2-core machine.
+
+To see it catch a slowdown: ``LBBENCH_BENCH_SLOWDOWN=test_parse_one_response=2`` runs that
+benchmark's hot path twice per call (see conftest.py), and the gate fails.
+
+To refresh the baseline after an intended change (best of 3 runs):
+    for i in 1 2 3; do python tests/benchmarks/run_gate.py --json /tmp/b$i.json --no-compare; done
+    python tests/benchmarks/compare_baseline.py /tmp/b1.json /tmp/b2.json /tmp/b3.json \\
+        --write-baseline results/baseline/benchmarks.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent.parent
+sys.path.insert(0, str(HERE))
+
+import compare_baseline  # noqa: E402
+
+PYTEST_ARGS = (
+    "--benchmark-enable", "--benchmark-only",
+    "--benchmark-min-rounds=20",
+    "--benchmark-max-time=0.4",  # seconds per benchmark: bounds the gate's runtime
+    "--benchmark-min-time=0.00005",  # short functions are looped so the timer's cost stays small
+    "--benchmark-warmup=on", "--benchmark-warmup-iterations=200",
+    "--benchmark-columns=min,median,rounds",
+    "-q", "-p", "no:randomly",
+)
+
+
+def run_benchmarks(json_out: Path, select: str | None) -> int:
+    json_out.parent.mkdir(parents=True, exist_ok=True)
+    argv = [sys.executable, "-m", "pytest", str(HERE), *PYTEST_ARGS, f"--benchmark-json={json_out}"]
+    if select:
+        argv += ["-k", select]
+    from lbbench.procs import Supervisor
+
+    with Supervisor() as sup:  # dies with us: no benchmark left running if the gate is killed
+        child = sup.spawn("benchmarks", argv, stdin=subprocess.DEVNULL, stdout=None, cwd=str(ROOT))
+        return child.popen.wait()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="run the micro-benchmarks and compare them with the baseline")
+    p.add_argument("--json", type=Path, default=ROOT / "results" / "benchmarks-ci.json",
+                   help="where the pytest-benchmark JSON goes (the CI artifact)")
+    p.add_argument("--baseline", type=Path, default=ROOT / compare_baseline.DEFAULT_BASELINE)
+    p.add_argument("--threshold", type=float, default=compare_baseline.DEFAULT_THRESHOLD)
+    p.add_argument("-k", dest="select", help="only benchmarks matching this pytest -k expression "
+                   "(test_calibration is always added)")
+    p.add_argument("--no-compare", action="store_true", help="only run and write the JSON")
+    args = p.parse_args(argv)
+    select = f"({args.select}) or {compare_baseline.CALIBRATION}" if args.select else None
+    if run_benchmarks(args.json, select) != 0:
+        print("benchmark gate: the benchmarks themselves failed", file=sys.stderr)
+        return 2
+    if args.no_compare:
+        return 0
+    return compare_baseline.main([str(args.json), "--baseline", str(args.baseline),
+                                  "--threshold", str(args.threshold)])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
