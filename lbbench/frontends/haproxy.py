@@ -146,6 +146,7 @@ class _Haproxy(ReferenceFrontend):
     async def apply_update(self, service_key: str) -> str:
         if self._grew:
             self._grew = False
+            self._changed.pop(service_key, None)  # the new worker reads every slot from the config
             await self._reload_process()
             return "reload"
         be = safe_name(service_key)

@@ -6,7 +6,10 @@ DefaultRuntimeDir in a private directory, loading modules from /usr/lib/apache2/
 graceful restart (SIGUSR1 to the parent, what ``apachectl -k graceful`` sends; the
 separate config test of ``apachectl graceful`` is not timed, the config was checked at
 start and only endpoints change); done when the new generation answers the status
-virtual host. Old children finish their requests.
+virtual host. Old children finish their requests. Measured here (2.4 event MPM): a graceful
+restart usually stalls *new* connections for ~1 s (the new child waits a one-second
+scoreboard tick before it accepts; Debian's default MPM numbers do the same), so
+``reload_s`` is ~1 s and requests arriving meanwhile wait rather than fail.
 
 ProxySettings -> httpd (event MPM, mod_proxy_http, mod_proxy_balancer, mod_proxy_hcheck):
   maxconn            ``max=`` on each BalancerMember: the size of its connection pool per
@@ -35,7 +38,9 @@ by mod_proxy. A Service with no endpoints keeps one disabled placeholder member
 
 As root, children run as ``nobody``. Inside an unprivileged user namespace (lbbench's
 private netns: only uid 0 mapped) no switch is possible; the children log AH02155 once and
-keep the namespace's uid 0, which is the invoking user outside it.
+keep the namespace's uid 0, which is the invoking user outside it. mod_slotmem_shm names
+its segments after files in the private directory but creates them in /dev/shm; a clean
+stop removes them, a SIGKILL (lbbench itself killed) may leave a few small ones behind.
 """
 
 from __future__ import annotations

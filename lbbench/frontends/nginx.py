@@ -85,13 +85,14 @@ class Nginx(ReferenceFrontend):
     package: ClassVar[str] = "nginx"
     config_name: ClassVar[str] = "nginx.conf"
 
-    @property
-    def single_process(self) -> bool:
-        return os.geteuid() == 0 and unprivileged_identity() is None
-
     def __init__(self, plan: FrontendPlan, supervisor: Supervisor) -> None:
         super().__init__(plan, supervisor)
-        self._retiring: list[Child] = []
+        self._retiring: list[Child] = []  # replaced single processes finishing their requests
+
+    @property
+    def single_process(self) -> bool:
+        """Root that cannot switch users (an unprivileged user namespace): no master/worker split."""
+        return os.geteuid() == 0 and unprivileged_identity() is None
 
     def prepare_workdir(self, workdir: Path) -> None:
         (workdir / "tmp").mkdir()  # nginx creates the leaf temp dirs itself

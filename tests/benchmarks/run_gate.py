@@ -8,7 +8,7 @@ baseline (see compare_baseline.py). Exit 0: no regression; 1: a regression; 2: t
 benchmarks themselves failed. Takes ~15 s on a 2-core machine.
 
 To see it catch a slowdown: ``LBBENCH_BENCH_SLOWDOWN=test_parse_one_response=2`` runs that
-benchmark's hot path twice per call (see conftest.py), and the gate fails.
+benchmark's hot path twice per call (see slowdown.py), and the gate fails.
 
 To refresh the baseline after an intended change (best of 3 runs):
     for i in 1 2 3; do python tests/benchmarks/run_gate.py --json /tmp/b$i.json --no-compare; done

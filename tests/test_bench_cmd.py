@@ -1,0 +1,230 @@
+"""`lbbench bench`: the suite as a user runs it (tiny durations), its skips, its arithmetic."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lbbench.bench import generator as gen
+from lbbench.bench.peers import ClientSettings, Wrk, parse_wrk_report
+from lbbench.bench.stats import paired_ratio, stat
+from lbbench.bench.suite import GROUPS, RPS_RATIOS, SCHEMA, BenchSettings
+from lbbench.bench.throughput import L4_PEERS, L7_PEERS, http_ok, skip_reason
+from lbbench.cli import main
+from lbbench.netaddr import HostPort
+from lbbench.netns import netns_unavailable_reason
+from lbbench.procs import Supervisor, lbbench_argv
+
+STAT_KEYS = {"median", "min", "max", "n", "spread_pct", "values"}
+RATIOS = {"dnat_vs_haproxy_tcp", "l7_vs_haproxy_http", "l7_vs_nginx", "generator_vs_wrk", "cpu_per_10k_vs_haproxy"}
+
+
+def run_bench(args: list[str], env: dict[str, str] | None = None, timeout_s: float = 110) -> tuple[int, str, str]:
+    with Supervisor() as sup:
+        child = sup.spawn("bench", lbbench_argv("bench", *args), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, env=env)
+        out, err = child.popen.communicate(timeout=timeout_s)
+    return child.popen.returncode, out.decode(), err.decode()
+
+
+def assert_stat(s: Any, where: str) -> None:
+    assert isinstance(s, dict) and s.keys() >= STAT_KEYS, f"{where}: not a Stat: {s!r}"
+    assert s["min"] <= s["median"] <= s["max"] and s["n"] == len(s["values"]) >= 1, where
+    assert all(math.isfinite(v) for v in s["values"]), where
+
+
+def assert_peers(group: dict[str, Any], names: tuple[str, ...], where: str) -> list[str]:
+    """Every peer is there, measured or skipped with a reason; returns the measured ones."""
+    assert list(group["peers"]) == list(names), where
+    measured = []
+    for name, p in group["peers"].items():
+        if p["status"] == "skipped":
+            assert p["reason"].strip(), f"{where}/{name}: skipped without a reason"
+            continue
+        assert p["status"] == "ok", f"{where}/{name}"
+        assert_stat(p["rps"], f"{where}/{name}.rps")
+        assert p["rps"]["median"] > 0 and p["requests"] > 0, f"{where}/{name}: no requests got through"
+        measured.append(name)
+    return measured
+
+
+# -- end to end ---------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_bench_runs_and_writes_bench_json(tmp_path: Path) -> None:
+    """Every group with tiny durations: bench.json has every figure, ratio and skip reason; a PNG."""
+    out = tmp_path / "bench"
+    rc, stdout, stderr = run_bench(["--duration", "0.5", "--repeats", "1", "--out", str(out), "--json"])
+    assert rc == 0, stderr[-2000:]
+    doc = json.loads((out / "bench.json").read_text())
+    assert json.loads(stdout) == doc  # --json prints the very document it wrote
+    assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert doc["schema"] == SCHEMA and doc["settings"]["repeats"] == 1 and doc["settings"]["duration_s"] == 0.5
+    assert set(doc["groups"]) == set(GROUPS)
+    m = doc["machine"]
+    assert m["cpu_count"] >= 1 and len(m["load_avg_start"]) == 3 and len(m["load_avg_end"]) == 3
+    assert m["in_private_netns"] is (netns_unavailable_reason() is None)
+    assert {"wrk", "haproxy", "nginx"} <= m["tools"].keys()
+
+    l4 = assert_peers(doc["groups"]["l4"], L4_PEERS, "l4")
+    l7 = assert_peers(doc["groups"]["l7"], L7_PEERS, "l7")
+    assert "direct" in l4 and "direct" in l7 and "userspace-dnat" in l4 and "l7-proxy" in l7
+    for name in ("userspace-dnat", "l7-proxy"):
+        layer = "l4" if name in l4 else "l7"
+        assert_stat(doc["groups"][layer]["peers"][name]["frontend_cpu_s_per_10k"], f"{name} cpu")
+    assert doc["groups"]["l4"]["peers"]["direct"]["frontend_cpu_s_per_10k"] is None  # no front end: no cost
+    cost = doc["groups"]["cost"]["peers"]
+    assert {"userspace-dnat", "l7-proxy"} <= cost.keys()
+
+    g = doc["groups"]["generator"]["peers"]
+    assert g["wrk"]["rps"]["median"] > 0 and g["lbbench"]["probes"] and g["lbbench"]["probes"][0]
+    for probe in g["lbbench"]["probes"][0]:
+        assert probe["passed"] == (probe["why"] == "")
+
+    scale = doc["groups"]["scale"]
+    assert scale["figures"]["pod_start"]["pods_per_s"]["median"] > 0
+    assert "endpoint_sync_64_pods/userspace-dnat" in scale["figures"]
+    kernel = ("endpoint_sync_64_pods/kernel-nftables", "nft_apply_1000_services")
+    for key in kernel:  # measured, or skipped with the reason
+        assert key in scale["figures"] or scale["skipped"][key].strip()
+
+    assert doc["ratios"].keys() >= RATIOS
+    for name in RPS_RATIOS:
+        r = doc["ratios"][name]
+        if r is None:
+            assert doc["ratio_notes"][name].strip(), name
+        else:
+            assert_stat(r, name)
+    assert_stat(doc["ratios"]["generator_vs_wrk"], "generator_vs_wrk")
+    for s in doc["skipped"]:
+        assert s["reason"].strip() and s["group"] in (*GROUPS, "l4/l7")
+    assert any("repeat" in w for w in doc["warnings"])  # one repeat: says the spread means nothing
+
+
+@pytest.mark.slow
+def test_missing_tools_are_skipped_with_reasons(tmp_path: Path) -> None:
+    """No wrk, no unshare on PATH: the client groups and the kernel figures are skipped, the rest measured."""
+    out = tmp_path / "bench"
+    env = {"PATH": str(tmp_path / "empty-bin")}  # nothing there; the interpreter is called by its full path
+    rc, _, stderr = run_bench(["--duration", "0.3", "--repeats", "1", "--only", "l4,generator,scale", "--out",
+                               str(out)], env={**os.environ, **env})
+    assert rc == 0, stderr[-2000:]
+    doc = json.loads((out / "bench.json").read_text())
+    skipped = {(s["group"], s["what"]): s["reason"] for s in doc["skipped"]}
+    assert "wrk not installed" in skipped[("l4", "all")]
+    assert "wrk not installed" in skipped[("generator", "all")]
+    assert "generator" not in doc["groups"] and "l4" not in doc["groups"]
+    scale = doc["groups"]["scale"]
+    assert scale["figures"]["endpoint_sync_64_pods/userspace-dnat"]["seconds"]["median"] > 0
+    assert "namespace" in scale["skipped"]["endpoint_sync_64_pods/kernel-nftables"]
+    assert scale["skipped"]["nft_apply_1000_services"].strip()
+    assert doc["ratios"]["dnat_vs_haproxy_tcp"] is None and "l4" in doc["ratio_notes"]["dnat_vs_haproxy_tcp"]
+
+
+# -- the command line ---------------------------------------------------------------------------------
+@pytest.mark.parametrize(("args", "message"), [
+    (["--repeats", "0"], "repeats must be >= 1"),
+    (["--only", "l4,bogus"], "unknown group 'bogus'"),
+    (["--duration", "fast"], "--duration"),
+    (["--duration", "0"], "duration must be > 0"),
+    (["--connections", "0"], "--connections must be >= 1"),
+])
+def test_bad_options_are_one_line_errors(args: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_settings_groups_and_layers() -> None:
+    assert BenchSettings(groups=("cost",)).layers == ("l4", "l7")  # cost is derived from both
+    assert BenchSettings(groups=("scale",)).layers == ()
+    assert BenchSettings(duration_s=0.5).warmup_s == 0.25
+
+
+def test_unknown_front_end_has_a_reason() -> None:
+    assert "unknown front end" in (skip_reason("no-such-proxy") or "")
+
+
+# -- arithmetic ---------------------------------------------------------------------------------------
+def test_stat_and_paired_ratio() -> None:
+    s = stat([3.0, 1.0, 2.0])
+    assert (s["median"], s["min"], s["max"], s["n"]) == (2.0, 1.0, 3.0, 3)
+    assert s["spread_pct"] == 100.0 and s["values"] == [3.0, 1.0, 2.0]  # rounds kept in order
+    r = paired_ratio([10.0, 20.0, 30.0], [10.0, 10.0, 0.0])  # the round with a zero denominator is left out
+    assert r is not None and r["values"] == [1.0, 2.0]
+    assert paired_ratio([1.0], [0.0]) is None
+    with pytest.raises(ValueError):
+        stat([])
+    with pytest.raises(ValueError):
+        stat([math.nan])
+
+
+def test_wrk_report_is_parsed_and_target_must_be_loopback(tmp_path: Path) -> None:
+    text = ("Running 1s test\n  1 threads\n"
+            '{"requests": 5000, "duration_us": 500000, "connect": 0, "read": 2, "write": 0, "status": 3, '
+            '"timeout": 0, "p50_us": 120, "p99_us": 2500, "max_us": 9000}\n')
+    r = parse_wrk_report(text)
+    assert r.rps == 10_000 and r.p50_ms == 0.12 and r.p99_ms == 2.5 and r.errors == {"read": 2, "status": 3}
+    with pytest.raises(RuntimeError, match="no report"):
+        parse_wrk_report("unable to connect to 127.0.0.1:1 Connection refused\n")
+    if (why := skip_reason("userspace-dnat")) is not None:
+        pytest.skip(why)
+    with Supervisor() as sup:
+        try:
+            wrk = Wrk(sup, tmp_path, ClientSettings())
+        except RuntimeError as e:
+            pytest.skip(str(e))
+        argv = wrk.argv(HostPort("127.0.0.1", 80), "web.bench", 0.5)
+        assert "-c16" in argv and "-t1" in argv and "Host: web.bench" in argv and argv[-1] == "http://127.0.0.1:80/"
+        with pytest.raises(ValueError, match="loopback"):
+            wrk.argv(HostPort("10.0.0.1", 80), None, 1)
+
+
+def test_http_ok_reports_what_answered() -> None:
+    why = asyncio.run(http_ok(HostPort("127.0.0.1", 1), None, timeout_s=0.5))
+    assert why is not None and why.startswith("connect")
+
+
+# -- the generator's rate search ----------------------------------------------------------------------
+def _probe_with_capacity(capacity: float, calls: list[float]) -> gen.ProbeFn:
+    """A generator that keeps up exactly below `capacity` (the search logic alone, no processes)."""
+    async def probe(rate: float) -> gen.Probe:
+        calls.append(rate)
+        late = 0.0005 if rate <= capacity else 0.008
+        return gen.judge(rate, rate, 1000, 1000, late)
+    return probe
+
+
+def search(probe: gen.ProbeFn, start: float, factor: float, budget: int, cap: float) -> tuple[float, list[gen.Probe]]:
+    return asyncio.run(gen.search_max_rate(probe, start, factor, budget, cap))
+
+
+@pytest.mark.parametrize("capacity", [900.0, 3000.0, 7777.0, 40_000.0])
+def test_rate_search_brackets_the_capacity(capacity: float) -> None:
+    calls: list[float] = []
+    best, probes = search(_probe_with_capacity(capacity, calls), 3000, 2.0, 12, 1e6)
+    assert len(probes) == len(calls) <= 12
+    assert best <= capacity and best >= capacity / gen.PRECISION  # within 10% below the truth
+    assert all(p.passed == (p.rate_rps <= capacity) for p in probes)
+
+
+def test_rate_search_is_bounded() -> None:
+    calls: list[float] = []
+    best, probes = search(_probe_with_capacity(1e9, calls), 1000, 2.0, 30, 5000)
+    assert best == 5000 and max(calls) == 5000  # never above the cap, stops there
+    calls.clear()
+    best, probes = search(_probe_with_capacity(0.0, calls), 1000, 2.0, 3, 5000)
+    assert best == 0.0 and len(probes) == 3  # nothing passes: the budget ends the search
+
+
+def test_judge_names_every_reason() -> None:
+    p = gen.judge(1000, 900, 1000, 950, 0.003)
+    assert not p.passed and "lateness p99 3.00 ms" in p.why and "95.0%" in p.why and "achieved 900" in p.why
+    assert gen.judge(1000, 990, 1000, 1000, 0.001).passed
+    assert not gen.judge(1000, 1000, 1000, 1000, None).passed
