@@ -11,7 +11,7 @@ import pandas as pd
 from lbbench.config import Config
 from lbbench.results import SCHEMA, buckets, frontend_summary, metadata, spread, write_json
 from lbbench.scenario import PhaseRecord
-from lbbench.theory_fit import theory_section
+from lbbench.theory_fit import theory_inputs, theory_section
 
 PHASE_COLS = ("frontend", "rate_rps", "repeat")
 
@@ -48,7 +48,8 @@ def write_results(out: Path, config: Config, records: list[PhaseRecord], skipped
                    "load": {"arrivals": config.load.arrivals, "connections": str(config.load.connections),
                             "service": config.load.service, "via": config.load.via},
                    "endpoint_sync_delay_s": config.run.endpoint_sync_delay_s,
-                   "restart_delay_s": config.run.restart_delay_s, "repeat": config.run.repeat},
+                   "restart_delay_s": config.run.restart_delay_s, "repeat": config.run.repeat,
+                   "theory_inputs": theory_inputs(config)},
         "phases": [_phase_entry(r, config) for r in records],
         "frontends": _by_frontend(records, config),
         "skipped": skipped,

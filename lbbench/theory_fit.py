@@ -48,6 +48,17 @@ def matching_model(config: Config, frontend: str) -> tuple[str | None, str]:
     return None, f"{frontend} has no request queue model (requests beyond max_conns are not queued centrally)"
 
 
+def theory_inputs(config: Config) -> dict[str, Any] | None:
+    """What the models need, kept in summary.json so reports can draw theory curves from files alone."""
+    workloads = config.backing_workloads(config.service(config.load.service))
+    if len(workloads) != 1:
+        return None
+    w = workloads[0]
+    return {"pods": config.cluster.nodes if w.kind == "DaemonSet" else w.replicas, "slots": w.template.slots,
+            "service": str(w.template.service), "arrivals": config.load.arrivals,
+            "models": {fe: matching_model(config, fe)[0] for fe in config.run.frontends}}
+
+
 def theory_section(config: Config, frontend: str, rate_rps: float, measured: dict[str, Any]) -> dict[str, Any]:
     """Measured vs predicted for one front end at one rate; `measured` is a latency_s dict."""
     model, why = matching_model(config, frontend)

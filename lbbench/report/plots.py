@@ -34,6 +34,7 @@ from lbbench.report.plotkit import (
     style,
     timeline_events,
 )
+from lbbench.report.theory_plots import theory_vs_utilisation
 from lbbench.results import is_ok
 
 
@@ -56,6 +57,11 @@ def make_plots(results: Results, out_dir: Path) -> PlotSet:
             plots.append(made)
         elif made:
             notes.append(made)
+    theory = theory_vs_utilisation(results, out_dir)
+    if isinstance(theory, list):
+        plots.extend(theory)
+    elif theory:
+        notes.append(theory)
     return PlotSet(tuple(plots), tuple(notes))
 
 

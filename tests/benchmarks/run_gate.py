@@ -4,8 +4,11 @@
 
 Runs every micro-benchmark in tests/benchmarks/ (pytest-benchmark, enabled) with a bounded
 time per benchmark, keeps the JSON (the CI artifact), then compares it with the committed
-baseline (see compare_baseline.py). Exit 0: no regression; 1: a regression; 2: the
-benchmarks themselves failed. Takes ~15 s on a 2-core machine.
+baseline (see compare_baseline.py). What exceeds the threshold is measured again (up to
+two more attempts, only those benchmarks and the calibration) and judged on its best
+attempt: a neighbour's burst on a shared machine passes, a real regression fails every
+attempt. Exit 0: no regression; 1: a regression; 2: the benchmarks themselves failed.
+Takes ~10-15 s on a 2-core machine, a few seconds more per re-measured benchmark.
 
 To see it catch a slowdown: ``LBBENCH_BENCH_SLOWDOWN=test_parse_one_response=2`` runs that
 benchmark's hot path twice per call (see slowdown.py), and the gate fails.
@@ -29,6 +32,7 @@ sys.path.insert(0, str(HERE))
 
 import compare_baseline  # noqa: E402
 
+RETRIES = 2  # extra attempts for what looks like a regression
 PYTEST_ARGS = (
     "--benchmark-enable", "--benchmark-only",
     "--benchmark-min-rounds=20",
@@ -68,7 +72,19 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.no_compare:
         return 0
-    return compare_baseline.main([str(args.json), "--baseline", str(args.baseline),
+    runs = [args.json]
+    baseline = compare_baseline.load_baseline(args.baseline)
+    for attempt in range(2, 2 + RETRIES):
+        suspects = compare_baseline.regressions(compare_baseline.best_of(runs), baseline, args.threshold)
+        if not suspects:
+            break
+        names = sorted({s.rsplit("::", 1)[1] for s in suspects})
+        print(f"benchmark gate: {', '.join(names)} above {args.threshold:g}x; measuring again (attempt {attempt})")
+        again = args.json.with_name(f"{args.json.stem}-attempt{attempt}.json")
+        if run_benchmarks(again, f"{' or '.join(names)} or {compare_baseline.CALIBRATION}") != 0:
+            return 2
+        runs.append(again)
+    return compare_baseline.main([*map(str, runs), "--baseline", str(args.baseline),
                                   "--threshold", str(args.threshold)])
 
 
