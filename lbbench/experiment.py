@@ -93,7 +93,7 @@ def _report(out: Path, live: LiveView) -> None:
 
     try:
         paths = write_report(out)
-    except Exception as e:  # noqa: BLE001 - reported, results already written
+    except Exception as e:
         live.say(f"[yellow]warning[/]: could not write the report ({type(e).__name__}: {e}); "
                  f"the results are complete; try `lbbench report {out}`")
         return

@@ -12,8 +12,8 @@ from rich.table import Table
 
 from lbbench.cluster.events import LoggedEvent
 
-SHOWN_EVENTS = ("event", "load_started", "pod_started", "pod_ready", "pod_killed", "pod_died", "pod_deleted", "pod_terminating",
-                "endpoints_synced", "node_down", "node_not_ready", "phase_error", "scaled")
+SHOWN_EVENTS = ("event", "load_started", "pod_started", "pod_ready", "pod_killed", "pod_died", "pod_deleted",
+                "pod_terminating", "endpoints_synced", "node_down", "node_not_ready", "phase_error", "scaled")
 
 
 class LiveView:
@@ -64,7 +64,8 @@ class LiveView:
         if gen is None:
             return
         p = gen.progress()
-        self.last = {"t_s": sample["t_s"], "done": p.done, "ok": p.ok, "errors": {k: v for k, v in p.errors.items() if v},
+        errors = {k: v for k, v in p.errors.items() if v}
+        self.last = {"t_s": sample["t_s"], "done": p.done, "ok": p.ok, "errors": errors,
                      "p99": p.p99_last_s, "queue": sample.get("queue_len", 0.0),
                      "endpoints": sample.get("synced_endpoints", 0.0)}
         now = time.monotonic()

@@ -23,7 +23,8 @@ from lbbench.netns import netns_unavailable_reason
 from lbbench.procs import Supervisor, lbbench_argv
 
 STAT_KEYS = {"median", "min", "max", "n", "spread_pct", "values"}
-RATIOS = {"dnat_vs_haproxy_tcp", "l7_vs_haproxy_http", "l7_vs_nginx", "generator_vs_wrk", "cpu_per_10k_vs_haproxy"}
+RATIOS = {"dnat_vs_haproxy_tcp", "l7_vs_haproxy_http", "l7_vs_nginx", "generator_vs_wrk",
+          "generator_closed_loop_vs_wrk", "cpu_per_10k_vs_haproxy"}
 
 
 def run_bench(args: list[str], env: dict[str, str] | None = None, timeout_s: float = 110) -> tuple[int, str, str]:
@@ -79,6 +80,7 @@ def test_bench_runs_and_writes_bench_json(tmp_path: Path) -> None:
         layer = "l4" if name in l4 else "l7"
         assert_stat(doc["groups"][layer]["peers"][name]["frontend_cpu_s_per_10k"], f"{name} cpu")
     assert doc["groups"]["l4"]["peers"]["direct"]["frontend_cpu_s_per_10k"] is None  # no front end: no cost
+    assert doc["groups"]["l4"]["peers"]["userspace-dnat"]["processes"][0]["threads"] >= 1
     cost = doc["groups"]["cost"]["peers"]
     assert {"userspace-dnat", "l7-proxy"} <= cost.keys()
 
@@ -102,6 +104,8 @@ def test_bench_runs_and_writes_bench_json(tmp_path: Path) -> None:
         else:
             assert_stat(r, name)
     assert_stat(doc["ratios"]["generator_vs_wrk"], "generator_vs_wrk")
+    assert g["lbbench-closed-loop"]["rps"]["median"] > 0
+    assert_stat(doc["ratios"]["generator_closed_loop_vs_wrk"], "generator_closed_loop_vs_wrk")
     for s in doc["skipped"]:
         assert s["reason"].strip() and s["group"] in (*GROUPS, "l4/l7")
     assert any("repeat" in w for w in doc["warnings"])  # one repeat: says the spread means nothing

@@ -305,7 +305,8 @@ def test_cut_short_run_says_so_at_the_top(tmp_path: Path, capsys: pytest.Capture
 def test_sweep_with_repeats(tmp_path: Path) -> None:
     folder = make_folder(tmp_path, rates=(80.0, 160.0), repeat=2)
     paths = write_report(folder)
-    assert {p.stem for p in paths.plots} == PLOTS | {"latency_vs_rate"}
+    assert {p.stem for p in paths.plots} == PLOTS | {"latency_vs_rate", "theory_mean_vs_utilisation",
+                                                     "theory_p99_vs_utilisation"}
     md = paths.markdown.read_text()
     assert "first rate, 80 rps (also measured: 160 rps)" in md
     assert "## Phases" in md and "across repeats" in md

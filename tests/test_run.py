@@ -128,7 +128,7 @@ def test_abort_writes_partial_results(tmp_path: Path, sig: int) -> None:
     proc, out = start_run(tmp_path, ["userspace-dnat"], base=44)
     time.sleep(2.0)
     proc.send_signal(sig)
-    stdout, stderr = proc.communicate(timeout=60)
+    _, stderr = proc.communicate(timeout=60)
     assert proc.returncode != 0
     assert "Traceback" not in stderr
     summary = json.loads((out / "summary.json").read_text())

@@ -39,3 +39,15 @@ def used_s(before: dict[int, float], after: dict[int, float]) -> float:
     front ends keep their processes for the whole measurement, so this is rare.
     """
     return sum(max(0.0, t - before.get(pid, 0.0)) for pid, t in after.items())
+
+
+def shape(pids: Iterable[int]) -> list[dict[str, int | str]]:
+    """Name and thread count of every process in the trees: how much parallelism a peer has."""
+    out: list[dict[str, int | str]] = []
+    for pid in sorted(tree_pids(pids)):
+        try:
+            p = psutil.Process(pid)
+            out.append({"name": p.name(), "threads": p.num_threads()})
+        except psutil.Error:
+            continue
+    return out

@@ -60,6 +60,9 @@ def generator_table(group: dict[str, Any]) -> Table:
     crit = group["criterion"]
     t.add_row("lbbench", _med(peers["lbbench"]["rps"]), _spread(peers["lbbench"]["rps"]),
               f"open loop ({crit['arrivals']}), lateness p99 < {crit['lateness_p99_ms_below']:g} ms, searched")
+    closed = peers.get("lbbench-closed-loop")
+    if closed:
+        t.add_row("lbbench closed loop", _med(closed["rps"]), _spread(closed["rps"]), closed["note"])
     return t
 
 

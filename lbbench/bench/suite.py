@@ -122,7 +122,9 @@ async def start_backend(sup: Supervisor, kind: Backend) -> BackendProc:
 async def run_layer(state: SuiteState, layer: str, sup: Supervisor, wrk: Wrk, backend: BackendProc,
                     settings: BenchSettings, log: Log) -> None:
     peers = throughput.L4_PEERS if layer == "l4" else throughput.L7_PEERS
-    layer_log: Log = lambda msg: log(f"{layer}: {msg}")  # noqa: E731
+    def layer_log(msg: str) -> None:
+        log(f"{layer}: {msg}")
+
     run = await throughput.start_peers(peers, sup, backend.addr, layer, log)
     try:
         await throughput.measure(run, wrk, backend.pids, settings.duration_s, settings.repeats,
@@ -173,8 +175,11 @@ async def run_generator(state: SuiteState, sup: Supervisor, workdir: Path, setti
         async def probe(rate: float) -> gen.Probe:
             return await gen.lbbench_probe(target.addr, rate, settings.duration_s, client.connections, n, seed=1)
 
+        async def closed_once() -> float:
+            return await gen.lbbench_closed_loop(target.addr, settings.duration_s, client.connections, n)
+
         await wrk.run(target.addr, None, settings.warmup_s)
-        run = await gen.run_rounds(wrk_once, probe, settings.repeats, lambda m: log(f"generator: {m}"))
+        run = await gen.run_rounds(wrk_once, probe, closed_once, settings.repeats, lambda m: log(f"generator: {m}"))
     finally:
         await target.stop()
     state.generator = run
@@ -187,6 +192,8 @@ async def run_generator(state: SuiteState, sup: Supervisor, workdir: Path, setti
             "wrk": {"status": "ok", "rps": stat(run.wrk_rps), "p99_ms": stat(run.wrk_p99_ms)},
             "lbbench": {"status": "ok", "rps": stat(run.lbbench_rps),
                         "probes": [[p.to_dict() for p in ps] for ps in run.probes]},
+            "lbbench-closed-loop": {"status": "ok", "rps": stat(run.closed_rps),
+                                    "note": f"{client.connections} users, no think time, keep-alive: wrk's way"},
         },
     }
 
@@ -244,8 +251,9 @@ def ratios(state: SuiteState) -> tuple[dict[str, Any], dict[str, str]]:
             notes[name] = _missing(state, layer, num if not a else den)
     g = state.generator
     out["generator_vs_wrk"] = paired_ratio(g.lbbench_rps, g.wrk_rps) if g else None
+    out["generator_closed_loop_vs_wrk"] = paired_ratio(g.closed_rps, g.wrk_rps) if g else None
     if g is None:
-        notes["generator_vs_wrk"] = "group generator did not run"
+        notes["generator_vs_wrk"] = notes["generator_closed_loop_vs_wrk"] = "group generator did not run"
     cost = {k: v["vs_haproxy"] for k, v in cost_figures(state).items() if v["vs_haproxy"] is not None}
     out["cpu_per_10k_vs_haproxy"] = cost
     if not cost:
@@ -292,7 +300,7 @@ def _stats_in(prefix: str, node: Any) -> list[tuple[str, Stat]]:
     return []
 
 
-def warnings(doc: dict[str, Any], settings: BenchSettings) -> list[str]:
+def collect_warnings(doc: dict[str, Any], settings: BenchSettings) -> list[str]:
     out = []
     if settings.repeats < 3:
         out.append(f"only {settings.repeats} repeat(s): no meaningful spread; use --repeats 3 or more")
@@ -364,5 +372,5 @@ async def run_suite(settings: BenchSettings, argv: Sequence[str], log: Log) -> d
         tmp.cleanup()
     state.doc["machine"]["load_avg_end"] = [round(x, 2) for x in psutil.getloadavg()]
     state.doc["wall_s"] = round(time.monotonic() - started, 1)
-    state.doc["warnings"] = warnings(state.doc, settings)
+    state.doc["warnings"] = collect_warnings(state.doc, settings)
     return state.doc

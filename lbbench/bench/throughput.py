@@ -57,6 +57,7 @@ class Target:
     stop: Callable[[], Awaitable[None]] = _nothing
     note: str = ""
     own_process: bool = False  # False: direct, or the kernel doing the work
+    processes: list[dict[str, int | str]] = field(default_factory=list)  # name and threads, at start
 
 
 @dataclass
@@ -145,7 +146,8 @@ async def start_frontend(name: str, sup: Supervisor, backend: HostPort, layer: s
         entry = fe.entrypoint(spec.key)
         note = "kernel NAT: no process of its own (its CPU is charged to client and backend)" \
             if name in KERNEL else ""
-        target = Target(name, entry.addr, entry.host_header, fe.pids, fe.stop, note, own_process=bool(fe.pids()))
+        target = Target(name, entry.addr, entry.host_header, fe.pids, fe.stop, note, own_process=bool(fe.pids()),
+                        processes=cpu.shape(fe.pids()))
         await wait_ok(target)
     except BaseException:
         with contextlib.suppress(Exception):
@@ -259,6 +261,7 @@ def peer_figures(target: Target, rounds: Sequence[Round]) -> dict[str, Any]:
         "frontend_cpu_s_per_10k": stat_or_none(fe_cpu),
         "backend_cpu_s_per_10k": stat_or_none([per_10k(r.backend_cpu_s, r.requests) for r in rounds]),
         "note": target.note,
+        "processes": target.processes,
     }
 
 
