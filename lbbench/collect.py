@@ -66,7 +66,9 @@ def _phase_entry(r: PhaseRecord, config: Config) -> dict[str, Any]:
         gen = r.load.summary.to_dict()
         entry.update(frontend_summary(r.load.rows, phase_events(r), config.run.duration_s, r.cpu_s, gen))
         entry["generator"] = gen
-        entry["theory"] = theory_section(config, r.key.frontend, r.key.rate_rps, entry["latency_s"])
+        entry["zero_load"] = r.zero_load
+        entry["theory"] = theory_section(config, r.key.frontend, r.key.rate_rps, entry["latency_s"],
+                                         r.load.rows, r.zero_load)
     return entry
 
 
@@ -98,7 +100,9 @@ def _by_frontend(records: list[PhaseRecord], config: Config) -> dict[str, Any]:
                                "p99_s": spread([p["latency_s"]["p99"] for p in per if p["latency_s"]["p99"]]),
                                "lost": spread([float(sum(f["lost"] for f in p["failover"])) for p in per])}
         entry["complete"] = all(r.complete for r in mine)
-        entry["theory"] = theory_section(config, name, first_rate, entry["latency_s"])
+        zl = [r.zero_load for r in mine if r.zero_load and r.zero_load["overhead_mean_s"] is not None]
+        entry["zero_load"] = zl[0] if zl else None
+        entry["theory"] = theory_section(config, name, first_rate, entry["latency_s"], rows, entry["zero_load"])
         out[name] = entry
     return out
 

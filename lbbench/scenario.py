@@ -28,6 +28,7 @@ from lbbench.load.spec import LoadSpec
 from lbbench.netaddr import HostPort, parse_hostport
 from lbbench.procs import Supervisor
 from lbbench.timer import PreciseTimer
+from lbbench.zeroload import ZeroLoad, measure_zero_load
 
 SAMPLE_PERIOD_S = 0.1
 
@@ -55,6 +56,7 @@ class PhaseRecord:
     cpu_s: dict[str, float] = field(default_factory=dict)
     counters: dict[str, float] = field(default_factory=dict)
     artifacts: Path | None = None
+    zero_load: ZeroLoad | None = None
     complete: bool = False
     error: str | None = None
 
@@ -190,6 +192,10 @@ class Phase:
             await controller.wait_synced()
             spec, self.record.target = await resolved_load_spec(self.config, fe, plan, dns, self.key.rate_rps,
                                                                seed, log)
+            self.record.zero_load = await measure_zero_load(spec.target, spec.path, spec.host_header,
+                                                            spec.connections.kind == "keepalive")
+            log.log("zero_load_measured", self.record.target,
+                    f"overhead_p50_ms={(self.record.zero_load['overhead_p50_s'] or 0) * 1e3:.3f}")
             gen = self.generator = LoadGenerator(spec)
             await gen.prepare()  # workers up and holding their share of the schedule
             t0 = time.monotonic() + self.config.run.warmup_s + 0.1

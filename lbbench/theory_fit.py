@@ -10,9 +10,13 @@ steps, several workloads), the reason is given instead of a number.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
+import pandas as pd
+
 from lbbench.config import Config
+from lbbench.results import is_ok
 from lbbench.theory import ModelPrediction, predict
 
 DNAT = ("userspace-dnat", "kernel-nftables", "kernel-iptables", "haproxy-tcp")
@@ -59,7 +63,23 @@ def theory_inputs(config: Config) -> dict[str, Any] | None:
             "models": {fe: matching_model(config, fe)[0] for fe in config.run.frontends}}
 
 
-def theory_section(config: Config, frontend: str, rate_rps: float, measured: dict[str, Any]) -> dict[str, Any]:
+def measured_wait_s(rows: pd.DataFrame, zero_load: Mapping[str, Any] | None) -> float | None:
+    """Mean time a successful request spent waiting anywhere (pod queue, proxy queue, client pool).
+
+    latency - the pod's own service time - the path's zero-load overhead: what is left is
+    waiting, wherever it happened, and compares directly with a model's mean wait.
+    """
+    overhead = (zero_load or {}).get("overhead_mean_s")
+    if overhead is None or "service_ms" not in rows.columns:
+        return None
+    ok = is_ok(rows) & rows["service_ms"].notna()
+    if not ok.any():
+        return None
+    return float((rows.loc[ok, "latency_s"] - rows.loc[ok, "service_ms"] / 1e3).mean() - overhead)
+
+
+def theory_section(config: Config, frontend: str, rate_rps: float, measured: dict[str, Any],
+                   rows: pd.DataFrame | None = None, zero_load: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Measured vs predicted for one front end at one rate; `measured` is a latency_s dict."""
     model, why = matching_model(config, frontend)
     if model is None:
@@ -85,4 +105,10 @@ def theory_section(config: Config, frontend: str, rate_rps: float, measured: dic
         out[f"predicted_{key}"] = predicted
         out[f"measured_{key}"] = got
         out[f"rel_err_{stat}"] = (got - predicted) / predicted if predicted and got is not None else None
+    wait = measured_wait_s(rows, zero_load) if rows is not None else None
+    out["predicted_mean_wait_s"] = pred.mean_wait_s
+    out["measured_mean_wait_s"] = wait
+    out["rel_err_mean_wait"] = ((wait - pred.mean_wait_s) / pred.mean_wait_s
+                                if wait is not None and pred.mean_wait_s else None)
+    out["zero_load_overhead_s"] = (zero_load or {}).get("overhead_mean_s")
     return out

@@ -32,12 +32,13 @@ def _med(s: dict[str, Any] | None, fmt: str = "{:,.0f}") -> str:
 def _spread(s: dict[str, Any] | None) -> str:
     if s is None:
         return "-"
-    return f"±{s['spread_pct'] / 2:.0f}%" if s["n"] > 1 else "(1 run)"
+    return f"{s['spread_pct']:.0f}%" if s["n"] > 1 else "(1 run)"
 
 
 def throughput_table(title: str, group: dict[str, Any]) -> Table:
+    """Medians over the rounds; range = (max - min) / median."""
     t = Table(title=f"{title}  (backend: {group.get('backend', '?')})", title_justify="left")
-    for col in ("peer", "req/s", "spread", "p50 ms", "p99 ms", "CPU s/10k req", "backend CPU s/10k", "errors"):
+    for col in ("peer", "req/s", "range", "p50 ms", "p99 ms", "CPU s/10k req", "backend CPU s/10k", "errors"):
         t.add_column(col, justify="left" if col == "peer" else "right")
     for name, p in group.get("peers", {}).items():
         if p.get("status") != "ok":
@@ -53,7 +54,7 @@ def throughput_table(title: str, group: dict[str, Any]) -> Table:
 def generator_table(group: dict[str, Any]) -> Table:
     t = Table(title=f"generator against {group['target']}, {group['client']['connections']} keep-alive "
               f"connections, {group['client']['threads_or_workers']} thread(s)/worker(s)", title_justify="left")
-    for col in ("client", "max req/s", "spread", "how"):
+    for col in ("client", "max req/s", "range", "how"):
         t.add_column(col, justify="left" if col in ("client", "how") else "right")
     peers = group["peers"]
     t.add_row("wrk", _med(peers["wrk"]["rps"]), _spread(peers["wrk"]["rps"]), "closed loop, as fast as it goes")
@@ -68,7 +69,7 @@ def generator_table(group: dict[str, Any]) -> Table:
 
 def scale_table(group: dict[str, Any]) -> Table:
     t = Table(title="scale", title_justify="left")
-    for col in ("figure", "median", "spread"):
+    for col in ("figure", "median", "range"):
         t.add_column(col, justify="left" if col == "figure" else "right")
     figures = group.get("figures", {})
     if "pod_start" in figures:

@@ -64,6 +64,7 @@ class FrontendStats:
     complete: bool
     theory: tuple[dict[str, Any], ...] = ()
     spread: dict[str, Any] = field(default_factory=dict)
+    zero_load: dict[str, Any] = field(default_factory=dict)  # the path's cost at zero load (lbbench.zeroload)
 
     @property
     def error_count(self) -> int:
@@ -246,6 +247,7 @@ def frontend_stats(name: str, d: dict[str, Any]) -> FrontendStats:
         complete=bool(d.get("complete", True)),
         theory=_theory(d.get("theory")),
         spread=dict(d.get("spread") or {}),
+        zero_load=dict(d.get("zero_load") or {}),
     )
 
 

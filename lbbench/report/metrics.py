@@ -95,6 +95,8 @@ AFTER_ERRORS: tuple[Metric, ...] = (
     Metric("latency_s.p99", "latency p99 (ms)", _latency("p99"), fmt_ms, lower_is_better=True),
     Metric("latency_s.p999", "latency p99.9 (ms)", _latency("p999"), fmt_ms, lower_is_better=True),
     Metric("latency_s.max", "latency max (ms)", _latency("max"), fmt_ms, lower_is_better=True),
+    Metric("zero_load.overhead_mean_s", "path overhead at zero load (ms)",
+           lambda f: f.zero_load.get("overhead_mean_s"), fmt_ms, lower_is_better=True),
     Metric("lost", "lost during failover", lost, fmt_int, lower_is_better=True),
     Metric("error_window_s", "error window (s)", error_window, fmt_s, lower_is_better=True),
     Metric("recovery_s", "recovery (s)", recovery, fmt_s, lower_is_better=True),

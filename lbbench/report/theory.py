@@ -25,8 +25,10 @@ MEASURED: dict[str, tuple[str, Callable[[FrontendStats], float | None]]] = {
     "p90_s": ("latency p90", lambda f: f.latency_s.get("p90")),
     "p99_s": ("latency p99", lambda f: f.latency_s.get("p99")),
     "p999_s": ("latency p99.9", lambda f: f.latency_s.get("p999")),
+    # measured: latency - pod service time - the path's zero-load overhead (lbbench.theory_fit)
+    "mean_wait_s": ("mean wait (anywhere)", lambda f: None),
 }
-NOT_QUANTITIES = {"model", "why", "reason", "note", "exact", "utilisation"}
+NOT_QUANTITIES = {"model", "why", "reason", "note", "exact", "utilisation", "zero_load_overhead_s"}
 
 
 @dataclass(frozen=True)

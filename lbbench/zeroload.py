@@ -1,0 +1,78 @@
+"""The harness's own cost on each path, measured at zero load before the run's load starts.
+
+A few sequential requests (one at a time, so nothing queues) through the front end, in the
+run's connection mode. Latency minus the pod's reported queue and service time is what the
+path itself costs: client, front end, network stack. The report shows it next to the models,
+which know nothing of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import statistics
+import time
+from typing import TypedDict
+
+from lbbench.netaddr import HostPort
+
+
+class ZeroLoad(TypedDict):
+    requests: int
+    failed: int
+    latency_p50_s: float | None
+    overhead_mean_s: float | None  # latency - pod queue - pod service
+    overhead_p50_s: float | None
+
+
+async def _one(addr: HostPort, path: str, host: str, reuse: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None,
+               keepalive: bool) -> tuple[float, float, tuple[asyncio.StreamReader, asyncio.StreamWriter] | None]:
+    """(latency_s, pod time_s, connection to reuse or None)."""
+    start = time.monotonic()
+    reader, writer = reuse or await asyncio.open_connection(addr.host, addr.port)
+    conn = "keep-alive" if keepalive else "close"
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: {conn}\r\n\r\n".encode())
+    status = await reader.readline()
+    headers: dict[str, str] = {}
+    while (line := await reader.readline()) not in (b"\r\n", b""):
+        name, _, value = line.decode("latin-1").partition(":")
+        headers[name.strip().lower()] = value.strip()
+    await reader.readexactly(int(headers.get("content-length", "0")))
+    latency = time.monotonic() - start
+    if not status.split(b" ")[1:2] or not status.split(b" ")[1].startswith(b"2"):
+        raise ConnectionError(f"status {status!r}")
+    pod_s = (float(headers.get("x-queue-ms", "0")) + float(headers.get("x-service-ms", "0"))) / 1e3
+    if keepalive:
+        return latency, pod_s, (reader, writer)
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return latency, pod_s, None
+
+
+async def measure_zero_load(addr: HostPort, path: str, host_header: str | None, keepalive: bool,
+                            n: int = 40, timeout_s: float = 5.0) -> ZeroLoad:
+    latencies: list[float] = []
+    overheads: list[float] = []
+    failed = 0
+    conn: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+    for _ in range(n):
+        try:
+            async with asyncio.timeout(timeout_s):
+                latency, pod_s, conn = await _one(addr, path, host_header or str(addr), conn, keepalive)
+        except (OSError, TimeoutError, ValueError, asyncio.IncompleteReadError):
+            failed += 1
+            conn = None
+            continue
+        latencies.append(latency)
+        overheads.append(max(0.0, latency - pod_s))
+    if conn is not None:
+        conn[1].close()
+        with contextlib.suppress(OSError):
+            await conn[1].wait_closed()
+    return ZeroLoad(
+        requests=n, failed=failed,
+        latency_p50_s=statistics.median(latencies) if latencies else None,
+        overhead_mean_s=statistics.fmean(overheads) if overheads else None,
+        overhead_p50_s=statistics.median(overheads) if overheads else None,
+    )
