@@ -105,6 +105,19 @@ def theory_section(config: Config, frontend: str, rate_rps: float, measured: dic
         out[f"predicted_{key}"] = predicted
         out[f"measured_{key}"] = got
         out[f"rel_err_{stat}"] = (got - predicted) / predicted if predicted and got is not None else None
+    overhead = (zero_load or {}).get("overhead_mean_s")
+    if overhead is not None:
+        # The models know nothing of the harness's path (client, TCP, front end): add its zero-load
+        # cost, measured before the load, to compare like with like.
+        for stat, key in (("mean", "mean_s"), ("p50", "p50_s"), ("p99", "p99_s")):
+            predicted, got = getattr(pred, key), measured.get(stat)
+            if predicted is None:
+                continue
+            adjusted = predicted + overhead
+            q = f"{stat}_plus_path_s"
+            out[f"predicted_{q}"] = adjusted
+            out[f"measured_{q}"] = got
+            out[f"rel_err_{stat}_plus_path"] = (got - adjusted) / adjusted if got is not None else None
     wait = measured_wait_s(rows, zero_load) if rows is not None else None
     out["predicted_mean_wait_s"] = pred.mean_wait_s
     out["measured_mean_wait_s"] = wait

@@ -18,6 +18,10 @@ from lbbench.report.doc import Bullets, Table
 from lbbench.report.loader import FrontendStats, Results
 from lbbench.report.metrics import fmt_ms
 
+def _latency(stat: str) -> Callable[[FrontendStats], float | None]:
+    return lambda f: f.latency_s.get(stat)
+
+
 # quantity -> (label, measured value from the front end's stats). A new quantity: one more line.
 MEASURED: dict[str, tuple[str, Callable[[FrontendStats], float | None]]] = {
     "mean_s": ("latency mean", lambda f: f.latency_s.get("mean")),
@@ -27,6 +31,10 @@ MEASURED: dict[str, tuple[str, Callable[[FrontendStats], float | None]]] = {
     "p999_s": ("latency p99.9", lambda f: f.latency_s.get("p999")),
     # measured: latency - pod service time - the path's zero-load overhead (lbbench.theory_fit)
     "mean_wait_s": ("mean wait (anywhere)", lambda f: None),
+    # model + the path's zero-load overhead, against the same measured latency
+    "mean_plus_path_s": ("latency mean vs model + path", _latency("mean")),
+    "p50_plus_path_s": ("latency p50 vs model + path", _latency("p50")),
+    "p99_plus_path_s": ("latency p99 vs model + path", _latency("p99")),
 }
 NOT_QUANTITIES = {"model", "why", "reason", "note", "exact", "utilisation", "zero_load_overhead_s"}
 
