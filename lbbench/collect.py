@@ -9,7 +9,7 @@ from typing import Any
 import pandas as pd
 
 from lbbench.config import Config
-from lbbench.results import SCHEMA, buckets, frontend_summary, metadata, spread, write_json
+from lbbench.results import SCHEMA, buckets, frontend_summary, merge_repeats, metadata, write_json
 from lbbench.scenario import PhaseRecord
 from lbbench.theory_fit import theory_inputs, theory_section
 
@@ -90,15 +90,7 @@ def _by_frontend(records: list[PhaseRecord], config: Config) -> dict[str, Any]:
         gen = mine[0].load.summary.to_dict() if mine[0].load is not None else {}
         gen["generator_saturated"] = any(r.load.summary.generator_saturated for r in mine if r.load)
         entry = frontend_summary(rows, events, config.run.duration_s * len(mine), cpu, gen)
-        # failover must be judged per repeat (each has its own timeline)
-        per = [_phase_entry(r, config) for r in mine]
-        entry["failover"] = per[0]["failover"] if len(per) == 1 else [f for p in per for f in p["failover"]]
-        entry["achieved_rps"] = spread([p["achieved_rps"] for p in per])["mean"]
-        entry["repeats"] = len(mine)
-        if len(mine) > 1:
-            entry["spread"] = {"achieved_rps": spread([p["achieved_rps"] for p in per]),
-                               "p99_s": spread([p["latency_s"]["p99"] for p in per if p["latency_s"]["p99"]]),
-                               "lost": spread([float(sum(f["lost"] for f in p["failover"])) for p in per])}
+        merge_repeats(entry, [_phase_entry(r, config) for r in mine])
         entry["complete"] = all(r.complete for r in mine)
         zl = [r.zero_load for r in mine if r.zero_load and r.zero_load["overhead_mean_s"] is not None]
         entry["zero_load"] = zl[0] if zl else None

@@ -89,6 +89,30 @@ def netns_argv(argv: Sequence[str]) -> list[str]:
             sys.executable, "-m", "lbbench.netns", "exec", "--", *argv]
 
 
+def rerun_inside(name: str, out: str) -> int:
+    """Run this very lbbench command again inside a private namespace, with `--out` fixed.
+
+    Signals to this process are forwarded; the exit code is the inner command's. The inner
+    process joins a guarded process group, so it dies with this one however this one dies.
+    """
+    import signal
+
+    from lbbench.procs import Supervisor, lbbench_argv
+
+    argv = list(sys.argv[1:])
+    if "--out" not in argv:
+        argv += ["--out", out]
+    with Supervisor() as sup:
+        child = sup.spawn(name, netns_argv(lbbench_argv(*argv)), stdin=None, stdout=None)
+
+        def forward(sig: int, _frame: object) -> None:
+            child.signal(sig)
+
+        signal.signal(signal.SIGINT, forward)
+        signal.signal(signal.SIGTERM, forward)
+        return child.popen.wait()
+
+
 def bring_up_loopback() -> None:
     """`ip link set lo up`, without needing iproute2."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:

@@ -162,6 +162,22 @@ def frontend_summary(rows: pd.DataFrame, events: pd.DataFrame, duration_s: float
     }
 
 
+def merge_repeats(entry: dict[str, Any], per: list[dict[str, Any]]) -> dict[str, Any]:
+    """Fold the per-repeat entries into a front end's merged `entry` (stats already from merged rows).
+
+    Failover is judged per repeat (each has its own timeline), so events are listed, never averaged;
+    the spread across repeats is given when there are several.
+    """
+    entry["failover"] = [f for p in per for f in p["failover"]]
+    entry["achieved_rps"] = spread([p["achieved_rps"] for p in per])["mean"]
+    entry["repeats"] = len(per)
+    if len(per) > 1:
+        entry["spread"] = {"achieved_rps": spread([p["achieved_rps"] for p in per]),
+                           "p99_s": spread([p["latency_s"]["p99"] for p in per if p["latency_s"]["p99"]]),
+                           "lost": spread([float(sum(f["lost"] for f in p["failover"])) for p in per])}
+    return entry
+
+
 def spread(values: list[float]) -> dict[str, float | None]:
     if not values:
         return {"mean": None, "stdev": None, "min": None, "max": None}

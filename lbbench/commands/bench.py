@@ -102,21 +102,6 @@ def _run_here(settings: BenchSettings, out: Path, as_json: bool) -> int:
 
 
 def _reexec_in_netns(out: Path) -> int:
-    """This very command inside lbbench's private user+net namespace; signals forwarded; same exit code."""
-    import signal
+    from lbbench.netns import rerun_inside
 
-    from lbbench.netns import netns_argv
-    from lbbench.procs import Supervisor, lbbench_argv
-
-    argv = list(sys.argv[1:])
-    if "--out" not in argv:
-        argv += ["--out", str(out)]
-    with Supervisor() as sup:
-        child = sup.spawn("bench-in-netns", netns_argv(lbbench_argv(*argv)), stdin=None, stdout=None)
-
-        def forward(sig: int, _frame: object) -> None:
-            child.signal(sig)
-
-        signal.signal(signal.SIGINT, forward)
-        signal.signal(signal.SIGTERM, forward)
-        return child.popen.wait()
+    return rerun_inside("bench-in-netns", str(out))

@@ -76,22 +76,6 @@ def run(args: argparse.Namespace) -> int:
 
 def _reexec_in_netns(args: argparse.Namespace, out: Path) -> int:
     """Run this very command inside a private user+net namespace; forward signals; same exit code."""
-    import signal
-    import sys
+    from lbbench.netns import rerun_inside
 
-    from lbbench.netns import netns_argv
-    from lbbench.procs import Supervisor, lbbench_argv
-
-    argv = [a for a in sys.argv[1:]]
-    if "--out" not in argv:
-        argv += ["--out", str(out)]
-    with Supervisor() as sup:
-        child = sup.spawn("run-in-netns", netns_argv(lbbench_argv(*argv)), stdin=None, stdout=None)
-
-        def forward(sig: int, _frame: object) -> None:
-            child.signal(sig)
-
-        signal.signal(signal.SIGINT, forward)
-        signal.signal(signal.SIGTERM, forward)
-        rc = child.popen.wait()
-    return rc
+    return rerun_inside("run-in-netns", str(out))

@@ -34,7 +34,7 @@ from lbbench.load.histogram import LogHistogram
 from lbbench.load.schedule import build_schedule
 from lbbench.load.spec import LoadSpec
 from lbbench.load.summary import latency_stats, short_stats
-from lbbench.results import SCHEMA, buckets, frontend_summary, metadata, spread, write_json
+from lbbench.results import SCHEMA, buckets, frontend_summary, merge_repeats, metadata, write_json
 
 SCHEDULE_KEYS = ("rate_rps", "duration_s", "arrivals", "steps", "seed", "closed_loop_users", "think_time_s")
 REQUEST_KEYS = ("path", "connections", "timeout_s", "connect_timeout_s")
@@ -333,13 +333,7 @@ def frontend_entry(name: str, mine: list[MergedPhase], events: pd.DataFrame, dur
            "saturation_reason": "; ".join(p["saturation_reason"] for p in per if p["saturation_reason"]) or None,
            "lateness_s": per[0]["lateness_s"]}
     entry = frontend_summary(rows, evs, duration_s * len(mine), cpu, gen)
-    entry["failover"] = [f for p in per for f in p["failover"]]
-    entry["achieved_rps"] = spread([p["achieved_rps"] for p in per])["mean"]
-    entry["repeats"] = len(mine)
-    if len(mine) > 1:
-        entry["spread"] = {"achieved_rps": spread([p["achieved_rps"] for p in per]),
-                           "p99_s": spread([p["latency_s"]["p99"] for p in per if p["latency_s"]["p99"]]),
-                           "lost": spread([float(sum(f["lost"] for f in p["failover"])) for p in per])}
+    merge_repeats(entry, per)
     entry["complete"] = all(ph.complete for ph in mine)
     entry["theory"] = _theory(config, name, mine[0].rate_rps, entry["latency_s"])
     return entry

@@ -18,6 +18,7 @@ from lbbench.report.doc import Bullets, Table
 from lbbench.report.loader import FrontendStats, Results
 from lbbench.report.metrics import fmt_ms
 
+
 def _latency(stat: str) -> Callable[[FrontendStats], float | None]:
     return lambda f: f.latency_s.get(stat)
 
