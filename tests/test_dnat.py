@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
+import signal
 import socket
 import subprocess
 import threading
@@ -16,9 +18,13 @@ import pytest
 from l4_scenarios import http_conn, run_scenario
 from scipy.stats import chisquare
 
+from lbbench.control import send
 from lbbench.frontends.base import Endpoint, FrontendPlan, ServiceSpec
 from lbbench.frontends.dnat import ForwarderPlan, UserspaceDnat, entrypoint_of, forwarder_plan
-from lbbench.netaddr import HostPort
+from lbbench.frontends.dnat_plan import Listener
+from lbbench.frontends.dnat_relay import Forwarder, Table, _ClientSide
+from lbbench.frontends.dnat_worker import ForwarderFailed, ForwarderPool, merge_counters
+from lbbench.netaddr import HostPort, parse_hostport
 from lbbench.procs import Child, Supervisor, lbbench_argv
 from lbbench.testing import fresh_ip, start_pod, wait_port
 
@@ -193,8 +199,8 @@ def test_forwarder_exits_when_its_control_pipe_closes() -> None:
         sup = Supervisor()
         fe = UserspaceDnat(FrontendPlan((ServiceSpec("web", "default", "ClusterIP", fresh_ip(), 80, 8080),)), sup)
         await fe.start()
-        assert fe.process is not None and fe.process.child is not None
-        child = fe.process.child
+        assert fe.pool is not None and fe.pool.processes[0].child is not None
+        child = fe.pool.processes[0].child
         assert child.stdin is not None
         child.stdin.close()  # as if lbbench died
         await asyncio.wait_for(child.wait(), 5)
@@ -293,3 +299,201 @@ def test_10mb_byte_exact_both_ways_slow_reader_bounded_memory(
     # what the kernel's socket buffers absorb) sits in its write buffer.
     assert growth < 3 * 1024 * 1024, f"forwarder RSS grew by {growth / 2**20:.1f} MiB"
     assert child.alive()
+
+
+# ---------------------------------------------------------------------------------------
+# Workers: N processes sharing every listener (SO_REUSEPORT)
+
+
+def test_worker_plans_have_their_own_seed_and_share_the_bound_ports() -> None:
+    plan = forwarder_plan([lb_service()], "random", 7)
+    workers = [plan.for_worker(i, 3) for i in range(3)]
+    assert [w.seed for w in workers] == [7, 8, 9]
+    assert all(w.reuse_port for w in workers) and not plan.for_worker(0, 1).reuse_port
+    assert ForwarderPlan.from_json(workers[2].to_json()) == workers[2]
+    zero = ForwarderPlan((Listener(HostPort("127.77.0.1", 0), "t"),), (("t", ()),))
+    assert zero.bound_to([HostPort("127.77.0.1", 40001)]).listeners[0].addr.port == 40001
+    with pytest.raises(ValueError, match="bound addresses"):
+        zero.bound_to([])
+
+
+def test_merged_counters_are_summed_but_an_update_counts_once() -> None:
+    a = {"connections_total": 3.0, "connections_active": 1.0, "endpoint_updates_total": 2.0}
+    b = {"connections_total": 5.0, "connections_active": 0.0, "endpoint_updates_total": 1.0}
+    assert merge_counters([a, b]) == {"connections_total": 8.0, "connections_active": 1.0,
+                                      "endpoint_updates_total": 1.0}
+
+
+def _echo_round_trips(addr: HostPort, n: int) -> int:
+    """n fresh connections, one echoed ping each; how many came back whole."""
+    ok = 0
+    for i in range(n):
+        try:
+            with socket.create_connection((addr.host, addr.port), timeout=5) as s:
+                msg = f"ping {i}".encode()
+                s.sendall(msg)
+                got = b""
+                while len(got) < len(msg) and (chunk := s.recv(100)):
+                    got += chunk
+                ok += got == msg
+        except OSError:
+            continue
+    return ok
+
+
+def test_workers_share_a_port_zero_listener(echo_backend: HostPort) -> None:
+    async def body() -> tuple[HostPort, int, list[dict[str, float]], dict[str, float], list[int]]:
+        sup = Supervisor()
+        plan = ForwarderPlan((Listener(HostPort(fresh_ip(), 0), "t"),), (("t", (echo_backend,)),), seed=5)
+        pool = ForwarderPool(sup, plan, workers=2)
+        try:
+            addr = parse_hostport((await pool.start())[0])
+            ok = await asyncio.to_thread(_echo_round_trips, addr, 60)
+            per_worker = [await p.counters() for p in pool.processes]
+            return addr, ok, per_worker, await pool.counters(), pool.pids()
+        finally:
+            await pool.stop()
+            await sup.aclose()
+
+    addr, ok, per_worker, total, pids = asyncio.run(body())
+    assert addr.port != 0 and ok == 60
+    assert len(set(pids)) == 2
+    # the kernel hashes each new connection to one of the two sockets: both get some
+    assert all(w["connections_total"] > 0 for w in per_worker), per_worker
+    assert total["connections_total"] == 60 and total["workers"] == 2
+
+
+def test_frontend_with_workers_sends_updates_to_all(echo_backend: HostPort) -> None:
+    async def body() -> tuple[int, list[str], dict[str, float], list[int]]:
+        sup = Supervisor()
+        spec = ServiceSpec("web", "default", "ClusterIP", fresh_ip(), 80, 8080)
+        fe = UserspaceDnat(FrontendPlan((spec,), seed=3), sup, workers=2)
+        try:
+            await fe.start()
+            addr = fe.entrypoint(spec.key).addr
+            await fe.update_endpoints(spec.key, (Endpoint("echo", echo_backend.host, echo_backend.port),))
+            ok = await asyncio.to_thread(_echo_round_trips, addr, 40)
+            await fe.update_endpoints(spec.key, ())  # every worker must now reject
+            after = [await asyncio.to_thread(_expect_reset, addr) for _ in range(20)]
+            return ok, after, await fe.counters(), fe.pids()
+        finally:
+            await fe.stop()
+            await sup.aclose()
+
+    ok, after, counters, pids = asyncio.run(body())
+    assert ok == 40
+    assert after == ["reset"] * 20
+    assert len(pids) == 2
+    assert counters["connections_total"] == 60
+    assert counters["rejected_no_endpoints_total"] == 20
+    assert counters["endpoint_updates_total"] == 2  # applied by both workers, counted once
+
+
+def _read_reply(child: Child) -> dict[str, object]:
+    assert child.popen.stdout is not None
+    line = child.popen.stdout.readline()
+    assert line, "the forwarder closed its stdout"
+    reply: dict[str, object] = json.loads(line)
+    return reply
+
+
+def test_cli_workers_relay_control_and_die_with_their_manager(supervisor: Supervisor,
+                                                               echo_backend: HostPort) -> None:
+    vip = HostPort(fresh_ip(), 8080)
+    argv = lbbench_argv("serve", "dnat", "--listen", str(vip), "--backend", str(echo_backend), "--workers", "2")
+    manager = supervisor.spawn("dnat-workers", argv, stdout=subprocess.PIPE)
+    ready = _read_reply(manager)
+    assert ready["ready"] == [str(vip)]
+    workers = [psutil.Process(int(pid)) for pid in ready["workers"]]  # type: ignore[attr-defined]
+    assert len(workers) == 2 and all(w.ppid() == manager.pid for w in workers)
+    assert _echo_round_trips(vip, 30) == 30
+    assert send(manager.stdin, {"id": 1, "endpoints": {"service": "service", "endpoints": []}})
+    assert _read_reply(manager) == {"id": 1, "ok": True}
+    assert [_expect_reset(vip) for _ in range(10)] == ["reset"] * 10
+    assert send(manager.stdin, {"id": 2, "stats": True})
+    counters = _read_reply(manager)["counters"]
+    assert isinstance(counters, dict)
+    assert counters["connections_total"] == 40 and counters["rejected_no_endpoints_total"] == 10
+    assert counters["workers"] == 2
+    manager.signal(signal.SIGKILL)  # no orphans: the workers go with it
+    _gone, alive = psutil.wait_procs(workers, timeout=10)
+    assert not alive
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_address_in_use_is_one_line(workers: str) -> None:
+    with socket.create_server((fresh_ip(), 0)) as taken:
+        host, port = taken.getsockname()[:2]
+        r = subprocess.run(lbbench_argv("serve", "dnat", "--listen", f"{host}:{port}", "--workers", workers),
+                           capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+    assert r.returncode == 2
+    assert "cannot listen" in r.stderr and "address already in use" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_frontend_start_says_why_its_forwarder_failed() -> None:
+    async def body(taken: HostPort) -> None:
+        sup = Supervisor()
+        fe = UserspaceDnat(FrontendPlan((ServiceSpec("web", "default", "ClusterIP", taken.host, taken.port, 8080),)),
+                           sup, workers=2)
+        try:
+            await fe.start()
+        finally:
+            await fe.stop()
+            await sup.aclose()
+
+    with socket.create_server((fresh_ip(), 0)) as taken:
+        host, port = taken.getsockname()[:2]
+        with pytest.raises(ForwarderFailed, match=r"userspace-dnat-0: cannot listen.*address already in use"):
+            asyncio.run(body(HostPort(host, port)))
+
+
+def test_cli_refuses_zero_workers() -> None:
+    r = subprocess.run(lbbench_argv("serve", "dnat", "--listen", "127.0.0.1:0", "--workers", "0"),
+                       capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+    assert r.returncode == 2
+    assert "--workers must be >= 1" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+# ---------------------------------------------------------------------------------------
+# Socket options of the relay
+
+
+class _WatchingForwarder(Forwarder):
+    """Keeps every client side it makes, so a test can look at both sockets of a pair."""
+
+    def __init__(self, plan: ForwarderPlan) -> None:
+        super().__init__(plan)
+        self.sides: list[_ClientSide] = []
+
+    def client_protocol(self, table: Table) -> _ClientSide:
+        side = super().client_protocol(table)
+        self.sides.append(side)
+        return side
+
+
+def test_both_sockets_of_a_spliced_pair_have_nodelay(echo_backend: HostPort) -> None:
+    import uvloop
+
+    async def body() -> list[int]:
+        fwd = _WatchingForwarder(ForwarderPlan((Listener(HostPort(fresh_ip(), 0), "t"),), (("t", (echo_backend,)),)))
+        [addr] = await fwd.start()
+        reader, writer = await asyncio.open_connection(addr.host, addr.port)
+        writer.write(b"ping")
+        assert await reader.readexactly(4) == b"ping"
+        client = fwd.sides[0]
+        assert client.peer is not None
+        socks = [side.transport.get_extra_info("socket") for side in (client, client.peer)]
+        flags = [int(s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)) for s in socks]
+        writer.close()
+        await writer.wait_closed()
+        for _ in range(200):  # the relay closes both of its sockets after the client's FIN
+            if client.lost and client.peer.lost:
+                break
+            await asyncio.sleep(0.01)
+        fwd.close()
+        for server in fwd.servers:
+            await server.wait_closed()
+        return flags
+
+    assert uvloop.run(body()) == [1, 1]

@@ -21,10 +21,12 @@ from scipy.stats import chisquare
 from lbbench.errors import UserError
 from lbbench.frontends.base import Endpoint, FrontendPlan, ServiceSpec
 from lbbench.frontends.nftables import (
+    COMMANDS_TEXT_MAX,
     KernelNftables,
     endpoint_chain,
     render_full_apply,
     render_ruleset,
+    render_start,
     render_update,
     service_chain,
 )
@@ -105,6 +107,72 @@ def test_names_must_be_dns_labels() -> None:
         render_ruleset([bad], {})
 
 
+def many_services(n: int, per: int) -> tuple[list[ServiceSpec], dict[str, list[Endpoint]]]:
+    """n Services (every 4th a NodePort on two nodes), `per` endpoints each."""
+    def ip(block: int, i: int) -> str:
+        return f"127.{block}.{i // 250}.{i % 250 + 1}"
+
+    services = [ServiceSpec(f"svc-{i:04d}", "bench", "NodePort" if i % 4 == 0 else "ClusterIP", ip(96, i), 80, 8080,
+                            node_port=30000 + i if i % 4 == 0 else None,
+                            node_ips=("127.97.0.1", "127.97.0.2") if i % 4 == 0 else ())
+                for i in range(n)]
+    endpoints = {s.key: [Endpoint(f"p{j}", ip(100 + j, i), 8080) for j in range(per)] for i, s in enumerate(services)}
+    return services, endpoints
+
+
+def _port_name(spec: ServiceSpec) -> str:
+    return f"{spec.namespace}/{spec.name}/tcp/p{spec.port}"
+
+
+def test_small_start_is_one_transaction_in_block_form() -> None:
+    services, endpoints = golden_services()
+    assert render_start(services, endpoints) == [render_full_apply(services, endpoints)]
+
+
+def test_large_start_is_split_and_never_splits_a_service() -> None:
+    services, endpoints = many_services(1000, 2)
+    texts = render_start(services, endpoints)
+    assert len(texts) > 5
+    assert all(len(t) <= COMMANDS_TEXT_MAX for t in texts)
+    skeleton = texts[0]  # the table, its base and helper chains, empty maps: no Service yet
+    assert skeleton.startswith("add table ip lbbench\ndelete table ip lbbench\n")
+    assert "chain nat-output" in skeleton and "map service-ips" in skeleton and "elements" not in skeleton
+    assert "add element ip lbbench nodeport-ips { 127.97.0.1, 127.97.0.2 }" in texts[1]
+    for spec in services:  # its chains, its rules and its map entries land in one transaction
+        assert sum(_port_name(spec) in t for t in texts) == 1, spec.key
+
+
+def test_an_update_touches_only_its_own_service() -> None:
+    services, endpoints = golden_services()
+    web, cart = services[0], services[1]
+    [text] = render_update(cart, endpoints[cart.key], endpoints[cart.key][:2])
+    assert "flush map" not in text and _port_name(web) not in text
+    assert "numgen random mod 2 vmap" in text
+    assert text.count("delete chain") == 2  # the two endpoints that left
+    # the vmap points at the remaining chains; the entries stay where they were
+    [emptied] = render_update(cart, endpoints[cart.key], [])
+    lines = emptied.splitlines()
+    delete_entry = lines.index("delete element ip lbbench service-ips { 127.96.0.11 . tcp . 80 }")
+    assert delete_entry < lines.index(f"delete chain ip lbbench {service_chain(cart)}")
+    assert any(line.startswith("add element ip lbbench no-endpoint-services") for line in lines)
+
+
+def test_a_huge_update_keeps_its_switch_in_one_transaction() -> None:
+    services, endpoints = golden_services()
+    web = services[0]
+    huge = [Endpoint(f"p{i}", f"127.150.{i // 250}.{i % 250 + 1}", 8080) for i in range(1200)]
+    up = render_update(web, endpoints[web.key], huge)
+    assert len(up) > 2
+    [switch] = [i for i, t in enumerate(up) if "numgen" in t]
+    assert "numgen random mod 1200 vmap" in up[switch]
+    assert all("add rule" in t and "dnat to" in t for t in up[:switch])  # the new chains exist first
+    assert all("delete chain" in t and "numgen" not in t for t in up[switch + 1:])  # stale ones go last
+    down = render_update(web, huge, endpoints[web.key][:1])
+    [switch] = [i for i, t in enumerate(down) if "numgen" in t]
+    assert "dnat to 127.100.0.1:8080" in down[switch]  # the one new chain, with the switch
+    assert len(down) > 1 and all("delete chain" in t for t in down[switch + 1:])
+
+
 def test_start_refuses_outside_the_private_namespace() -> None:
     """Never the host's netfilter: refused before any nft runs."""
     spec = ServiceSpec("web", "default", "ClusterIP", "127.96.0.10", 80, 8080)
@@ -129,12 +197,11 @@ def test_start_refuses_outside_the_private_namespace() -> None:
 @needs_netns
 def test_golden_and_update_transactions_accepted_by_nft(supervisor: Supervisor, tmp_path: Path) -> None:
     services, endpoints = golden_services()
-    update_to_two = {**endpoints, "default/web": endpoints["default/web"][:2]}
-    update_to_none = {**endpoints, "shop/front": []}
+    [two] = render_update(services[0], endpoints["default/web"], endpoints["default/web"][:2])
+    [none] = render_update(services[2], endpoints["shop/front"], [])
     (tmp_path / "full.nft").write_text(render_full_apply(services, endpoints))
-    (tmp_path / "two.nft").write_text(render_update(services, update_to_two, services[0], endpoints["default/web"]))
-    (tmp_path / "none.nft").write_text(render_update(services, update_to_none, services[2],
-                                                     endpoints["shop/front"]))
+    (tmp_path / "two.nft").write_text(two)
+    (tmp_path / "none.nft").write_text(none)
     script = (f"nft -c -f {GOLDEN} && nft -f {tmp_path}/full.nft && nft -f {tmp_path}/two.nft && "
               f"nft -f {tmp_path}/none.nft && nft list table ip lbbench")
     r = run_in_netns(supervisor, ["sh", "-c", script])
@@ -260,3 +327,69 @@ asyncio.run(main())
     assert all(a["exit_status"] == 0 and a["apply_ms"] > 0 and a["applied_unix_s"] > 0 for a in applies)
     assert "numgen random mod 2" in (folder / "0002.nft").read_text()
     assert "goto reject-chain" in (folder / "0003.nft").read_text()
+
+
+_SCALE_CODE = """
+import asyncio, json, subprocess, sys
+sys.path.insert(0, {tests!r})
+from test_nftables import many_services
+from lbbench.frontends.base import FrontendPlan
+from lbbench.frontends.nftables import KernelNftables, RulesApplier, render_start, render_update
+from lbbench.procs import Supervisor
+
+def listing():
+    out = subprocess.run(["nft", "-j", "list", "table", "ip", "lbbench"], capture_output=True, text=True, check=True)
+    objs = json.loads(out.stdout)["nftables"]
+    maps = {{o["map"]["name"]: len(o["map"].get("elem", [])) for o in objs if "map" in o}}
+    return {{"chains": sum("chain" in o for o in objs), "rules": sum("rule" in o for o in objs), **maps}}
+
+async def main():
+    sup = Supervisor()
+    services, endpoints = many_services(1000, 2)
+    out = {{}}
+    fe = KernelNftables(FrontendPlan(tuple(services), in_netns=True), sup)  # starts with no endpoints
+    await fe.start()
+    await fe.update_endpoints(services[1].key, tuple(endpoints[services[1].key]))
+    out["frontend"] = {{**listing(), **(await fe.counters())}}
+    await fe.stop()
+    applier = RulesApplier(sup, None, "nft", ["-f"], ".nft", "nft")
+    texts = render_start(services, endpoints)
+    for text in texts:
+        await applier.apply(text, "1000 x 2")
+    out["full"] = {{**listing(), "transactions": len(texts)}}
+    # on top of that, one Service loses its endpoints and another gets a third one (small updates)
+    s0, s1 = services[0], services[1]
+    three = many_services(2, 3)[1][s1.key]
+    for text in render_update(s0, endpoints[s0.key], []) + render_update(s1, endpoints[s1.key], three):
+        await applier.apply(text, "update")
+    out["updated"] = listing()
+    applier.close()
+    await sup.aclose()
+    print(json.dumps(out))
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.netns
+@needs_netns
+def test_1000_services_apply_inside_the_namespace(supervisor: Supervisor) -> None:
+    """More than nft's netlink buffer takes in one transaction inside a user namespace (~130 Services)."""
+    r = run_in_netns(supervisor, [sys.executable, "-c", _SCALE_CODE.format(tests=str(HERE))])
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout)
+    helpers = 8  # 5 base chains, reject-chain, service-endpoints-check, services
+    fe = out["frontend"]
+    assert fe["nft_applies_total"] > 2  # the start took several transactions, the update one
+    assert fe["no-endpoint-services"] == 999 and fe["no-endpoint-nodeports"] == 250  # svc-0001 is a ClusterIP
+    assert fe["service-ips"] == 1 and fe["chains"] == helpers + 1 + 2
+    full = out["full"]
+    assert full["transactions"] > 5
+    assert full["service-ips"] == 1000 and full["service-nodeports"] == 250
+    assert full["no-endpoint-services"] == 0 and full["no-endpoint-nodeports"] == 0
+    assert full["chains"] == helpers + 1000 * 3
+    assert full["rules"] == 10 + 1000 * 3  # 5 base chains, 2 + 2 lookups, 1 reject; a vmap + 2 dnat each
+    updated = out["updated"]
+    assert updated["service-ips"] == 999 and updated["no-endpoint-services"] == 1
+    assert updated["service-nodeports"] == 249 and updated["no-endpoint-nodeports"] == 1  # svc-0000 is a NodePort
+    assert updated["chains"] == helpers + 1000 * 3 - 3 + 1

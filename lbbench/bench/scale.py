@@ -96,14 +96,19 @@ def _nft_inputs(n: int) -> tuple[list[ServiceSpec], dict[str, tuple[Endpoint, ..
 
 
 async def _render_and_apply(applier: Any, n: int) -> tuple[float, float, int]:
-    from lbbench.frontends.nftables import render_full_apply
+    """Render the whole table and apply it as kernel-nftables starts: in batches that fit nft's buffer."""
+    from lbbench.frontends.nftables import FAMILY, TABLE, render_start
 
     svcs, eps = _nft_inputs(n)
     t0 = time.perf_counter()
-    text = render_full_apply(svcs, eps)
+    batches = render_start(svcs, eps)
     render = time.perf_counter() - t0
-    apply = await applier.apply(text, f"bench: {n} services")
-    return render, apply, len(text)
+    apply = 0.0
+    with contextlib.suppress(RuntimeError):  # a fresh table each round
+        await applier.apply(f"delete table {FAMILY} {TABLE}\n", "bench: reset")
+    for i, text in enumerate(batches):
+        apply += await applier.apply(text, f"bench: {n} services, batch {i + 1}/{len(batches)}")
+    return render, apply, sum(len(t) for t in batches)
 
 
 async def nft_apply(sup: Supervisor, repeats: int, n: int = NFT_SERVICES) -> dict[str, Any]:

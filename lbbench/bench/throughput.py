@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from lbbench.bench import cpu
 from lbbench.bench.peers import Wrk, WrkResult
 from lbbench.bench.stats import Stat, stat
 from lbbench.frontends.base import Endpoint, Frontend, FrontendPlan, ProxySettings, ServiceSpec
+from lbbench.frontends.dnat import UserspaceDnat
 from lbbench.frontends.registry import KERNEL, frontend_class
 from lbbench.netaddr import HostPort
 from lbbench.netns import in_private_netns, netns_unavailable_reason
@@ -31,6 +33,8 @@ L4_PEERS = ("direct", "userspace-dnat", "haproxy-tcp", "kernel-nftables")
 L7_PEERS = ("direct", "l7-proxy", "haproxy", "nginx", "httpd")
 SERVICE_PORT = 8080  # >= 1024: no root needed outside lbbench's namespace
 START_TIMEOUT_S = 30.0
+# userspace-dnat worker processes: one per usable CPU, as HAProxy 2.6's default nbthread (like for like)
+DNAT_WORKERS = len(os.sched_getaffinity(0))
 READY_TIMEOUT_S = 10.0
 # Throughput, not queueing, is measured: no per-backend limit, so nothing waits in a proxy's queue.
 L7_SETTINGS = ProxySettings(maxconn=0)
@@ -138,7 +142,7 @@ async def start_frontend(name: str, sup: Supervisor, backend: HostPort, layer: s
     cls = frontend_class(name)
     assert not isinstance(cls, str)
     plan, spec = l4_plan(backend) if layer == "l4" else l7_plan(backend)
-    fe: Frontend = cls(plan, sup)
+    fe: Frontend = cls(plan, sup, workers=DNAT_WORKERS) if issubclass(cls, UserspaceDnat) else cls(plan, sup)
     try:
         await asyncio.wait_for(fe.start(), START_TIMEOUT_S)
         await asyncio.wait_for(fe.update_endpoints(spec.key, (Endpoint("pod-0", backend.host, backend.port),)),

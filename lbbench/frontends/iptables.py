@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from lbbench.frontends.base import Endpoint, ServiceSpec
-from lbbench.frontends.dnat import node_port_addrs, validate_service
+from lbbench.frontends.dnat_plan import node_port_addrs, validate_service
 from lbbench.frontends.nftables import KernelNftables, RulesApplier, nodeport_ips
 
 
@@ -129,12 +129,12 @@ class KernelIptables(KernelNftables):
         folder = directory / "iptables" if directory is not None else None
         return RulesApplier(self.supervisor, folder, "iptables-restore", [], ".rules", "iptables")
 
-    def render_start(self) -> str:
-        return render_iptables(list(self.plan.services), self.endpoints)
+    def render_start(self) -> list[str]:
+        return [render_iptables(list(self.plan.services), self.endpoints)]
 
     def render_update(self, spec: ServiceSpec, previous: Sequence[Endpoint],
-                      proposed: Mapping[str, Sequence[Endpoint]]) -> str:
-        return render_iptables(list(self.plan.services), proposed)
+                      proposed: Mapping[str, Sequence[Endpoint]]) -> list[str]:
+        return [render_iptables(list(self.plan.services), proposed)]
 
     def render_stop(self) -> str:
         return _EMPTY

@@ -15,12 +15,15 @@ mark before jumping to the Service chain), LoadBalancerSourceRanges firewalling,
 affinity, and the LoadBalancer IP in ``service-ips``: kube-proxy short-circuits in-cluster
 traffic to it, but lbbench's clients are outside the cluster, so their connections go
 through the cloud balancer (a userspace L4 hop over the node IP:NodePort pairs, see
-:func:`lbbench.frontends.dnat.forwarder_plan`) and are DNATed by the NodePort rules.
+:func:`lbbench.frontends.dnat_plan.forwarder_plan`) and are DNATed by the NodePort rules.
 
-Every update is one ``nft -f`` transaction: the maps are flushed and refilled (kube-proxy
-rebuilds them on every sync too), the updated Service's chains are rewritten and its stale
-endpoint chains deleted. Each applied file is kept, with its apply time, under
-``artifacts_dir/nftables``. Rules are written only inside lbbench's private namespace.
+Every Endpoints update is one ``nft -f`` transaction that touches only that Service (like
+kube-proxy's partial syncs): new endpoint chains, the Service chain's vmap rule and its map
+entries, then its stale endpoint chains, deleted once nothing points at them. The start is
+one transaction when small; nft cannot raise its netlink buffer inside an unprivileged user
+namespace, so a large table is built in several (the skeleton, then whole Services in
+batches). Each applied file is kept, with its apply time, under ``artifacts_dir/nftables``.
+Rules are written only inside lbbench's private namespace.
 """
 
 from __future__ import annotations
@@ -34,19 +37,14 @@ import re
 import subprocess
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from lbbench.errors import UserError
 from lbbench.frontends.base import Endpoint, Entrypoint, Frontend, FrontendPlan, ServiceSpec, ServiceType
-from lbbench.frontends.dnat import (
-    ForwarderProcess,
-    entrypoint_of,
-    forwarder_plan,
-    node_port_addrs,
-    validate_service,
-)
+from lbbench.frontends.dnat_plan import entrypoint_of, forwarder_plan, node_port_addrs, validate_service
+from lbbench.frontends.dnat_worker import ForwarderProcess
 from lbbench.netns import find_tool, in_private_netns, netns_unavailable_reason
 from lbbench.procs import Supervisor
 
@@ -88,31 +86,58 @@ def check_names(spec: ServiceSpec) -> None:
 # ---------------------------------------------------------------------------------------
 # Rendering
 
+_MAPS = ("service-ips", "service-nodeports", "no-endpoint-services", "no-endpoint-nodeports")
+_T = f"{FAMILY} {TABLE}"
+# nft 1.0.6 cannot enlarge its netlink send buffer in an unprivileged user namespace
+# (SO_SNDBUFFORCE is refused), so one transaction must fit net.core.wmem_default (212992
+# bytes): the one-file ruleset fails at ~130 Services x 2 endpoints ("Message too long").
+# Measured netlink bytes per byte of text (shortest names, the densest): <= 2.1 in the
+# one-command-per-line form, <= 3.0 in the block form; both bounds keep a 1.5x margin.
+COMMANDS_TEXT_MAX = 64_000  # -> <= ~135 KB of netlink
+BLOCK_TEXT_MAX = 32_000  # the whole ruleset in block form, one transaction -> <= ~96 KB
+
 
 @dataclass(frozen=True)
-class _Elements:
-    service_ips: list[str]
-    service_nodeports: list[str]
-    no_endpoint_services: list[str]
-    no_endpoint_nodeports: list[str]
+class _Element:
+    map: str
+    key: str
+    value: str  # what follows the key: [comment "..."] : goto CHAIN
+
+    def text(self) -> str:
+        return f"{self.key} {self.value}"
 
 
-def _elements(services: Sequence[ServiceSpec], endpoints: Mapping[str, Sequence[Endpoint]]) -> _Elements:
-    out = _Elements([], [], [], [])
-    for spec in services:
-        target = f"goto {service_chain(spec)}"
-        np = spec.node_port if node_port_addrs(spec) else None
-        if endpoints.get(spec.key):
-            out.service_ips.append(f"{spec.cluster_ip} . tcp . {spec.port} : {target}")
-            if np is not None:
-                out.service_nodeports.append(f"tcp . {np} : {target}")
-        else:
-            comment = f'comment "{spec.key}:p{spec.port}"'
-            key = f"{spec.cluster_ip} . tcp . {spec.port}"
-            out.no_endpoint_services.append(f"{key} {comment} : goto reject-chain")
-            if np is not None:
-                out.no_endpoint_nodeports.append(f"tcp . {np} {comment} : goto reject-chain")
+def service_elements(spec: ServiceSpec, has_endpoints: bool) -> list[_Element]:
+    """`spec`'s entries: in service-ips/-nodeports with endpoints, else in the no-endpoint maps."""
+    key = f"{spec.cluster_ip} . tcp . {spec.port}"
+    np_key = f"tcp . {spec.node_port}" if node_port_addrs(spec) else None
+    if has_endpoints:
+        target = f": goto {service_chain(spec)}"
+        out = [_Element("service-ips", key, target)]
+        if np_key is not None:
+            out.append(_Element("service-nodeports", np_key, target))
+        return out
+    reject = f'comment "{spec.key}:p{spec.port}" : goto reject-chain'
+    out = [_Element("no-endpoint-services", key, reject)]
+    if np_key is not None:
+        out.append(_Element("no-endpoint-nodeports", np_key, reject))
     return out
+
+
+def _elements(services: Sequence[ServiceSpec], endpoints: Mapping[str, Sequence[Endpoint]]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {m: [] for m in _MAPS}
+    for spec in services:
+        for el in service_elements(spec, bool(endpoints.get(spec.key))):
+            out[el.map].append(el.text())
+    return out
+
+
+def _add_elements(elements: Sequence[_Element]) -> list[str]:
+    return [f"add element {_T} {el.map} {{ {el.text()} }}" for el in elements]
+
+
+def _delete_elements(elements: Sequence[_Element]) -> list[str]:
+    return [f"delete element {_T} {el.map} {{ {el.key} }}" for el in elements]
 
 
 def nodeport_ips(services: Sequence[ServiceSpec]) -> list[str]:
@@ -159,37 +184,40 @@ _SERVICE_KEY = "ipv4_addr . inet_proto . inet_service"
 _NODEPORT_KEY = "inet_proto . inet_service"
 
 
-def render_ruleset(services: Sequence[ServiceSpec], endpoints: Mapping[str, Sequence[Endpoint]]) -> str:
-    """The whole ``table ip lbbench`` for these Services and Endpoints (deterministic)."""
+def _check(services: Sequence[ServiceSpec]) -> None:
     for spec in services:
         validate_service(spec)
         check_names(spec)
-    el = _elements(services, endpoints)
+
+
+def _table_block(services: Sequence[ServiceSpec], endpoints: Mapping[str, Sequence[Endpoint]],
+                 contents: bool) -> str:
+    """``table ip lbbench {...}``; without contents: every chain and map, but no Service in them."""
+    el = _elements(services, endpoints) if contents else {m: [] for m in _MAPS}
     out = [f"table {FAMILY} {TABLE} {{", '\tcomment "lbbench: kube-proxy nftables-mode layout"']
     for name, ctype, hook, prio, rule in _BASE_CHAINS:
         out += _chain_block(name, [f"type {ctype} hook {hook} priority {prio}; policy accept;", rule])
-    node_ips = nodeport_ips(services)
+    node_ips = nodeport_ips(services) if contents else []
     out += ["\tset nodeport-ips {", "\t\ttype ipv4_addr", '\t\tcomment "IPs that accept NodePort traffic"']
     if node_ips:
         out.append("\t\telements = { " + ", ".join(node_ips) + " }")
     out += ["\t}", ""]
     out += _map_block("no-endpoint-services", _SERVICE_KEY,
-                      "vmap to drop or reject packets to services with no endpoints", el.no_endpoint_services)
+                      "vmap to drop or reject packets to services with no endpoints", el["no-endpoint-services"])
     out += _map_block("no-endpoint-nodeports", _NODEPORT_KEY,
                       "vmap to drop or reject packets to service nodeports with no endpoints",
-                      el.no_endpoint_nodeports)
+                      el["no-endpoint-nodeports"])
     out += _chain_block("reject-chain", [
         'comment "helper for @no-endpoint-services / @no-endpoint-nodeports"', "reject"])
     out += _chain_block("service-endpoints-check", [
         "ip daddr . meta l4proto . th dport vmap @no-endpoint-services",
         "ip daddr @nodeport-ips meta l4proto . th dport vmap @no-endpoint-nodeports"])
-    out += _map_block("service-ips", _SERVICE_KEY, "ClusterIP traffic",
-                      el.service_ips)
-    out += _map_block("service-nodeports", _NODEPORT_KEY, "NodePort traffic", el.service_nodeports)
+    out += _map_block("service-ips", _SERVICE_KEY, "ClusterIP traffic", el["service-ips"])
+    out += _map_block("service-nodeports", _NODEPORT_KEY, "NodePort traffic", el["service-nodeports"])
     out += _chain_block("services", [
         "ip daddr . meta l4proto . th dport vmap @service-ips",
         "ip daddr @nodeport-ips meta l4proto . th dport vmap @service-nodeports"])
-    for spec in services:
+    for spec in services if contents else ():
         eps = list(endpoints.get(spec.key, ()))
         if not eps:
             continue
@@ -202,45 +230,93 @@ def render_ruleset(services: Sequence[ServiceSpec], endpoints: Mapping[str, Sequ
     return "\n".join(out) + "\n"
 
 
+def render_ruleset(services: Sequence[ServiceSpec], endpoints: Mapping[str, Sequence[Endpoint]]) -> str:
+    """The whole ``table ip lbbench`` for these Services and Endpoints (deterministic)."""
+    _check(services)
+    return _table_block(services, endpoints, contents=True)
+
+
+_REPLACE_TABLE = f"add table {_T}\ndelete table {_T}\n"  # the add makes the delete safe when it is absent
+
+
 def render_full_apply(services: Sequence[ServiceSpec], endpoints: Mapping[str, Sequence[Endpoint]]) -> str:
-    """Replace the table atomically (the add+delete makes the delete safe when it is absent)."""
-    replace = f"add table {FAMILY} {TABLE}\ndelete table {FAMILY} {TABLE}\n"
-    return replace + render_ruleset(services, endpoints)
+    """Replace the table atomically, in one transaction (only small rulesets fit: see BLOCK_TEXT_MAX)."""
+    return _REPLACE_TABLE + render_ruleset(services, endpoints)
 
 
-def render_update(services: Sequence[ServiceSpec], endpoints: Mapping[str, Sequence[Endpoint]],
-                  spec: ServiceSpec, previous: Sequence[Endpoint]) -> str:
-    """One transaction moving `spec` from `previous` to ``endpoints[spec.key]``.
+def pack(units: Iterable[Sequence[str]], max_chars: int = COMMANDS_TEXT_MAX) -> list[str]:
+    """Consecutive units of lines joined into as few transactions as fit `max_chars`; a unit is never split."""
+    out: list[str] = []
+    current: list[str] = []
+    size = 0
+    for unit in units:
+        n = sum(len(line) + 1 for line in unit)
+        if current and size + n > max_chars:
+            out.append("\n".join(current) + "\n")
+            current, size = [], 0
+        current += unit
+        size += n
+    if current:
+        out.append("\n".join(current) + "\n")
+    return out
 
-    Order matters: nothing may reference a chain when it is deleted, so the maps and the
-    Service chain are flushed before stale chains go.
-    """
-    t = f"{FAMILY} {TABLE}"
-    new = list(endpoints.get(spec.key, ()))
-    svc = service_chain(spec)
-    lines = [f"flush map {t} {m}" for m in
-             ("service-ips", "service-nodeports", "no-endpoint-services", "no-endpoint-nodeports")]
-    if new:
-        lines += [f"add chain {t} {svc}", f"flush chain {t} {svc}"]
-        for ep in _unique_endpoints(new):
+
+def _service_unit(spec: ServiceSpec, eps: Sequence[Endpoint]) -> list[str]:
+    """One Service into a table that has none of it yet: its chains, then its map entries."""
+    lines: list[str] = []
+    if eps:
+        lines.append(f"add chain {_T} {service_chain(spec)}")
+        for ep in _unique_endpoints(eps):
             chain = endpoint_chain(spec, ep)
-            lines += [f"add chain {t} {chain}", f"flush chain {t} {chain}",
-                      f"add rule {t} {chain} {_dnat_rule(ep)}"]
-        lines.append(f"add rule {t} {svc} {_vmap_rule(spec, new)}")
+            lines += [f"add chain {_T} {chain}", f"add rule {_T} {chain} {_dnat_rule(ep)}"]
+        lines.append(f"add rule {_T} {service_chain(spec)} {_vmap_rule(spec, eps)}")
+    return lines + _add_elements(service_elements(spec, bool(eps)))
+
+
+def render_start(services: Sequence[ServiceSpec], endpoints: Mapping[str, Sequence[Endpoint]], *,
+                 block_max: int = BLOCK_TEXT_MAX, commands_max: int = COMMANDS_TEXT_MAX) -> list[str]:
+    """The table from scratch, in as few ``nft -f`` transactions as fit nft's netlink buffer.
+
+    Small: one transaction, the readable block form. Large: first the table with its base
+    chains, helper chains and empty maps; then the NodePort IPs, then each Service whole (its
+    chains, then its map entries, so no Service is ever half-programmed), packed in batches.
+    """
+    whole = render_full_apply(services, endpoints)  # validates
+    if len(whole) <= block_max:
+        return [whole]
+    skeleton = _REPLACE_TABLE + _table_block(services, endpoints, contents=False)
+    ips = nodeport_ips(services)
+    units: list[Sequence[str]] = [[f"add element {_T} nodeport-ips {{ {', '.join(ips[i:i + 200])} }}"]
+                                  for i in range(0, len(ips), 200)]
+    units += [_service_unit(spec, list(endpoints.get(spec.key, ()))) for spec in services]
+    return [skeleton, *pack(units, commands_max)]
+
+
+def render_update(spec: ServiceSpec, previous: Sequence[Endpoint], new: Sequence[Endpoint], *,
+                  commands_max: int = COMMANDS_TEXT_MAX) -> list[str]:
+    """Transactions moving `spec` from `previous` to `new` endpoints, touching only its own entries.
+
+    Normally one transaction (kube-proxy's partial sync): new endpoint chains; the switch
+    (the Service chain's vmap rule and the Service's map entries); stale endpoint chains
+    deleted once nothing points at them. If that is too big for one transaction, it is cut
+    between chains, never inside the switch: clients see the Service change at once.
+    """
+    svc = service_chain(spec)
+    old_chains = {endpoint_chain(spec, ep) for ep in previous}
+    created = [[f"add chain {_T} {chain}", f"flush chain {_T} {chain}", f"add rule {_T} {chain} {_dnat_rule(ep)}"]
+               for ep in _unique_endpoints(new) if (chain := endpoint_chain(spec, ep)) not in old_chains]
+    new_chains = {endpoint_chain(spec, ep) for ep in new}
+    stale = [[f"flush chain {_T} {chain}", f"delete chain {_T} {chain}"]
+             for ep in _unique_endpoints(previous) if (chain := endpoint_chain(spec, ep)) not in new_chains]
+    switch: list[str] = []
+    if bool(previous) != bool(new):  # the Service moves between the NAT maps and the no-endpoint maps
+        switch += _delete_elements(service_elements(spec, bool(previous)))
+    if new:
+        switch += [f"add chain {_T} {svc}", f"flush chain {_T} {svc}", f"add rule {_T} {svc} {_vmap_rule(spec, new)}"]
     elif previous:
-        lines += [f"flush chain {t} {svc}", f"delete chain {t} {svc}"]
-    keep = {endpoint_chain(spec, ep) for ep in new}
-    for ep in _unique_endpoints(previous):
-        chain = endpoint_chain(spec, ep)
-        if chain not in keep:
-            lines += [f"flush chain {t} {chain}", f"delete chain {t} {chain}"]
-    el = _elements(services, endpoints)
-    for name, elements in (("service-ips", el.service_ips), ("service-nodeports", el.service_nodeports),
-                           ("no-endpoint-services", el.no_endpoint_services),
-                           ("no-endpoint-nodeports", el.no_endpoint_nodeports)):
-        if elements:
-            lines.append(f"add element {t} {name} {{ " + ", ".join(elements) + " }")
-    return "\n".join(lines) + "\n"
+        switch += [f"flush chain {_T} {svc}", f"delete chain {_T} {svc}"]
+    switch += _add_elements(service_elements(spec, bool(new)))  # adding an existing entry is a no-op
+    return pack([*created, switch, *stale], commands_max)  # in order; the switch is one unit, never split
 
 
 # ---------------------------------------------------------------------------------------
@@ -343,15 +419,20 @@ class KernelNftables(Frontend):
         folder = directory / "nftables" if directory is not None else None
         return RulesApplier(self.supervisor, folder, "nft", ["-f"], ".nft", "nft")
 
-    def render_start(self) -> str:
-        return render_full_apply(list(self.plan.services), self.endpoints)
+    def render_start(self) -> list[str]:
+        return render_start(self.plan.services, self.endpoints)
 
     def render_update(self, spec: ServiceSpec, previous: Sequence[Endpoint],
-                      proposed: Mapping[str, Sequence[Endpoint]]) -> str:
-        return render_update(list(self.plan.services), proposed, spec, previous)
+                      proposed: Mapping[str, Sequence[Endpoint]]) -> list[str]:
+        return render_update(spec, previous, proposed[spec.key])
 
     def render_stop(self) -> str:
         return f"delete table {FAMILY} {TABLE}\n"
+
+    async def _apply_all(self, texts: Sequence[str], reason: str) -> None:
+        assert self.applier is not None
+        for i, text in enumerate(texts):
+            await self.applier.apply(text, reason if len(texts) == 1 else f"{reason} ({i + 1}/{len(texts)})")
 
     async def start(self) -> None:
         if not (self.plan.in_netns and in_private_netns()):
@@ -361,7 +442,7 @@ class KernelNftables(Frontend):
             validate_service(spec)
             check_names(spec)
         self.applier = self.make_applier(self.plan.artifacts_dir)
-        await self.applier.apply(self.render_start(), "start: no endpoints yet")
+        await self._apply_all(self.render_start(), "start: no endpoints yet")
         lb_plan = forwarder_plan(list(self.plan.services), "random", self.plan.seed, include_cluster=False)
         if lb_plan.listeners:
             self.lb_hop = ForwarderProcess(self.supervisor, lb_plan, f"{self.name}-lb")
@@ -375,9 +456,9 @@ class KernelNftables(Frontend):
             raise RuntimeError(f"{self.name} is not started")
         previous = self.endpoints[service_key]
         proposed = {**self.endpoints, service_key: tuple(endpoints)}
-        await self.applier.apply(self.render_update(spec, previous, proposed),
-                                 f"endpoints {service_key}: {len(endpoints)}")
-        self.endpoints = proposed
+        await self._apply_all(self.render_update(spec, previous, proposed),
+                              f"endpoints {service_key}: {len(endpoints)}")
+        self.endpoints[service_key] = tuple(endpoints)  # only once the kernel has it
 
     async def stop(self) -> None:
         hop, self.lb_hop = self.lb_hop, None

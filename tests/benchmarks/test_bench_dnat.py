@@ -1,7 +1,8 @@
-"""Micro-benchmark: the userspace-dnat relay moving one chunk client -> pod and back.
+"""Micro-benchmarks: the userspace-dnat relay moving one chunk client -> pod and back.
 
 The forwarder's two protocol objects are wired to socketpairs on uvloop (no TCP handshake,
-no endpoint choice): what is timed is data_received -> peer write, both directions.
+no endpoint choice): what is timed is data_received -> peer write, both directions; with
+16 KiB chunks, and with a keep-alive HTTP exchange's sizes (the bench's load).
 Run with: .venv/bin/pytest tests/benchmarks/test_bench_dnat.py --benchmark-enable
 """
 
@@ -15,7 +16,8 @@ import pytest
 import uvloop
 from pytest_benchmark.fixture import BenchmarkFixture
 
-from lbbench.frontends.dnat import Forwarder, ForwarderPlan, Table, _ClientSide, _PodSide
+from lbbench.frontends.dnat_plan import ForwarderPlan
+from lbbench.frontends.dnat_relay import Forwarder, Table, _ClientSide, _PodSide
 
 CHUNK = 16 * 1024
 
@@ -28,7 +30,7 @@ class _WiredClient(_ClientSide):
 
 
 class Relay:
-    def __init__(self) -> None:
+    def __init__(self, up: int = CHUNK, down: int = CHUNK) -> None:
         self.loop = uvloop.new_event_loop()
         self.client, client_fwd = socket.socketpair()
         self.pod, pod_fwd = socket.socketpair()
@@ -38,17 +40,18 @@ class Relay:
         client_side = _WiredClient(fwd, Table())
         self.loop.run_until_complete(self.loop.connect_accepted_socket(lambda: client_side, client_fwd))
         self.loop.run_until_complete(self.loop.connect_accepted_socket(lambda: _PodSide(client_side), pod_fwd))
-        self.payload = b"x" * CHUNK
+        self.up = b"u" * up
+        self.down = b"d" * down
 
-    async def _move(self, src: socket.socket, dst: socket.socket) -> None:
-        await self.loop.sock_sendall(src, self.payload)
+    async def _move(self, src: socket.socket, dst: socket.socket, payload: bytes) -> None:
+        await self.loop.sock_sendall(src, payload)
         got = 0
-        while got < CHUNK:
+        while got < len(payload):
             got += len(await self.loop.sock_recv(dst, CHUNK))
 
     async def _round_trip(self) -> None:
-        await self._move(self.client, self.pod)
-        await self._move(self.pod, self.client)
+        await self._move(self.client, self.pod, self.up)
+        await self._move(self.pod, self.client, self.down)
 
     def round_trip(self) -> None:
         self.loop.run_until_complete(self._round_trip())
@@ -71,3 +74,11 @@ def relay() -> Iterator[Relay]:
 
 def test_relay_chunk_round_trip(benchmark: BenchmarkFixture, relay: Relay) -> None:
     benchmark(relay.round_trip)
+
+
+def test_relay_http_sized_round_trip(benchmark: BenchmarkFixture) -> None:
+    r = Relay(up=80, down=160)  # wrk's GET and nginx's 200 "ok"
+    try:
+        benchmark(r.round_trip)
+    finally:
+        r.close()
