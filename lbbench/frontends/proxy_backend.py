@@ -98,8 +98,12 @@ class Backend:
 
     def observe_latency(self, rtt_s: float, now: float) -> None:
         """Peak-EWMA: jump to a slower sample at once, decay towards faster ones."""
-        w = math.exp(-max(now - self.ewma_stamp, 0.0) / PEAK_EWMA_DECAY_S)
-        self.ewma_s = rtt_s if rtt_s > self.ewma_s else self.ewma_s * w + rtt_s * (1.0 - w)
+        if rtt_s > self.ewma_s:
+            self.ewma_s = rtt_s
+        else:
+            dt = now - self.ewma_stamp
+            w = math.exp(-dt / PEAK_EWMA_DECAY_S) if dt > 0.0 else 1.0
+            self.ewma_s = self.ewma_s * w + rtt_s * (1.0 - w)
         self.ewma_stamp = now
 
     def load_cost(self, now: float) -> float:
@@ -107,15 +111,6 @@ class Backend:
         if self.ewma_s == 0.0 and self.in_flight:
             return PEAK_EWMA_PENALTY + self.in_flight
         return self.ewma_s * (self.in_flight + 1)
-
-    def take_idle(self) -> UpstreamConnection | None:
-        # LIFO: the most recently used connection is the least likely to have been closed by the pod.
-        idle = self.idle
-        while idle:
-            conn = idle.pop()
-            if conn.reusable_now():
-                return conn
-        return None
 
     def close_idle(self) -> None:
         idle, self.idle = self.idle, []

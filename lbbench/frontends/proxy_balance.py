@@ -39,16 +39,21 @@ class RoundRobin:
 
     def pick(self, backends: Sequence[Backend], exclude: Sequence[Backend]) -> Backend | None:
         n = len(backends)
+        if not n:
+            return None
         fallback: Backend | None = None
-        for k in range(n):
-            i = (self._next + k) % n
+        i = self._next % n
+        for _ in range(n):
             b = backends[i]
+            i += 1
             if b.usable and (b.maxconn == 0 or b.in_flight < b.maxconn):
                 if exclude and b in exclude:
                     fallback = fallback or b
-                    continue
-                self._next = i + 1
-                return b
+                else:
+                    self._next = i
+                    return b
+            if i == n:
+                i = 0
         return fallback
 
 

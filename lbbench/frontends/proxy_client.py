@@ -34,7 +34,8 @@ from lbbench.frontends.proxy_http import (
     CRLF,
     LAST_CHUNK,
     NO_BODY,
-    Headers,
+    Fields,
+    Special,
     chunk_size_line,
     client_head,
     error_response,
@@ -176,8 +177,7 @@ class ClientConnection(asyncio.Protocol):
     # -- requests, from the RequestReader ------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
-        if not self.closing:  # lingering: discard
-            self.reader.feed(data)
+        self.reader.feed(data)  # discarded while lingering
 
     def request_begins(self) -> None:
         if self.current is not None:
@@ -211,7 +211,7 @@ class ClientConnection(asyncio.Protocol):
 
     def _start(self, ex: Exchange) -> None:
         """`ex` now owns the connection: admit it to its Service's queue."""
-        self.app.c["client_requests"] += 1
+        self.app.client_requests += 1
         if ex.reject is not None:
             if ex.request_done:
                 self.respond_error(ex, *ex.reject)
@@ -248,7 +248,11 @@ class ClientConnection(asyncio.Protocol):
         ex.upstream = up
         ex.state = ACTIVE
         assert up.transport is not None
-        up.transport.writelines(ex.out[ex.out_written:] if ex.out_written else ex.out)
+        out = ex.out
+        if len(out) == 1 and not ex.out_written:
+            up.transport.write(out[0])  # the common case: a request head, perhaps with its body
+        else:
+            up.transport.writelines(out[ex.out_written:] if ex.out_written else out)
         if ex.replayable and ex.out_bytes <= RETRY_BUFFER:
             ex.out_written = len(ex.out)
         else:
@@ -257,7 +261,8 @@ class ClientConnection(asyncio.Protocol):
             ex.out_written = ex.out_bytes = 0
         if self.write_paused:
             up.pause()
-        self._unpause(P_BUFFER)
+        if self.paused & P_BUFFER:
+            self._unpause(P_BUFFER)
 
     def upstream_failed(self, ex: Exchange, kind: str) -> None:
         if ex.state not in (CONNECTING, ACTIVE) or ex.pool is None:
@@ -284,11 +289,12 @@ class ClientConnection(asyncio.Protocol):
 
     # -- towards the client -------------------------------------------------------------------
 
-    def response_head(self, ex: Exchange, status: int, reason: bytes, headers: Headers) -> int:
+    def response_head(self, ex: Exchange, status: int, reason: bytes, fields: Fields, has_length: bool,
+                      special: Special) -> int:
         """Send the response head; returns how the backend frames the body."""
         head, framing, ex.out_framing, ex.keep_alive = client_head(
-            status, reason, headers, head_request=ex.is_head, version11=ex.version11,
-            keep_alive=ex.keep_alive and not self.fatal, queue_ms=ex.queue_wait_s * 1e3)
+            status, reason, fields, has_length, special, ex.is_head, ex.version11, ex.keep_alive and not self.fatal,
+            ex.queue_wait_s * 1e3)
         if ex.state == ACTIVE:
             ex.status = status
             ex.head_sent = True
@@ -324,7 +330,8 @@ class ClientConnection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.write(data)
 
-    def response_done(self, ex: Exchange, up: UpstreamConnection, reusable: bool) -> None:
+    def response_done(self, ex: Exchange, up: UpstreamConnection, reusable: bool, now: float = 0.0) -> None:
+        """The backend's response is complete (`now`: when its last bytes arrived, if known)."""
         if ex.state != ACTIVE:
             up.release(False)
             return
@@ -332,14 +339,17 @@ class ClientConnection(asyncio.Protocol):
             self.wbuf.append(LAST_CHUNK)
         self.flush()
         ex.upstream = None
-        up.release(reusable and ex.request_done)
-        self._unpause(P_UPSTREAM)
+        now = now or time.monotonic()
+        up.release(reusable and ex.request_done, now)
+        if self.paused & P_UPSTREAM:
+            self._unpause(P_UPSTREAM)
         ex.state = DONE
-        self.app.count_response(ex.status)
+        status = ex.status
+        self.app.responses[status // 100] += 1  # app.count_response, inlined (llhttp: 3-digit statuses)
         assert ex.pool is not None
-        ex.pool.release(ex, ok=True, status=ex.status)
+        ex.pool.release(ex, True, status, now)
         if ex.request_done:
-            self._finish(ex)
+            self._finish(ex, now)
 
     def respond_error(self, ex: Exchange, status: int, message: str) -> None:
         """Answer `ex` with a response generated here (queue full or timed out, no backend, ...)."""
@@ -360,7 +370,7 @@ class ClientConnection(asyncio.Protocol):
             ex.keep_alive = False
         self._finish(ex)
 
-    def _finish(self, ex: Exchange) -> None:
+    def _finish(self, ex: Exchange, now: float = 0.0) -> None:
         """`ex` is answered and fully read: next pipelined request, keep-alive wait, or close.
 
         Iterative: a pipelined request answered at once (queue full, no route) finishes inside
@@ -369,6 +379,12 @@ class ClientConnection(asyncio.Protocol):
         if ex is not self.current:
             return
         self.current = None
+        if ex.keep_alive and not self._finishing and not self.pipeline and self.fatal is None and not self.eof:
+            # The common case, as the loop below would handle it: wait for the next request.
+            if self.paused & P_PIPELINE:
+                self._unpause(P_PIPELINE)
+            self.deadline = (now or time.monotonic()) + self.client_timeout_s
+            return
         self._finished = ex
         if self._finishing:
             return  # the loop below, further up the stack, takes it from here

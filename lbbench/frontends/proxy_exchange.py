@@ -32,23 +32,20 @@ RETRY_BUFFER = 64 * 1024  # request bytes kept for a replay; also the buffer bef
 
 class Exchange:
     __slots__ = (
-        "attempts", "backend", "body_bytes", "client", "content_length", "dispatched_at", "expect_continue",
-        "framing", "head_sent", "headers", "idempotent", "is_head", "keep_alive", "method", "out", "out_bytes",
-        "out_framing", "out_written", "pool", "queue_timer", "queue_wait_s", "queued_at", "reject",
-        "replayable", "request_done", "state", "status", "target", "tried", "upstream", "url", "version11",
+        "attempts", "backend", "body_bytes", "client", "dispatched_at", "expect_continue", "framing", "head_sent",
+        "idempotent", "is_head", "keep_alive", "method", "out", "out_bytes", "out_framing", "out_written", "pool",
+        "queue_timer", "queue_wait_s", "queued_at", "reject", "replayable", "request_done", "state", "status",
+        "target", "tried", "upstream", "version11",
     )
 
     def __init__(self, client: ClientConnection) -> None:
         self.client = client
         self.state = PARSING
-        self.url = b""
-        self.headers: list[tuple[bytes, bytes]] = []
         self.method = "GET"
         self.target = b"/"
         self.version11 = True
         self.keep_alive = True
         self.framing = 0
-        self.content_length = 0
         self.is_head = False
         self.idempotent = True
         self.expect_continue = False
@@ -63,7 +60,7 @@ class Exchange:
         self.backend: Backend | None = None
         self.upstream: UpstreamConnection | None = None
         self.attempts = 1
-        self.tried: list[Backend] = []
+        self.tried: tuple[Backend, ...] = ()  # backends that failed this request (a retry avoids them)
         self.queued_at = 0.0
         self.queue_wait_s = 0.0
         self.queue_timer: asyncio.TimerHandle | None = None

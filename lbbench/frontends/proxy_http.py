@@ -1,7 +1,11 @@
-"""HTTP/1.1 message pieces for the L7 proxy: header filtering, heads, error responses.
+"""HTTP/1.1 message pieces for the L7 proxy: header roles, heads, error responses.
 
-Pure functions over bytes, no I/O. Headers are kept as the parser delivers them, a list of
-(name, value) byte pairs, and rewritten in one pass per message.
+Pure functions over bytes, no I/O. The parser callbacks sort each header field as it arrives
+(one dict lookup on its raw spelling, see `request_roles`/`response_roles`): a field that is
+simply forwarded goes straight into a flat list of "Name", ": ", "value", CRLF pieces, and the
+few that need a decision (framing, Connection, Via, X-Forwarded-For, hop-by-hop) are kept aside
+as "special" fields, decided here once the head is complete. The common message has none or
+one of those, so its head is built with one join and no second pass.
 """
 
 from __future__ import annotations
@@ -27,82 +31,113 @@ _REASONS = {s.value: s.phrase.encode() for s in http.HTTPStatus}
 NO_BODY, LENGTH, CHUNKED, UNTIL_CLOSE = 0, 1, 2, 3
 
 Headers = list[tuple[bytes, bytes]]
+Fields = list[bytes]  # forwarded fields as pieces: name, b": ", value, CRLF, name, ...
+Special = tuple[tuple[int, bytes, bytes], ...]  # (role, name, value) of the fields that need a decision
+_NONE: frozenset[bytes] = frozenset()
 
-
-# What the proxy does with a header field, by lower-cased name; fields not listed pass through.
-_DROP, _HOST, _LENGTH, _TE, _CONNECTION, _EXPECT, _XFF, _VIA = range(1, 9)
-_HOP = {name: _DROP for name in HOP_BY_HOP}
-_REQUEST_ROLE = {**_HOP, b"host": _HOST, b"content-length": _LENGTH, b"transfer-encoding": _TE,
-                 b"connection": _CONNECTION, b"expect": _EXPECT, b"x-forwarded-for": _XFF, b"via": _VIA}
-_RESPONSE_ROLE = {**_HOP, b"content-length": _LENGTH, b"transfer-encoding": _TE, b"connection": _CONNECTION,
-                  b"via": _VIA}
+# What the proxy does with a header field, by lower-cased name. PASS: forwarded as it is;
+# HOST and LENGTH are forwarded in place and noted; the others are special.
+PASS, HOST, LENGTH_FIELD, DROP, TE, CONNECTION, EXPECT, XFF, VIA = range(9)
+UNKNOWN = -1  # a spelling not in the cache yet: look it up with request_role() / response_role()
+_HOP = {name: DROP for name in HOP_BY_HOP}
+_REQUEST_ROLE = {**_HOP, b"host": HOST, b"content-length": LENGTH_FIELD, b"transfer-encoding": TE,
+                 b"connection": CONNECTION, b"expect": EXPECT, b"x-forwarded-for": XFF, b"via": VIA}
+_RESPONSE_ROLE = {**_HOP, b"content-length": LENGTH_FIELD, b"transfer-encoding": TE, b"connection": CONNECTION,
+                  b"via": VIA}
+_CACHE_MAX = 1024  # distinct spellings remembered per table (bounded: peers choose them)
+request_roles: dict[bytes, int] = {}  # raw spelling -> role; a miss goes through request_role()
+response_roles: dict[bytes, int] = {}
+_declared: dict[bytes, frozenset[bytes]] = {}
 
 
 def reason(status: int) -> bytes:
     return _REASONS.get(status, b"Unknown")
 
 
-def _declared_hop_by_hop(value: bytes) -> set[bytes]:
-    """Header names a Connection field declares hop-by-hop, besides the usual ones."""
-    return {t.strip().lower() for t in value.split(b",")} - {b"close", b"keep-alive", b""}
+def _learn(cache: dict[bytes, int], table: dict[bytes, int], name: bytes) -> int:
+    role = table.get(name.lower(), PASS)
+    if len(cache) >= _CACHE_MAX:
+        cache.clear()
+    cache[name] = role
+    return role
+
+
+def request_role(name: bytes) -> int:
+    """The role of a request field name (and remember its spelling)."""
+    return _learn(request_roles, _REQUEST_ROLE, name)
+
+
+def response_role(name: bytes) -> int:
+    return _learn(response_roles, _RESPONSE_ROLE, name)
+
+
+def _declared_hop_by_hop(value: bytes) -> frozenset[bytes]:
+    """Header names a Connection field declares hop-by-hop, besides the usual ones (cached: nearly
+    every backend sends the same `keep-alive`)."""
+    names = _declared.get(value)
+    if names is None:
+        names = frozenset({t.strip().lower() for t in value.split(b",")} - {b"close", b"keep-alive", b""})
+        if len(_declared) >= _CACHE_MAX:
+            _declared.clear()
+        _declared[value] = names
+    return names
+
+
+def _without(fields: Fields, drop: frozenset[bytes], table: dict[bytes, int]) -> Fields:
+    """`fields` without the PASS fields a Connection header declared hop-by-hop (rare)."""
+    out: Fields = []
+    for i in range(0, len(fields), 4):
+        name = fields[i]
+        low = name.lower()
+        if low not in drop or table.get(low, PASS) != PASS:
+            out += fields[i:i + 4]
+    return out
 
 
 class RequestHead:
-    """A request's header fields, scanned once: what the proxy needs, and the fields to forward."""
+    """What the special fields of a request head decide, besides the forwarded fields."""
 
-    __slots__ = ("bad_transfer_encoding", "content_length", "expect_continue", "fields", "framing", "host",
-                 "via", "xff")
+    __slots__ = ("bad_transfer_encoding", "content_length", "drop", "expect_continue", "framing", "via", "xff")
 
     def __init__(self) -> None:
-        self.host = b""
         self.framing = NO_BODY  # NO_BODY, LENGTH or CHUNKED
         self.content_length = 0
         self.expect_continue = False
         self.bad_transfer_encoding = False  # a transfer coding other than plain "chunked"
-        self.fields: list[bytes] = []  # forwarded fields, as pieces of "Name: value\r\n"
         self.xff = b""
         self.via = b""
+        self.drop = _NONE  # declared hop-by-hop by Connection
 
 
-def scan_request(headers: Headers, drop: frozenset[bytes] = frozenset()) -> RequestHead:
-    """One pass over the fields: hop-by-hop gone, X-Forwarded-For and Via kept aside to be extended."""
+PLAIN_REQUEST = RequestHead()  # a request without special fields (never modified)
+
+
+def scan_request(special: Special) -> RequestHead:
+    """Decide a request's special fields, in their order (the last Content-Length or chunked wins)."""
     rh = RequestHead()
-    fields = rh.fields
-    declared: set[bytes] = set()
-    for name, value in headers:
-        low = name.lower()
-        role = _REQUEST_ROLE.get(low)
-        if role is None:
-            if not drop or low not in drop:
-                fields += (name, b": ", value, CRLF)
-        elif role == _HOST:
-            rh.host = value
-            fields += (name, b": ", value, CRLF)
-        elif role == _LENGTH:  # llhttp has rejected duplicates that differ and Content-Length with chunked
+    for role, _, value in special:
+        if role == LENGTH_FIELD:  # llhttp has rejected duplicates that differ and Content-Length with chunked
             rh.framing = LENGTH
             rh.content_length = int(value) if value.isdigit() else -1
-            fields += (name, b": ", value, CRLF)
-        elif role == _TE:
+        elif role == TE:
             if value.strip().lower() == b"chunked":
                 rh.framing = CHUNKED
             else:
                 rh.bad_transfer_encoding = True
-        elif role == _CONNECTION:
-            declared |= _declared_hop_by_hop(value)
-        elif role == _EXPECT:
+        elif role == CONNECTION:
+            rh.drop = rh.drop | _declared_hop_by_hop(value)
+        elif role == EXPECT:
             rh.expect_continue = value.strip().lower() == b"100-continue"
-        elif role == _XFF:
+        elif role == XFF:
             rh.xff = rh.xff + b", " + value if rh.xff else value
-        elif role == _VIA:
+        elif role == VIA:
             rh.via = rh.via + b", " + value if rh.via else value
-    if declared and not drop:
-        return scan_request(headers, frozenset(declared))  # rare: a second pass without the declared fields
     return rh
 
 
 def split_target(url: bytes) -> tuple[bytes, bytes]:
     """(authority, origin-form target) of a request target; absolute-form loses its authority."""
-    if url[:7].lower() == b"http://":
+    if url[:1] != b"/" and url[:7].lower() == b"http://":
         rest = url[7:]
         slash = rest.find(b"/")
         if slash < 0:
@@ -111,18 +146,29 @@ def split_target(url: bytes) -> tuple[bytes, bytes]:
     return b"", url
 
 
-def upstream_head(method: bytes, target: bytes, rh: RequestHead, *, client_ip: bytes, via_version: bytes,
-                  add_host: bytes = b"") -> bytes:
-    """The request head sent to a backend: HTTP/1.1, X-Forwarded-For and Via extended.
+def forwarding_tail(client_ip: bytes, via_version: bytes) -> bytes:
+    """The end of a request head for a request that brought no X-Forwarded-For, Via or chunked body."""
+    return b"X-Forwarded-For: " + client_ip + b"\r\nVia: " + via_version + b" " + VIA_TOKEN + CRLF + CRLF
+
+
+def upstream_head(method: bytes, target: bytes, fields: Fields, rh: RequestHead, client_ip: bytes,
+                  via_version: bytes, add_host: bytes = b"", tail: bytes = b"") -> bytes:
+    """The request head sent to a backend: HTTP/1.1, hop-by-hop fields gone, X-Forwarded-For and Via extended.
 
     `add_host`: a Host field for requests without one (HTTP/1.0), which HTTP/1.1 requires.
+    `tail`: forwarding_tail(client_ip, via_version), precomputed by the caller for the common case.
     """
-    return b"".join((
-        method, b" ", target, b" HTTP/1.1\r\n", b"Host: " + add_host + CRLF if add_host else b"", *rh.fields,
-        b"X-Forwarded-For: ", rh.xff + b", " + client_ip if rh.xff else client_ip,
-        b"\r\nVia: ", rh.via + b", " if rh.via else b"", via_version, b" ", VIA_TOKEN, CRLF,
-        b"Transfer-Encoding: chunked\r\n\r\n" if rh.framing == CHUNKED else CRLF,
-    ))
+    parts = [method, b" ", target, b" HTTP/1.1\r\n"]
+    if add_host:
+        parts.append(b"Host: " + add_host + CRLF)
+    parts += _without(fields, rh.drop, _REQUEST_ROLE) if rh.drop else fields
+    if rh.xff or rh.via or rh.framing == CHUNKED or not tail:
+        parts += (b"X-Forwarded-For: ", rh.xff + b", " + client_ip if rh.xff else client_ip,
+                  b"\r\nVia: ", rh.via + b", " if rh.via else b"", via_version, b" ", VIA_TOKEN, CRLF,
+                  b"Transfer-Encoding: chunked\r\n\r\n" if rh.framing == CHUNKED else CRLF)
+    else:
+        parts.append(tail)
+    return b"".join(parts)
 
 
 _status_lines: dict[tuple[bool, int, bytes], bytes] = {}
@@ -139,40 +185,32 @@ def _status_line(version11: bool, status: int, reason_phrase: bytes) -> bytes:
     return line
 
 
-def client_head(status: int, reason_phrase: bytes, headers: Headers, *, head_request: bool, version11: bool,
-                keep_alive: bool, queue_ms: float, drop: frozenset[bytes] = frozenset(),
+_PLAIN_END = b"Via: 1.1 " + VIA_TOKEN + b"\r\nX-Proxy-Queue-Ms: 0.000\r\n\r\n"  # the common end of a response head
+
+
+def client_head(status: int, reason_phrase: bytes, fields: Fields, has_length: bool, special: Special,
+                head_request: bool, version11: bool, keep_alive: bool, queue_ms: float,
                 ) -> tuple[bytes, int, int, bool]:
-    """The response head for the client, in one pass over the backend's fields.
+    """The response head for the client, from the backend's fields sorted by the parser callbacks.
 
     Returns (head, framing of the backend's body, framing of the client's body, keep-alive).
     Chunked and close-delimited backend bodies are sent chunked to HTTP/1.1 clients, so that
     their connection can be kept; HTTP/1.0 clients get them close-delimited.
     """
-    fields: list[bytes] = []
-    framing = UNTIL_CLOSE
+    framing = LENGTH if has_length else UNTIL_CLOSE
     via = b""
-    declared: set[bytes] = set()
-    for name, value in headers:
-        low = name.lower()
-        role = _RESPONSE_ROLE.get(low)
-        if role is None:
-            if not drop or low not in drop:
-                fields += (name, b": ", value, CRLF)
-        elif role == _LENGTH:
-            if framing != CHUNKED:
-                framing = LENGTH
-            fields += (name, b": ", value, CRLF)
-        elif role == _TE:
+    drop = _NONE
+    for role, _, value in special:
+        if role == CONNECTION:
+            names = _declared_hop_by_hop(value)
+            if names:
+                drop = drop | names
+        elif role == TE:
             if value.strip().lower().endswith(b"chunked"):
                 framing = CHUNKED
-        elif role == _CONNECTION:
-            declared |= _declared_hop_by_hop(value)
-        elif role == _VIA:
+        elif role == VIA:
             via = via + b", " + value if via else value
-    if declared and not drop:
-        return client_head(status, reason_phrase, headers, head_request=head_request, version11=version11,
-                           keep_alive=keep_alive, queue_ms=queue_ms, drop=frozenset(declared))
-    if head_request or status in (204, 304) or status < 200:
+    if head_request or status < 200 or status == 204 or status == 304:
         framing = NO_BODY
     out_framing = framing
     if framing in (CHUNKED, UNTIL_CLOSE):
@@ -180,16 +218,21 @@ def client_head(status: int, reason_phrase: bytes, headers: Headers, *, head_req
             out_framing = CHUNKED
         else:
             out_framing, keep_alive = UNTIL_CLOSE, False
-    head = b"".join((
-        _status_line(version11, status, reason_phrase), *fields,
-        b"Via: ", via + b", " if via else b"", b"1.1 ", VIA_TOKEN,
-        b"\r\nX-Proxy-Queue-Ms: %.3f\r\n" % queue_ms,
-        b"Transfer-Encoding: chunked\r\n" if out_framing == CHUNKED else b"",
-        b"" if keep_alive and version11 else b"Connection: keep-alive\r\n" if keep_alive else
-        b"Connection: close\r\n",
-        CRLF,
-    ))
-    return head, framing, out_framing, keep_alive
+    line = _status_lines.get((version11, status, reason_phrase))
+    parts = [line or _status_line(version11, status, reason_phrase)]
+    parts += _without(fields, drop, _RESPONSE_ROLE) if drop else fields
+    if not via and not queue_ms and out_framing != CHUNKED and keep_alive and version11:
+        parts.append(_PLAIN_END)
+    else:
+        parts += (
+            b"Via: ", via + b", " if via else b"", b"1.1 ", VIA_TOKEN,
+            b"\r\nX-Proxy-Queue-Ms: %.3f\r\n" % queue_ms,
+            b"Transfer-Encoding: chunked\r\n" if out_framing == CHUNKED else b"",
+            b"" if keep_alive and version11 else b"Connection: keep-alive\r\n" if keep_alive else
+            b"Connection: close\r\n",
+            CRLF,
+        )
+    return b"".join(parts), framing, out_framing, keep_alive
 
 
 def error_response(status: int, message: str, *, keep_alive: bool = False, version11: bool = True,

@@ -58,14 +58,15 @@ class ServicePool:
         self.upstreams = upstreams
         self.tasks: set[asyncio.Task[None]] = set()
         self.health: HealthChecker | None = None
-        self.c: collections.Counter[str] = collections.Counter()
+        self.c: collections.Counter[str] = collections.Counter()  # rare events; the hot one is an int:
+        self.requests = 0
         self.queue_wait_sum_s = 0.0
         self.queue_wait_max_s = 0.0
 
     # -- admission ----------------------------------------------------------------------------
 
     def admit(self, ex: Exchange) -> None:
-        self.c["requests"] += 1
+        self.requests += 1
         if not self.queued:
             b = self.balancer.pick(self.backends, ())
             if b is not None:
@@ -151,19 +152,20 @@ class ServicePool:
 
     # -- completion and failure ---------------------------------------------------------------
 
-    def release(self, ex: Exchange, ok: bool | None, status: int = 0) -> None:
-        """The attempt on ex.backend is over: ok (a response), None (the client left)."""
-        self._free(ex, ok, status)
-        self.drain()
+    def release(self, ex: Exchange, ok: bool | None, status: int = 0, now: float = 0.0) -> None:
+        """The attempt on ex.backend is over: ok (a response, complete at `now` if known), None (the client left)."""
+        self._free(ex, ok, status, now)
+        if self.queue:
+            self.drain()
 
-    def _free(self, ex: Exchange, ok: bool | None, status: int) -> Backend | None:
+    def _free(self, ex: Exchange, ok: bool | None, status: int, now: float = 0.0) -> Backend | None:
         b = ex.backend
         if b is None:
             return None
         ex.backend = None
         b.in_flight -= 1
         if ok:
-            now = time.monotonic()
+            now = now or time.monotonic()
             b.observe_latency(now - ex.dispatched_at, now)
             b.responses += 1
             if status >= 500:
@@ -189,7 +191,7 @@ class ServicePool:
             retry = False
         if retry:
             self.c["retries"] += 1
-            ex.tried.append(b)
+            ex.tried = (*ex.tried, b)
             ex.attempts += 1
             nxt = None if self.queued else self.balancer.pick(self.backends, ex.tried)
             if nxt is not None:
@@ -314,11 +316,17 @@ class ServicePool:
     def in_flight(self) -> int:
         return sum(b.in_flight for b in self.by_addr.values())
 
+    def counters(self) -> dict[str, int]:
+        out = dict(self.c)
+        if self.requests:
+            out["requests"] = self.requests
+        return out
+
     def snapshot(self) -> dict[str, object]:
         return {
             "queue_len": self.queued, "in_flight": self.in_flight, "max_queue": self.settings.max_queue,
             "maxconn": self.settings.maxconn, "balance": self.settings.balance,
             "queue_wait_sum_s": self.queue_wait_sum_s, "queue_wait_max_s": self.queue_wait_max_s,
-            "counters": dict(self.c),
+            "counters": self.counters(),
             "backends": [b.snapshot() for b in self.by_addr.values()],
         }

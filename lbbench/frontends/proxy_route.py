@@ -55,26 +55,37 @@ class Router(Generic[T]):
         for group in (*self._exact.values(), *wild.values(), self._any):
             group.sort(key=lambda e: len(e[0]), reverse=True)
         self._wild = sorted(wild.items(), key=lambda kv: len(kv[0]), reverse=True)
-        self._cache: dict[bytes, list[list[tuple[bytes, T]]]] = {}
+        # Host -> (its groups, best first; whether the path matters; the answer when it does not).
+        self._cache: dict[bytes, tuple[list[list[tuple[bytes, T]]], bool, T | None]] = {}
 
-    def _groups(self, host: bytes) -> list[list[tuple[bytes, T]]]:
-        groups = self._cache.get(host)
-        if groups is None:
-            name = normalize_host(host)
-            groups = []
-            if name in self._exact:
-                groups.append(self._exact[name])
-            groups += [g for suffix, g in self._wild if name.endswith(suffix) and len(name) > len(suffix)]
-            if self._any:
-                groups.append(self._any)
-            if len(self._cache) >= _CACHE_MAX:
-                self._cache.clear()
-            self._cache[host] = groups
-        return groups
+    def _entry(self, host: bytes) -> tuple[list[list[tuple[bytes, T]]], bool, T | None]:
+        name = normalize_host(host)
+        groups = []
+        if name in self._exact:
+            groups.append(self._exact[name])
+        groups += [g for suffix, g in self._wild if name.endswith(suffix) and len(name) > len(suffix)]
+        if self._any:
+            groups.append(self._any)
+        if not groups:
+            entry: tuple[list[list[tuple[bytes, T]]], bool, T | None] = (groups, False, self.default)
+        elif not groups[0][0][0]:  # the longest prefix of the best group is "/": every path matches it
+            entry = (groups, False, groups[0][0][1])
+        else:
+            entry = (groups, True, None)
+        if len(self._cache) >= _CACHE_MAX:
+            self._cache.clear()
+        self._cache[host] = entry
+        return entry
 
     def route(self, host: bytes, target: bytes) -> T | None:
+        entry = self._cache.get(host)
+        if entry is None:
+            entry = self._entry(host)
+        groups, by_path, found = entry
+        if not by_path:
+            return found
         path = target.split(b"?", 1)[0]
-        for group in self._groups(host):
+        for group in groups:
             for prefix, target_ in group:
                 if _prefix_matches(prefix, path):
                     return target_

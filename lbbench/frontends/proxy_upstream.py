@@ -19,7 +19,18 @@ from httptools import HttpParserError, HttpResponseParser
 
 from lbbench.frontends.proxy_backend import CONNECT_FAILED, PROTOCOL, RESET, RESET_AFTER, TIMEOUT, Backend
 from lbbench.frontends.proxy_exchange import CONNECTING, Exchange
-from lbbench.frontends.proxy_http import NO_BODY, UNTIL_CLOSE, Headers
+from lbbench.frontends.proxy_http import (
+    CRLF,
+    LENGTH_FIELD,
+    NO_BODY,
+    PASS,
+    UNKNOWN,
+    UNTIL_CLOSE,
+    Fields,
+    Special,
+    response_role,
+    response_roles,
+)
 
 if TYPE_CHECKING:
     from lbbench.frontends.proxy_queue import ServicePool
@@ -33,25 +44,30 @@ class BadResponse(Exception):
 
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = (
-        "backend", "closed", "deadline", "ex", "framing", "got_bytes", "head_done", "headers", "interim",
-        "parser", "paused", "pool", "reason", "transport",
+        "backend", "closed", "deadline", "ex", "fields", "framing", "got_bytes", "has_length", "head_done",
+        "interim", "parser", "paused", "pool", "read_at", "reason", "server_timeout_s", "special", "transport",
     )
 
     def __init__(self, backend: Backend, pool: ServicePool) -> None:
         self.backend = backend
         self.pool = pool
+        self.server_timeout_s = pool.settings.server_timeout_s
         self.transport: asyncio.Transport | None = None
         self.parser = HttpResponseParser(self)
         self.ex: Exchange | None = None
         self.closed = False
         self.paused = False
         self.deadline = 0.0
+        self.read_at = 0.0  # when the bytes being parsed arrived: the clock of what they complete
         self.got_bytes = False
         self.head_done = False
         self.interim = False
         self.framing = NO_BODY
+        # The response head being parsed: forwarded fields, Content-Length seen, fields that need a decision.
         self.reason = b""
-        self.headers: Headers = []
+        self.fields: Fields = []
+        self.has_length = False
+        self.special: Special = ()
 
     # -- life cycle ---------------------------------------------------------------------------
 
@@ -102,26 +118,24 @@ class UpstreamConnection(asyncio.Protocol):
         finally:
             peek.detach()
 
-    def reusable_now(self) -> bool:
-        return not self.closed and self.transport is not None and not self.transport.is_closing()
-
-    def attach(self, ex: Exchange) -> None:
+    def attach(self, ex: Exchange, now: float = 0.0) -> None:
         self.ex = ex
-        self.got_bytes = self.head_done = self.interim = False
+        self.got_bytes = self.head_done = self.interim = self.has_length = False
         self.reason = b""
-        self.headers = []
-        self.deadline = time.monotonic() + self.pool.settings.server_timeout_s
+        self.fields = []
+        self.special = ()
+        self.deadline = (now or time.monotonic()) + self.server_timeout_s
         ex.client.attached(ex, self)
 
-    def release(self, reusable: bool) -> None:
+    def release(self, reusable: bool, now: float = 0.0) -> None:
         """Back to the idle pool after a complete exchange, or closed."""
         self.ex = None
-        if not reusable or self.closed or self.backend.draining or not self.backend.usable:
+        if not reusable or self.closed or not self.backend.usable:  # usable: not draining, down or ejected
             self.close()
             return
         if self.paused:
             self.resume()
-        self.deadline = time.monotonic() + UPSTREAM_IDLE_S
+        self.deadline = (now or time.monotonic()) + UPSTREAM_IDLE_S
         self.backend.idle.append(self)
 
     def close(self) -> None:
@@ -158,7 +172,7 @@ class UpstreamConnection(asyncio.Protocol):
         if self.paused and self.transport is not None:
             self.paused = False
             if self.ex is not None:
-                self.deadline = time.monotonic() + self.pool.settings.server_timeout_s
+                self.deadline = time.monotonic() + self.server_timeout_s
             self.transport.resume_reading()
 
     def pause_writing(self) -> None:
@@ -176,7 +190,8 @@ class UpstreamConnection(asyncio.Protocol):
             self.close()  # bytes nobody asked for: the connection is out of step
             return
         self.got_bytes = True
-        self.deadline = time.monotonic() + self.pool.settings.server_timeout_s
+        self.read_at = now = time.monotonic()
+        self.deadline = now + self.server_timeout_s
         client = self.ex.client
         try:
             self.parser.feed_data(data)
@@ -187,13 +202,24 @@ class UpstreamConnection(asyncio.Protocol):
             self.abort()
             if ex is not None:
                 ex.client.upstream_failed(ex, PROTOCOL)
-        client.flush()
+        if client.wbuf:
+            client.flush()
 
     def on_status(self, status: bytes) -> None:
         self.reason += status
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name, value))
+        role = response_roles.get(name, UNKNOWN)
+        if role == PASS:
+            self.fields += (name, b": ", value, CRLF)
+        elif role == LENGTH_FIELD:
+            self.fields += (name, b": ", value, CRLF)
+            self.has_length = True
+        elif role == UNKNOWN:
+            response_role(name)  # remembered from now on
+            self.on_header(name, value)
+        else:
+            self.special += ((role, name, value),)
 
     def on_headers_complete(self) -> None:
         ex = self.ex
@@ -205,14 +231,16 @@ class UpstreamConnection(asyncio.Protocol):
                 raise BadResponse("101 Switching Protocols to a request that did not ask")
             self.interim = True  # 100 Continue and friends: the real response follows
             self.reason = b""
-            self.headers = []
+            self.fields = []
+            self.has_length = False
+            self.special = ()
             return
         self.head_done = True
-        self.framing = ex.client.response_head(ex, status, self.reason, self.headers)
+        self.framing = ex.client.response_head(ex, status, self.reason, self.fields, self.has_length, self.special)
         if ex.is_head and self.ex is ex:
             # llhttp cannot be told that a HEAD response has no body; finish here, do not reuse.
             self.ex = None
-            ex.client.response_done(ex, self, False)
+            ex.client.response_done(ex, self, False, self.read_at)
 
     def on_body(self, data: bytes) -> None:
         ex = self.ex
@@ -225,17 +253,21 @@ class UpstreamConnection(asyncio.Protocol):
             return
         ex, self.ex = self.ex, None
         if ex is not None:
-            ex.client.response_done(ex, self, self.parser.should_keep_alive())
+            ex.client.response_done(ex, self, self.parser.should_keep_alive(), self.read_at)
 
 
 def open_upstream(pool: ServicePool, backend: Backend, ex: Exchange) -> None:
     """Attach `ex` to an idle connection of `backend`, or connect a new one in the background."""
-    conn = backend.take_idle()
-    while conn is not None and not ex.idempotent and conn.peer_closed():
-        conn.close()  # a request that cannot be replayed goes only where nobody has hung up
-        conn = backend.take_idle()
-    if conn is not None:
-        conn.attach(ex)
+    idle = backend.idle
+    while idle:  # LIFO: the most recently used connection is the least likely to have been closed by the pod
+        conn = idle.pop()
+        t = conn.transport
+        if conn.closed or t is None or t.is_closing():
+            continue  # closed while idle
+        if not ex.idempotent and conn.peer_closed():
+            conn.close()  # a request that cannot be replayed goes only where nobody has hung up
+            continue
+        conn.attach(ex, ex.dispatched_at)
         return
     task = asyncio.get_running_loop().create_task(_connect(pool, backend, ex, ex.attempts))
     pool.tasks.add(task)

@@ -27,6 +27,11 @@ REQUEST = (b"GET /api/items?id=42 HTTP/1.1\r\nHost: web.shop.svc.cluster.local\r
 RESPONSE = (b"HTTP/1.1 200 OK\r\nx-pod: web-1\r\nx-pod-ip: 127.0.0.9\r\nx-queue-ms: 0.010\r\n"
             b"x-service-ms: 1.000\r\nContent-Type: text/plain\r\nContent-Length: 3\r\n"
             b"Date: Thu, 01 Jan 2026 00:00:00 GMT\r\nServer: Python/3.11 aiohttp\r\n\r\nok\n")
+# What `lbbench bench --backend nginx` sends through the proxy: wrk's request, nginx's `return 200`.
+WRK_REQUEST = b"GET / HTTP/1.1\r\nHost: web.bench.svc.cluster.local\r\n\r\n"
+NGINX_RESPONSE = (b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Thu, 01 Jan 2026 00:00:00 GMT\r\n"
+                  b"Content-Type: application/octet-stream\r\nContent-Length: 3\r\nConnection: keep-alive\r\n"
+                  b"\r\nok\n")
 
 
 class CountingTransport:
@@ -63,9 +68,9 @@ class CountingTransport:
         self.closing = True
 
 
-def _proxy(n_backends: int) -> tuple[ProxyApp, ServicePool]:
+def _proxy(n_backends: int, settings: ProxySettings | None = None) -> tuple[ProxyApp, ServicePool]:
     svc = ServiceSpec("web", "shop", "ClusterIP", "127.97.0.1", 80, 8080)
-    settings = ProxySettings(maxconn=1, balance="p2c", health=HealthCheck(interval_s=0))
+    settings = settings or ProxySettings(maxconn=1, balance="p2c", health=HealthCheck(interval_s=0))
     config = ProxyConfig(HostPort("127.0.0.1", 0), None, (svc,), (), (), settings, default_service=svc.key)
     app = ProxyApp(config)
     pool = ServicePool(svc.key, settings, random.Random(0), app.upstreams, svc.dns_name)
@@ -107,8 +112,28 @@ def test_bench_request_through_the_proxy(benchmark: Any) -> None:
             ex.upstream.data_received(RESPONSE)
 
         benchmark(cycle)
-        assert app.c["responses_2xx"] >= 1 and pool.in_flight == 0 and pool.queued == 0
+        assert app.counters()["responses_2xx"] >= 1 and pool.in_flight == 0 and pool.queued == 0
         assert t.written > len(RESPONSE)
+
+    _in_loop(run)
+
+
+def test_bench_wrk_request_nginx_response(benchmark: Any) -> None:
+    """The exchange `lbbench bench --backend nginx` measures: one backend, no maxconn, round-robin."""
+
+    def run() -> None:
+        app, pool = _proxy(1, ProxySettings(maxconn=0, health=HealthCheck(interval_s=0)))
+        client, t = _client(app)
+
+        def cycle() -> None:
+            client.data_received(WRK_REQUEST)
+            ex = client.current
+            assert ex is not None and ex.upstream is not None
+            ex.upstream.data_received(NGINX_RESPONSE)
+
+        benchmark(cycle)
+        assert app.counters()["responses_2xx"] >= 1 and pool.in_flight == 0
+        assert t.written > len(NGINX_RESPONSE)
 
     _in_loop(run)
 
@@ -131,7 +156,7 @@ def test_bench_request_through_the_queue(benchmark: Any) -> None:
             up.data_received(RESPONSE)
 
         benchmark(cycle)
-        assert pool.c["queued"] >= 1 and pool.queued == 0 and app.c["responses_2xx"] >= 2
+        assert pool.counters()["queued"] >= 1 and pool.queued == 0 and app.counters()["responses_2xx"] >= 2
 
     _in_loop(run)
 
