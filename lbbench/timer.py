@@ -8,11 +8,13 @@ everything that is due. Deadlines use `time.monotonic()`, the same clock in ever
 The timerfd is re-armed only when the earliest deadline moves: not for a later deadline,
 not again for the one it is armed at, and once per wake-up however many callbacks add new
 deadlines while it fires (a profile of the load generator had ~15% of its samples here).
+That re-arm also clears the expiry, so a wake-up reads the timerfd only when nothing is left.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import heapq
 import itertools
@@ -112,14 +114,11 @@ class PreciseTimer:
             raise OSError(ctypes.get_errno(), "timerfd_settime failed")
 
     def _fire(self) -> None:
-        try:
-            os.read(self._fd, 8)
-        except BlockingIOError:
-            # re-armed (to an earlier deadline) after the loop saw it readable: still armed
-            if self._armed_at is not None and self._heap and self._heap[0][0] >= self._armed_at:
-                return
-        armed, self._armed_at = self._armed_at, None
+        armed = self._armed_at
         now = time.monotonic()
+        if armed is not None and now < armed - self.lead_s:
+            return  # a stale readiness (re-armed since): not expired, and still armed
+        self._armed_at = None
         if armed is not None:
             late = now - armed
             self.lead_s = min(max(self.lead_s + 0.05 * late, 0.0), 3e-4)
@@ -136,4 +135,7 @@ class PreciseTimer:
         finally:
             self._firing = False
             if heap:
-                self._arm(heap[0][0])
+                self._arm(heap[0][0])  # setting the timer also clears its expiry count
+            else:
+                with contextlib.suppress(BlockingIOError):
+                    os.read(self._fd, 8)  # clear it, or the loop would call us again at once

@@ -102,6 +102,9 @@ def test_keepalive_pool_reuses_exactly_k_connections(pod: HostPort) -> None:
     assert len(reqs) == 20 and all(r.error == "" for r in reqs)
     assert len({r.conn_id for r in reqs}) == 2
     assert sum(r.new_conn for r in reqs) == 2
+    # one parser per connection, reused: every response's own status and headers are read
+    assert {r.status for r in reqs} == {200} and {r.pod for r in reqs} == {"web-a"}
+    assert all(r.service_ms > 0.5 for r in reqs)
 
 
 def test_open_loop_waits_for_a_free_connection_and_counts_latency_from_intended(supervisor: Supervisor) -> None:
@@ -160,6 +163,27 @@ def test_total_timeout_counts_from_the_intended_time(pod: HostPort) -> None:
     [r] = run(fetch(pod, "/?hang=100", timeout_s=0.3))
     assert r.error == "timeout"
     assert 0.29 <= r.done - r.intended < 0.8
+
+
+def test_each_request_times_out_from_its_own_intended_time(pod: HostPort) -> None:
+    """Staggered hung requests, some intended in the past: one timeout queue serves them all."""
+    async def go() -> list[Request]:
+        done: list[Request] = []
+        m = ConnectionMode.parse("close")
+        client = HttpClient(pod, build_request("/?hang=100", str(pod), close=True), m, done.append, timeout_s=0.3)
+        now = time.monotonic()
+        for offset in (-0.2, -0.1, 0.0, 0.05, 0.1):
+            client.issue(now + offset)
+            await asyncio.sleep(0.05)
+        await asyncio.wait_for(client.wait_idle(), 2.0)
+        client.close()
+        await asyncio.sleep(0.02)
+        return done
+
+    reqs = run(go())
+    assert [r.error for r in reqs] == ["timeout"] * 5
+    assert [r.intended for r in reqs] == sorted(r.intended for r in reqs)
+    assert all(0.299 <= r.done - r.intended < 0.45 for r in reqs), [r.done - r.intended for r in reqs]
 
 
 def test_peer_closing_without_reply_is_a_reset(pod: HostPort) -> None:

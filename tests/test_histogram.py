@@ -87,3 +87,37 @@ def test_different_layouts_refuse_to_merge() -> None:
         LogHistogram().merge(LogHistogram(growth=1.02))
     with pytest.raises(ValueError):
         LogHistogram().quantile(1.5)
+
+
+def test_recorder_bins_in_bulk_exactly_as_one_by_one_and_splits_intervals() -> None:
+    """The recorder buffers values on the hot path and bins them when read: same counts."""
+    from lbbench.load.client import Request
+    from lbbench.load.recorder import Recorder
+
+    rng = np.random.default_rng(4)
+    rec = Recorder(start_at=100.0, record_rows=True)
+    one_by_one = {"latency": LogHistogram(), "lateness": LogHistogram(), "pool_wait": LogHistogram()}
+    intervals: list[tuple[LogHistogram, LogHistogram]] = []
+    for i in range(3000):
+        intended = 100.0 + i * 1e-3
+        req = Request(intended, intended + float(rng.exponential(2e-5)), tag=-1)
+        rec.on_issue(req)
+        req.sent = req.issued + float(rng.exponential(1e-4))
+        req.done = req.sent + float(rng.lognormal(math.log(1e-3), 1.0))
+        req.status, req.error = (200, "") if i % 10 else (503, "http_5xx")
+        rec.on_done(req)
+        one_by_one["lateness"].record(req.issued - req.intended)
+        one_by_one["pool_wait"].record(req.sent - req.issued)
+        if not req.error:
+            one_by_one["latency"].record(req.done - req.intended)
+        if i % 1000 == 999:
+            intervals.append(rec.take_interval())
+    for name, h in one_by_one.items():
+        got = getattr(rec, name)
+        assert np.array_equal(got.counts, h.counts), name
+        assert (got.min, got.max) == (h.min, h.max) and got.sum == pytest.approx(h.sum, rel=1e-12)
+    assert [(lat.count, late.count) for lat, late in intervals] == [(900, 1000)] * 3
+    merged = LogHistogram.merged(lat for lat, _ in intervals)
+    assert np.array_equal(merged.counts, rec.latency.counts)
+    assert rec.counters() == {"issued": 3000, "done": 3000, "ok": 2700, "errors": {"http_5xx": 300}}
+    assert len(rec.columns()["intended_s"]) == 3000

@@ -17,13 +17,17 @@ time (the user waits from then on); the connect timeout counts from the connect 
 Responses are parsed with httptools and their bodies discarded as they arrive, so nothing
 accumulates and reading never needs to be paused; writes are one small request at a time
 per connection, so there is no write backlog to apply back-pressure to either.
+
+Per request the hot path allocates only its `Request`: one parser per connection (reused
+across keep-alive responses), header names looked up once per spelling, and timeouts kept
+in one queue in deadline order with a single loop timer for its head instead of a timer
+handle per request.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import errno
 import math
 import time
@@ -41,6 +45,17 @@ ERROR_KINDS = ("refused", "reset", "timeout", "connect_timeout", "truncated", "h
 _POD, _POD_IP, _QUEUE_MS, _SERVICE_MS, _LENGTH = range(5)
 _HEADERS = {b"x-pod": _POD, b"x-pod-ip": _POD_IP, b"x-queue-ms": _QUEUE_MS, b"x-service-ms": _SERVICE_MS,
             b"content-length": _LENGTH, b"transfer-encoding": _LENGTH}
+_IGNORED = -1
+# raw header name (any spelling) -> what it is for; filled as names are seen, bounded
+_NAME_CACHE: dict[bytes, int] = {}
+_NAME_CACHE_MAX = 4096
+
+
+def _header_kind(name: bytes) -> int:
+    kind = _HEADERS.get(name.lower(), _IGNORED)
+    if len(_NAME_CACHE) < _NAME_CACHE_MAX:
+        _NAME_CACHE[name] = kind
+    return kind
 
 
 def build_request(path: str, host: str, close: bool) -> bytes:
@@ -55,7 +70,7 @@ class Request:
 
     __slots__ = (
         "conn", "conn_id", "done", "error", "finished", "intended", "issued", "new_conn", "pod", "pod_ip",
-        "queue_ms", "sent", "service_ms", "status", "tag", "timer",
+        "queue_ms", "sent", "service_ms", "status", "tag",
     )
 
     def __init__(self, intended: float, issued: float, tag: int) -> None:
@@ -74,7 +89,6 @@ class Request:
         self.tag = tag
         self.finished = False
         self.conn: _Conn | None = None
-        self.timer: asyncio.TimerHandle | None = None
 
 
 def classify_os_error(exc: BaseException | None, connecting: bool) -> str:
@@ -90,6 +104,11 @@ def classify_os_error(exc: BaseException | None, connecting: bool) -> str:
 class _Conn(asyncio.Protocol):
     """One TCP connection carrying one request at a time."""
 
+    __slots__ = (
+        "client", "closed", "complete", "conn_id", "connect_task", "connect_timer", "got_bytes", "headers_done",
+        "keep_alive", "length_known", "parser", "req", "served", "transport",
+    )
+
     def __init__(self, client: HttpClient, conn_id: int) -> None:
         self.client = client
         self.conn_id = conn_id
@@ -99,7 +118,8 @@ class _Conn(asyncio.Protocol):
         self.closed = False
         self.connect_task: asyncio.Task[None] | None = None
         self.connect_timer: asyncio.TimerHandle | None = None
-        self.parser: httptools.HttpResponseParser | None = None
+        # one parser for the connection's life: after a complete response it parses the next
+        self.parser: httptools.HttpResponseParser | None = httptools.HttpResponseParser(self)
         self.got_bytes = False
         self.headers_done = False
         self.length_known = False
@@ -113,20 +133,19 @@ class _Conn(asyncio.Protocol):
         req.conn = self
         req.conn_id = self.conn_id
         req.new_conn = self.served == 0
-        if math.isnan(req.sent):
+        if req.sent != req.sent:  # NaN: not yet stamped by the caller
             req.sent = time.monotonic()
         self.served += 1
-        self.parser = httptools.HttpResponseParser(self)
         self.got_bytes = self.headers_done = self.length_known = self.complete = False
         self.transport.write(self.client.request_bytes)
 
     # -- httptools callbacks -------------------------------------------------------------------
     def on_header(self, name: bytes, value: bytes) -> None:
-        req = self.req
-        if req is None:
-            return
-        what = _HEADERS.get(name.lower())
+        what = _NAME_CACHE.get(name)
         if what is None:
+            what = _header_kind(name)
+        req = self.req
+        if what == _IGNORED or req is None:
             return
         try:
             if what == _POD:
@@ -144,9 +163,10 @@ class _Conn(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self.headers_done = True
-        if self.req is not None and self.parser is not None:
-            self.req.status = self.parser.get_status_code()
-            self.keep_alive = bool(self.parser.should_keep_alive())
+        parser = self.parser
+        if self.req is not None and parser is not None:
+            self.req.status = parser.get_status_code()
+            self.keep_alive = bool(parser.should_keep_alive())
 
     def on_message_complete(self) -> None:
         self.complete = True
@@ -156,14 +176,15 @@ class _Conn(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)  # uvloop's TCPTransport is no subclass of it
 
     def data_received(self, data: bytes) -> None:
-        if self.req is None or self.parser is None:
+        req, parser = self.req, self.parser
+        if req is None or parser is None:
             self.abort()  # bytes nobody asked for: the connection is out of step
             return
         self.got_bytes = True
         try:
-            self.parser.feed_data(data)
+            parser.feed_data(data)
         except httptools.HttpParserError:
-            self.client.fail(self.req, "other")
+            self.client.fail(req, "other")
             self.abort()
             return
         if self.complete:
@@ -178,6 +199,7 @@ class _Conn(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self.parser = None  # it refers back to us: without this cycle, a closed connection is freed at once
         self.client.conn_lost(self, exc)
 
     def abort(self) -> None:
@@ -219,6 +241,11 @@ class HttpClient:
         self.idle: collections.deque[_Conn] = collections.deque()
         self.waiting: collections.deque[Request] = collections.deque()
         self._idle_waiters: list[asyncio.Future[None]] = []
+        # every request still to be settled, in issue order, which is deadline order (deadline =
+        # intended + timeout_s, and intended times are issued in order); one loop timer for the head
+        self._deadlines: collections.deque[Request] = collections.deque()
+        self._sweep_handle: asyncio.TimerHandle | None = None
+        self._sweeping = False
 
     # -- public ------------------------------------------------------------------------------
     def issue(self, intended: float, tag: int = -1) -> Request:
@@ -226,12 +253,15 @@ class HttpClient:
         now = time.monotonic()
         req = Request(intended, now, tag)
         self.outstanding += 1
-        req.timer = self.loop.call_later(max(0.0, intended + self.timeout_s - now), self._timed_out, req)
-        if self.keepalive:
+        self._watch(req)
+        if not self.keepalive:
+            self._open(req)
+        elif self.idle and not self.waiting and len(self.conns) >= self.pool_size:
+            req.sent = now  # a free pooled connection: it leaves at once
+            self.idle.popleft().send(req)
+        else:
             self.waiting.append(req)
             self._pump()
-        else:
-            self._open(req)
         return req
 
     async def wait_idle(self) -> None:
@@ -260,6 +290,9 @@ class HttpClient:
 
     def close(self) -> None:
         self.abort_all()
+        if self._sweep_handle is not None:
+            self._sweep_handle.cancel()
+            self._sweep_handle = None
 
     # -- connections ---------------------------------------------------------------------------
     def _open(self, req: Request | None) -> _Conn:
@@ -322,8 +355,7 @@ class HttpClient:
     def _kill(self, conn: _Conn) -> None:
         """Close a connection for good (no report: its request, if any, is settled)."""
         self.conns.discard(conn)
-        with contextlib.suppress(ValueError):
-            self.idle.remove(conn)
+        self._unidle(conn)
         if conn.connect_task is not None:
             conn.connect_task.cancel()
             conn.connect_task = None
@@ -332,6 +364,10 @@ class HttpClient:
             conn.connect_timer = None
         conn.req = None
         conn.abort()
+
+    def _unidle(self, conn: _Conn) -> None:
+        if conn in self.idle:  # at most K entries; close mode has none
+            self.idle.remove(conn)
 
     def _release(self, conn: _Conn) -> None:
         """A keep-alive connection is free again: serve the next waiting request, or go idle."""
@@ -377,8 +413,7 @@ class HttpClient:
 
     def _kill_gracefully(self, conn: _Conn) -> None:
         self.conns.discard(conn)
-        with contextlib.suppress(ValueError):
-            self.idle.remove(conn)
+        self._unidle(conn)
         conn.closed = True
         if conn.transport is not None:
             conn.transport.close()
@@ -387,8 +422,7 @@ class HttpClient:
         req, conn.req = conn.req, None
         was_ours = conn in self.conns
         self.conns.discard(conn)
-        with contextlib.suppress(ValueError):
-            self.idle.remove(conn)
+        self._unidle(conn)
         if req is not None and not req.finished:
             if conn.got_bytes:
                 self.fail(req, "truncated")
@@ -397,8 +431,44 @@ class HttpClient:
         if was_ours:
             self._pump()
 
+    def _watch(self, req: Request) -> None:
+        """Queue `req` for its timeout; settled requests leave from the front as it moves."""
+        deadlines = self._deadlines
+        while deadlines and deadlines[0].finished:
+            deadlines.popleft()
+        deadlines.append(req)
+        if self._sweep_handle is None and not self._sweeping:
+            self._arm_sweep(req.issued)
+
+    def _arm_sweep(self, now: float) -> None:
+        """Wake up at the deadline of the oldest request not yet settled (if any)."""
+        deadlines = self._deadlines
+        while deadlines and deadlines[0].finished:
+            deadlines.popleft()
+        if deadlines:
+            # uvloop's timers have 1 ms granularity: never less, so an early wake-up cannot spin
+            delay = deadlines[0].intended + self.timeout_s - now
+            self._sweep_handle = self.loop.call_later(delay if delay > 1e-3 else 1e-3, self._sweep)
+
+    def _sweep(self) -> None:
+        """Time out every request whose deadline has passed, then wait for the next deadline.
+
+        Issue order is deadline order up to a few microseconds (a closed-loop user's intended
+        time is taken just before it is issued), so only the front of the queue is looked at.
+        """
+        self._sweep_handle = None
+        self._sweeping = True
+        deadlines = self._deadlines
+        due = time.monotonic() - self.timeout_s  # requests intended at or before this are out of time
+        try:
+            while deadlines and (deadlines[0].finished or deadlines[0].intended <= due):
+                self._timed_out(deadlines.popleft())  # on_done may issue new requests meanwhile
+        finally:
+            self._sweeping = False
+        if self._sweep_handle is None:
+            self._arm_sweep(time.monotonic())
+
     def _timed_out(self, req: Request) -> None:
-        req.timer = None
         if req.finished:
             return
         conn = req.conn
@@ -426,9 +496,8 @@ class HttpClient:
         req.finished = True
         req.conn = None
         self.outstanding -= 1
-        if req.timer is not None:
-            req.timer.cancel()
-            req.timer = None
+        if self.outstanding == 0:
+            self._deadlines.clear()  # all settled: the sweep, if still armed, finds nothing to do
 
     def _check_idle(self) -> None:
         if self.outstanding == 0 and self._idle_waiters:

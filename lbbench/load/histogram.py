@@ -70,9 +70,10 @@ class LogHistogram:
         v = v[~np.isnan(v)]
         if v.size == 0:
             return
-        idx = np.zeros(v.size, dtype=np.int64)
-        above = v >= self.lowest_s
-        idx[above] = (np.log(v[above] * self._inv_lowest) * self._inv_log_growth).astype(np.int64) + 1
+        # record()'s bucket for every value, without boolean-mask copies: below `lowest_s` -> 0
+        idx = (np.log(np.maximum(v, self.lowest_s) * self._inv_lowest) * self._inv_log_growth).astype(np.int64)
+        idx += 1
+        idx[v < self.lowest_s] = 0
         np.minimum(idx, self.n_buckets - 1, out=idx)
         self.counts += np.bincount(idx, minlength=self.n_buckets)
         self.sum += float(v.sum())

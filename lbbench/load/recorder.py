@@ -4,6 +4,13 @@ Rows are kept in `array.array` columns (an append is about as cheap as a list's,
 takes 8 bytes instead of 32, and the garbage collector never walks them) and become numpy
 columns once, at the end. Strings (pod names, IPs, error kinds) are interned to small
 integer codes with a table per column.
+
+Latency, lateness and pool-wait values are appended to small buffers on the hot path and
+binned into the histograms in bulk (numpy, ~15 ns a value instead of ~500 ns one by one)
+every FLUSH_AT values and whenever the histograms are read (progress reports, the end).
+The counts are the same as binning one by one. FLUSH_AT bounds each pause (~30 us): binning
+a whole 250 ms interval at once in the progress report had stalled sends for up to 1.6 ms at
+50k req/s, enough to show in the lateness p99.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from lbbench.load.histogram import LogHistogram
 
 ERROR_CODE = {"": 0, **{kind: i + 1 for i, kind in enumerate(ERROR_KINDS)}}
 ERROR_TABLE = ("", *ERROR_KINDS)
+FLUSH_AT = 2048
 _TYPECODES = {"intended_s": "d", "sent_s": "d", "done_s": "d", "status": "h", "error": "b", "pod": "i",
               "pod_ip": "i", "conn_id": "q", "new_conn": "b", "queue_ms": "d", "service_ms": "d"}
 
@@ -39,17 +47,40 @@ class _Interner:
         return c
 
 
+class _Binned:
+    """A cumulative histogram, one since the last `take_interval`, and values not yet binned."""
+
+    __slots__ = ("interval", "pending", "total")
+
+    def __init__(self) -> None:
+        self.total = LogHistogram()
+        self.interval = LogHistogram()
+        self.pending: array[float] = array("d")
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        part = LogHistogram()
+        part.record_many(np.frombuffer(self.pending, dtype=np.float64))
+        self.pending = array("d")
+        self.total.merge(part)
+        self.interval.merge(part)
+
+    def take_interval(self) -> LogHistogram:
+        self.flush()
+        out, self.interval = self.interval, LogHistogram()
+        return out
+
+
 class Recorder:
     """What one worker saw. Times in rows are seconds relative to the run's t=0 (`start_at`)."""
 
     def __init__(self, start_at: float, record_rows: bool) -> None:
         self.start_at = start_at
         self.record_rows = record_rows
-        self.latency = LogHistogram()  # successful requests: done - intended
-        self.lateness = LogHistogram()  # issued - intended (>= 0: sends never leave early)
-        self.pool_wait = LogHistogram()  # sent - issued: waiting for a free keep-alive connection
-        self.interval_latency = LogHistogram()  # since the last progress report
-        self.interval_lateness = LogHistogram()
+        self._latency = _Binned()  # successful requests: done - intended
+        self._lateness = _Binned()  # issued - intended (>= 0: sends never leave early)
+        self._pool_wait = _Binned()  # sent - issued: waiting for a free keep-alive connection
         self.issued = 0
         self.done = 0
         self.ok = 0
@@ -60,6 +91,23 @@ class Recorder:
         self._pods = _Interner()
         self._ips = _Interner()
         self._cols: dict[str, array[Any]] = {name: array(code) for name, code in _TYPECODES.items()}
+        # the columns' bound append methods, in _TYPECODES order (one tuple unpack per row)
+        self._appenders = tuple(col.append for col in self._cols.values())
+
+    @property
+    def latency(self) -> LogHistogram:
+        self._latency.flush()
+        return self._latency.total
+
+    @property
+    def lateness(self) -> LogHistogram:
+        self._lateness.flush()
+        return self._lateness.total
+
+    @property
+    def pool_wait(self) -> LogHistogram:
+        self._pool_wait.flush()
+        return self._pool_wait.total
 
     def on_issue(self, req: Request) -> None:
         self.issued += 1
@@ -67,9 +115,10 @@ class Recorder:
             self.first_issue = req.issued
         self.last_issue = req.issued
         late = req.issued - req.intended
-        late = late if late > 0.0 else 0.0
-        self.lateness.record(late)
-        self.interval_lateness.record(late)
+        pending = self._lateness.pending
+        pending.append(late if late > 0.0 else 0.0)
+        if len(pending) >= FLUSH_AT:
+            self._lateness.flush()
 
     def on_done(self, req: Request) -> None:
         self.done += 1
@@ -77,38 +126,37 @@ class Recorder:
             self.errors[req.error] += 1
         else:
             self.ok += 1
-            latency = req.done - req.intended
-            self.latency.record(latency)
-            self.interval_latency.record(latency)
+            self._latency.pending.append(req.done - req.intended)
         if req.status:
             self.statuses[req.status] += 1
         if req.sent == req.sent:  # not NaN: it did leave
             wait = req.sent - req.issued
-            self.pool_wait.record(wait if wait > 0.0 else 0.0)
+            self._pool_wait.pending.append(wait if wait > 0.0 else 0.0)
         if self.record_rows:
             self._append(req)
+        if len(self._latency.pending) >= FLUSH_AT or len(self._pool_wait.pending) >= FLUSH_AT:
+            self._latency.flush()
+            self._pool_wait.flush()
 
     def _append(self, req: Request) -> None:
-        c = self._cols
         t0 = self.start_at
-        c["intended_s"].append(req.intended - t0)
-        c["sent_s"].append(req.sent - t0)
-        c["done_s"].append(req.done - t0)
-        c["status"].append(req.status)
-        c["error"].append(ERROR_CODE[req.error])
-        c["pod"].append(self._pods.code(req.pod))
-        c["pod_ip"].append(self._ips.code(req.pod_ip))
-        c["conn_id"].append(req.conn_id)
-        c["new_conn"].append(req.new_conn)
-        c["queue_ms"].append(req.queue_ms)
-        c["service_ms"].append(req.service_ms)
+        intended, sent, done, status, error, pod, pod_ip, conn_id, new_conn, queue_ms, service_ms = self._appenders
+        intended(req.intended - t0)
+        sent(req.sent - t0)
+        done(req.done - t0)
+        status(req.status)
+        error(ERROR_CODE[req.error])
+        pod(self._pods.code(req.pod))
+        pod_ip(self._ips.code(req.pod_ip))
+        conn_id(req.conn_id)
+        new_conn(req.new_conn)
+        queue_ms(req.queue_ms)
+        service_ms(req.service_ms)
 
     def take_interval(self) -> tuple[LogHistogram, LogHistogram]:
         """The latency and lateness histograms since the last call (for progress reports)."""
-        out = (self.interval_latency, self.interval_lateness)
-        self.interval_latency = LogHistogram()
-        self.interval_lateness = LogHistogram()
-        return out
+        self._pool_wait.take_interval()  # keeps its interval part from growing; only totals are reported
+        return self._latency.take_interval(), self._lateness.take_interval()
 
     def counters(self) -> dict[str, Any]:
         return {"issued": self.issued, "done": self.done, "ok": self.ok, "errors": dict(self.errors)}
