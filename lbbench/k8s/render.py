@@ -23,13 +23,12 @@ from lbbench import __version__
 from lbbench.config import Config, ServiceConfig
 from lbbench.k8s import manifests as m
 from lbbench.k8s.scripts import fault_steps, faults_script, run_script
+from lbbench.load.generator import RPS_PER_WORKER, USERS_PER_WORKER
 
 K8S_VERSION = "1.30.0"  # the Kubernetes OpenAPI schemas the manifests are validated against (tests)
 DNAT = ("userspace-dnat", "kernel-nftables", "kernel-iptables", "haproxy-tcp")
 INGRESS_PROXIES = ("haproxy", "nginx", "httpd")
 CONTROLLERS = ("auto", "ingress-nginx", "haproxy-ingress", "haproxytech", "none")
-RPS_PER_WORKER = {"close": 1500.0, "keepalive": 3000.0}  # lbbench.load.generator's sizing
-USERS_PER_WORKER = 64
 LOG_BYTES_PER_REQUEST = 52  # a packed part, measured: parquet rows, gzip, base64
 LOG_LIMIT_BYTES = 8 * 2**20  # under the kubelet's default containerLogMaxSize (10 MiB), with room
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")

@@ -20,7 +20,7 @@ pod_at() {
 skip() { echo "faults.sh: $1" >&2; }
 echo 'at_s,kind,target,detail,frontend,rate_rps,repeat'
 
-# 6 s: kill_pod deployment/web (forced delete (grace 0): the crash is a new pod, not a container restart)
-sleep_until 6
+# 5 s: kill_pod deployment/web (forced delete (grace 0): the crash is a new pod, not a container restart)
+sleep_until 5
 POD=$(pod_at lbbench-quickstart app=web 0)
 if [ -n "$POD" ]; then event deployment/web kill_pod; kubectl -n lbbench-quickstart delete "$POD" --grace-period=0 --force --wait=false >&2; else skip 'kill_pod deployment/web: no running pod #0'; fi

@@ -25,7 +25,7 @@ while [ "$r" -lt "$REPEATS" ]; do
   kubectl apply -f "$DIR/50-load-kube-proxy-0.yaml"
   sh "$DIR/faults.sh" "$START" kube-proxy 280 "$r" > "$OUT/events-kube-proxy-280rps-$r.csv" &
   FAULTS=$!
-  kubectl -n lbbench-quickstart wait --for=condition=complete job/lbbench-load-kube-proxy-0 --timeout=$(( LEAD_S + 142 ))s \
+  kubectl -n lbbench-quickstart wait --for=condition=complete job/lbbench-load-kube-proxy-0 --timeout=$(( LEAD_S + 140 ))s \
     || echo "run.sh: job lbbench-load-kube-proxy-0 did not complete; collecting what is there" >&2
   wait "$FAULTS" || true
   for pod in $(kubectl -n lbbench-quickstart get pods -l job-name=lbbench-load-kube-proxy-0 -o name); do
@@ -44,7 +44,7 @@ while [ "$r" -lt "$REPEATS" ]; do
   kubectl apply -f "$DIR/50-load-l7-proxy-0.yaml"
   sh "$DIR/faults.sh" "$START" l7-proxy 280 "$r" > "$OUT/events-l7-proxy-280rps-$r.csv" &
   FAULTS=$!
-  kubectl -n lbbench-quickstart wait --for=condition=complete job/lbbench-load-l7-proxy-0 --timeout=$(( LEAD_S + 142 ))s \
+  kubectl -n lbbench-quickstart wait --for=condition=complete job/lbbench-load-l7-proxy-0 --timeout=$(( LEAD_S + 140 ))s \
     || echo "run.sh: job lbbench-load-l7-proxy-0 did not complete; collecting what is there" >&2
   wait "$FAULTS" || true
   for pod in $(kubectl -n lbbench-quickstart get pods -l job-name=lbbench-load-l7-proxy-0 -o name); do
