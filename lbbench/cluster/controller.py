@@ -76,6 +76,7 @@ class Controller:
         self._serial = 0
         self._stopping = False
         self._reconcile_lock = asyncio.Lock()
+        self._sync_locks: dict[str, asyncio.Lock] = {}
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -267,10 +268,16 @@ class Controller:
 
     async def _sync_later(self, key: str, eps: tuple[Endpoint, ...]) -> None:
         await asyncio.sleep(self.config.run.endpoint_sync_delay_s)
-        self.synced[key] = eps
-        self.log.log("endpoints_synced", key, f"{len(eps)} " + " ".join(f"{e.pod}={e.ip}" for e in eps))
-        for sub in self.subscribers:
-            await sub(key, eps)
+        # One delivery at a time per Service, in order: a front end computing an update from its
+        # previous table must never see two updates of the same Service interleave.
+        async with self._sync_locks.setdefault(key, asyncio.Lock()):
+            self.synced[key] = eps
+            self.log.log("endpoints_synced", key, f"{len(eps)} " + " ".join(f"{e.pod}={e.ip}" for e in eps))
+            for sub in self.subscribers:
+                try:
+                    await sub(key, eps)
+                except Exception as e:  # the front end failed to apply it: a fact of the run, logged
+                    self.log.log("sync_failed", key, f"{type(e).__name__}: {str(e)[:300]}")
 
     def _spawn_bg(self, coro: Awaitable[None]) -> None:
         task = asyncio.ensure_future(coro)
