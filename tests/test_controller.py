@@ -170,3 +170,39 @@ def test_node_down_keeps_endpoints_until_grace_period() -> None:
             await ctl.stop()
 
     run(scenario())
+
+
+def test_endpoint_updates_reach_a_slow_front_end_in_order_one_at_a_time() -> None:
+    """A front end that takes time to apply an update (nft, a reload) must never see two at once."""
+
+    class SlowFrontEnd:
+        def __init__(self) -> None:
+            self.active = 0
+            self.max_active = 0
+            self.seen: list[tuple[str, ...]] = []
+
+        async def __call__(self, key: str, eps: tuple[Endpoint, ...]) -> None:
+            self.active += 1
+            self.max_active = max(self.max_active, self.active)
+            await asyncio.sleep(0.15)
+            self.seen.append(tuple(e.pod for e in eps))
+            self.active -= 1
+
+    async def scenario() -> None:
+        config = make_config(replicas=1)
+        with Supervisor() as sup:
+            log = EventLog()
+            ctl = Controller(config, sup, log, seed=9)
+            slow = SlowFrontEnd()
+            ctl.subscribers.append(slow)
+            await ctl.start()
+            await ctl.wait_synced()
+            await ctl.scale("deployment/web", 4)  # several Endpoints changes within one sync delay
+            await ctl.wait_synced()
+            await wait_for(lambda: slow.active == 0 and len(slow.seen) == len(log.of_kind("endpoints_changed")))
+            changed = [tuple(e.detail.split()) for e in log.of_kind("endpoints_changed")]
+            assert slow.max_active == 1
+            assert slow.seen == changed  # every change, in the order it happened
+            await ctl.stop()
+
+    run(scenario())
