@@ -76,10 +76,10 @@ async def search_max_rate(probe: ProbeFn, start_rps: float, factor: float, max_p
     rate = min(start_rps, cap_rps)
     probes: list[Probe] = []
     retried: set[float] = set()
-    for _ in range(max_probes):
+    while len(probes) < max_probes:
         p = await probe(rate)
         probes.append(p)
-        if not p.passed and rate not in retried:
+        if not p.passed and rate not in retried and len(probes) < max_probes:
             # one scheduling stall on a shared machine fails a probe for good; a real limit fails twice
             retried.add(rate)
             p = await probe(rate)
