@@ -20,7 +20,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lbbench.netaddr import HostPort
 
@@ -29,6 +29,10 @@ OK_FRACTION_MIN = 0.99
 ACHIEVED_FRACTION_MIN = 0.95
 PRECISION = 1.10  # stop bisecting when the failing rate is within 10% of the passing one
 FIRST_RATE_RPS = 10000.0  # the generator's documented per-worker keep-alive rate (RPS_PER_WORKER)
+
+if TYPE_CHECKING:
+    from lbbench.load.spec import LoadSpec
+    from lbbench.load.summary import LoadSummary
 
 
 @dataclass(frozen=True)
@@ -101,39 +105,38 @@ async def search_max_rate(probe: ProbeFn, start_rps: float, factor: float, max_p
     return best, probes
 
 
-async def lbbench_probe(target: HostPort, rate_rps: float, duration_s: float, connections: int,
-                        workers: int, seed: int) -> Probe:
-    """One open-loop run of lbbench's generator at `rate_rps`, judged."""
+async def _run_once(spec: LoadSpec) -> LoadSummary:
+    """One generator run that starts as soon as its workers are ready."""
     from lbbench.load.generator import LoadGenerator
-    from lbbench.load.spec import ConnectionMode, LoadSpec
 
-    spec = LoadSpec(target, rate_rps=rate_rps, duration_s=duration_s, connections=ConnectionMode(
-        "keepalive", connections), workers=workers, seed=seed, record_rows=False, timeout_s=2.0)
     gen = LoadGenerator(spec)
     try:
         await gen.prepare()
         await gen.start(time.monotonic() + 0.2)
-        s = (await gen.result()).summary
+        return (await gen.result()).summary
     finally:
         await gen.aclose()
+
+
+async def lbbench_probe(target: HostPort, rate_rps: float, duration_s: float, connections: int,
+                        workers: int, seed: int) -> Probe:
+    """One open-loop run of lbbench's generator at `rate_rps`, judged."""
+    from lbbench.load.spec import ConnectionMode, LoadSpec
+
+    spec = LoadSpec(target, rate_rps=rate_rps, duration_s=duration_s, connections=ConnectionMode(
+        "keepalive", connections), workers=workers, seed=seed, record_rows=False, timeout_s=2.0)
+    s = await _run_once(spec)
     return judge(rate_rps, s.achieved_rps, s.scheduled, s.ok, s.lateness_s.get("p99"))
 
 
 async def lbbench_closed_loop(target: HostPort, duration_s: float, users: int, workers: int) -> float:
     """Requests/s answered 200 by lbbench's generator in closed loop: `users` users, no think time,
     one keep-alive connection each; wrk's way of loading, with lbbench's client."""
-    from lbbench.load.generator import LoadGenerator
     from lbbench.load.spec import ConnectionMode, LoadSpec
 
     spec = LoadSpec(target, duration_s=duration_s, connections=ConnectionMode("keepalive", users), workers=workers,
                     closed_loop_users=users, record_rows=False, timeout_s=2.0)
-    gen = LoadGenerator(spec)
-    try:
-        await gen.prepare()
-        await gen.start(time.monotonic() + 0.2)
-        s = (await gen.result()).summary
-    finally:
-        await gen.aclose()
+    s = await _run_once(spec)
     return float(s.ok_rps)
 
 
