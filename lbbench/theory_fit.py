@@ -11,13 +11,15 @@ steps, several workloads), the reason is given instead of a number.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pandas as pd
 
+from lbbench.cluster.servicetime import ServiceTime
 from lbbench.config import Config
 from lbbench.results import is_ok
-from lbbench.theory import ModelPrediction, predict
+from lbbench.theory import Arrivals, ModelPrediction, predict
 
 DNAT = ("userspace-dnat", "kernel-nftables", "kernel-iptables", "haproxy-tcp")
 QUEUEING = ("l7-proxy", "haproxy")
@@ -78,6 +80,108 @@ def measured_wait_s(rows: pd.DataFrame, zero_load: Mapping[str, Any] | None) -> 
     return float((rows.loc[ok, "latency_s"] - rows.loc[ok, "service_ms"] / 1e3).mean() - overhead)
 
 
+@dataclass(frozen=True)
+class ServerMeasure:
+    """What the model calls the server and its queue, as this run measured them (per successful request)."""
+
+    proxy_slot: bool  # the server is the proxy's slot to a pod (else the pod's own slot)
+    time_s: float  # mean time a request held the server
+    source: str
+    queue_wait_s: float | None  # mean wait in the model's queue
+    p_wait: float | None  # fraction of requests that waited there longer than WAITED_MS
+
+
+WAITED_MS = 0.1  # a request that got its slot within 0.1 ms did not wait: below the loop's own jitter
+
+# the model's server and queue -> (row column of the server time, of the queue wait, what that is)
+_PROXY_SLOT = ("proxy_upstream_ms", "proxy_queue_ms",
+               "the proxy's backend slot, dispatch to response head (x-proxy-upstream-ms); "
+               "queue: the proxy's (x-proxy-queue-ms)")
+_POD_SLOT = ("service_ms", "queue_ms", "the pod's slot, its own service time (x-service-ms); "
+             "queue: the pod's (x-queue-ms)")
+
+
+def _column_mean(rows: pd.DataFrame, ok: pd.Series, column: str) -> float | None:
+    if column not in rows.columns:
+        return None
+    values = rows.loc[ok, column].dropna()
+    return float(values.mean()) / 1e3 if len(values) else None
+
+
+def measured_server(rows: pd.DataFrame, model: str) -> ServerMeasure | None:
+    """The server's mean holding time and its queue, from the rows; None if the rows do not say.
+
+    In `shared_queue` the M/M/c server is the proxy's slot to a pod: it is held for the pod's
+    service and the proxy<->pod hand-off, during which the pod is idle. lbbench's l7-proxy
+    reports that time per request; other proxies do not, and then the pod's service time
+    stands in (and the pod's queue, empty under maxconn = slots, says nothing of the proxy's).
+    """
+    ok = is_ok(rows)
+    for server_col, queue_col, source in ((_PROXY_SLOT, _POD_SLOT) if model == "shared_queue" else (_POD_SLOT,)):
+        time_s = _column_mean(rows, ok, server_col)
+        if time_s is None:
+            continue
+        waits = rows.loc[ok, queue_col].dropna() if queue_col in rows.columns else pd.Series(dtype=float)
+        own_queue = server_col == "proxy_upstream_ms" or model != "shared_queue"  # the queue the model describes
+        return ServerMeasure(
+            proxy_slot=server_col == "proxy_upstream_ms", time_s=time_s, source=source,
+            queue_wait_s=float(waits.mean()) / 1e3 if own_queue and len(waits) else None,
+            p_wait=float((waits > WAITED_MS).mean()) if own_queue and len(waits) else None,
+        )
+    return None
+
+
+def outside_server_s(zero_load: Mapping[str, Any] | None, server: ServerMeasure) -> float | None:
+    """The path's zero-load cost outside the model's server: client, TCP, front end."""
+    zl = zero_load or {}
+    key = "outside_proxy_slot_mean_s" if server.proxy_slot else "overhead_mean_s"
+    value = zl.get(key)
+    return float(value) if isinstance(value, int | float) else None
+
+
+def _with_mean(service: ServiceTime, mean_s: float) -> ServiceTime | None:
+    """The configured service distribution with the measured mean (shape kept: exp stays exp)."""
+    if service.kind in ("exp", "const") and mean_s > 0:
+        return replace(service, mean_s=mean_s)
+    return None
+
+
+def _compare(out: dict[str, Any], q: str, predicted: float | None, got: float | None) -> None:
+    """predicted_<q>, measured_<q>, rel_err_<q without _s>."""
+    out[f"predicted_{q}"] = predicted
+    out[f"measured_{q}"] = got
+    out[f"rel_err_{q.removesuffix('_s')}"] = (got - predicted) / predicted if predicted and got is not None else None
+
+
+def measured_server_section(model: str, replicas: int, slots: int, service: ServiceTime, rate_rps: float,
+                            arrivals: Arrivals, measured: dict[str, Any], rows: pd.DataFrame,
+                            zero_load: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The model fed the server time this run measured, plus the path outside the server, against the run.
+
+    The configured service time is what the pods were asked for; what the model's server was
+    actually held for can be longer (a proxy's hand-off). Both comparisons are reported.
+    """
+    server = measured_server(rows, model)
+    if server is None:
+        return {}
+    out: dict[str, Any] = {"server_time_s": server.time_s, "server_time_source": server.source}
+    fitted = _with_mean(service, server.time_s)
+    if fitted is None:
+        return out
+    pred = predict(replicas, slots, fitted, rate_rps, arrivals)[model]
+    out["utilisation_measured_server"] = pred.utilisation
+    outside = outside_server_s(zero_load, server)
+    out["zero_load_outside_server_s"] = outside
+    if outside is not None:
+        for stat, key in (("mean", "mean_s"), ("p50", "p50_s"), ("p99", "p99_s")):
+            predicted = getattr(pred, key)
+            _compare(out, f"{stat}_measured_server_s", None if predicted is None else predicted + outside,
+                     measured.get(stat))
+    _compare(out, "queue_wait_s", pred.mean_wait_s, server.queue_wait_s)
+    _compare(out, "p_wait", pred.p_wait, server.p_wait)
+    return out
+
+
 def theory_section(config: Config, frontend: str, rate_rps: float, measured: dict[str, Any],
                    rows: pd.DataFrame | None = None, zero_load: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Measured vs predicted for one front end at one rate; `measured` is a latency_s dict."""
@@ -100,28 +204,19 @@ def theory_section(config: Config, frontend: str, rate_rps: float, measured: dic
         "utilisation": pred.utilisation,
     }
     for stat, key in (("mean", "mean_s"), ("p50", "p50_s"), ("p99", "p99_s")):
-        predicted = getattr(pred, key)
-        got = measured.get(stat)
-        out[f"predicted_{key}"] = predicted
-        out[f"measured_{key}"] = got
-        out[f"rel_err_{stat}"] = (got - predicted) / predicted if predicted and got is not None else None
+        _compare(out, key, getattr(pred, key), measured.get(stat))
     overhead = (zero_load or {}).get("overhead_mean_s")
     if overhead is not None:
         # The models know nothing of the harness's path (client, TCP, front end): add its zero-load
         # cost, measured before the load, to compare like with like.
         for stat, key in (("mean", "mean_s"), ("p50", "p50_s"), ("p99", "p99_s")):
-            predicted, got = getattr(pred, key), measured.get(stat)
-            if predicted is None:
-                continue
-            adjusted = predicted + overhead
-            q = f"{stat}_plus_path_s"
-            out[f"predicted_{q}"] = adjusted
-            out[f"measured_{q}"] = got
-            out[f"rel_err_{stat}_plus_path"] = (got - adjusted) / adjusted if got is not None else None
+            predicted = getattr(pred, key)
+            if predicted is not None:
+                _compare(out, f"{stat}_plus_path_s", predicted + overhead, measured.get(stat))
     wait = measured_wait_s(rows, zero_load) if rows is not None else None
-    out["predicted_mean_wait_s"] = pred.mean_wait_s
-    out["measured_mean_wait_s"] = wait
-    out["rel_err_mean_wait"] = ((wait - pred.mean_wait_s) / pred.mean_wait_s
-                                if wait is not None and pred.mean_wait_s else None)
+    _compare(out, "mean_wait_s", pred.mean_wait_s, wait)
     out["zero_load_overhead_s"] = (zero_load or {}).get("overhead_mean_s")
+    if rows is not None and pred.mean_s is not None:
+        out.update(measured_server_section(model, replicas, w.template.slots, w.template.service, rate_rps,
+                                           config.load.arrivals, measured, rows, zero_load))
     return out

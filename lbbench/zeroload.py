@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import statistics
 import time
-from typing import TypedDict
+from typing import NamedTuple, TypedDict
 
 from lbbench.netaddr import HostPort
 
@@ -23,11 +23,20 @@ class ZeroLoad(TypedDict):
     latency_p50_s: float | None
     overhead_mean_s: float | None  # latency - pod queue - pod service
     overhead_p50_s: float | None
+    # latency - the proxy's slot time (x-proxy-upstream-ms): the path outside the M/M/c server of
+    # a queueing proxy; None when the front end does not report it
+    outside_proxy_slot_mean_s: float | None
+
+
+class _Timing(NamedTuple):
+    latency_s: float
+    pod_s: float  # the pod's queue + service time
+    slot_s: float | None  # the proxy's slot time, if it says
 
 
 async def _one(addr: HostPort, path: str, host: str, reuse: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None,
-               keepalive: bool) -> tuple[float, float, tuple[asyncio.StreamReader, asyncio.StreamWriter] | None]:
-    """(latency_s, pod time_s, connection to reuse or None)."""
+               keepalive: bool) -> tuple[_Timing, tuple[asyncio.StreamReader, asyncio.StreamWriter] | None]:
+    """The request's timing, and the connection to reuse or None."""
     start = time.monotonic()
     reader, writer = reuse or await asyncio.open_connection(addr.host, addr.port)
     conn = "keep-alive" if keepalive else "close"
@@ -42,30 +51,35 @@ async def _one(addr: HostPort, path: str, host: str, reuse: tuple[asyncio.Stream
     if not status.split(b" ")[1:2] or not status.split(b" ")[1].startswith(b"2"):
         raise ConnectionError(f"status {status!r}")
     pod_s = (float(headers.get("x-queue-ms", "0")) + float(headers.get("x-service-ms", "0"))) / 1e3
+    slot = headers.get("x-proxy-upstream-ms")
+    timing = _Timing(latency, pod_s, float(slot) / 1e3 if slot is not None else None)
     if keepalive:
-        return latency, pod_s, (reader, writer)
+        return timing, (reader, writer)
     writer.close()
     with contextlib.suppress(OSError):
         await writer.wait_closed()
-    return latency, pod_s, None
+    return timing, None
 
 
 async def measure_zero_load(addr: HostPort, path: str, host_header: str | None, keepalive: bool,
                             n: int = 40, timeout_s: float = 5.0) -> ZeroLoad:
     latencies: list[float] = []
     overheads: list[float] = []
+    outside_slot: list[float] = []
     failed = 0
     conn: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
     for _ in range(n):
         try:
             async with asyncio.timeout(timeout_s):
-                latency, pod_s, conn = await _one(addr, path, host_header or str(addr), conn, keepalive)
+                timing, conn = await _one(addr, path, host_header or str(addr), conn, keepalive)
         except (OSError, TimeoutError, ValueError, asyncio.IncompleteReadError):
             failed += 1
             conn = None
             continue
-        latencies.append(latency)
-        overheads.append(max(0.0, latency - pod_s))
+        latencies.append(timing.latency_s)
+        overheads.append(max(0.0, timing.latency_s - timing.pod_s))
+        if timing.slot_s is not None:
+            outside_slot.append(max(0.0, timing.latency_s - timing.slot_s))
     if conn is not None:
         conn[1].close()
         with contextlib.suppress(OSError):
@@ -75,4 +89,5 @@ async def measure_zero_load(addr: HostPort, path: str, host_header: str | None, 
         latency_p50_s=statistics.median(latencies) if latencies else None,
         overhead_mean_s=statistics.fmean(overheads) if overheads else None,
         overhead_p50_s=statistics.median(overheads) if overheads else None,
+        outside_proxy_slot_mean_s=statistics.fmean(outside_slot) if outside_slot else None,
     )

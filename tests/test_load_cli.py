@@ -54,7 +54,8 @@ def test_text_output_and_out_dir(pod: HostPort, tmp_path: Path) -> None:
         assert word in proc.stdout
     rows = pd.read_parquet(tmp_path / "run" / "requests.parquet")
     assert list(rows.columns) == ["intended_s", "sent_s", "done_s", "latency_s", "status", "error", "pod", "pod_ip",
-                                  "conn_id", "new_conn", "worker", "queue_ms", "service_ms"]
+                                  "conn_id", "new_conn", "worker", "queue_ms", "service_ms", "proxy_queue_ms",
+                                  "proxy_upstream_ms"]
     assert len(rows) == 150 and set(rows.pod) == {"cli-pod"} and rows.conn_id.nunique() == 2
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["requests"] == 150 and summary["schema"] == "lbbench.load.summary/1"

@@ -53,6 +53,12 @@ def test_requests_beyond_maxconn_wait_in_the_proxy_not_in_the_pods(supervisor: S
     assert max(pod_queue_ms) < 10.0, pod_queue_ms  # a pod never holds more than the one it serves
     assert proxy_queue_ms[-1] >= 150.0, proxy_queue_ms  # the last ones waited two service times
     assert sum(q > 50.0 for q in proxy_queue_ms) >= 6
+    for reply, latency_s in results:
+        # The slot is held from dispatch to the response head: the pod's service and the hand-off, no more;
+        # and the proxy's two times fit inside what the client saw.
+        slot_ms = float(reply.headers["x-proxy-upstream-ms"])
+        assert float(reply.headers["x-service-ms"]) <= slot_ms < float(reply.headers["x-service-ms"]) + 50.0
+        assert slot_ms + float(reply.headers["x-proxy-queue-ms"]) <= latency_s * 1e3
     assert collections.Counter(r.headers["x-pod"] for r, _ in results) == {f"q{i}": 3 for i in range(4)}
     svc = get_stats(px.stats)["services"]["default/default"]
     assert svc["counters"]["queued"] >= 6

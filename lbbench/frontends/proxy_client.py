@@ -290,11 +290,11 @@ class ClientConnection(asyncio.Protocol):
     # -- towards the client -------------------------------------------------------------------
 
     def response_head(self, ex: Exchange, status: int, reason: bytes, fields: Fields, has_length: bool,
-                      special: Special) -> int:
-        """Send the response head; returns how the backend frames the body."""
+                      special: Special, at: float) -> int:
+        """Send the response head (its bytes arrived at `at`); returns how the backend frames the body."""
         head, framing, ex.out_framing, ex.keep_alive = client_head(
             status, reason, fields, has_length, special, ex.is_head, ex.version11, ex.keep_alive and not self.fatal,
-            ex.queue_wait_s * 1e3)
+            ex.queue_wait_s * 1e3, (at - ex.dispatched_at) * 1e3)
         if ex.state == ACTIVE:
             ex.status = status
             ex.head_sent = True

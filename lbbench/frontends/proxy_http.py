@@ -185,15 +185,18 @@ def _status_line(version11: bool, status: int, reason_phrase: bytes) -> bytes:
     return line
 
 
-_PLAIN_END = b"Via: 1.1 " + VIA_TOKEN + b"\r\nX-Proxy-Queue-Ms: 0.000\r\n\r\n"  # the common end of a response head
+_PLAIN_END = b"Via: 1.1 " + VIA_TOKEN + b"\r\nX-Proxy-Queue-Ms: %.3f\r\nX-Proxy-Upstream-Ms: %.3f\r\n\r\n"  # common end
 
 
 def client_head(status: int, reason_phrase: bytes, fields: Fields, has_length: bool, special: Special,
-                head_request: bool, version11: bool, keep_alive: bool, queue_ms: float,
+                head_request: bool, version11: bool, keep_alive: bool, queue_ms: float, upstream_ms: float,
                 ) -> tuple[bytes, int, int, bool]:
     """The response head for the client, from the backend's fields sorted by the parser callbacks.
 
     Returns (head, framing of the backend's body, framing of the client's body, keep-alive).
+    X-Proxy-Queue-Ms is the request's time in the central queue, X-Proxy-Upstream-Ms the time
+    from its dispatch to this response head: how long it held the backend slot (HAProxy's Tr,
+    plus the connect), which the queueing model's server time is.
     Chunked and close-delimited backend bodies are sent chunked to HTTP/1.1 clients, so that
     their connection can be kept; HTTP/1.0 clients get them close-delimited.
     """
@@ -221,12 +224,12 @@ def client_head(status: int, reason_phrase: bytes, fields: Fields, has_length: b
     line = _status_lines.get((version11, status, reason_phrase))
     parts = [line or _status_line(version11, status, reason_phrase)]
     parts += _without(fields, drop, _RESPONSE_ROLE) if drop else fields
-    if not via and not queue_ms and out_framing != CHUNKED and keep_alive and version11:
-        parts.append(_PLAIN_END)
+    if not via and out_framing != CHUNKED and keep_alive and version11:
+        parts.append(_PLAIN_END % (queue_ms, upstream_ms))
     else:
         parts += (
             b"Via: ", via + b", " if via else b"", b"1.1 ", VIA_TOKEN,
-            b"\r\nX-Proxy-Queue-Ms: %.3f\r\n" % queue_ms,
+            b"\r\nX-Proxy-Queue-Ms: %.3f\r\nX-Proxy-Upstream-Ms: %.3f\r\n" % (queue_ms, upstream_ms),
             b"Transfer-Encoding: chunked\r\n" if out_framing == CHUNKED else b"",
             b"" if keep_alive and version11 else b"Connection: keep-alive\r\n" if keep_alive else
             b"Connection: close\r\n",

@@ -236,7 +236,8 @@ class UpstreamConnection(asyncio.Protocol):
             self.special = ()
             return
         self.head_done = True
-        self.framing = ex.client.response_head(ex, status, self.reason, self.fields, self.has_length, self.special)
+        self.framing = ex.client.response_head(ex, status, self.reason, self.fields, self.has_length, self.special,
+                                               self.read_at)
         if ex.is_head and self.ex is ex:
             # llhttp cannot be told that a HEAD response has no body; finish here, do not reuse.
             self.ex = None

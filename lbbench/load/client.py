@@ -42,9 +42,10 @@ from lbbench.netaddr import HostPort
 ERROR_KINDS = ("refused", "reset", "timeout", "connect_timeout", "truncated", "http_5xx", "http_4xx", "other")
 
 # what each interesting response header (lower case) is for
-_POD, _POD_IP, _QUEUE_MS, _SERVICE_MS, _LENGTH = range(5)
+_POD, _POD_IP, _QUEUE_MS, _SERVICE_MS, _LENGTH, _PROXY_QUEUE_MS, _PROXY_UPSTREAM_MS = range(7)
 _HEADERS = {b"x-pod": _POD, b"x-pod-ip": _POD_IP, b"x-queue-ms": _QUEUE_MS, b"x-service-ms": _SERVICE_MS,
-            b"content-length": _LENGTH, b"transfer-encoding": _LENGTH}
+            b"content-length": _LENGTH, b"transfer-encoding": _LENGTH,
+            b"x-proxy-queue-ms": _PROXY_QUEUE_MS, b"x-proxy-upstream-ms": _PROXY_UPSTREAM_MS}
 _IGNORED = -1
 # raw header name (any spelling) -> what it is for; filled as names are seen, bounded
 _NAME_CACHE: dict[bytes, int] = {}
@@ -70,7 +71,7 @@ class Request:
 
     __slots__ = (
         "conn", "conn_id", "done", "error", "finished", "intended", "issued", "new_conn", "pod", "pod_ip",
-        "queue_ms", "sent", "service_ms", "status", "tag",
+        "proxy_queue_ms", "proxy_upstream_ms", "queue_ms", "sent", "service_ms", "status", "tag",
     )
 
     def __init__(self, intended: float, issued: float, tag: int) -> None:
@@ -84,6 +85,8 @@ class Request:
         self.pod_ip = ""
         self.queue_ms = math.nan
         self.service_ms = math.nan
+        self.proxy_queue_ms = math.nan  # lbbench's l7-proxy: time in its central queue, and
+        self.proxy_upstream_ms = math.nan  # from dispatch to the backend's response head
         self.conn_id = -1
         self.new_conn = False
         self.tag = tag
@@ -156,6 +159,10 @@ class _Conn(asyncio.Protocol):
                 req.queue_ms = float(value)
             elif what == _SERVICE_MS:
                 req.service_ms = float(value)
+            elif what == _PROXY_QUEUE_MS:
+                req.proxy_queue_ms = float(value)
+            elif what == _PROXY_UPSTREAM_MS:
+                req.proxy_upstream_ms = float(value)
             else:
                 self.length_known = True
         except ValueError:

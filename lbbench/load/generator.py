@@ -50,7 +50,7 @@ READY_TIMEOUT_S = 60.0
 RESULT_SLACK_S = 15.0
 
 ROW_COLUMNS = ("intended_s", "sent_s", "done_s", "latency_s", "status", "error", "pod", "pod_ip", "conn_id",
-               "new_conn", "worker", "queue_ms", "service_ms")
+               "new_conn", "worker", "queue_ms", "service_ms", "proxy_queue_ms", "proxy_upstream_ms")
 
 
 def peak_rate(spec: LoadSpec) -> float:
@@ -106,6 +106,9 @@ class LoadResult:
     latency_s                   done_s - intended_s, whatever the outcome
     status                      HTTP status, 0 if none; error: "" or one of client.ERROR_KINDS
     pod, pod_ip                 x-pod / x-pod-ip ("" if absent); queue_ms, service_ms: NaN if absent
+    proxy_queue_ms              x-proxy-queue-ms / x-proxy-upstream-ms from lbbench's l7-proxy: time
+    proxy_upstream_ms           in its central queue, and from dispatch to the backend's response
+                                head (the time the request held the backend slot); NaN if absent
     conn_id, new_conn, worker   the TCP connection (unique in the run), whether this was its
                                 first request, and the worker process that sent it
 
@@ -315,7 +318,8 @@ def build_summary(spec: LoadSpec, workers: int, got: list[Message], hist: dict[s
     )
 
 
-_PLAIN_COLUMNS = ("intended_s", "sent_s", "done_s", "status", "conn_id", "new_conn", "queue_ms", "service_ms")
+_PLAIN_COLUMNS = ("intended_s", "sent_s", "done_s", "status", "conn_id", "new_conn", "queue_ms", "service_ms",
+                  "proxy_queue_ms", "proxy_upstream_ms")
 
 
 def empty_rows() -> pd.DataFrame:
@@ -338,7 +342,8 @@ def merge_rows(results: list[Message]) -> pd.DataFrame:
         parts["worker"].append(np.full(n, int(r["worker"]), dtype=np.int16))
     dtypes = {"intended_s": np.float64, "sent_s": np.float64, "done_s": np.float64, "latency_s": np.float64,
               "status": np.int16, "error": object, "pod": object, "pod_ip": object, "conn_id": np.int64,
-              "new_conn": np.bool_, "worker": np.int16, "queue_ms": np.float64, "service_ms": np.float64}
+              "new_conn": np.bool_, "worker": np.int16, "queue_ms": np.float64, "service_ms": np.float64,
+              "proxy_queue_ms": np.float64, "proxy_upstream_ms": np.float64}
     data: dict[str, Any] = {}
     for name in ROW_COLUMNS:
         col = np.concatenate(parts[name]) if parts[name] else np.empty(0)

@@ -29,7 +29,8 @@ ERROR_CODE = {"": 0, **{kind: i + 1 for i, kind in enumerate(ERROR_KINDS)}}
 ERROR_TABLE = ("", *ERROR_KINDS)
 FLUSH_AT = 2048
 _TYPECODES = {"intended_s": "d", "sent_s": "d", "done_s": "d", "status": "h", "error": "b", "pod": "i",
-              "pod_ip": "i", "conn_id": "q", "new_conn": "b", "queue_ms": "d", "service_ms": "d"}
+              "pod_ip": "i", "conn_id": "q", "new_conn": "b", "queue_ms": "d", "service_ms": "d",
+              "proxy_queue_ms": "d", "proxy_upstream_ms": "d"}
 
 
 class _Interner:
@@ -140,7 +141,8 @@ class Recorder:
 
     def _append(self, req: Request) -> None:
         t0 = self.start_at
-        intended, sent, done, status, error, pod, pod_ip, conn_id, new_conn, queue_ms, service_ms = self._appenders
+        (intended, sent, done, status, error, pod, pod_ip, conn_id, new_conn, queue_ms, service_ms, proxy_queue_ms,
+         proxy_upstream_ms) = self._appenders
         intended(req.intended - t0)
         sent(req.sent - t0)
         done(req.done - t0)
@@ -152,6 +154,8 @@ class Recorder:
         new_conn(req.new_conn)
         queue_ms(req.queue_ms)
         service_ms(req.service_ms)
+        proxy_queue_ms(req.proxy_queue_ms)
+        proxy_upstream_ms(req.proxy_upstream_ms)
 
     def take_interval(self) -> tuple[LogHistogram, LogHistogram]:
         """The latency and lateness histograms since the last call (for progress reports)."""

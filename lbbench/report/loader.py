@@ -26,6 +26,8 @@ REQUEST_COLUMNS = (
     "pod",
     "queue_ms",
     "service_ms",
+    "proxy_queue_ms",
+    "proxy_upstream_ms",
     "frontend",
     "rate_rps",
     "repeat",

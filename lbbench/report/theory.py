@@ -36,8 +36,16 @@ MEASURED: dict[str, tuple[str, Callable[[FrontendStats], float | None]]] = {
     "mean_plus_path_s": ("latency mean vs model + path", _latency("mean")),
     "p50_plus_path_s": ("latency p50 vs model + path", _latency("p50")),
     "p99_plus_path_s": ("latency p99 vs model + path", _latency("p99")),
+    # the model fed the server time this run measured, + the zero-load path outside that server
+    "mean_measured_server_s": ("latency mean vs model (measured server) + path", _latency("mean")),
+    "p50_measured_server_s": ("latency p50 vs model (measured server) + path", _latency("p50")),
+    "p99_measured_server_s": ("latency p99 vs model (measured server) + path", _latency("p99")),
+    # in the queue the model describes (the proxy's, or the pod's), as that queue measured it
+    "queue_wait_s": ("mean wait in the model's queue (measured server)", lambda f: None),
+    "p_wait": ("P(wait) in the model's queue (measured server)", lambda f: None),
 }
-NOT_QUANTITIES = {"model", "why", "reason", "note", "exact", "utilisation", "zero_load_overhead_s"}
+NOT_QUANTITIES = {"model", "why", "reason", "note", "exact", "utilisation", "zero_load_overhead_s", "server_time_s",
+                  "server_time_source", "utilisation_measured_server", "zero_load_outside_server_s"}
 
 
 @dataclass(frozen=True)
@@ -102,6 +110,11 @@ def comparisons(r: Results) -> tuple[list[Comparison], list[str]]:
                 notes.append(f"{fe.name}: no model: {t.get('reason', 'no reason given')}")
             continue
         why = "; ".join(str(t[k]) for k in ("why", "note") if t.get(k))
+        server = _number(t.get("server_time_s"))
+        if server is not None and first:
+            rho = _number(t.get("utilisation_measured_server"))
+            notes.append(f"{fe.name}: measured server time {fmt_ms(server)} ms"
+                         + (f" (ρ {rho:.2f})" if rho is not None else "") + f": {t.get('server_time_source')}")
         if why and first:
             approx = "" if t.get("exact", True) else " (approximation)"
             notes.append(f"{fe.name}: {t['model']}{approx}: {why}")
