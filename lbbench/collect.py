@@ -9,6 +9,7 @@ from typing import Any
 import pandas as pd
 
 from lbbench.config import Config
+from lbbench.hoststat import HostCpu, host_cpu
 from lbbench.results import SCHEMA, buckets, frontend_summary, merge_repeats, metadata, write_json
 from lbbench.scenario import PhaseRecord
 from lbbench.theory_fit import theory_inputs, theory_section
@@ -67,6 +68,7 @@ def _phase_entry(r: PhaseRecord, config: Config) -> dict[str, Any]:
         entry.update(frontend_summary(r.load.rows, phase_events(r), config.run.duration_s, r.cpu_s, gen))
         entry["generator"] = gen
         entry["zero_load"] = r.zero_load
+        entry["host_cpu"] = _host_cpu([r])
         entry["theory"] = theory_section(config, r.key.frontend, r.key.rate_rps, entry["latency_s"],
                                          r.load.rows, r.zero_load)
     return entry
@@ -94,9 +96,20 @@ def _by_frontend(records: list[PhaseRecord], config: Config) -> dict[str, Any]:
         entry["complete"] = all(r.complete for r in mine)
         zl = [r.zero_load for r in mine if r.zero_load and r.zero_load["overhead_mean_s"] is not None]
         entry["zero_load"] = zl[0] if zl else None
+        entry["host_cpu"] = _host_cpu(mine)
         entry["theory"] = theory_section(config, name, first_rate, entry["latency_s"], rows, entry["zero_load"])
         out[name] = entry
     return out
+
+
+def _host_cpu(records: list[PhaseRecord]) -> HostCpu | None:
+    """Hypervisor steal during the load (t >= 0) of these phases: the mean, and the worst 1 s of any."""
+    parts = [host_cpu([s["host_steal"] for s in r.samples if "host_steal" in s and s["t_s"] >= 0]) for r in records]
+    found = [p for p in parts if p is not None]
+    if not found:
+        return None
+    return HostCpu(steal_fraction=sum(p["steal_fraction"] for p in found) / len(found),
+                   steal_max_1s=max(p["steal_max_1s"] for p in found))
 
 
 def _timeseries(records: list[PhaseRecord], duration_s: float) -> pd.DataFrame:

@@ -23,6 +23,7 @@ from lbbench.cluster.services import offered_capacity_rps, service_specs
 from lbbench.config import Config, Event, parse_template
 from lbbench.config_reader import Table
 from lbbench.frontends.base import Frontend, FrontendPlan, ServiceSpec
+from lbbench.hoststat import read_cpu_ticks, steal_fraction
 from lbbench.load.generator import LoadGenerator, LoadResult
 from lbbench.load.spec import LoadSpec
 from lbbench.netaddr import HostPort, parse_hostport
@@ -270,6 +271,7 @@ class Phase:
 
     async def _sample(self, fe: Frontend, controller: Controller, cpu: CpuMeter, t0: float) -> None:
         next_at = time.monotonic()
+        ticks = read_cpu_ticks()
         while True:
             counters = await fe.counters()
             key = self.config.load.service
@@ -280,6 +282,10 @@ class Phase:
                 "queue_len": float(counters.get("queue_len", 0.0)),
                 "in_flight": float(counters.get("in_flight_total", 0.0)),
             }
+            ticks, before = read_cpu_ticks(), ticks
+            steal = steal_fraction(before, ticks)
+            if steal is not None:
+                sample["host_steal"] = steal
             self.record.samples.append(sample)
             cpu.sample("frontend", fe.pids(), children=True)
             cpu.sample("pods", controller.pod_pids())

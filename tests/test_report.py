@@ -98,6 +98,9 @@ def _rows(rng: np.random.Generator, frontend: str, rate: float, with_event: bool
             "worker": np.zeros(n, dtype=np.int16),
             "queue_ms": np.where(failed, np.nan, queue_ms),
             "service_ms": np.where(failed, np.nan, service_ms),
+            # what lbbench's l7-proxy adds: its queue wait and slot time (NaN behind DNAT)
+            "proxy_queue_ms": np.nan if dnat else outside_ms * 0.8,
+            "proxy_upstream_ms": np.nan if dnat else service_ms + queue_ms + 0.3,
         }
     )
     return rows[list(ROW_COLUMNS)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from lbbench.hoststat import STEAL_WARN
 from lbbench.report.analysis import queue_stats
 from lbbench.report.doc import Banner, Block, Bullets, Document, Image, Paragraph, Section, Table
 from lbbench.report.loader import Results
@@ -32,14 +33,21 @@ def banners(r: Results) -> tuple[Banner, ...]:
         for p in r.phases
         if p.error
     ]
-    out += [
-        Banner(
-            f"The load generator was saturated during {f.name}: {f.saturation_reason or '?'}; "
-            "its latencies may be the generator's, not the front end's."
-        )
-        for f in r.frontends
-        if f.generator_saturated
-    ]
+    several = any(p.repeat > 0 for p in r.phases)
+    for p in r.phases:
+        if p.stats is None:
+            continue
+        label = f"{p.frontend} @ {p.rate_rps:g} rps" + (f" #{p.repeat}" if several else "")
+        if p.stats.generator_saturated:
+            out.append(Banner(
+                f"The load generator was saturated during {label}: {p.stats.saturation_reason or '?'}; "
+                "its latencies may be the generator's, not the front end's."))
+        worst = p.stats.host_cpu.get("steal_max_1s", 0.0)
+        if worst >= STEAL_WARN:
+            out.append(Banner(
+                f"The hypervisor stole {worst:.0%} of this machine's CPU over the worst second of {label} "
+                f"({p.stats.host_cpu.get('steal_fraction', 0.0):.1%} on average): every process stalls at once "
+                "then, so those latencies are the host's, not the front end's."))
     out += [Banner(f"Results folder: {note}.") for note in r.notes]
     return tuple(out)
 

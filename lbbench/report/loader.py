@@ -67,6 +67,7 @@ class FrontendStats:
     theory: tuple[dict[str, Any], ...] = ()
     spread: dict[str, Any] = field(default_factory=dict)
     zero_load: dict[str, Any] = field(default_factory=dict)  # the path's cost at zero load (lbbench.zeroload)
+    host_cpu: dict[str, float] = field(default_factory=dict)  # hypervisor steal (lbbench.hoststat)
 
     @property
     def error_count(self) -> int:
@@ -250,6 +251,7 @@ def frontend_stats(name: str, d: dict[str, Any]) -> FrontendStats:
         theory=_theory(d.get("theory")),
         spread=dict(d.get("spread") or {}),
         zero_load=dict(d.get("zero_load") or {}),
+        host_cpu={str(k): float(v) for k, v in (d.get("host_cpu") or {}).items() if _num(v) is not None},
     )
 
 

@@ -72,6 +72,10 @@ def theory_vs_utilisation(results: Results, out_dir: Path) -> list[Plot] | str:
                 model = models.get(name)
                 ax.plot(xs, ys, "o", color=color[name], markersize=6,
                         label=f"{name} (model: {MODEL_LABEL.get(model or '', 'none')})")
+            fitted = _measured_server_points(results, name, stat, capacity)
+            if fitted[0]:
+                ax.plot(*fitted, "x", color=color[name], markersize=7,
+                        label=f"{name}: model fed its measured server time, + path")
         style(ax, title)
         log_ms(ax)
         ax.set_xlabel(f"utilisation (offered rate / {capacity:.0f} rps capacity)")
@@ -79,5 +83,22 @@ def theory_vs_utilisation(results: Results, out_dir: Path) -> list[Plot] | str:
         ax.legend(fontsize=7)
         out.append(save(fig, out_dir, f"theory_{stat}_vs_utilisation", f"Measured {title} against queueing theory",
                         f"{pods} pods x {slots} slot(s), service {service}, {arrivals} arrivals. Points: successful "
-                        "requests of each phase, repeats merged. Lines: the models' predictions."))
+                        "requests of each phase, repeats merged. Lines: the models' predictions. Crosses: the "
+                        "matching model fed the server time that phase measured (e.g. a proxy's slot, which "
+                        "includes the proxy<->pod hand-off), plus the path outside it at zero load."))
     return out
+
+
+def _measured_server_points(results: Results, name: str, stat: str, capacity: float
+                            ) -> tuple[list[float], list[float]]:
+    """(utilisation, ms) of the model fed each phase's measured server time (first repeat of each rate)."""
+    xs, ys = [], []
+    for p in results.phases:
+        if p.frontend != name or p.repeat != 0 or p.stats is None:
+            continue
+        for t in p.stats.theory:
+            v = t.get(f"predicted_{stat}_measured_server_s")
+            if isinstance(v, int | float):
+                xs.append(p.rate_rps / capacity)
+                ys.append(float(v) * 1e3)
+    return xs, ys
