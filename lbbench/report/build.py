@@ -45,9 +45,9 @@ def banners(r: Results) -> tuple[Banner, ...]:
         worst = p.stats.host_cpu.get("steal_max_1s", 0.0)
         if worst >= STEAL_WARN:
             out.append(Banner(
-                f"The hypervisor stole {worst:.0%} of this machine's CPU over the worst second of {label} "
-                f"({p.stats.host_cpu.get('steal_fraction', 0.0):.1%} on average): every process stalls at once "
-                "then, so those latencies are the host's, not the front end's."))
+                f"The hypervisor stole {worst:.0%} of this machine's CPU in the worst second of {label} "
+                f"({p.stats.host_cpu.get('steal_fraction', 0.0):.1%} on average): while it does, every process "
+                "stalls at once, so latencies from that second are the host's, not the front end's."))
     out += [Banner(f"Results folder: {note}.") for note in r.notes]
     return tuple(out)
 
