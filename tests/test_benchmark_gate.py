@@ -56,7 +56,11 @@ def test_gate_passes_and_keeps_the_ci_artifact() -> None:
 
 @pytest.mark.slow
 def test_gate_fails_on_a_deliberate_2x_slowdown(tmp_path: Path) -> None:
-    name = baseline_names()[0].rsplit("::", 1)[1]  # any benchmarked hot path will do
+    # A CPU-bound hot path: it slows down with the calibration benchmark when the machine is busy, so the
+    # normalised ratio stays near 2x. A socket round trip does not (kernel time), and under steal its
+    # best-of-3 ratio was seen at 1.54x.
+    name = "test_parse_one_response"
+    assert any(n.endswith("::" + name) for n in baseline_names())
     env = {**os.environ, "LBBENCH_BENCH_SLOWDOWN": f"{name}=2"}
     rc, out = run_gate(["-k", name, "--json", str(tmp_path / "slow.json")], env=env)
     assert rc == 1, out[-4000:]
@@ -94,6 +98,17 @@ def test_baseline_keeps_the_best_of_several_runs(tmp_path: Path) -> None:
     b = _run_file(tmp_path, "b.json", {CAL: 1e-4, "x::f": 2e-6})
     doc = compare_baseline.make_baseline([a, b])
     assert doc["benchmarks"] == {"x::f": pytest.approx(0.02)} and doc["runs"] == 2
+
+
+def test_a_calibration_that_met_a_slow_spell_does_not_hide_a_regression(tmp_path: Path) -> None:
+    """Twice as slow in both attempts; the second attempt's calibration ran 1.7x slow. Judged 2x, not 1.18x."""
+    baseline = tmp_path / "base.json"
+    compare_baseline.main([str(_run_file(tmp_path, "a.json", {CAL: 1e-4, "x::f": 1e-6})),
+                           "--write-baseline", str(baseline)])
+    first = _run_file(tmp_path, "b.json", {CAL: 1e-4, "x::f": 2.1e-6})
+    second = _run_file(tmp_path, "c.json", {CAL: 1.7e-4, "x::f": 2e-6})
+    assert compare_baseline.best_of([first, second]) == {"x::f": pytest.approx(0.02)}
+    assert compare_baseline.main([str(first), str(second), "--baseline", str(baseline)]) == 1
 
 
 def test_committed_baseline_is_readable() -> None:

@@ -5,16 +5,16 @@
 
 The statistic is each benchmark's *minimum* round time (noise on a shared machine only ever
 adds time, so the minimum is the steadiest figure), divided by the minimum of the
-calibration benchmark of the same run: a uniformly slower machine cancels out. A benchmark
+calibration benchmark of the same run(s): a uniformly slower machine cancels out. A benchmark
 regresses when current/baseline of that normalised time exceeds the threshold (default
 1.6: noise seen between runs on a busy 2-core machine stays well below it, a 2x slowdown
 is above it). Given several current runs (the gate re-runs what failed), each benchmark's
-best normalised time over them is judged: a neighbour's burst does not last through every
-attempt, a real regression does. Benchmarks new since the baseline are listed, not judged;
+lowest time over them is divided by the calibration's lowest over them: a neighbour's burst
+does not last through every attempt, a real regression does. Benchmarks new since the baseline are listed, not judged;
 ones that disappeared are listed as a warning.
 
-`--write-baseline` writes a new baseline from one or more runs, taking each benchmark's
-best normalised time over the runs (so a noisy run cannot loosen the gate).
+`--write-baseline` writes a new baseline from one or more runs, the same way (so a noisy run
+cannot loosen the gate).
 """
 
 from __future__ import annotations
@@ -49,15 +49,17 @@ def calibration_of(run: dict[str, float], where: str) -> float:
     return hits[0]
 
 
-def normalised(run: dict[str, float], where: str) -> dict[str, float]:
-    cal = calibration_of(run, where)
-    return {k: v / cal for k, v in run.items() if not k.endswith("::" + CALIBRATION)}
-
-
 def best_of(paths: list[Path]) -> dict[str, float]:
-    """Each benchmark's lowest normalised time over the runs (each run normalised by its own calibration)."""
-    runs = [normalised(load_run(p), str(p)) for p in paths]
-    return {n: min(r[n] for r in runs if n in r) for n in sorted(set().union(*runs))}
+    """Each benchmark's lowest time over the runs, divided by the calibration's lowest over the same runs.
+
+    Both are the machine at its fastest. Dividing run by run and keeping the lowest ratio would
+    reward a run whose calibration happened to meet a slow spell (seen: a 2x slowdown judged 1.54x
+    when one attempt's calibration ran 1.7x slow).
+    """
+    runs = [load_run(p) for p in paths]
+    cal = min(calibration_of(r, str(p)) for r, p in zip(runs, paths, strict=True))
+    names = sorted({n for r in runs for n in r if not n.endswith("::" + CALIBRATION)})
+    return {n: min(r[n] for r in runs if n in r) / cal for n in names}
 
 
 def regressions(current: dict[str, float], baseline: dict[str, float], threshold: float) -> list[str]:
@@ -68,7 +70,7 @@ def make_baseline(paths: list[Path]) -> dict[str, Any]:
     return {
         "schema": SCHEMA,
         "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
-        "statistic": "min round time / min round time of test_calibration, best over the runs",
+        "statistic": "min round time over the runs / min round time of test_calibration over the runs",
         "runs": len(paths),
         "machine": {"python": platform.python_version(), "machine": platform.machine(), "node": platform.node()},
         "benchmarks": best_of(paths),
