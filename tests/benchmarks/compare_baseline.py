@@ -4,13 +4,14 @@
         [--baseline results/baseline/benchmarks.json] [--threshold 1.6] [--write-baseline OUT.json]
 
 The statistic is each benchmark's *minimum* round time (noise on a shared machine only ever
-adds time, so the minimum is the steadiest figure), divided by the minimum of the
-calibration benchmark of the same run(s): a uniformly slower machine cancels out. A benchmark
+adds time, so the minimum is the steadiest figure), divided by the minimum time of the
+calibration workload measured right before and after it (tests/benchmarks/conftest.py): a
+slower machine, even one slow for a second, cancels out. A benchmark
 regresses when current/baseline of that normalised time exceeds the threshold (default
 1.6: noise seen between runs on a busy 2-core machine stays well below it, a 2x slowdown
 is above it). Given several current runs (the gate re-runs what failed), each benchmark's
-lowest time over them is divided by the calibration's lowest over them: a neighbour's burst
-does not last through every attempt, a real regression does. Benchmarks new since the baseline are listed, not judged;
+best normalised time over them is judged: a neighbour's burst does not last through every
+attempt, a real regression does. Benchmarks new since the baseline are listed, not judged;
 ones that disappeared are listed as a warning.
 
 `--write-baseline` writes a new baseline from one or more runs, the same way (so a noisy run
@@ -33,12 +34,30 @@ DEFAULT_THRESHOLD = 1.6
 DEFAULT_BASELINE = Path("results/baseline/benchmarks.json")
 
 
+PAIRED_KEY = "calibration_min_s"  # set by conftest.py: the calibration measured around that benchmark
+
+
 def load_run(path: Path) -> dict[str, float]:
-    """fullname -> min seconds, from a pytest-benchmark --benchmark-json file."""
+    """fullname -> min seconds divided by its calibration, from a pytest-benchmark --benchmark-json file.
+
+    The calibration is the one measured right around the benchmark (extra_info), else the run's
+    test_calibration (files from before the pairing).
+    """
     doc = json.loads(path.read_text())
-    out = {b["fullname"]: float(b["stats"]["min"]) for b in doc.get("benchmarks", [])}
-    if not out:
+    times = {b["fullname"]: float(b["stats"]["min"]) for b in doc.get("benchmarks", [])}
+    if not times:
         raise SystemExit(f"{path}: no benchmarks in it (was --benchmark-enable given?)")
+    paired = {b["fullname"]: float(b.get("extra_info", {}).get(PAIRED_KEY) or 0.0) for b in doc["benchmarks"]}
+    fallback: float | None = None
+    out = {}
+    for name, t in times.items():
+        if name.endswith("::" + CALIBRATION):
+            continue
+        cal = paired[name]
+        if cal <= 0:
+            fallback = fallback or calibration_of(times, str(path))
+            cal = fallback
+        out[name] = t / cal
     return out
 
 
@@ -50,16 +69,9 @@ def calibration_of(run: dict[str, float], where: str) -> float:
 
 
 def best_of(paths: list[Path]) -> dict[str, float]:
-    """Each benchmark's lowest time over the runs, divided by the calibration's lowest over the same runs.
-
-    Both are the machine at its fastest. Dividing run by run and keeping the lowest ratio would
-    reward a run whose calibration happened to meet a slow spell (seen: a 2x slowdown judged 1.54x
-    when one attempt's calibration ran 1.7x slow).
-    """
+    """Each benchmark's lowest normalised time over the runs."""
     runs = [load_run(p) for p in paths]
-    cal = min(calibration_of(r, str(p)) for r, p in zip(runs, paths, strict=True))
-    names = sorted({n for r in runs for n in r if not n.endswith("::" + CALIBRATION)})
-    return {n: min(r[n] for r in runs if n in r) / cal for n in names}
+    return {n: min(r[n] for r in runs if n in r) for n in sorted(set().union(*runs))}
 
 
 def regressions(current: dict[str, float], baseline: dict[str, float], threshold: float) -> list[str]:
@@ -70,7 +82,7 @@ def make_baseline(paths: list[Path]) -> dict[str, Any]:
     return {
         "schema": SCHEMA,
         "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
-        "statistic": "min round time over the runs / min round time of test_calibration over the runs",
+        "statistic": "min round time / min time of the calibration workload around it, best over the runs",
         "runs": len(paths),
         "machine": {"python": platform.python_version(), "machine": platform.machine(), "node": platform.node()},
         "benchmarks": best_of(paths),

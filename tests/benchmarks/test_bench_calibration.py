@@ -1,8 +1,9 @@
 """The yardstick of the regression gate: a fixed pure-Python workload that never changes.
 
-The gate divides every benchmark's time by this one's, measured in the same run, so a
-machine that is uniformly slower (a CI runner, a busy neighbour) does not look like a
-regression. Do not optimise or alter it: the committed baseline is expressed in its units.
+The gate divides every benchmark's time by this workload's, measured right around it
+(conftest.py; this test is the fallback for files without that), so a machine that is slower
+(a CI runner, a busy neighbour, a half-speed spell) does not look like a regression. Do not
+optimise or alter it: the committed baseline is expressed in its units.
 """
 
 from __future__ import annotations
