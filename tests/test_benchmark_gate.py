@@ -114,6 +114,21 @@ def test_each_benchmark_is_divided_by_the_calibration_measured_around_it(tmp_pat
     assert compare_baseline.main([str(run), "--baseline", str(baseline)]) == 1
 
 
+def test_a_run_whose_yardstick_met_a_slow_spell_is_not_judged(tmp_path: Path) -> None:
+    """Interpreter code slowed 1.7x, C parsing not: that run's ratio (0.6) would hide a 2x regression."""
+    def run(name: str, t: float, cal: float) -> Path:
+        doc = {"benchmarks": [{"fullname": CAL, "stats": {"min": cal}},
+                              {"fullname": "x::f", "stats": {"min": t},
+                               "extra_info": {compare_baseline.PAIRED_KEY: cal}}]}
+        path = tmp_path / name
+        path.write_text(json.dumps(doc))
+        return path
+
+    normal, spell = run("a.json", 2e-6, 1e-4), run("b.json", 2e-6, 1.7e-4)
+    assert compare_baseline.best_of([normal, spell]) == {"x::f": pytest.approx(0.02)}
+    assert compare_baseline.best_of([spell]) == {"x::f": pytest.approx(2e-6 / 1.7e-4)}  # nothing better known
+
+
 def test_committed_baseline_is_readable() -> None:
     doc = json.loads(BASELINE.read_text())
     assert doc["schema"] == compare_baseline.SCHEMA and doc["benchmarks"]

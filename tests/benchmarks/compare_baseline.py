@@ -37,8 +37,8 @@ DEFAULT_BASELINE = Path("results/baseline/benchmarks.json")
 PAIRED_KEY = "calibration_min_s"  # set by conftest.py: the calibration measured around that benchmark
 
 
-def load_run(path: Path) -> dict[str, float]:
-    """fullname -> min seconds divided by its calibration, from a pytest-benchmark --benchmark-json file.
+def load_run(path: Path) -> dict[str, tuple[float, float]]:
+    """fullname -> (min seconds / its calibration, that calibration), from a --benchmark-json file.
 
     The calibration is the one measured right around the benchmark (extra_info), else the run's
     test_calibration (files from before the pairing).
@@ -48,16 +48,11 @@ def load_run(path: Path) -> dict[str, float]:
     if not times:
         raise SystemExit(f"{path}: no benchmarks in it (was --benchmark-enable given?)")
     paired = {b["fullname"]: float(b.get("extra_info", {}).get(PAIRED_KEY) or 0.0) for b in doc["benchmarks"]}
-    fallback: float | None = None
     out = {}
     for name, t in times.items():
-        if name.endswith("::" + CALIBRATION):
-            continue
-        cal = paired[name]
-        if cal <= 0:
-            fallback = fallback or calibration_of(times, str(path))
-            cal = fallback
-        out[name] = t / cal
+        if not name.endswith("::" + CALIBRATION):
+            cal = paired[name] if paired[name] > 0 else calibration_of(times, str(path))
+            out[name] = (t / cal, cal)
     return out
 
 
@@ -68,10 +63,23 @@ def calibration_of(run: dict[str, float], where: str) -> float:
     return hits[0]
 
 
+SPELL = 1.2  # a calibration more than 20% slower than the fastest seen was measured in a slow spell
+
+
 def best_of(paths: list[Path]) -> dict[str, float]:
-    """Each benchmark's lowest normalised time over the runs."""
+    """Each benchmark's lowest normalised time over the runs measured at the machine's normal speed.
+
+    A half-speed spell does not slow every kind of code alike (the interpreter-bound yardstick
+    more than C parsing), so a ratio taken inside one is off either way: only runs whose paired
+    calibration is within SPELL of the fastest calibration of that benchmark count.
+    """
     runs = [load_run(p) for p in paths]
-    return {n: min(r[n] for r in runs if n in r) for n in sorted(set().union(*runs))}
+    out = {}
+    for name in sorted(set().union(*runs)):
+        seen = [r[name] for r in runs if name in r]
+        fastest = min(cal for _, cal in seen)
+        out[name] = min(ratio for ratio, cal in seen if cal <= fastest * SPELL)
+    return out
 
 
 def regressions(current: dict[str, float], baseline: dict[str, float], threshold: float) -> list[str]:
