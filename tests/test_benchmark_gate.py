@@ -127,6 +127,12 @@ def test_a_run_whose_yardstick_met_a_slow_spell_is_not_judged(tmp_path: Path) ->
     normal, spell = run("a.json", 2e-6, 1e-4), run("b.json", 2e-6, 1.7e-4)
     assert compare_baseline.best_of([normal, spell]) == {"x::f": pytest.approx(0.02)}
     assert compare_baseline.best_of([spell]) == {"x::f": pytest.approx(2e-6 / 1.7e-4)}  # nothing better known
+    # ... and a run whose only sample met a spell that the run's own yardstick escaped is measured again
+    assert compare_baseline.measured_in_a_spell([normal, spell]) == []
+    mixed = json.loads(spell.read_text())
+    mixed["benchmarks"][0]["stats"]["min"] = 1e-4
+    spell.write_text(json.dumps(mixed))
+    assert compare_baseline.measured_in_a_spell([spell]) == ["x::f"]
 
 
 def test_committed_baseline_is_readable() -> None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import sys
 from datetime import UTC, datetime
@@ -80,6 +81,24 @@ def best_of(paths: list[Path]) -> dict[str, float]:
         fastest = min(cal for _, cal in seen)
         out[name] = min(ratio for ratio, cal in seen if cal <= fastest * SPELL)
     return out
+
+
+def measured_in_a_spell(paths: list[Path]) -> list[str]:
+    """Benchmarks whose every sample's yardstick ran more than SPELL slower than the fastest of all:
+    measured during a slow spell, their ratio cannot be trusted either way (the gate measures them again)."""
+    fastest = math.inf
+    samples: dict[str, list[float]] = {}
+    for p in paths:
+        doc = json.loads(p.read_text())
+        for b in doc.get("benchmarks", []):
+            cal = float(b.get("extra_info", {}).get(PAIRED_KEY) or 0.0)
+            if b["fullname"].endswith("::" + CALIBRATION):
+                cal = float(b["stats"]["min"])
+            elif cal > 0:
+                samples.setdefault(b["fullname"], []).append(cal)
+            if cal > 0:
+                fastest = min(fastest, cal)
+    return sorted(n for n, cals in samples.items() if min(cals) > fastest * SPELL)
 
 
 def regressions(current: dict[str, float], baseline: dict[str, float], threshold: float) -> list[str]:
