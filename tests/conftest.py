@@ -4,7 +4,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from lbbench.procs import Supervisor
+from lbbench.system.procs import Supervisor
 
 
 @pytest.fixture

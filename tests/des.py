@@ -1,4 +1,4 @@
-"""A small sample-path simulator of N pods, written only to check lbbench.theory.
+"""A small sample-path simulator of N pods, written only to check lbbench.theory.predict.
 
 Every pod serves FCFS with `slots` parallel servers, so a request's start time is fixed the moment
 it is assigned (max of its arrival and the earliest free slot); no event calendar is needed. The
@@ -15,7 +15,7 @@ from typing import Literal
 
 import numpy as np
 
-from lbbench.cluster.servicetime import ServiceTime
+from lbbench.model.servicetime import ServiceTime
 
 Policy = Literal["random", "round_robin", "p2c", "shared"]
 

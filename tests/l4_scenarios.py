@@ -21,10 +21,11 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
-from lbbench.frontends.base import Endpoint, Frontend, FrontendPlan, ServiceSpec, ServiceType
-from lbbench.netaddr import HostPort
-from lbbench.procs import Child, Supervisor
-from lbbench.testing import fresh_ip, start_pod
+from lbbench.cluster.standalone import fresh_ip, start_pod
+from lbbench.frontends.base import Frontend, FrontendPlan
+from lbbench.model.addresses import HostPort
+from lbbench.model.service import Endpoint, ServiceSpec, ServiceType
+from lbbench.system.procs import Child, Supervisor
 
 Result = dict[str, Any]
 
@@ -104,15 +105,15 @@ def summarize(conns: list[Conn]) -> Result:
 
 def frontend_class(name: str) -> type[Frontend]:
     if name == "userspace-dnat":
-        from lbbench.frontends.dnat import UserspaceDnat
+        from lbbench.frontends.dnat.frontend import UserspaceDnat
 
         return UserspaceDnat
     if name == "kernel-nftables":
-        from lbbench.frontends.nftables import KernelNftables
+        from lbbench.frontends.kernel.nftables import KernelNftables
 
         return KernelNftables
     if name == "kernel-iptables":
-        from lbbench.frontends.iptables import KernelIptables
+        from lbbench.frontends.kernel.iptables import KernelIptables
 
         cls: type[Frontend] = KernelIptables
         return cls

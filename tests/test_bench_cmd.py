@@ -18,9 +18,9 @@ from lbbench.bench.stats import paired_ratio, stat
 from lbbench.bench.suite import GROUPS, RPS_RATIOS, SCHEMA, BenchSettings
 from lbbench.bench.throughput import L4_PEERS, L7_PEERS, http_ok, skip_reason
 from lbbench.cli import main
-from lbbench.netaddr import HostPort
-from lbbench.netns import netns_unavailable_reason
-from lbbench.procs import Supervisor, lbbench_argv
+from lbbench.model.addresses import HostPort
+from lbbench.system.netns import netns_unavailable_reason
+from lbbench.system.procs import Supervisor, lbbench_argv
 
 STAT_KEYS = {"median", "min", "max", "n", "spread_pct", "values"}
 RATIOS = {"dnat_vs_haproxy_tcp", "l7_vs_haproxy_http", "l7_vs_nginx", "generator_vs_wrk",

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from lbbench.procs import Supervisor
+from lbbench.system.procs import Supervisor
 
 ROOT = Path(__file__).resolve().parent.parent
 GATE = ROOT / "tests" / "benchmarks" / "run_gate.py"

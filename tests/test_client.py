@@ -12,11 +12,11 @@ from typing import Any, TypeVar
 import pytest
 import uvloop
 
+from lbbench.cluster.standalone import fresh_ip, start_pod
 from lbbench.load.client import HttpClient, Request, build_request
-from lbbench.load.spec import ConnectionMode
-from lbbench.netaddr import HostPort
-from lbbench.procs import Supervisor
-from lbbench.testing import fresh_ip, start_pod
+from lbbench.model.addresses import HostPort
+from lbbench.model.load import ConnectionMode
+from lbbench.system.procs import Supervisor
 
 T = TypeVar("T")
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nx-pod: scripted\r\n\r\nok\n"

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from lbbench.config import load_config
-from lbbench.procs import lbbench_argv
+from lbbench.config.parse import load_config
+from lbbench.system.procs import lbbench_argv
 
 GOOD = """
 [cluster]

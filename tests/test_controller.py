@@ -11,9 +11,9 @@ import uvloop
 
 from lbbench.cluster.controller import Controller
 from lbbench.cluster.events import EventLog
-from lbbench.config import Config, parse_config
-from lbbench.frontends.base import Endpoint
-from lbbench.procs import Supervisor
+from lbbench.config.parse import Config, parse_config
+from lbbench.model.service import Endpoint
+from lbbench.system.procs import Supervisor
 
 SYNC_S = 0.6
 RESTART_S = 0.4

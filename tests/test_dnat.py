@@ -18,15 +18,16 @@ import pytest
 from l4_scenarios import http_conn, run_scenario
 from scipy.stats import chisquare
 
-from lbbench.control import send
-from lbbench.frontends.base import Endpoint, FrontendPlan, ServiceSpec
-from lbbench.frontends.dnat import ForwarderPlan, UserspaceDnat, entrypoint_of, forwarder_plan
-from lbbench.frontends.dnat_plan import Listener
-from lbbench.frontends.dnat_relay import Forwarder, Table, _ClientSide
-from lbbench.frontends.dnat_worker import ForwarderFailed, ForwarderPool, merge_counters
-from lbbench.netaddr import HostPort, parse_hostport
-from lbbench.procs import Child, Supervisor, lbbench_argv
-from lbbench.testing import fresh_ip, start_pod, wait_port
+from lbbench.cluster.standalone import fresh_ip, start_pod, wait_port
+from lbbench.frontends.base import FrontendPlan
+from lbbench.frontends.dnat.frontend import ForwarderPlan, UserspaceDnat, entrypoint_of, forwarder_plan
+from lbbench.frontends.dnat.plan import Listener
+from lbbench.frontends.dnat.relay import Forwarder, Table, _ClientSide
+from lbbench.frontends.dnat.worker import ForwarderFailed, ForwarderPool, merge_counters
+from lbbench.model.addresses import HostPort, parse_hostport
+from lbbench.model.service import Endpoint, ServiceSpec
+from lbbench.system.control import send
+from lbbench.system.procs import Child, Supervisor, lbbench_argv
 
 FRONTEND = "userspace-dnat"
 

@@ -12,8 +12,8 @@ import pytest
 import uvloop
 
 from lbbench.cluster.dns import ClusterDns, NameNotFound, aresolve_a, resolve_a
-from lbbench.netaddr import HostPort
-from lbbench.testing import fresh_ip
+from lbbench.cluster.standalone import fresh_ip
+from lbbench.model.addresses import HostPort
 
 WEB = "web.default.svc.cluster.local"
 

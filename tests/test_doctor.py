@@ -4,7 +4,7 @@ import json
 import shutil
 import subprocess
 
-from lbbench.procs import lbbench_argv
+from lbbench.system.procs import lbbench_argv
 
 
 def test_doctor_reports_every_front_end_with_a_reason() -> None:

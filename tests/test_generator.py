@@ -12,14 +12,15 @@ import psutil
 import pytest
 import uvloop
 
+from lbbench.cluster.standalone import fresh_ip, start_pod
 from lbbench.load.generator import LoadGenerator, LoadResult, Progress, resolve_workers, run_load
 from lbbench.load.histogram import LogHistogram
 from lbbench.load.schedule import build_schedule
-from lbbench.load.spec import ConnectionMode, LoadSpec
+from lbbench.load.spec import LoadSpec
 from lbbench.load.summary import saturation
-from lbbench.netaddr import HostPort
-from lbbench.procs import Supervisor, lbbench_argv
-from lbbench.testing import fresh_ip, start_pod
+from lbbench.model.addresses import HostPort
+from lbbench.model.load import ConnectionMode
+from lbbench.system.procs import Supervisor, lbbench_argv
 
 
 @pytest.fixture

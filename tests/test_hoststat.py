@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from test_report import make_folder
 
-from lbbench.hoststat import CpuTicks, host_cpu, read_cpu_ticks, steal_fraction
 from lbbench.report import write_report
+from lbbench.system.hoststat import CpuTicks, host_cpu, read_cpu_ticks, steal_fraction
 
 
 def test_reads_this_machines_counters_and_they_only_grow() -> None:

@@ -11,9 +11,9 @@ import pytest
 from scipy.stats import chisquare
 from test_nftables import golden_services, run_in_netns
 
-from lbbench.frontends.iptables import render_iptables, sep_chain, svc_chain
-from lbbench.netns import find_tool, netns_unavailable_reason
-from lbbench.procs import Supervisor
+from lbbench.frontends.kernel.iptables import render_iptables, sep_chain, svc_chain
+from lbbench.system.netns import find_tool, netns_unavailable_reason
+from lbbench.system.procs import Supervisor
 
 SCENARIOS = Path(__file__).parent / "l4_scenarios.py"
 FRONTEND = "kernel-iptables"

@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from lbbench.cli import build_parser
-from lbbench.config import Config, load_config
+from lbbench.config.parse import Config, load_config
 from lbbench.k8s import manifests as m
 from lbbench.k8s.merge import read_events
 from lbbench.k8s.render import K8S_VERSION, Rendered, RenderOptions, render, write

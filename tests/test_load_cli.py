@@ -15,9 +15,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from lbbench.netaddr import HostPort
-from lbbench.procs import Supervisor, lbbench_argv
-from lbbench.testing import start_pod
+from lbbench.cluster.standalone import start_pod
+from lbbench.model.addresses import HostPort
+from lbbench.system.procs import Supervisor, lbbench_argv
 
 
 def load(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lbbench import control
+from lbbench.cluster.standalone import start_pod
 from lbbench.commands import merge as merge_cmd
 from lbbench.errors import UserError
 from lbbench.k8s.merge import match_schedule, merge_parts, read_all, schedule_of
@@ -34,12 +34,12 @@ from lbbench.load.histogram import LogHistogram
 from lbbench.load.schedule import build_schedule
 from lbbench.load.spec import LoadSpec
 from lbbench.load.wire import FrameReader, Message
-from lbbench.netaddr import HostPort
-from lbbench.procs import Supervisor, lbbench_argv
+from lbbench.model.addresses import HostPort
 from lbbench.report.loader import load_results
 from lbbench.report.verify import check
-from lbbench.results import latency_stats
-from lbbench.testing import start_pod
+from lbbench.results.files import latency_stats
+from lbbench.system import control
+from lbbench.system.procs import Supervisor, lbbench_argv
 
 PARTS = 3
 # Latency percentiles of two different runs of the same schedule: within 40% of the larger plus

@@ -12,8 +12,8 @@ import time
 import psutil
 import pytest
 
-from lbbench.netns import NETNS_ENV, in_private_netns, netns_argv, netns_unavailable_reason
-from lbbench.procs import Supervisor
+from lbbench.system.netns import NETNS_ENV, in_private_netns, netns_argv, netns_unavailable_reason
+from lbbench.system.procs import Supervisor
 
 pytestmark = [
     pytest.mark.netns,
@@ -23,7 +23,7 @@ pytestmark = [
 
 INSIDE = """
 import json, os, socket
-from lbbench.netns import in_private_netns
+from lbbench.system.netns import in_private_netns
 srv = socket.create_server(("127.45.6.7", 0))
 with socket.create_connection(srv.getsockname(), timeout=2):
     pass
@@ -55,8 +55,8 @@ def test_marker_alone_does_not_make_a_private_namespace(monkeypatch: pytest.Monk
 
 PARENT = """
 import sys, time
-from lbbench.netns import netns_argv
-from lbbench.procs import Supervisor
+from lbbench.system.netns import netns_argv
+from lbbench.system.procs import Supervisor
 sup = Supervisor()
 child = sup.spawn("sleeper", netns_argv([sys.executable, "-c", "import time; time.sleep(120)"]))
 print(child.pid, flush=True)

@@ -19,8 +19,8 @@ import pytest
 from scipy.stats import chisquare
 
 from lbbench.errors import UserError
-from lbbench.frontends.base import Endpoint, FrontendPlan, ServiceSpec
-from lbbench.frontends.nftables import (
+from lbbench.frontends.base import FrontendPlan
+from lbbench.frontends.kernel.nftables import (
     COMMANDS_TEXT_MAX,
     KernelNftables,
     endpoint_chain,
@@ -30,8 +30,9 @@ from lbbench.frontends.nftables import (
     render_update,
     service_chain,
 )
-from lbbench.netns import netns_argv, netns_unavailable_reason
-from lbbench.procs import Supervisor
+from lbbench.model.service import Endpoint, ServiceSpec
+from lbbench.system.netns import netns_argv, netns_unavailable_reason
+from lbbench.system.procs import Supervisor
 
 HERE = Path(__file__).parent
 GOLDEN = HERE / "golden" / "nftables_3x4.nft"
@@ -298,9 +299,10 @@ def test_every_apply_is_saved_with_its_time(supervisor: Supervisor, tmp_path: Pa
     code = f"""
 import asyncio, json
 from pathlib import Path
-from lbbench.frontends.base import Endpoint, FrontendPlan, ServiceSpec
-from lbbench.frontends.nftables import KernelNftables
-from lbbench.procs import Supervisor
+from lbbench.frontends.base import FrontendPlan
+from lbbench.model.service import Endpoint, ServiceSpec
+from lbbench.frontends.kernel.nftables import KernelNftables
+from lbbench.system.procs import Supervisor
 
 async def main():
     sup = Supervisor()
@@ -334,8 +336,8 @@ import asyncio, json, subprocess, sys
 sys.path.insert(0, {tests!r})
 from test_nftables import many_services
 from lbbench.frontends.base import FrontendPlan
-from lbbench.frontends.nftables import KernelNftables, RulesApplier, render_start, render_update
-from lbbench.procs import Supervisor
+from lbbench.frontends.kernel.nftables import KernelNftables, RulesApplier, render_start, render_update
+from lbbench.system.procs import Supervisor
 
 def listing():
     out = subprocess.run(["nft", "-j", "list", "table", "ip", "lbbench"], capture_output=True, text=True, check=True)

@@ -10,9 +10,9 @@ import urllib.request
 
 import pytest
 
-from lbbench.control import send
-from lbbench.procs import Supervisor, lbbench_argv
-from lbbench.testing import start_pod
+from lbbench.cluster.standalone import start_pod
+from lbbench.system.control import send
+from lbbench.system.procs import Supervisor, lbbench_argv
 
 
 def get(url: str) -> tuple[int, dict[str, str], bytes]:

@@ -15,8 +15,8 @@ import pytest
 
 DRIVER = textwrap.dedent("""
     import signal, sys, time
-    from lbbench.procs import Supervisor, lbbench_argv
-    from lbbench.testing import start_pod
+    from lbbench.system.procs import Supervisor, lbbench_argv
+    from lbbench.cluster.standalone import start_pod
     sup = Supervisor()
     start_pod(sup, "orphan-check")
     # a process tree of the nginx kind: a child with its own children, none of ours

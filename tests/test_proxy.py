@@ -16,20 +16,20 @@ import psutil
 import pytest
 from aiohttp import web
 
-from lbbench.frontends.base import Endpoint
-from lbbench.frontends.proxy_backend import Backend
-from lbbench.frontends.proxy_balance import make_balancer
-from lbbench.frontends.proxy_route import Router, normalize_host
-from lbbench.frontends.proxy_testing import (
+from lbbench.cluster.standalone import fresh_ip, start_pod
+from lbbench.frontends.proxy.backend import Backend
+from lbbench.frontends.proxy.balance import make_balancer
+from lbbench.frontends.proxy.route import Router, normalize_host
+from lbbench.frontends.proxy.testing import (
     get_stats,
     parse_responses,
     raw_exchange,
     request_bytes,
     start_proxy,
 )
-from lbbench.netaddr import HostPort
-from lbbench.procs import Supervisor
-from lbbench.testing import fresh_ip, start_pod
+from lbbench.model.addresses import HostPort
+from lbbench.model.service import Endpoint
+from lbbench.system.procs import Supervisor
 
 
 async def _echo(request: web.Request) -> web.StreamResponse:

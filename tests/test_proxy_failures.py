@@ -10,11 +10,11 @@ import time
 
 import pytest
 
-from lbbench.control import send
-from lbbench.frontends.proxy_testing import get_stats, parse_responses, raw_exchange, request_bytes, start_proxy
-from lbbench.netaddr import HostPort
-from lbbench.procs import Supervisor
-from lbbench.testing import fresh_ip, start_pod
+from lbbench.cluster.standalone import fresh_ip, start_pod
+from lbbench.frontends.proxy.testing import get_stats, parse_responses, raw_exchange, request_bytes, start_proxy
+from lbbench.model.addresses import HostPort
+from lbbench.system.control import send
+from lbbench.system.procs import Supervisor
 
 
 def _get(addr: HostPort, path: str = "/") -> tuple[int, str, bytes]:

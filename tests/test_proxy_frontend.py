@@ -13,13 +13,15 @@ from pathlib import Path
 import pytest
 import uvloop
 
-from lbbench.frontends.base import Endpoint, FrontendPlan, HealthCheck, IngressRule, ProxySettings, ServiceSpec
-from lbbench.frontends.proxy import L7Proxy
-from lbbench.frontends.proxy_config import plan_from_json, plan_to_json
-from lbbench.frontends.proxy_testing import keepalive_load, parse_responses, raw_exchange, request_bytes
-from lbbench.netaddr import HostPort
-from lbbench.procs import Supervisor, lbbench_argv
-from lbbench.testing import fresh_ip, start_pod
+from lbbench.cluster.standalone import fresh_ip, start_pod
+from lbbench.frontends.base import FrontendPlan
+from lbbench.frontends.proxy.config import plan_from_json, plan_to_json
+from lbbench.frontends.proxy.frontend import L7Proxy
+from lbbench.frontends.proxy.testing import keepalive_load, parse_responses, raw_exchange, request_bytes
+from lbbench.model.addresses import HostPort
+from lbbench.model.proxy import HealthCheck, ProxySettings
+from lbbench.model.service import Endpoint, IngressRule, ServiceSpec
+from lbbench.system.procs import Supervisor, lbbench_argv
 
 
 def _svc(name: str) -> ServiceSpec:

@@ -15,9 +15,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lbbench.frontends.base import FrontendPlan, IngressRule, ServiceSpec
-from lbbench.frontends.proxy_config import plan_to_json
-from lbbench.frontends.proxy_testing import (
+from lbbench.cluster.standalone import start_pod
+from lbbench.frontends.base import FrontendPlan
+from lbbench.frontends.proxy.config import plan_to_json
+from lbbench.frontends.proxy.testing import (
     ProxyProcess,
     get_stats,
     parse_responses,
@@ -25,8 +26,8 @@ from lbbench.frontends.proxy_testing import (
     request_bytes,
     start_proxy,
 )
-from lbbench.procs import Supervisor
-from lbbench.testing import start_pod
+from lbbench.model.service import IngressRule, ServiceSpec
+from lbbench.system.procs import Supervisor
 
 LIMITS = ("--max-header-bytes", "4096", "--max-headers", "20", "--max-body-bytes", "10000",
           "--client-timeout", "1.0")

@@ -16,15 +16,15 @@ from collections.abc import Iterator
 
 import pytest
 
-from lbbench.frontends import proxy_route
-from lbbench.frontends.base import Endpoint
-from lbbench.frontends.proxy_backend import Backend
-from lbbench.frontends.proxy_balance import RoundRobin
-from lbbench.frontends.proxy_route import Router
-from lbbench.frontends.proxy_testing import get_stats, parse_responses, start_proxy
-from lbbench.netaddr import HostPort
-from lbbench.procs import Supervisor
-from lbbench.testing import fresh_ip
+from lbbench.cluster.standalone import fresh_ip
+from lbbench.frontends.proxy import route as proxy_route
+from lbbench.frontends.proxy.backend import Backend
+from lbbench.frontends.proxy.balance import RoundRobin
+from lbbench.frontends.proxy.route import Router
+from lbbench.frontends.proxy.testing import get_stats, parse_responses, start_proxy
+from lbbench.model.addresses import HostPort
+from lbbench.model.service import Endpoint
+from lbbench.system.procs import Supervisor
 
 NO_CHECKS = ("--health-interval", "0", "--maxconn", "0")  # no probe may take a scripted answer
 

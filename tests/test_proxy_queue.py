@@ -11,7 +11,8 @@ import time
 import pytest
 import uvloop
 
-from lbbench.frontends.proxy_testing import (
+from lbbench.cluster.standalone import start_pod
+from lbbench.frontends.proxy.testing import (
     Reply,
     get_stats,
     keepalive_load,
@@ -20,9 +21,8 @@ from lbbench.frontends.proxy_testing import (
     request_bytes,
     start_proxy,
 )
-from lbbench.netaddr import HostPort
-from lbbench.procs import Supervisor
-from lbbench.testing import start_pod
+from lbbench.model.addresses import HostPort
+from lbbench.system.procs import Supervisor
 
 
 def _get(addr: HostPort, path: str) -> tuple[Reply, float]:

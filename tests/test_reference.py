@@ -20,23 +20,17 @@ from typing import Any, TypeVar
 import psutil
 import pytest
 
+from lbbench.cluster.standalone import fresh_ip, start_pod
 from lbbench.errors import UserError
-from lbbench.frontends.base import (
-    Balance,
-    Endpoint,
-    Entrypoint,
-    FrontendPlan,
-    IngressRule,
-    ProxySettings,
-    ServiceSpec,
-)
-from lbbench.frontends.haproxy import HaproxyHttp, HaproxyTcp
-from lbbench.frontends.httpd import Httpd
-from lbbench.frontends.nginx import Nginx
-from lbbench.frontends.reference import ReferenceFrontend
-from lbbench.netaddr import HostPort
-from lbbench.procs import Supervisor
-from lbbench.testing import fresh_ip, start_pod
+from lbbench.frontends.base import Entrypoint, FrontendPlan
+from lbbench.frontends.reference.common import ReferenceFrontend
+from lbbench.frontends.reference.haproxy import HaproxyHttp, HaproxyTcp
+from lbbench.frontends.reference.httpd import Httpd
+from lbbench.frontends.reference.nginx import Nginx
+from lbbench.model.addresses import HostPort
+from lbbench.model.proxy import Balance, ProxySettings
+from lbbench.model.service import Endpoint, IngressRule, ServiceSpec
+from lbbench.system.procs import Supervisor
 
 T = TypeVar("T")
 ALL: list[type[ReferenceFrontend]] = [HaproxyHttp, HaproxyTcp, Nginx, Httpd]

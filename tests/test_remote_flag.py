@@ -11,8 +11,8 @@ import pytest
 
 from lbbench.cli import build_parser
 from lbbench.load.command import build_spec
-from lbbench.netaddr import parse_hostport
-from lbbench.procs import lbbench_argv
+from lbbench.model.addresses import parse_hostport
+from lbbench.system.procs import lbbench_argv
 
 REMOTE = "http://10.96.0.10:8080/"  # a typical in-cluster ClusterIP; never contacted here
 

@@ -1,6 +1,6 @@
 """The report: plots, report.html (self-contained), report.md and `lbbench report DIR`, from the files alone.
 
-Most tests use results folders written by the real writer (`lbbench.collect.write_results`) from
+Most tests use results folders written by the real writer (`lbbench.run.collect.write_results`) from
 fabricated phase records, so every shape (sweeps, repeats, no events, missing samples, cut-short
 runs, theory) is covered cheaply; one slow test reports on a real `lbbench run`.
 """
@@ -20,15 +20,15 @@ import pytest
 
 from lbbench.cli import main
 from lbbench.cluster.events import LoggedEvent
-from lbbench.collect import write_results
-from lbbench.config import load_config
+from lbbench.config.parse import load_config
 from lbbench.load.generator import ROW_COLUMNS, LoadResult
 from lbbench.load.histogram import LogHistogram
 from lbbench.load.summary import LoadSummary
-from lbbench.procs import lbbench_argv
 from lbbench.report import ReportPaths, load_results, write_report
 from lbbench.report.verify import check
-from lbbench.scenario import PhaseKey, PhaseRecord
+from lbbench.run.collect import write_results
+from lbbench.run.phase import PhaseKey, PhaseRecord
+from lbbench.system.procs import lbbench_argv
 
 PLOTS = {
     "latency_over_time",

@@ -12,12 +12,12 @@ import pandas as pd
 import psutil
 import pytest
 
-from lbbench.config import load_config
+from lbbench.config.parse import load_config
 from lbbench.frontends.registry import unavailable_reason
 from lbbench.load.schedule import build_schedule
 from lbbench.load.spec import LoadSpec
-from lbbench.netaddr import HostPort
-from lbbench.procs import lbbench_argv
+from lbbench.model.addresses import HostPort
+from lbbench.system.procs import lbbench_argv
 
 pytestmark = pytest.mark.slow
 
@@ -149,7 +149,7 @@ def descendants(pid: int) -> list[int]:
 def test_sigkill_of_run_leaves_no_process(tmp_path: Path, frontend: str) -> None:
     if frontend != "kernel-nftables" and (why := unavailable_reason(frontend)) is not None:
         pytest.skip(f"{frontend}: {why}")
-    from lbbench.netns import netns_unavailable_reason
+    from lbbench.system.netns import netns_unavailable_reason
 
     if frontend == "kernel-nftables" and (why := netns_unavailable_reason()) is not None:
         pytest.skip(f"kernel-nftables: {why}")

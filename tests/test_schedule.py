@@ -7,8 +7,9 @@ from hypothesis import strategies as st
 from scipy import stats
 
 from lbbench.load.schedule import build_schedule, expected_requests, requested_rate, worker_share
-from lbbench.load.spec import ConnectionMode, LoadSpec, RateStep
-from lbbench.netaddr import HostPort
+from lbbench.load.spec import LoadSpec
+from lbbench.model.addresses import HostPort
+from lbbench.model.load import ConnectionMode, RateStep
 
 TARGET = HostPort("127.0.0.1", 8080)
 

@@ -1,4 +1,4 @@
-"""lbbench.theory against known values, against itself by independent routes, and against a DES."""
+"""lbbench.theory.predict against known values, against itself by independent routes, and against a DES."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 from des import Policy, simulate
 from scipy.integrate import quad
 
-from lbbench.cluster.servicetime import ServiceTime
-from lbbench.theory import (
+from lbbench.model.servicetime import ServiceTime
+from lbbench.theory.predict import (
     MODEL_KEYS,
     Arrivals,
     ModelPrediction,
@@ -34,7 +34,7 @@ from lbbench.theory import (
     supermarket_tail,
     utilisation_to_rate,
 )
-from lbbench.theory_queues import GIMC_MAX_SERVERS, hypoexp_sf
+from lbbench.theory.queues import GIMC_MAX_SERVERS, hypoexp_sf
 
 EXP10 = ServiceTime.parse("exp:10ms")
 CONST10 = ServiceTime.parse("const:10ms")

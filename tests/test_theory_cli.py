@@ -8,7 +8,7 @@ import subprocess
 import pytest
 
 from lbbench.cli import main
-from lbbench.procs import lbbench_argv
+from lbbench.system.procs import lbbench_argv
 
 MODELS = ("random_split", "shared_queue", "round_robin", "p2c")
 

@@ -16,11 +16,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lbbench.cluster.servicetime import ServiceTime
-from lbbench.procs import lbbench_argv
-from lbbench.theory import predict
-from lbbench.theory_fit import WAITED_MS, measured_server
-from lbbench.zeroload import trimmed_mean
+from lbbench.model.servicetime import ServiceTime
+from lbbench.results.theory_fit import WAITED_MS, measured_server
+from lbbench.run.zeroload import trimmed_mean
+from lbbench.system.procs import lbbench_argv
+from lbbench.theory.predict import predict
 
 CONFIG = """
 [cluster]

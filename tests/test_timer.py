@@ -11,7 +11,7 @@ import time
 import pytest
 import uvloop
 
-from lbbench.timer import PreciseTimer
+from lbbench.system.timer import PreciseTimer
 
 
 def cpu_s() -> float:

@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-from lbbench.netaddr import HostPort
+from lbbench.model.addresses import HostPort
 
 LATENESS_P99_MAX_S = 0.002
 OK_FRACTION_MIN = 0.99
@@ -121,7 +121,8 @@ async def _run_once(spec: LoadSpec) -> LoadSummary:
 async def lbbench_probe(target: HostPort, rate_rps: float, duration_s: float, connections: int,
                         workers: int, seed: int) -> Probe:
     """One open-loop run of lbbench's generator at `rate_rps`, judged."""
-    from lbbench.load.spec import ConnectionMode, LoadSpec
+    from lbbench.load.spec import LoadSpec
+    from lbbench.model.load import ConnectionMode
 
     spec = LoadSpec(target, rate_rps=rate_rps, duration_s=duration_s, connections=ConnectionMode(
         "keepalive", connections), workers=workers, seed=seed, record_rows=False, timeout_s=2.0)
@@ -132,7 +133,8 @@ async def lbbench_probe(target: HostPort, rate_rps: float, duration_s: float, co
 async def lbbench_closed_loop(target: HostPort, duration_s: float, users: int, workers: int) -> float:
     """Requests/s answered 200 by lbbench's generator in closed loop: `users` users, no think time,
     one keep-alive connection each; wrk's way of loading, with lbbench's client."""
-    from lbbench.load.spec import ConnectionMode, LoadSpec
+    from lbbench.load.spec import LoadSpec
+    from lbbench.model.load import ConnectionMode
 
     spec = LoadSpec(target, duration_s=duration_s, connections=ConnectionMode("keepalive", users), workers=workers,
                     closed_loop_users=users, record_rows=False, timeout_s=2.0)

@@ -22,10 +22,10 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lbbench.netaddr import HostPort, require_loopback
-from lbbench.netns import find_tool
-from lbbench.procs import Child, Supervisor
-from lbbench.testing import wait_port
+from lbbench.cluster.standalone import wait_port
+from lbbench.model.addresses import HostPort, require_loopback
+from lbbench.system.netns import find_tool
+from lbbench.system.procs import Child, Supervisor
 
 WRK_LUA = """\
 done = function(summary, latency, requests)

@@ -19,12 +19,12 @@ from typing import Any
 
 from lbbench.bench.stats import stat
 from lbbench.bench.throughput import l4_plan, skip_reason
-from lbbench.frontends.base import Endpoint, ServiceSpec
+from lbbench.cluster.standalone import start_pod
 from lbbench.frontends.registry import frontend_class
-from lbbench.netaddr import HostPort
-from lbbench.netns import in_private_netns
-from lbbench.procs import Child, Supervisor
-from lbbench.testing import start_pod
+from lbbench.model.addresses import HostPort
+from lbbench.model.service import Endpoint, ServiceSpec
+from lbbench.system.netns import in_private_netns
+from lbbench.system.procs import Child, Supervisor
 
 POD_BATCH = 8
 SYNC_PODS = 64
@@ -97,7 +97,7 @@ def _nft_inputs(n: int) -> tuple[list[ServiceSpec], dict[str, tuple[Endpoint, ..
 
 async def _render_and_apply(applier: Any, n: int) -> tuple[float, float, int]:
     """Render the whole table and apply it as kernel-nftables starts: in batches that fit nft's buffer."""
-    from lbbench.frontends.nftables import FAMILY, TABLE, render_start
+    from lbbench.frontends.kernel.nftables import FAMILY, TABLE, render_start
 
     svcs, eps = _nft_inputs(n)
     t0 = time.perf_counter()
@@ -118,7 +118,7 @@ async def nft_apply(sup: Supervisor, repeats: int, n: int = NFT_SERVICES) -> dic
     unprivileged user namespace), the count is halved until one applies; the figure then
     says so (`services` < `requested_services`, with the refusal in `refused`).
     """
-    from lbbench.frontends.nftables import FAMILY, TABLE, RulesApplier
+    from lbbench.frontends.kernel.nftables import FAMILY, TABLE, RulesApplier
 
     applier = RulesApplier(sup, None, "nft", ["-f"], ".nft", "nft")
     render_s: list[float] = []
@@ -152,7 +152,7 @@ async def nft_apply(sup: Supervisor, repeats: int, n: int = NFT_SERVICES) -> dic
 
 
 def nft_skip_reason() -> str | None:
-    from lbbench.netns import find_tool
+    from lbbench.system.netns import find_tool
 
     if find_tool("nft") is None:
         return "nft not installed (apt-get install nftables)"

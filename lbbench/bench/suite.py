@@ -26,10 +26,10 @@ from lbbench.bench import scale, throughput
 from lbbench.bench.peers import ClientSettings, StaticNginx, Wrk, tool_versions, wrk_unavailable_reason
 from lbbench.bench.stats import Stat, is_unstable, paired_ratio, stat
 from lbbench.bench.throughput import GroupRun, Pids, per_10k
-from lbbench.netaddr import HostPort
-from lbbench.netns import in_private_netns
-from lbbench.procs import Supervisor
-from lbbench.testing import fresh_ip, start_pod
+from lbbench.cluster.standalone import fresh_ip, start_pod
+from lbbench.model.addresses import HostPort
+from lbbench.system.netns import in_private_netns
+from lbbench.system.procs import Supervisor
 
 SCHEMA = "lbbench.bench/1"
 GROUPS = ("l4", "l7", "generator", "cost", "scale")

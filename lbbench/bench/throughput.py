@@ -21,13 +21,16 @@ from typing import Any
 from lbbench.bench import cpu
 from lbbench.bench.peers import Wrk, WrkResult
 from lbbench.bench.stats import Stat, stat
-from lbbench.frontends.base import Endpoint, Frontend, FrontendPlan, ProxySettings, ServiceSpec
-from lbbench.frontends.dnat import UserspaceDnat
-from lbbench.frontends.registry import KERNEL, frontend_class
-from lbbench.netaddr import HostPort
-from lbbench.netns import in_private_netns, netns_unavailable_reason
-from lbbench.procs import Supervisor
-from lbbench.testing import fresh_ip
+from lbbench.cluster.standalone import fresh_ip
+from lbbench.frontends.base import Frontend, FrontendPlan
+from lbbench.frontends.dnat.frontend import UserspaceDnat
+from lbbench.frontends.registry import frontend_class
+from lbbench.model.addresses import HostPort
+from lbbench.model.names import KERNEL_FRONTENDS
+from lbbench.model.proxy import ProxySettings
+from lbbench.model.service import Endpoint, ServiceSpec
+from lbbench.system.netns import in_private_netns, netns_unavailable_reason
+from lbbench.system.procs import Supervisor
 
 L4_PEERS = ("direct", "userspace-dnat", "haproxy-tcp", "kernel-nftables")
 L7_PEERS = ("direct", "l7-proxy", "haproxy", "nginx", "httpd")
@@ -118,7 +121,7 @@ def skip_reason(name: str) -> str | None:
     cls = frontend_class(name)
     if isinstance(cls, str):
         return cls
-    if name in KERNEL and not in_private_netns():
+    if name in KERNEL_FRONTENDS and not in_private_netns():
         why = netns_unavailable_reason()
         return (f"needs lbbench's private network namespace ({why})" if why else
                 "needs lbbench's private network namespace (run without --no-netns)")
@@ -149,7 +152,7 @@ async def start_frontend(name: str, sup: Supervisor, backend: HostPort, layer: s
                                START_TIMEOUT_S)
         entry = fe.entrypoint(spec.key)
         note = "kernel NAT: no process of its own (its CPU is charged to client and backend)" \
-            if name in KERNEL else ""
+            if name in KERNEL_FRONTENDS else ""
         target = Target(name, entry.addr, entry.host_header, fe.pids, fe.stop, note, own_process=bool(fe.pids()),
                         processes=cpu.shape(fe.pids()))
         await wait_ok(target)

@@ -24,11 +24,11 @@ from dataclasses import dataclass, field
 
 from lbbench.cluster.events import EventLog
 from lbbench.cluster.probe import http_probe
-from lbbench.config import Config, PodTemplate, ServiceConfig, Workload
-from lbbench.control import send
-from lbbench.frontends.base import Endpoint
-from lbbench.netaddr import AddressAllocator
-from lbbench.procs import Child, Supervisor, lbbench_argv
+from lbbench.config.parse import Config, PodTemplate, ServiceConfig, Workload
+from lbbench.model.addresses import AddressAllocator
+from lbbench.model.service import Endpoint
+from lbbench.system.control import send
+from lbbench.system.procs import Child, Supervisor, lbbench_argv
 
 Subscriber = Callable[[str, tuple[Endpoint, ...]], Awaitable[None]]
 

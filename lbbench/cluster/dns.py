@@ -24,7 +24,7 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
 
-from lbbench.netaddr import HostPort, require_loopback
+from lbbench.model.addresses import HostPort, require_loopback
 
 
 class NameNotFound(LookupError):

@@ -23,27 +23,14 @@ import random
 import signal
 import time
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 from aiohttp import web
 
-from lbbench.cluster.servicetime import ServiceTime, parse_duration
-from lbbench.control import Message, attach_stdin_control
-from lbbench.timer import PreciseTimer
-
-
-@dataclass(frozen=True)
-class Faults:
-    error_rate: float = 0.0  # fraction of requests answered 503
-    slow_factor: float = 1.0  # service time multiplier
-    hang_rate: float = 0.0  # fraction of requests never answered
-    close_rate: float = 0.0  # fraction of requests closed without a reply
-    ready: bool = True  # /healthz answers 200 (else 503)
-
-    def updated(self, changes: dict[str, Any]) -> Faults:
-        known = {f.name for f in dataclasses.fields(self)}
-        return dataclasses.replace(self, **{k: v for k, v in changes.items() if k in known})
+from lbbench.model.faults import Faults
+from lbbench.model.servicetime import ServiceTime, parse_duration
+from lbbench.system.control import Message, attach_stdin_control
+from lbbench.system.timer import PreciseTimer
 
 
 @dataclass(frozen=True)

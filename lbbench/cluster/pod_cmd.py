@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import zlib
 
-from lbbench.netaddr import parse_hostport
+from lbbench.model.addresses import parse_hostport
 
 
 def add_serve_arguments(p: argparse.ArgumentParser) -> None:
@@ -31,9 +31,10 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
 def serve_command(args: argparse.Namespace) -> int:
     import uvloop
 
-    from lbbench.cluster.pod import Faults, PodSpec, serve_pod
-    from lbbench.cluster.servicetime import ServiceTime
-    from lbbench.procs import die_with_parent
+    from lbbench.cluster.pod import PodSpec, serve_pod
+    from lbbench.model.faults import Faults
+    from lbbench.model.servicetime import ServiceTime
+    from lbbench.system.procs import die_with_parent
 
     die_with_parent()
     addr = parse_hostport(args.listen, allow_remote=args.allow_remote)

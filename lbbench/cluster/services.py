@@ -5,9 +5,9 @@ Deterministic, so every phase of a run (and every front end) sees the same addre
 
 from __future__ import annotations
 
-from lbbench.config import Config
-from lbbench.frontends.base import ServiceSpec
-from lbbench.netaddr import AddressAllocator
+from lbbench.config.parse import Config
+from lbbench.model.addresses import AddressAllocator
+from lbbench.model.service import ServiceSpec
 
 
 def service_specs(config: Config) -> tuple[ServiceSpec, ...]:

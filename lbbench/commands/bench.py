@@ -43,7 +43,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def settings_from_args(args: argparse.Namespace) -> BenchSettings:
     from lbbench.bench.peers import ClientSettings
     from lbbench.bench.suite import BenchSettings
-    from lbbench.cluster.servicetime import parse_duration
+    from lbbench.model.servicetime import parse_duration
 
     try:
         duration = parse_duration(args.duration)
@@ -64,7 +64,7 @@ def default_out() -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lbbench.netns import in_private_netns, netns_unavailable_reason
+    from lbbench.system.netns import in_private_netns, netns_unavailable_reason
 
     settings = settings_from_args(args)
     out: Path = args.out or default_out()
@@ -102,6 +102,6 @@ def _run_here(settings: BenchSettings, out: Path, as_json: bool) -> int:
 
 
 def _reexec_in_netns(out: Path) -> int:
-    from lbbench.netns import rerun_inside
+    from lbbench.system.netns import rerun_inside
 
     return rerun_inside("bench-in-netns", str(out))

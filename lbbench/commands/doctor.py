@@ -21,8 +21,9 @@ def _version(argv: list[str]) -> str:
 
 
 def checks() -> dict[str, dict[str, str | bool]]:
-    from lbbench.frontends.registry import FRONTENDS, KERNEL, frontend_class
-    from lbbench.netns import netns_unavailable_reason
+    from lbbench.frontends.registry import frontend_class
+    from lbbench.model.names import FRONTENDS, KERNEL_FRONTENDS
+    from lbbench.system.netns import netns_unavailable_reason
 
     result: dict[str, dict[str, str | bool]] = {}
     try:
@@ -45,7 +46,7 @@ def checks() -> dict[str, dict[str, str | bool]]:
         # `lbbench run` enters the private namespace itself, so the kernel front ends are
         # available whenever the namespace is.
         why = cls if isinstance(cls, str) else cls.unavailable_reason()
-        detail = "available" + (" (inside lbbench's private user+net namespace)" if fe in KERNEL else "")
+        detail = "available" + (" (inside lbbench's private user+net namespace)" if fe in KERNEL_FRONTENDS else "")
         result[f"frontend {fe}"] = {"ok": why is None, "detail": why or detail}
     return result
 

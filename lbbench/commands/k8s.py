@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _render(args: argparse.Namespace) -> int:
-    from lbbench.config import load_config
+    from lbbench.config.parse import load_config
     from lbbench.k8s.render import RenderOptions, render, write
 
     config = load_config(args.config)

@@ -29,9 +29,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lbbench.config import load_config
+    from lbbench.config.parse import load_config
     from lbbench.k8s.merge import merge_parts, read_all, read_events, write_folder
-    from lbbench.scenario import phase_rates
+    from lbbench.run.phase import phase_rates
 
     if (args.out / "summary.json").exists():
         raise UserError(f"{args.out} already holds results (summary.json); choose another --out")

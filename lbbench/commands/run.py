@@ -25,8 +25,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, object]:
-    from lbbench.cluster.servicetime import parse_duration
-    from lbbench.config import FRONTENDS
+    from lbbench.model.names import FRONTENDS
+    from lbbench.model.servicetime import parse_duration
 
     run: dict[str, object] = {}
     if args.frontends:
@@ -51,7 +51,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, object]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lbbench.config import load_config
+    from lbbench.config.parse import load_config
 
     config = load_config(args.config)
     changes = _overrides(args)
@@ -60,13 +60,13 @@ def run(args: argparse.Namespace) -> int:
 
     import uvloop
 
-    from lbbench.experiment import RunOptions, run_experiment
-    from lbbench.frontends.registry import KERNEL
-    from lbbench.netns import in_private_netns, netns_unavailable_reason
-    from lbbench.results import new_results_dir
+    from lbbench.model.names import KERNEL_FRONTENDS
+    from lbbench.results.files import new_results_dir
+    from lbbench.run.experiment import RunOptions, run_experiment
+    from lbbench.system.netns import in_private_netns, netns_unavailable_reason
     out = args.out or new_results_dir(DEFAULT_RESULTS, config.name)
     out.mkdir(parents=True, exist_ok=True)
-    wants_kernel = any(f in KERNEL for f in config.run.frontends)
+    wants_kernel = any(f in KERNEL_FRONTENDS for f in config.run.frontends)
     if wants_kernel and not args.no_netns and not in_private_netns() and netns_unavailable_reason() is None:
         return _reexec_in_netns(args, out)
     folder, complete = uvloop.run(run_experiment(config, RunOptions(out, config.run.frontends, args.quiet)))
@@ -76,6 +76,6 @@ def run(args: argparse.Namespace) -> int:
 
 def _reexec_in_netns(args: argparse.Namespace, out: Path) -> int:
     """Run this very command inside a private user+net namespace; forward signals; same exit code."""
-    from lbbench.netns import rerun_inside
+    from lbbench.system.netns import rerun_inside
 
     return rerun_inside("run-in-netns", str(out))

@@ -10,8 +10,8 @@ from lbbench.errors import UserError
 # component -> module exposing add_serve_arguments(parser) and serve_command(args) -> int
 COMPONENTS = {
     "pod": ("lbbench.cluster.pod_cmd", "an aiohttp backend pod with a service-time model, slots and faults"),
-    "dnat": ("lbbench.frontends.dnat", "the userspace random-DNAT L4 forwarder (kube-proxy style)"),
-    "proxy": ("lbbench.frontends.proxy", "the queueing L7 reverse proxy (lbbench's Ingress); every response "
+    "dnat": ("lbbench.frontends.dnat.frontend", "the userspace random-DNAT L4 forwarder (kube-proxy style)"),
+    "proxy": ("lbbench.frontends.proxy.frontend", "the queueing L7 reverse proxy (lbbench's Ingress); every response "
               "says how long its request waited in the queue (X-Proxy-Queue-Ms) and held the backend slot, "
               "dispatch to response head (X-Proxy-Upstream-Ms)"),
 }

@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING
 from lbbench.errors import UserError
 
 if TYPE_CHECKING:
-    from lbbench.cluster.servicetime import ServiceTime
-    from lbbench.theory import ModelPrediction
+    from lbbench.model.servicetime import ServiceTime
+    from lbbench.theory.predict import ModelPrediction
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -28,8 +28,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lbbench.cluster.servicetime import ServiceTime
-    from lbbench.theory import predict
+    from lbbench.model.servicetime import ServiceTime
+    from lbbench.theory.predict import predict
 
     if args.pods < 1:
         raise UserError(f"--pods must be >= 1, got {args.pods}")
@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _rate(args: argparse.Namespace, service: ServiceTime) -> float:
-    from lbbench.theory import utilisation_to_rate
+    from lbbench.theory.predict import utilisation_to_rate
 
     if args.utilisation is not None:
         u = float(args.utilisation)

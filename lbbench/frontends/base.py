@@ -16,81 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Literal
 
-from lbbench.netaddr import HostPort
-from lbbench.procs import Supervisor
-
-ServiceType = Literal["ClusterIP", "NodePort", "LoadBalancer"]
-Balance = Literal["round-robin", "random", "least-conn", "p2c", "peak-ewma"]
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    """One ready pod behind a Service (an entry of the Endpoints object)."""
-
-    pod: str
-    ip: str
-    port: int
-    node: str = ""
-
-    @property
-    def addr(self) -> HostPort:
-        return HostPort(self.ip, self.port)
-
-
-@dataclass(frozen=True)
-class ServiceSpec:
-    """A Service as the data plane sees it: its virtual addresses and its target port."""
-
-    name: str
-    namespace: str
-    type: ServiceType
-    cluster_ip: str
-    port: int
-    target_port: int
-    node_port: int | None = None  # NodePort and LoadBalancer
-    node_ips: tuple[str, ...] = ()  # every node's IP, for NodePort
-    lb_ip: str | None = None  # LoadBalancer external address (listens on `port`)
-
-    @property
-    def key(self) -> str:
-        return f"{self.namespace}/{self.name}"
-
-    @property
-    def dns_name(self) -> str:
-        return f"{self.name}.{self.namespace}.svc.cluster.local"
-
-
-@dataclass(frozen=True)
-class IngressRule:
-    host: str  # "*" matches any Host header
-    path: str  # path prefix
-    service: str  # "namespace/name" key of a ServiceSpec
-
-
-@dataclass(frozen=True)
-class HealthCheck:
-    interval_s: float = 0.5
-    timeout_s: float = 1.0
-    fall: int = 2
-    rise: int = 1
-    path: str = "/healthz"
-
-
-@dataclass(frozen=True)
-class ProxySettings:
-    """Settings of a queueing L7 proxy; reference proxies map them to their closest knobs."""
-
-    maxconn: int = 1  # requests in flight per backend (0 = unlimited)
-    max_queue: int = 10_000  # central FIFO bound; beyond it: 503 at once
-    queue_timeout_s: float = 5.0  # waiting longer than this: 503
-    balance: Balance = "round-robin"
-    retries: int = 3  # connect failures retried on another backend
-    retry_idempotent: bool = True  # also retry GET/HEAD reset before any response byte
-    eject_after: int = 3  # consecutive failures -> passive ejection
-    connect_timeout_s: float = 1.0
-    server_timeout_s: float = 30.0
-    client_timeout_s: float = 30.0
-    health: HealthCheck = HealthCheck()
+from lbbench.model.addresses import HostPort
+from lbbench.model.proxy import ProxySettings
+from lbbench.model.service import Endpoint, IngressRule, ServiceSpec, ServiceType
+from lbbench.system.procs import Supervisor
 
 
 @dataclass(frozen=True)

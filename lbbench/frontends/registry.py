@@ -5,26 +5,26 @@ from __future__ import annotations
 import importlib
 
 from lbbench.frontends.base import Frontend
+from lbbench.model.names import FRONTENDS, FrontendName
 
 # name -> (module, class); imported lazily so a missing optional part never breaks the others
-FRONTENDS: dict[str, tuple[str, str]] = {
-    "userspace-dnat": ("lbbench.frontends.dnat", "UserspaceDnat"),
-    "kernel-nftables": ("lbbench.frontends.nftables", "KernelNftables"),
-    "kernel-iptables": ("lbbench.frontends.iptables", "KernelIptables"),
-    "haproxy-tcp": ("lbbench.frontends.haproxy", "HaproxyTcp"),
-    "l7-proxy": ("lbbench.frontends.proxy", "L7Proxy"),
-    "haproxy": ("lbbench.frontends.haproxy", "HaproxyHttp"),
-    "nginx": ("lbbench.frontends.nginx", "Nginx"),
-    "httpd": ("lbbench.frontends.httpd", "Httpd"),
+CLASSES: dict[FrontendName, tuple[str, str]] = {
+    "userspace-dnat": ("lbbench.frontends.dnat.frontend", "UserspaceDnat"),
+    "kernel-nftables": ("lbbench.frontends.kernel.nftables", "KernelNftables"),
+    "kernel-iptables": ("lbbench.frontends.kernel.iptables", "KernelIptables"),
+    "haproxy-tcp": ("lbbench.frontends.reference.haproxy", "HaproxyTcp"),
+    "l7-proxy": ("lbbench.frontends.proxy.frontend", "L7Proxy"),
+    "haproxy": ("lbbench.frontends.reference.haproxy", "HaproxyHttp"),
+    "nginx": ("lbbench.frontends.reference.nginx", "Nginx"),
+    "httpd": ("lbbench.frontends.reference.httpd", "Httpd"),
 }
-KERNEL = ("kernel-nftables", "kernel-iptables")
 
 
 def frontend_class(name: str) -> type[Frontend] | str:
     """The class, or the reason it cannot be had (unknown, not built, or unavailable here)."""
     if name not in FRONTENDS:
         return f"unknown front end {name!r}; known: {', '.join(FRONTENDS)}"
-    module_name, class_name = FRONTENDS[name]
+    module_name, class_name = CLASSES[name]
     try:
         cls = getattr(importlib.import_module(module_name), class_name)
     except (ImportError, AttributeError):

@@ -12,8 +12,8 @@ import shlex
 from dataclasses import dataclass
 from typing import Any
 
-from lbbench.config import Config, IngressConfig, PodTemplate, Readiness, ServiceConfig, Workload
-from lbbench.frontends.base import ProxySettings
+from lbbench.config.parse import Config, IngressConfig, PodTemplate, Readiness, ServiceConfig, Workload
+from lbbench.model.proxy import ProxySettings
 
 Obj = dict[str, Any]
 

@@ -7,7 +7,7 @@ never averaged over parts. Before merging, the parts of a phase must agree on ev
 defines the schedule, be distinct, and (unless `partial`) all be there; each row is matched to
 its request of the schedule, so a part merged twice or taken from another run is refused.
 
-The folder has the layout and schema of `lbbench run` (lbbench.results), so `lbbench report`
+The folder has the layout and schema of `lbbench run` (lbbench.results.files), so `lbbench report`
 and `lbbench compare` work on it; each phase is one (front end, rate, repeat).
 """
 
@@ -27,14 +27,14 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from lbbench.config import Config
+from lbbench.config.parse import Config
 from lbbench.errors import UserError
 from lbbench.k8s.parts import PartFiles, part_of, read_parts
 from lbbench.load.histogram import LogHistogram
 from lbbench.load.schedule import build_schedule
 from lbbench.load.spec import LoadSpec
 from lbbench.load.summary import latency_stats, short_stats
-from lbbench.results import SCHEMA, buckets, frontend_summary, merge_repeats, metadata, write_json
+from lbbench.results.files import SCHEMA, buckets, frontend_summary, merge_repeats, metadata, write_json
 
 SCHEDULE_KEYS = ("rate_rps", "duration_s", "arrivals", "steps", "seed", "closed_loop_users", "think_time_s")
 REQUEST_KEYS = ("path", "connections", "timeout_s", "connect_timeout_s")
@@ -302,7 +302,7 @@ def _tag(df: pd.DataFrame, ph: MergedPhase) -> pd.DataFrame:
 def _theory(config: Config | None, frontend: str, rate_rps: float, latency: dict[str, Any]) -> dict[str, Any]:
     if config is None:
         return {"model": None, "reason": "merged without --config"}
-    from lbbench.theory_fit import theory_section
+    from lbbench.results.theory_fit import theory_section
 
     name = THEORY_NAME.get(frontend)
     if name is None:
@@ -324,7 +324,7 @@ def phase_entry(ph: MergedPhase, events: pd.DataFrame, duration_s: float, config
 
 def frontend_entry(name: str, mine: list[MergedPhase], events: pd.DataFrame, duration_s: float,
                    config: Config | None) -> dict[str, Any]:
-    """One front end at the first rate, repeats merged from raw rows (as lbbench.collect does)."""
+    """One front end at the first rate, repeats merged from raw rows (as lbbench.run.collect does)."""
     per = [phase_entry(ph, events, duration_s, config) for ph in mine]
     rows = pd.concat([ph.rows for ph in mine], ignore_index=True)
     evs = pd.concat([phase_events(events, ph) for ph in mine], ignore_index=True)

@@ -20,7 +20,7 @@ from pathlib import Path
 import yaml
 
 from lbbench import __version__
-from lbbench.config import Config, ServiceConfig
+from lbbench.config.parse import Config, ServiceConfig
 from lbbench.k8s import manifests as m
 from lbbench.k8s.scripts import fault_steps, faults_script, run_script
 from lbbench.load.generator import RPS_PER_WORKER, USERS_PER_WORKER
@@ -137,7 +137,7 @@ def _controllers(opts: RenderOptions, ingress_class: str) -> tuple[str, ...]:
 
 def phases(config: Config, ctx: m.Context, opts: RenderOptions, ingress_class: str,
            notes: list[str]) -> list[m.LoadPhase]:
-    from lbbench.scenario import phase_rates
+    from lbbench.run.phase import phase_rates
 
     svc = config.service(config.load.service)
     out = []

@@ -13,8 +13,8 @@ import random
 import shlex
 from dataclasses import dataclass
 
-from lbbench.config import Config, Event, PodTemplate, Workload, parse_template
-from lbbench.config_reader import Table
+from lbbench.config.parse import Config, Event, PodTemplate, Workload, parse_template
+from lbbench.config.reader import Table
 from lbbench.k8s.manifests import CLOCK_CONFIGMAP, Context, LoadPhase, pod_args, readiness_probe
 
 EVENTS_HEADER = "at_s,kind,target,detail,frontend,rate_rps,repeat"

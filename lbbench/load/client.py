@@ -36,8 +36,8 @@ from typing import cast
 
 import httptools
 
-from lbbench.load.spec import ConnectionMode
-from lbbench.netaddr import HostPort
+from lbbench.model.addresses import HostPort
+from lbbench.model.load import ConnectionMode
 
 ERROR_KINDS = ("refused", "reset", "timeout", "connect_timeout", "truncated", "http_5xx", "http_4xx", "other")
 

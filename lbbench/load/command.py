@@ -13,7 +13,8 @@ from lbbench.errors import UserError
 
 if TYPE_CHECKING:
     from lbbench.load.generator import LoadResult
-    from lbbench.load.spec import LoadSpec, RateStep
+    from lbbench.load.spec import LoadSpec
+    from lbbench.model.load import RateStep
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -77,10 +78,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def build_spec(args: argparse.Namespace) -> LoadSpec:
-    from lbbench.cluster.servicetime import parse_duration
-    from lbbench.load.spec import ConnectionMode, LoadSpec
+    from lbbench.load.spec import LoadSpec
     from lbbench.load.target import parse_url
-    from lbbench.netaddr import parse_hostport
+    from lbbench.model.addresses import parse_hostport
+    from lbbench.model.load import ConnectionMode
+    from lbbench.model.servicetime import parse_duration
 
     dns = parse_hostport(args.dns) if args.dns else None
     part = parse_part(args.part)
@@ -108,8 +110,8 @@ def parse_part(text: str) -> tuple[int, int]:
 
 
 def parse_step(text: str) -> RateStep:
-    from lbbench.cluster.servicetime import parse_duration
-    from lbbench.load.spec import RateStep
+    from lbbench.model.load import RateStep
+    from lbbench.model.servicetime import parse_duration
 
     parts = text.split(":")
     if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] != "ramp"):

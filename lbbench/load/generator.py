@@ -7,7 +7,7 @@
     gen.request_stop()             # optional abort: in-flight requests get <= 1 s
     result = await gen.result()    # rows (DataFrame), merged histogram, summary
 
-Workers are `python -m lbbench.load.worker` children of a :class:`lbbench.procs.Supervisor`
+Workers are `python -m lbbench.load.worker` children of a :class:`lbbench.system.procs.Supervisor`
 (they die with this process). Each sends every W-th request of the one schedule; their raw
 rows are concatenated and their histograms added, never their percentiles averaged.
 """
@@ -31,14 +31,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from lbbench import control
 from lbbench.load.histogram import LogHistogram
 from lbbench.load.recorder import ERROR_TABLE
 from lbbench.load.schedule import expected_requests, part_size, requested_rate
 from lbbench.load.spec import LoadSpec
 from lbbench.load.summary import LoadSummary, all_errors, latency_stats, saturation, short_stats
 from lbbench.load.wire import FrameReader, Message
-from lbbench.procs import Child, Supervisor
+from lbbench.system import control
+from lbbench.system.procs import Child, Supervisor
 
 # Requests per second one worker sends with lateness p99 well under 2 ms on a busy 2-core
 # machine (measured against nginx: keep-alive 12k req/s at p99 0.5 ms and 40% of a CPU, up to

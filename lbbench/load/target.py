@@ -6,7 +6,7 @@ import ipaddress
 import urllib.parse
 from dataclasses import dataclass
 
-from lbbench.netaddr import HostPort, require_loopback
+from lbbench.model.addresses import HostPort, require_loopback
 
 
 @dataclass(frozen=True)

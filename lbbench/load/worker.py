@@ -1,6 +1,6 @@
 """One load-generator worker process: `python -m lbbench.load.worker`, started by the parent.
 
-Protocol. stdin (JSON lines, :mod:`lbbench.control`; EOF = parent gone = exit at once):
+Protocol. stdin (JSON lines, :mod:`lbbench.system.control`; EOF = parent gone = exit at once):
 ``{"config": {"spec": {...}, "worker": i, "workers": W}}``, then ``{"go": start_at}``, and
 perhaps ``{"stop": true}``. stdout is a frame pipe (:mod:`lbbench.load.wire`): one
 ``ready``, ``progress`` every 250 ms, one ``result`` at the end.
@@ -26,13 +26,13 @@ from typing import Any
 
 import numpy as np
 
-from lbbench.control import attach_stdin_control
 from lbbench.load.client import HttpClient, Request, build_request
 from lbbench.load.recorder import Recorder
 from lbbench.load.schedule import build_schedule, worker_share
 from lbbench.load.spec import LoadSpec
 from lbbench.load.wire import Message, PipeWriter
-from lbbench.timer import PreciseTimer
+from lbbench.system.control import attach_stdin_control
+from lbbench.system.timer import PreciseTimer
 
 PROGRESS_EVERY_S = 0.25
 STOP_GRACE_S = 1.0  # after request_stop(), in-flight requests get this long
@@ -333,7 +333,7 @@ async def _main(data_fd: int) -> None:
 
 
 def main() -> None:
-    from lbbench.procs import die_with_parent
+    from lbbench.system.procs import die_with_parent
 
     die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and sends "stop"

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from lbbench.report.loader import Results, phase_mask
-from lbbench.results import is_ok
+from lbbench.results.files import is_ok
 
 
 @dataclass(frozen=True)

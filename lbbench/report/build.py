@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from lbbench.hoststat import STEAL_WARN
 from lbbench.report.analysis import queue_stats
 from lbbench.report.doc import Banner, Block, Bullets, Document, Image, Paragraph, Section, Table
 from lbbench.report.loader import Results
@@ -19,6 +18,7 @@ from lbbench.report.tables import (
     spread_table,
 )
 from lbbench.report.theory import theory_blocks
+from lbbench.system.hoststat import STEAL_WARN
 
 CUT_SHORT = (
     "This run was cut short (complete: false): it was interrupted or a phase failed. "

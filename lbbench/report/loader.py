@@ -15,7 +15,7 @@ from typing import Any
 import pandas as pd
 
 from lbbench.errors import UserError
-from lbbench.results import read_summary
+from lbbench.results.files import read_summary
 
 # requests.parquet columns the report uses (read only these: a long run has millions of rows)
 REQUEST_COLUMNS = (
@@ -66,8 +66,8 @@ class FrontendStats:
     complete: bool
     theory: tuple[dict[str, Any], ...] = ()
     spread: dict[str, Any] = field(default_factory=dict)
-    zero_load: dict[str, Any] = field(default_factory=dict)  # the path's cost at zero load (lbbench.zeroload)
-    host_cpu: dict[str, float] = field(default_factory=dict)  # hypervisor steal (lbbench.hoststat)
+    zero_load: dict[str, Any] = field(default_factory=dict)  # the path's cost at zero load (lbbench.run.zeroload)
+    host_cpu: dict[str, float] = field(default_factory=dict)  # hypervisor steal (lbbench.system.hoststat)
 
     @property
     def error_count(self) -> int:

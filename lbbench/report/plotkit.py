@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from lbbench.report.loader import Results, first_repeat, phase_mask
-from lbbench.results import is_ok
+from lbbench.results.files import is_ok
 
 DPI = 100
 WIDTH_IN = 10.0

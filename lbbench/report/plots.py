@@ -35,7 +35,7 @@ from lbbench.report.plotkit import (
     timeline_events,
 )
 from lbbench.report.theory_plots import theory_vs_utilisation
-from lbbench.results import is_ok
+from lbbench.results.files import is_ok
 
 
 def make_plots(results: Results, out_dir: Path) -> PlotSet:

@@ -1,6 +1,6 @@
 """Measured against predicted: the `theory` sections of summary.json as a table.
 
-Two shapes are read. The one `lbbench run` writes (lbbench.theory_fit):
+Two shapes are read. The one `lbbench run` writes (lbbench.results.theory_fit):
   {"model", "why", "exact", "note", "utilisation", "predicted_<q>", "measured_<q>", "rel_err_<stat>"}
 or {"model": null, "reason"} when no model applies; and a plain one, {"model", "<q>": predicted},
 whose measured values are looked up in the front end's stats. <q> is e.g. mean_s, p50_s, p99_s.
@@ -30,7 +30,7 @@ MEASURED: dict[str, tuple[str, Callable[[FrontendStats], float | None]]] = {
     "p90_s": ("latency p90", lambda f: f.latency_s.get("p90")),
     "p99_s": ("latency p99", lambda f: f.latency_s.get("p99")),
     "p999_s": ("latency p99.9", lambda f: f.latency_s.get("p999")),
-    # measured: latency - pod service time - the path's zero-load overhead (lbbench.theory_fit)
+    # measured: latency - pod service time - the path's zero-load overhead (lbbench.results.theory_fit)
     "mean_wait_s": ("mean wait (anywhere)", lambda f: None),
     # model + the path's zero-load overhead, against the same measured latency
     "mean_plus_path_s": ("latency mean vs model + path", _latency("mean")),

@@ -8,11 +8,11 @@ from typing import Any
 
 import numpy as np
 
-from lbbench.cluster.servicetime import ServiceTime
+from lbbench.model.servicetime import ServiceTime
 from lbbench.report.loader import Results, phase_mask
 from lbbench.report.plotkit import Plot, colors, log_ms, new_figure, save, style
-from lbbench.results import is_ok
-from lbbench.theory import MODEL_KEYS, predict
+from lbbench.results.files import is_ok
+from lbbench.theory.predict import MODEL_KEYS, predict
 
 MODEL_STYLE = {"random_split": "-", "shared_queue": "-", "round_robin": ":", "p2c": "--"}
 MODEL_LABEL = {"random_split": "random split (N x M/M/1)", "shared_queue": "shared queue (M/M/c)",

@@ -1,6 +1,6 @@
 """Recompute summary.json's per-front-end numbers from requests.parquet + events.csv and compare.
 
-Uses the same functions `lbbench run` used (lbbench.results), over the same selection (each front
+Uses the same functions `lbbench run` used (lbbench.results.files), over the same selection (each front
 end at the first rate, repeats merged; failover judged per repeat), so a copied folder must
 reproduce its summary exactly. CPU and generator health are not in the rows: they are taken as-is.
 """
@@ -14,7 +14,7 @@ from typing import Any
 import pandas as pd
 
 from lbbench.report.loader import FrontendStats, Results, frontend_stats, phase_mask
-from lbbench.results import failover, frontend_summary
+from lbbench.results.files import failover, frontend_summary
 
 REL_TOL = 1e-6
 ABS_TOL = 1e-6  # events.csv keeps event times to the microsecond

@@ -3,7 +3,7 @@ kernel-nftables, kernel-iptables and HAProxy in `mode tcp` (each in front of tha
 
 Needs the private namespace for the kernel rules, so run it through netns_argv::
 
-    .venv/bin/python -c "import sys,subprocess; from lbbench.netns import netns_argv; \
+    .venv/bin/python -c "import sys,subprocess; from lbbench.system.netns import netns_argv; \
         sys.exit(subprocess.call(netns_argv([sys.executable, 'tests/benchmarks/l4_compare.py'])))"
 
 Load: wrk, 1 thread, 16 keep-alive connections; 1 s warm-up each, then 3 interleaved rounds of 3 s
@@ -26,14 +26,15 @@ from typing import Any
 
 import psutil
 
-from lbbench.frontends.base import Endpoint, Frontend, FrontendPlan, ServiceSpec
-from lbbench.frontends.dnat import UserspaceDnat
-from lbbench.frontends.iptables import KernelIptables
-from lbbench.frontends.nftables import KernelNftables
-from lbbench.netaddr import HostPort
-from lbbench.netns import find_tool, in_private_netns
-from lbbench.procs import Supervisor
-from lbbench.testing import fresh_ip, start_pod, wait_port
+from lbbench.cluster.standalone import fresh_ip, start_pod, wait_port
+from lbbench.frontends.base import Frontend, FrontendPlan
+from lbbench.frontends.dnat.frontend import UserspaceDnat
+from lbbench.frontends.kernel.iptables import KernelIptables
+from lbbench.frontends.kernel.nftables import KernelNftables
+from lbbench.model.addresses import HostPort
+from lbbench.model.service import Endpoint, ServiceSpec
+from lbbench.system.netns import find_tool, in_private_netns
+from lbbench.system.procs import Supervisor
 
 CONNECTIONS = 16
 DURATION_S = 3

@@ -53,7 +53,7 @@ def run_benchmarks(json_out: Path, select: str | None, max_time_s: float = MAX_T
             f"--benchmark-json={json_out}"]
     if select:
         argv += ["-k", select]
-    from lbbench.procs import Supervisor
+    from lbbench.system.procs import Supervisor
 
     with Supervisor() as sup:  # dies with us: no benchmark left running if the gate is killed
         child = sup.spawn("benchmarks", argv, stdin=subprocess.DEVNULL, stdout=None, cwd=str(ROOT))

@@ -16,8 +16,8 @@ import pytest
 import uvloop
 from pytest_benchmark.fixture import BenchmarkFixture
 
-from lbbench.frontends.dnat_plan import ForwarderPlan
-from lbbench.frontends.dnat_relay import Forwarder, Table, _ClientSide, _PodSide
+from lbbench.frontends.dnat.plan import ForwarderPlan
+from lbbench.frontends.dnat.relay import Forwarder, Table, _ClientSide, _PodSide
 
 CHUNK = 16 * 1024
 

@@ -13,8 +13,9 @@ from lbbench.load.client import HttpClient, Request, _Conn, build_request
 from lbbench.load.histogram import LogHistogram
 from lbbench.load.recorder import Recorder
 from lbbench.load.schedule import build_schedule
-from lbbench.load.spec import ConnectionMode, LoadSpec
-from lbbench.netaddr import HostPort
+from lbbench.load.spec import LoadSpec
+from lbbench.model.addresses import HostPort
+from lbbench.model.load import ConnectionMode
 
 RESPONSE = (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; charset=utf-8\r\nx-pod: web-a\r\n"
             b"x-pod-ip: 127.10.0.2\r\nx-queue-ms: 0.012\r\nx-service-ms: 10.021\r\nContent-Length: 3\r\n"

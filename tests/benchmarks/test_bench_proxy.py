@@ -13,14 +13,15 @@ from typing import Any
 
 import uvloop
 
-from lbbench.frontends.base import Endpoint, HealthCheck, ProxySettings, ServiceSpec
-from lbbench.frontends.proxy_app import ProxyApp
-from lbbench.frontends.proxy_client import ClientConnection
-from lbbench.frontends.proxy_config import ProxyConfig
-from lbbench.frontends.proxy_queue import ServicePool
-from lbbench.frontends.proxy_route import Router
-from lbbench.frontends.proxy_upstream import UpstreamConnection
-from lbbench.netaddr import HostPort
+from lbbench.frontends.proxy.app import ProxyApp
+from lbbench.frontends.proxy.client import ClientConnection
+from lbbench.frontends.proxy.config import ProxyConfig
+from lbbench.frontends.proxy.queue import ServicePool
+from lbbench.frontends.proxy.route import Router
+from lbbench.frontends.proxy.upstream import UpstreamConnection
+from lbbench.model.addresses import HostPort
+from lbbench.model.proxy import HealthCheck, ProxySettings
+from lbbench.model.service import Endpoint, ServiceSpec
 
 REQUEST = (b"GET /api/items?id=42 HTTP/1.1\r\nHost: web.shop.svc.cluster.local\r\nUser-Agent: bench\r\n"
            b"Accept: */*\r\nAccept-Encoding: gzip\r\nX-Request-Id: 0123456789abcdef\r\n\r\n")

@@ -1,0 +1,490 @@
+"""kernel-nftables: the real kernel doing kube-proxy's random DNAT, in the nftables layout.
+
+The ruleset follows kube-proxy's nftables mode (pkg/proxy/nftables): base chains
+``nat-prerouting``/``nat-output`` (priority -100, dstnat) jump to ``services``, which looks
+up ``ip daddr . meta l4proto . th dport`` in the ``service-ips`` verdict map (NodePorts:
+``ip daddr @nodeport-ips`` and ``meta l4proto . th dport`` in ``service-nodeports``). Each
+Service chain does ``numgen random mod N vmap { 0 : goto endpoint-..., ... }`` and each
+endpoint chain ``dnat to IP:PORT``. A Service without endpoints is in
+``no-endpoint-services``/``no-endpoint-nodeports`` instead, checked from the filter chains
+on input/forward/output (priority -110) and sent to ``reject``, as kube-proxy does.
+
+Left out, because one host's loopback does not need them: masquerading (``mark-for-
+masquerade``, ``nat-postrouting``), the ``external-`` chains (which only add the masquerade
+mark before jumping to the Service chain), LoadBalancerSourceRanges firewalling, session
+affinity, and the LoadBalancer IP in ``service-ips``: kube-proxy short-circuits in-cluster
+traffic to it, but lbbench's clients are outside the cluster, so their connections go
+through the cloud balancer (a userspace L4 hop over the node IP:NodePort pairs, see
+:func:`lbbench.frontends.dnat.plan.forwarder_plan`) and are DNATed by the NodePort rules.
+
+Every Endpoints update is one ``nft -f`` transaction that touches only that Service (like
+kube-proxy's partial syncs): new endpoint chains, the Service chain's vmap rule and its map
+entries, then its stale endpoint chains, deleted once nothing points at them. The start is
+one transaction when small; nft cannot raise its netlink buffer inside an unprivileged user
+namespace, so a large table is built in several (the skeleton, then whole Services in
+batches). Each applied file is kept, with its apply time, under ``artifacts_dir/nftables``.
+Rules are written only inside lbbench's private namespace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import json
+import re
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from lbbench.errors import UserError
+from lbbench.frontends.base import Entrypoint, Frontend, FrontendPlan
+from lbbench.frontends.dnat.plan import entrypoint_of, forwarder_plan, node_port_addrs, validate_service
+from lbbench.frontends.dnat.worker import ForwarderProcess
+from lbbench.model.service import Endpoint, ServiceSpec, ServiceType
+from lbbench.system.netns import find_tool, in_private_netns, netns_unavailable_reason
+from lbbench.system.procs import Supervisor
+
+TABLE = "lbbench"
+FAMILY = "ip"
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_NAME_MAX = 240  # kube-proxy's chainNameBaseLengthMax
+
+
+# ---------------------------------------------------------------------------------------
+# Names (kube-proxy's hashAndTruncate scheme)
+
+
+def _hashed(name: str) -> str:
+    digest = base64.b32encode(hashlib.sha256(name.encode()).digest()).decode()
+    out = f"{digest[:8]}-{name}"
+    return out if len(out) <= _NAME_MAX else out[: _NAME_MAX - 3] + "..."
+
+
+def _port_name(spec: ServiceSpec) -> str:
+    return f"{spec.namespace}/{spec.name}/tcp/p{spec.port}"
+
+
+def service_chain(spec: ServiceSpec) -> str:
+    return "service-" + _hashed(_port_name(spec))
+
+
+def endpoint_chain(spec: ServiceSpec, ep: Endpoint) -> str:
+    return "endpoint-" + _hashed(f"{_port_name(spec)}__{ep.ip}/{ep.port}")
+
+
+def check_names(spec: ServiceSpec) -> None:
+    """Names go into chain names verbatim, as in kube-proxy: they must be DNS labels."""
+    for what, value in (("namespace", spec.namespace), ("name", spec.name)):
+        if not _DNS_LABEL.match(value) or len(value) > 63:
+            raise ValueError(f"service {spec.key}: {what} {value!r} is not a DNS label ([a-z0-9-], <= 63)")
+
+
+# ---------------------------------------------------------------------------------------
+# Rendering
+
+_MAPS = ("service-ips", "service-nodeports", "no-endpoint-services", "no-endpoint-nodeports")
+_T = f"{FAMILY} {TABLE}"
+# nft 1.0.6 cannot enlarge its netlink send buffer in an unprivileged user namespace
+# (SO_SNDBUFFORCE is refused), so one transaction must fit net.core.wmem_default (212992
+# bytes): the one-file ruleset fails at ~130 Services x 2 endpoints ("Message too long").
+# Measured netlink bytes per byte of text (shortest names, the densest): <= 2.1 in the
+# one-command-per-line form, <= 3.0 in the block form; both bounds keep a 1.5x margin.
+COMMANDS_TEXT_MAX = 64_000  # -> <= ~135 KB of netlink
+BLOCK_TEXT_MAX = 32_000  # the whole ruleset in block form, one transaction -> <= ~96 KB
+
+
+@dataclass(frozen=True)
+class _Element:
+    map: str
+    key: str
+    value: str  # what follows the key: [comment "..."] : goto CHAIN
+
+    def text(self) -> str:
+        return f"{self.key} {self.value}"
+
+
+def service_elements(spec: ServiceSpec, has_endpoints: bool) -> list[_Element]:
+    """`spec`'s entries: in service-ips/-nodeports with endpoints, else in the no-endpoint maps."""
+    key = f"{spec.cluster_ip} . tcp . {spec.port}"
+    np_key = f"tcp . {spec.node_port}" if node_port_addrs(spec) else None
+    if has_endpoints:
+        target = f": goto {service_chain(spec)}"
+        out = [_Element("service-ips", key, target)]
+        if np_key is not None:
+            out.append(_Element("service-nodeports", np_key, target))
+        return out
+    reject = f'comment "{spec.key}:p{spec.port}" : goto reject-chain'
+    out = [_Element("no-endpoint-services", key, reject)]
+    if np_key is not None:
+        out.append(_Element("no-endpoint-nodeports", np_key, reject))
+    return out
+
+
+def _elements(services: Sequence[ServiceSpec], endpoints: Mapping[str, Sequence[Endpoint]]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {m: [] for m in _MAPS}
+    for spec in services:
+        for el in service_elements(spec, bool(endpoints.get(spec.key))):
+            out[el.map].append(el.text())
+    return out
+
+
+def _add_elements(elements: Sequence[_Element]) -> list[str]:
+    return [f"add element {_T} {el.map} {{ {el.text()} }}" for el in elements]
+
+
+def _delete_elements(elements: Sequence[_Element]) -> list[str]:
+    return [f"delete element {_T} {el.map} {{ {el.key} }}" for el in elements]
+
+
+def nodeport_ips(services: Sequence[ServiceSpec]) -> list[str]:
+    return sorted({addr.host for spec in services for addr in node_port_addrs(spec)},
+                  key=lambda ip: tuple(int(x) for x in ip.split(".")))
+
+
+def _unique_endpoints(eps: Sequence[Endpoint]) -> list[Endpoint]:
+    seen: dict[tuple[str, int], Endpoint] = {}
+    for ep in eps:
+        seen.setdefault((ep.ip, ep.port), ep)
+    return list(seen.values())
+
+
+def _vmap_rule(spec: ServiceSpec, eps: Sequence[Endpoint]) -> str:
+    # Duplicates keep their weight: two slots of the vmap may point at one endpoint chain.
+    slots = ", ".join(f"{i} : goto {endpoint_chain(spec, ep)}" for i, ep in enumerate(eps))
+    return f"numgen random mod {len(eps)} vmap {{ {slots} }}"
+
+
+def _dnat_rule(ep: Endpoint) -> str:
+    return f"meta l4proto tcp dnat to {ep.ip}:{ep.port}"
+
+
+def _map_block(name: str, key_type: str, comment: str, elements: list[str]) -> list[str]:
+    lines = [f"\tmap {name} {{", f"\t\ttype {key_type} : verdict", f'\t\tcomment "{comment}"']
+    if elements:
+        lines.append("\t\telements = { " + ",\n\t\t\t     ".join(elements) + " }")
+    return [*lines, "\t}", ""]
+
+
+def _chain_block(name: str, lines: Sequence[str]) -> list[str]:
+    return [f"\tchain {name} {{", *(f"\t\t{line}" for line in lines), "\t}", ""]
+
+
+_BASE_CHAINS = (
+    ("filter-input", "filter", "input", -110, "ct state new jump service-endpoints-check"),
+    ("filter-forward", "filter", "forward", -110, "ct state new jump service-endpoints-check"),
+    ("filter-output", "filter", "output", -110, "ct state new jump service-endpoints-check"),
+    ("nat-prerouting", "nat", "prerouting", -100, "jump services"),
+    ("nat-output", "nat", "output", -100, "jump services"),
+)
+_SERVICE_KEY = "ipv4_addr . inet_proto . inet_service"
+_NODEPORT_KEY = "inet_proto . inet_service"
+
+
+def _check(services: Sequence[ServiceSpec]) -> None:
+    for spec in services:
+        validate_service(spec)
+        check_names(spec)
+
+
+def _table_block(services: Sequence[ServiceSpec], endpoints: Mapping[str, Sequence[Endpoint]],
+                 contents: bool) -> str:
+    """``table ip lbbench {...}``; without contents: every chain and map, but no Service in them."""
+    el = _elements(services, endpoints) if contents else {m: [] for m in _MAPS}
+    out = [f"table {FAMILY} {TABLE} {{", '\tcomment "lbbench: kube-proxy nftables-mode layout"']
+    for name, ctype, hook, prio, rule in _BASE_CHAINS:
+        out += _chain_block(name, [f"type {ctype} hook {hook} priority {prio}; policy accept;", rule])
+    node_ips = nodeport_ips(services) if contents else []
+    out += ["\tset nodeport-ips {", "\t\ttype ipv4_addr", '\t\tcomment "IPs that accept NodePort traffic"']
+    if node_ips:
+        out.append("\t\telements = { " + ", ".join(node_ips) + " }")
+    out += ["\t}", ""]
+    out += _map_block("no-endpoint-services", _SERVICE_KEY,
+                      "vmap to drop or reject packets to services with no endpoints", el["no-endpoint-services"])
+    out += _map_block("no-endpoint-nodeports", _NODEPORT_KEY,
+                      "vmap to drop or reject packets to service nodeports with no endpoints",
+                      el["no-endpoint-nodeports"])
+    out += _chain_block("reject-chain", [
+        'comment "helper for @no-endpoint-services / @no-endpoint-nodeports"', "reject"])
+    out += _chain_block("service-endpoints-check", [
+        "ip daddr . meta l4proto . th dport vmap @no-endpoint-services",
+        "ip daddr @nodeport-ips meta l4proto . th dport vmap @no-endpoint-nodeports"])
+    out += _map_block("service-ips", _SERVICE_KEY, "ClusterIP traffic", el["service-ips"])
+    out += _map_block("service-nodeports", _NODEPORT_KEY, "NodePort traffic", el["service-nodeports"])
+    out += _chain_block("services", [
+        "ip daddr . meta l4proto . th dport vmap @service-ips",
+        "ip daddr @nodeport-ips meta l4proto . th dport vmap @service-nodeports"])
+    for spec in services if contents else ():
+        eps = list(endpoints.get(spec.key, ()))
+        if not eps:
+            continue
+        out += _chain_block(service_chain(spec), [_vmap_rule(spec, eps)])
+        for ep in _unique_endpoints(eps):
+            out += _chain_block(endpoint_chain(spec, ep), [_dnat_rule(ep)])
+    if out[-1] == "":
+        out.pop()
+    out.append("}")
+    return "\n".join(out) + "\n"
+
+
+def render_ruleset(services: Sequence[ServiceSpec], endpoints: Mapping[str, Sequence[Endpoint]]) -> str:
+    """The whole ``table ip lbbench`` for these Services and Endpoints (deterministic)."""
+    _check(services)
+    return _table_block(services, endpoints, contents=True)
+
+
+_REPLACE_TABLE = f"add table {_T}\ndelete table {_T}\n"  # the add makes the delete safe when it is absent
+
+
+def render_full_apply(services: Sequence[ServiceSpec], endpoints: Mapping[str, Sequence[Endpoint]]) -> str:
+    """Replace the table atomically, in one transaction (only small rulesets fit: see BLOCK_TEXT_MAX)."""
+    return _REPLACE_TABLE + render_ruleset(services, endpoints)
+
+
+def pack(units: Iterable[Sequence[str]], max_chars: int = COMMANDS_TEXT_MAX) -> list[str]:
+    """Consecutive units of lines joined into as few transactions as fit `max_chars`; a unit is never split."""
+    out: list[str] = []
+    current: list[str] = []
+    size = 0
+    for unit in units:
+        n = sum(len(line) + 1 for line in unit)
+        if current and size + n > max_chars:
+            out.append("\n".join(current) + "\n")
+            current, size = [], 0
+        current += unit
+        size += n
+    if current:
+        out.append("\n".join(current) + "\n")
+    return out
+
+
+def _service_unit(spec: ServiceSpec, eps: Sequence[Endpoint]) -> list[str]:
+    """One Service into a table that has none of it yet: its chains, then its map entries."""
+    lines: list[str] = []
+    if eps:
+        lines.append(f"add chain {_T} {service_chain(spec)}")
+        for ep in _unique_endpoints(eps):
+            chain = endpoint_chain(spec, ep)
+            lines += [f"add chain {_T} {chain}", f"add rule {_T} {chain} {_dnat_rule(ep)}"]
+        lines.append(f"add rule {_T} {service_chain(spec)} {_vmap_rule(spec, eps)}")
+    return lines + _add_elements(service_elements(spec, bool(eps)))
+
+
+def render_start(services: Sequence[ServiceSpec], endpoints: Mapping[str, Sequence[Endpoint]], *,
+                 block_max: int = BLOCK_TEXT_MAX, commands_max: int = COMMANDS_TEXT_MAX) -> list[str]:
+    """The table from scratch, in as few ``nft -f`` transactions as fit nft's netlink buffer.
+
+    Small: one transaction, the readable block form. Large: first the table with its base
+    chains, helper chains and empty maps; then the NodePort IPs, then each Service whole (its
+    chains, then its map entries, so no Service is ever half-programmed), packed in batches.
+    """
+    whole = render_full_apply(services, endpoints)  # validates
+    if len(whole) <= block_max:
+        return [whole]
+    skeleton = _REPLACE_TABLE + _table_block(services, endpoints, contents=False)
+    ips = nodeport_ips(services)
+    units: list[Sequence[str]] = [[f"add element {_T} nodeport-ips {{ {', '.join(ips[i:i + 200])} }}"]
+                                  for i in range(0, len(ips), 200)]
+    units += [_service_unit(spec, list(endpoints.get(spec.key, ()))) for spec in services]
+    return [skeleton, *pack(units, commands_max)]
+
+
+def render_update(spec: ServiceSpec, previous: Sequence[Endpoint], new: Sequence[Endpoint], *,
+                  commands_max: int = COMMANDS_TEXT_MAX) -> list[str]:
+    """Transactions moving `spec` from `previous` to `new` endpoints, touching only its own entries.
+
+    Normally one transaction (kube-proxy's partial sync): new endpoint chains; the switch
+    (the Service chain's vmap rule and the Service's map entries); stale endpoint chains
+    deleted once nothing points at them. If that is too big for one transaction, it is cut
+    between chains, never inside the switch: clients see the Service change at once.
+    """
+    svc = service_chain(spec)
+    old_chains = {endpoint_chain(spec, ep) for ep in previous}
+    created = [[f"add chain {_T} {chain}", f"flush chain {_T} {chain}", f"add rule {_T} {chain} {_dnat_rule(ep)}"]
+               for ep in _unique_endpoints(new) if (chain := endpoint_chain(spec, ep)) not in old_chains]
+    new_chains = {endpoint_chain(spec, ep) for ep in new}
+    stale = [[f"flush chain {_T} {chain}", f"delete chain {_T} {chain}"]
+             for ep in _unique_endpoints(previous) if (chain := endpoint_chain(spec, ep)) not in new_chains]
+    switch: list[str] = []
+    if bool(previous) != bool(new):  # the Service moves between the NAT maps and the no-endpoint maps
+        switch += _delete_elements(service_elements(spec, bool(previous)))
+    if new:
+        switch += [f"add chain {_T} {svc}", f"flush chain {_T} {svc}", f"add rule {_T} {svc} {_vmap_rule(spec, new)}"]
+    elif previous:
+        switch += [f"flush chain {_T} {svc}", f"delete chain {_T} {svc}"]
+    switch += _add_elements(service_elements(spec, bool(new)))  # adding an existing entry is a no-op
+    return pack([*created, switch, *stale], commands_max)  # in order; the switch is one unit, never split
+
+
+# ---------------------------------------------------------------------------------------
+# Applying
+
+
+class RulesApplier:
+    """Runs a rules loader (`nft -f FILE`, `iptables-restore FILE`) through the supervisor;
+    keeps every applied file, with its apply time, and counts applies."""
+
+    def __init__(self, supervisor: Supervisor, directory: Path | None, tool: str, args: Sequence[str],
+                 suffix: str, prefix: str) -> None:
+        path = find_tool(tool)
+        if path is None:
+            raise UserError(f"{tool} is not installed")
+        self.argv = [path, *args]
+        self.suffix = suffix
+        self.prefix = prefix  # counter names: nft_applies_total, iptables_applies_total
+        self.supervisor = supervisor
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        if directory is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="lbbench-rules-")
+            directory = Path(self._tmp.name)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.directory = directory
+        self.applies = 0
+        self.total_s = 0.0
+        self.last_s = 0.0
+        self.max_s = 0.0
+        self._lock = asyncio.Lock()
+
+    async def apply(self, text: str, reason: str) -> float:
+        """Apply one transaction; returns its duration. Raises RuntimeError if the tool refuses it."""
+        async with self._lock:  # one at a time, in call order: each rebuilds from the latest state
+            seq = self.applies + 1
+            path = self.directory / f"{seq:04d}{self.suffix}"
+            path.write_text(f"# lbbench apply #{seq}: {reason}\n{text}")
+            err_path = self.directory / f"{seq:04d}.err"
+            wall = time.time()
+            started = time.perf_counter()
+            with err_path.open("wb") as err:
+                child = self.supervisor.spawn(f"{self.prefix}-{seq}", [*self.argv, str(path)],
+                                              stdin=subprocess.DEVNULL, stderr=err)
+                rc = await child.wait()
+            took = time.perf_counter() - started
+            message = err_path.read_text(errors="replace").strip()
+            err_path.unlink()
+            self._record(seq, path, wall, took, rc, reason)
+            if rc != 0:
+                raise RuntimeError(f"{' '.join(self.argv)} {path} failed (exit {rc}): {message}")
+            self.applies = seq
+            self.total_s += took
+            self.last_s = took
+            self.max_s = max(self.max_s, took)
+            return took
+
+    def _record(self, seq: int, path: Path, wall: float, took: float, rc: int, reason: str) -> None:
+        entry = {"seq": seq, "file": path.name, "applied_unix_s": round(wall, 6),
+                 "apply_ms": round(took * 1e3, 3), "exit_status": rc, "reason": reason}
+        with (self.directory / "applies.jsonl").open("a") as f:
+            f.write(json.dumps(entry) + "\n")
+
+    def counters(self) -> dict[str, float]:
+        p = self.prefix
+        return {f"{p}_applies_total": self.applies, f"{p}_apply_seconds_total": self.total_s,
+                f"{p}_apply_last_ms": self.last_s * 1e3, f"{p}_apply_max_ms": self.max_s * 1e3}
+
+    def close(self) -> None:
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+
+# ---------------------------------------------------------------------------------------
+# The front end
+
+
+class KernelNftables(Frontend):
+    """kube-proxy's nftables mode, applied with nft in lbbench's private namespace."""
+
+    name = "kernel-nftables"
+    layer = "l4"
+    tool = "nft"
+
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        if find_tool(cls.tool) is None:
+            return f"{cls.tool} is not installed"
+        return None if in_private_netns() else netns_unavailable_reason()
+
+    def __init__(self, plan: FrontendPlan, supervisor: Supervisor) -> None:
+        super().__init__(plan, supervisor)
+        self.services = {s.key: s for s in plan.services}
+        self.endpoints: dict[str, tuple[Endpoint, ...]] = {s.key: () for s in plan.services}
+        self.applier: RulesApplier | None = None
+        self.lb_hop: ForwarderProcess | None = None
+
+    # What differs between the kernel modes: the loader, and the text of each transaction.
+    def make_applier(self, directory: Path | None) -> RulesApplier:
+        folder = directory / "nftables" if directory is not None else None
+        return RulesApplier(self.supervisor, folder, "nft", ["-f"], ".nft", "nft")
+
+    def render_start(self) -> list[str]:
+        return render_start(self.plan.services, self.endpoints)
+
+    def render_update(self, spec: ServiceSpec, previous: Sequence[Endpoint],
+                      proposed: Mapping[str, Sequence[Endpoint]]) -> list[str]:
+        return render_update(spec, previous, proposed[spec.key])
+
+    def render_stop(self) -> str:
+        return f"delete table {FAMILY} {TABLE}\n"
+
+    async def _apply_all(self, texts: Sequence[str], reason: str) -> None:
+        assert self.applier is not None
+        for i, text in enumerate(texts):
+            await self.applier.apply(text, reason if len(texts) == 1 else f"{reason} ({i + 1}/{len(texts)})")
+
+    async def start(self) -> None:
+        if not (self.plan.in_netns and in_private_netns()):
+            raise UserError(f"{self.name} writes netfilter rules only inside lbbench's private network "
+                            "namespace (run through lbbench.system.netns.netns_argv); refusing to touch the host's")
+        for spec in self.plan.services:
+            validate_service(spec)
+            check_names(spec)
+        self.applier = self.make_applier(self.plan.artifacts_dir)
+        await self._apply_all(self.render_start(), "start: no endpoints yet")
+        lb_plan = forwarder_plan(list(self.plan.services), "random", self.plan.seed, include_cluster=False)
+        if lb_plan.listeners:
+            self.lb_hop = ForwarderProcess(self.supervisor, lb_plan, f"{self.name}-lb")
+            await self.lb_hop.start()
+
+    async def update_endpoints(self, service_key: str, endpoints: tuple[Endpoint, ...]) -> None:
+        spec = self.services.get(service_key)
+        if spec is None:
+            raise ValueError(f"unknown service {service_key!r}")
+        if self.applier is None:
+            raise RuntimeError(f"{self.name} is not started")
+        previous = self.endpoints[service_key]
+        proposed = {**self.endpoints, service_key: tuple(endpoints)}
+        await self._apply_all(self.render_update(spec, previous, proposed),
+                              f"endpoints {service_key}: {len(endpoints)}")
+        self.endpoints[service_key] = tuple(endpoints)  # only once the kernel has it
+
+    async def stop(self) -> None:
+        hop, self.lb_hop = self.lb_hop, None
+        if hop is not None:
+            await hop.stop()
+        applier, self.applier = self.applier, None
+        if applier is not None:
+            with contextlib.suppress(RuntimeError):
+                await applier.apply(self.render_stop(), "stop")
+            applier.close()
+
+    def entrypoint(self, service_key: str, via: ServiceType = "ClusterIP") -> Entrypoint:
+        spec = self.services.get(service_key)
+        if spec is None:
+            raise ValueError(f"unknown service {service_key!r}")
+        return entrypoint_of(spec, via)
+
+    async def counters(self) -> dict[str, float]:
+        out = self.applier.counters() if self.applier is not None else {}
+        if self.lb_hop is not None:
+            out.update({f"lb_{k}": v for k, v in (await self.lb_hop.counters()).items()})
+        return out
+
+    def pids(self) -> list[int]:
+        # The kernel's DNAT work is charged to the clients' and pods' processes (softirq);
+        # only the cloud-LB hop is a process of ours.
+        pid = self.lb_hop.pid if self.lb_hop is not None else None
+        return [pid] if pid is not None else []

@@ -1,0 +1,1 @@
+"""lbbench's queueing L7 proxy: one object graph (exchange, client, upstream, backend, queue, balance, health)."""

@@ -1,0 +1,164 @@
+"""The proxy process: listeners, Services' pools, routing, timeouts, control messages, shutdown.
+
+Timeouts are not timers per connection: each connection keeps a `deadline` attribute (set
+by plain assignment on the hot path) and one sweeper walks all connections a few times per
+second. Only queue timeouts, which must be exact, use a loop timer per waiting request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import json
+import random
+import signal
+import sys
+import time
+from typing import Any
+
+from lbbench.frontends.proxy.client import LINGER_S, ClientConnection
+from lbbench.frontends.proxy.config import ProxyConfig, endpoints_from_message
+from lbbench.frontends.proxy.health import HealthChecker
+from lbbench.frontends.proxy.queue import ServicePool
+from lbbench.frontends.proxy.route import Router
+from lbbench.frontends.proxy.stats import StatsProtocol, document
+from lbbench.frontends.proxy.upstream import UpstreamConnection
+from lbbench.system.control import Message, attach_stdin_control
+
+_CLASSES = ("responses_other", "responses_1xx", "responses_2xx", "responses_3xx", "responses_4xx",
+            "responses_5xx")
+
+
+class ProxyApp:
+    def __init__(self, config: ProxyConfig) -> None:
+        self.config = config
+        self.c: collections.Counter[str] = collections.Counter()  # rare events; the hot ones are plain ints:
+        self.client_requests = 0
+        self.responses = [0] * 10  # by status // 100 (statuses have 3 digits); 0 and 6-9 are "other"
+        self.clients: set[ClientConnection] = set()
+        self.upstreams: set[UpstreamConnection] = set()
+        self.pools: dict[str, ServicePool] = {}
+        self.router: Router[ServicePool] = Router([])
+        self.started_s = time.monotonic()
+        self.listen = ""
+        self.stats = ""
+        self._servers: list[asyncio.Server] = []
+        self._sweeper: asyncio.TimerHandle | None = None
+        s = config.settings
+        self._tick_s = min(max(min(s.client_timeout_s, s.server_timeout_s, LINGER_S) / 10, 0.01), 0.25)
+
+    def count_response(self, status: int) -> None:
+        self.responses[status // 100 if 100 <= status < 1000 else 0] += 1
+
+    def counters(self) -> dict[str, int]:
+        """The client-side counters, as the stats document shows them (events that happened)."""
+        out = dict(self.c)
+        if self.client_requests:
+            out["client_requests"] = self.client_requests
+        other = self.responses[0] + sum(self.responses[6:])
+        for name, n in zip(_CLASSES, [other, *self.responses[1:6]], strict=True):
+            if n:
+                out[name] = n
+        return out
+
+    async def start(self) -> None:
+        cfg = self.config
+        rng = random.Random(cfg.seed)
+        for svc in cfg.services:
+            pool = ServicePool(svc.key, cfg.settings, rng, self.upstreams, svc.dns_name)
+            if cfg.settings.health.interval_s > 0:
+                pool.health = HealthChecker(pool, cfg.settings.health, rng)
+            self.pools[svc.key] = pool
+        for key, eps in cfg.endpoints:
+            self.pools[key].set_endpoints(eps)
+        if cfg.rules:
+            self.router = Router([(r.host, r.path, self.pools[r.service]) for r in cfg.rules])
+        else:
+            default = self.pools[cfg.default_service] if cfg.default_service else None
+            self.router = Router([(s.dns_name, "/", self.pools[s.key]) for s in cfg.services], default)
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(lambda: ClientConnection(self), cfg.listen.host, cfg.listen.port,
+                                          backlog=4096, reuse_address=True)
+        self._servers.append(server)
+        self.listen = _bound(server)
+        if cfg.stats is not None:
+            stats = await loop.create_server(lambda: StatsProtocol(self.snapshot), cfg.stats.host, cfg.stats.port,
+                                             reuse_address=True)
+            self._servers.append(stats)
+            self.stats = _bound(stats)
+        self._sweeper = loop.call_later(self._tick_s, self._sweep)
+
+    def _sweep(self) -> None:
+        now = time.monotonic()
+        for c in [c for c in self.clients if (c.deadline and now >= c.deadline)
+                  or (c.write_deadline and now >= c.write_deadline)]:
+            c.on_deadline(now)
+        for u in [u for u in self.upstreams if u.deadline and now >= u.deadline]:
+            u.on_deadline()
+        self._sweeper = asyncio.get_running_loop().call_later(self._tick_s, self._sweep)
+
+    def on_control(self, msg: Message) -> None:
+        update = msg.get("endpoints")
+        if not isinstance(update, dict):
+            return
+        pool = self.pools.get(str(update.get("service")))
+        if pool is None:
+            print(f"lbbench proxy: endpoints for unknown Service {update.get('service')!r} ignored",
+                  file=sys.stderr)
+            return
+        try:
+            pool.set_endpoints(endpoints_from_message(update.get("endpoints")))
+        except ValueError as e:
+            print(f"lbbench proxy: bad endpoints update for {pool.key}: {e}", file=sys.stderr)
+
+    def snapshot(self) -> dict[str, Any]:
+        services = {k: p.snapshot() for k, p in self.pools.items()}
+        return document(self.counters(), services, listen=self.listen, started_s=self.started_s,
+                        client_connections=len(self.clients))
+
+    async def stop(self, grace_s: float = 5.0) -> None:
+        """Stop accepting, let requests in progress finish (up to `grace_s`), then close everything."""
+        for server in self._servers:
+            server.close()
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline:
+            busy = False
+            for c in list(self.clients):
+                if c.current is None and c.reader.parsing is None and c.transport is not None:
+                    c.transport.close()
+                else:
+                    busy = True
+            if not busy:
+                break
+            await asyncio.sleep(0.02)
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        for c in list(self.clients):
+            if c.transport is not None:
+                c.transport.abort()
+        for pool in self.pools.values():
+            pool.close()
+        for server in self._servers:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(server.wait_closed(), 1.0)
+
+
+def _bound(server: asyncio.Server) -> str:
+    host, port = server.sockets[0].getsockname()[:2]
+    return f"{host}:{port}"
+
+
+async def serve(config: ProxyConfig, *, control: bool = True) -> None:
+    """Run the proxy until SIGTERM/SIGINT; announce readiness as one JSON line on stdout."""
+    loop = asyncio.get_running_loop()
+    app = ProxyApp(config)
+    await app.start()
+    if control:
+        attach_stdin_control(loop, app.on_control)
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    print(json.dumps({"event": "ready", "listen": app.listen, "stats": app.stats or None}), flush=True)
+    await stop.wait()
+    await app.stop()

@@ -1,0 +1,212 @@
+"""lbbench's queueing HTTP/1.1 reverse proxy, the Ingress: `lbbench serve proxy` and the `l7-proxy` front end.
+
+The proxy itself lives in the proxy_* modules, one responsibility each:
+  proxy_app       the process: listeners, pools, timeouts sweeper, control messages, shutdown
+  proxy_request   reading requests (llhttp, limits, routing)    proxy_client   the client protocol
+  proxy_upstream  backend connections and their keep-alive pool proxy_queue    the managed queue,
+  proxy_balance   the five balancers                             retries and ejection
+  proxy_health    active checks        proxy_route   Ingress rules   proxy_http   message pieces
+  proxy_backend   one backend's state  proxy_exchange one request's state
+  proxy_stats     /stats and /metrics  proxy_config  plan files and flags
+This module is the command and the Frontend that runs the proxy as a child process and
+talks to it over its control pipe.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from lbbench.errors import UserError
+from lbbench.frontends.base import Entrypoint, Frontend, FrontendPlan
+from lbbench.frontends.proxy.config import add_proxy_arguments
+from lbbench.model.addresses import HostPort, parse_hostport
+from lbbench.model.service import Endpoint, ServiceType
+from lbbench.system.control import send
+from lbbench.system.procs import Child, Supervisor, lbbench_argv
+
+READY_TIMEOUT_S = 20.0
+
+
+def add_serve_arguments(p: argparse.ArgumentParser) -> None:
+    add_proxy_arguments(p)
+    p.add_argument("--no-control", action="store_true", help="do not read control messages from stdin")
+
+
+def serve_command(args: argparse.Namespace) -> int:
+    import uvloop
+
+    from lbbench.frontends.proxy.app import serve
+    from lbbench.frontends.proxy.config import config_from_args
+    from lbbench.system.procs import die_with_parent
+
+    die_with_parent()
+    try:
+        config = config_from_args(args)
+    except OSError as e:
+        raise UserError(f"cannot read the plan: {e}") from None
+    try:
+        uvloop.run(serve(config, control=not args.no_control))
+    except OSError as e:
+        raise UserError(f"cannot listen on {config.listen} / {config.stats}: {e.strerror or e}") from None
+    return 0
+
+
+class L7Proxy(Frontend):
+    """The queueing L7 proxy as a front end: one child process, Endpoints over the control pipe."""
+
+    name: ClassVar[str] = "l7-proxy"
+    layer: ClassVar[Literal["l4", "l7"]] = "l7"
+
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        try:
+            import httptools  # noqa: F401
+            import uvloop  # noqa: F401
+        except ImportError as e:
+            return f"l7-proxy needs httptools and uvloop: {e}"
+        return None
+
+    def __init__(self, plan: FrontendPlan, supervisor: Supervisor) -> None:
+        super().__init__(plan, supervisor)
+        self.child: Child | None = None
+        self.listen: HostPort | None = None
+        self.stats_addr: HostPort | None = None
+        self.plan_file: Path | None = None
+        self._tmpdir: str | None = None
+        self._stats_conn: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+        self._stats_lock = asyncio.Lock()
+
+    async def start(self) -> None:
+        from lbbench.frontends.proxy.config import plan_to_json
+
+        if self.child is not None:
+            return
+        if self.plan.artifacts_dir is not None:
+            self.plan.artifacts_dir.mkdir(parents=True, exist_ok=True)
+            self.plan_file = self.plan.artifacts_dir / "l7-proxy-plan.json"
+        else:
+            self._tmpdir = tempfile.mkdtemp(prefix="lbbench-l7-proxy-")
+            self.plan_file = Path(self._tmpdir) / "plan.json"
+        self.plan_file.write_text(plan_to_json(self.plan))
+        argv = lbbench_argv("serve", "proxy", "--plan", str(self.plan_file), "--stats", f"{self.plan.ingress_ip}:0")
+        self.child = self.supervisor.spawn("l7-proxy", argv, stdout=subprocess.PIPE)
+        ready = await _read_ready(self.child, READY_TIMEOUT_S)
+        self.listen = parse_hostport(ready["listen"])
+        self.stats_addr = parse_hostport(ready["stats"])
+
+    async def update_endpoints(self, service_key: str, endpoints: tuple[Endpoint, ...]) -> None:
+        if self.child is None or not send(self.child.stdin, {"endpoints": {
+                "service": service_key, "endpoints": [dataclasses.asdict(e) for e in endpoints]}}):
+            raise RuntimeError("l7-proxy is not running")
+
+    async def stop(self) -> None:
+        if self._stats_conn is not None:
+            self._stats_conn[1].close()
+            self._stats_conn = None
+        if self.child is not None:
+            await self.child.stop(8.0)  # the proxy itself gives requests in progress 5 s
+            self.child.close_pipes()
+        if self._tmpdir is not None:
+            shutil.rmtree(self._tmpdir, ignore_errors=True)
+            self._tmpdir = None
+
+    def entrypoint(self, service_key: str, via: ServiceType = "ClusterIP") -> Entrypoint:
+        svc = next((s for s in self.plan.services if s.key == service_key), None)
+        if svc is None:
+            raise ValueError(f"l7-proxy: no Service {service_key!r} in the plan")
+        addr = self.listen or HostPort(self.plan.ingress_ip, self.plan.ingress_port)
+        if not self.plan.ingress_rules:
+            return Entrypoint(addr, svc.dns_name)
+        rule = next((r for r in self.plan.ingress_rules if r.service == service_key), None)
+        if rule is None:
+            raise ValueError(f"l7-proxy: no Ingress rule routes to {service_key!r}")
+        if rule.host == "*":
+            return Entrypoint(addr, None)
+        return Entrypoint(addr, svc.name + rule.host[1:] if rule.host.startswith("*.") else rule.host)
+
+    def pids(self) -> list[int]:
+        return [self.child.pid] if self.child is not None and self.child.alive() else []
+
+    async def counters(self) -> dict[str, float]:
+        from lbbench.frontends.proxy.stats import flatten
+
+        doc = await self.stats()
+        return flatten(doc) if doc else {}
+
+    async def stats(self) -> dict[str, Any]:
+        """The proxy's /stats document over a kept-alive connection ({} when the proxy is gone)."""
+        if self.stats_addr is None or self.child is None or not self.child.alive():
+            return {}
+        async with self._stats_lock:
+            for _ in range(2):
+                try:
+                    return await asyncio.wait_for(self._get_stats(self.stats_addr), 5.0)
+                except (OSError, TimeoutError, ValueError, asyncio.IncompleteReadError):
+                    if self._stats_conn is not None:
+                        self._stats_conn[1].close()
+                        self._stats_conn = None
+        return {}
+
+    async def _get_stats(self, addr: HostPort) -> dict[str, Any]:
+        if self._stats_conn is None:
+            self._stats_conn = await asyncio.open_connection(addr.host, addr.port)
+        reader, writer = self._stats_conn
+        writer.write(b"GET /stats HTTP/1.1\r\nHost: stats\r\n\r\n")
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        doc = json.loads(await reader.readexactly(length))
+        if not isinstance(doc, dict):
+            raise ValueError("stats document is not an object")
+        return doc
+
+
+async def _read_ready(child: Child, timeout_s: float) -> dict[str, Any]:
+    """Wait for the proxy's one-line JSON readiness announcement on its stdout."""
+    pipe = child.popen.stdout
+    assert pipe is not None
+    fd = pipe.fileno()
+    os.set_blocking(fd, False)
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[bytes] = loop.create_future()
+    buf = bytearray()
+
+    def readable() -> None:
+        try:
+            chunk = os.read(fd, 65536)
+        except BlockingIOError:
+            return
+        buf.extend(chunk)
+        if (not chunk or b"\n" in buf) and not done.done():
+            done.set_result(bytes(buf))
+
+    loop.add_reader(fd, readable)
+    try:
+        line = await asyncio.wait_for(done, timeout_s)
+    except TimeoutError:
+        raise RuntimeError(f"l7-proxy did not become ready within {timeout_s:g} s") from None
+    finally:
+        loop.remove_reader(fd)
+        with contextlib.suppress(OSError):
+            pipe.close()
+    try:
+        ready = json.loads(line.split(b"\n", 1)[0])
+    except json.JSONDecodeError:
+        ready = None
+    if not isinstance(ready, dict) or ready.get("event") != "ready":
+        code = child.poll()
+        raise RuntimeError(f"l7-proxy failed to start (exit code {code}); see its stderr above")
+    return ready

@@ -1,0 +1,242 @@
+"""Reading requests from a client: llhttp parsing, the limits, routing, and the head for the backend.
+
+A RequestReader turns one client connection's bytes into Exchanges and hands them to its
+ClientConnection (request_begins, request_head, request_body, request_complete). Anything
+unacceptable ends in `conn.fail(status, message)`: malformed -> 400, head too large or too
+many fields -> 431, body too large -> 413, upgrades and other codings -> 501, HTTP/2+ -> 505.
+
+The head limit is enforced on raw bytes, not in the callbacks: llhttp (and httptools) gather
+a header value before calling back, so a endless value would otherwise grow unseen.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from typing import TYPE_CHECKING
+
+from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade, HttpRequestParser
+
+from lbbench.frontends.proxy.exchange import WAITING, Exchange
+from lbbench.frontends.proxy.http import (
+    CHUNKED,
+    CRLF,
+    HOST,
+    IDEMPOTENT,
+    LENGTH,
+    LENGTH_FIELD,
+    NO_BODY,
+    PASS,
+    PLAIN_REQUEST,
+    UNKNOWN,
+    Fields,
+    Special,
+    chunk_size_line,
+    forwarding_tail,
+    request_role,
+    request_roles,
+    scan_request,
+    split_target,
+    upstream_head,
+)
+
+if TYPE_CHECKING:
+    from lbbench.frontends.proxy.client import ClientConnection
+
+
+class Reject(Exception):
+    """Raised inside a parser callback: answer `status` and close."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class Stop(Exception):
+    """Raised inside a parser callback once the connection is closing: parse no further."""
+
+
+_methods: dict[bytes, tuple[str, bool, bool]] = {}  # llhttp's method name -> (name, is HEAD, idempotent)
+
+
+def _method(raw: bytes) -> tuple[str, bool, bool]:
+    info = _methods.get(raw)
+    if info is None:  # llhttp knows a fixed set of methods: bounded
+        name = raw.decode("ascii", "replace")
+        info = _methods[raw] = (name, name == "HEAD", name in IDEMPOTENT)
+    return info
+
+
+class RequestReader:
+    def __init__(self, conn: ClientConnection) -> None:
+        self.conn = conn
+        self.router = conn.app.router
+        self.limits = conn.app.config.limits
+        self.max_head = self.limits.max_header_bytes
+        self.parser = HttpRequestParser(self)
+        self.parsing: Exchange | None = None  # the request whose bytes are arriving
+        # The head being parsed: target, forwarded fields, Host, fields that need a decision.
+        self.url = b""
+        self.fields: Fields = []
+        self.host = b""
+        self.special: Special = ()
+        self.in_head = True  # the next bytes belong to a request head
+        self.head_bytes = 0
+        self.heads_done = 0
+        self.tails: dict[bytes, bytes] = {}  # via version -> X-Forwarded-For and Via for this client
+
+    def feed(self, data: bytes) -> None:
+        if self.conn.closing:
+            return  # lingering: discard
+        if self.in_head:
+            room = self.max_head - self.head_bytes
+            if len(data) > room:
+                # Feed only what the head may still take: a head that does not end within it is too large.
+                done = self.heads_done
+                self.head_bytes = self.max_head
+                if not self._feed(data[:room]):
+                    return
+                if self.heads_done == done:
+                    self.conn.fail(431, f"request head larger than {self.max_head} bytes")
+                    return
+                data = data[room:]
+                if not data:
+                    return
+            else:
+                self.head_bytes += len(data)
+        try:
+            self.parser.feed_data(data)
+        except (HttpParserError, HttpParserUpgrade) as e:
+            self._failed(e)
+
+    def _feed(self, data: bytes) -> bool:
+        try:
+            self.parser.feed_data(data)
+            return True
+        except (HttpParserError, HttpParserUpgrade) as e:
+            self._failed(e)
+        return False
+
+    def _failed(self, e: Exception) -> None:
+        if isinstance(e, HttpParserUpgrade):
+            self.conn.fail(501, "protocol upgrades (WebSocket, h2c) and CONNECT are not supported")
+        elif isinstance(e, HttpParserCallbackError):
+            cause = e.__context__
+            if isinstance(cause, Reject):
+                self.conn.fail(cause.status, cause.message)
+            elif not isinstance(cause, Stop):
+                traceback.print_exception(cause or e, file=sys.stderr)
+                self.conn.fail(500, "internal error in the proxy")
+        else:
+            self.conn.fail(400, f"malformed request: {e}")
+
+    # -- llhttp callbacks ---------------------------------------------------------------------
+
+    # The connection may close from inside a callback (a final error response): the callbacks
+    # that follow in the same feed then find no request and stop the parser.
+
+    def on_message_begin(self) -> None:
+        conn = self.conn
+        if conn.closing:
+            raise Stop
+        self.parsing = Exchange(conn)
+        if conn.current is not None:
+            conn.request_begins()
+
+    def on_url(self, url: bytes) -> None:
+        if self.parsing is None:
+            raise Stop
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self.parsing is None:
+            raise Stop
+        # Counted at the end: the head's size bounds them.
+        role = request_roles.get(name, UNKNOWN)
+        if role == PASS:
+            self.fields += (name, b": ", value, CRLF)
+        elif role == HOST:
+            self.fields += (name, b": ", value, CRLF)
+            self.host = value
+        else:
+            self._special(role, name, value)
+
+    def _special(self, role: int, name: bytes, value: bytes) -> None:
+        if role == UNKNOWN:
+            request_role(name)  # remembered from now on
+            self.on_header(name, value)
+            return
+        if role == LENGTH_FIELD:
+            self.fields += (name, b": ", value, CRLF)
+        self.special += ((role, name, value),)
+
+    def on_headers_complete(self) -> None:
+        ex = self.parsing
+        if ex is None:
+            raise Stop
+        self.in_head = False
+        self.head_bytes = 0
+        self.heads_done += 1
+        url, fields, host_field, special = self.url, self.fields, self.host, self.special
+        self.url, self.fields, self.host, self.special = b"", [], b"", ()
+        limits = self.limits
+        count = len(fields) >> 2  # forwarded fields are 4 pieces each; Content-Length is also special
+        if special:
+            count += sum(role != LENGTH_FIELD for role, _, _ in special)
+        if count > limits.max_headers:
+            raise Reject(431, f"more than {limits.max_headers} header fields")
+        p = self.parser
+        version = p.get_http_version()
+        if version != "1.1" and version != "1.0":
+            raise Reject(505, f"HTTP/{version} is not supported (HTTP/1.0 and 1.1 are)")
+        if p.should_upgrade():
+            raise Reject(501, "protocol upgrades (WebSocket, h2c) and CONNECT are not supported")
+        method = p.get_method()
+        ex.method, ex.is_head, ex.idempotent = _methods.get(method) or _method(method)
+        ex.version11 = version11 = version == "1.1"
+        ex.keep_alive = p.should_keep_alive()
+        rh = scan_request(special) if special else PLAIN_REQUEST
+        if rh.bad_transfer_encoding:
+            raise Reject(501, "transfer codings other than chunked are not supported")
+        framing = rh.framing
+        if framing == LENGTH and not 0 <= rh.content_length <= limits.max_body_bytes:
+            raise Reject(413, f"request body larger than {limits.max_body_bytes} bytes")
+        ex.framing = framing
+        ex.expect_continue = rh.expect_continue
+        authority, ex.target = (b"", url) if url[:1] == b"/" else split_target(url)
+        host = authority or host_field
+        ex.pool = pool = self.router.route(host, ex.target)
+        if pool is None:
+            ex.reject = (404, f"no Ingress rule for host {host.decode('latin-1')!r} and path "
+                              f"{ex.target.split(b'?', 1)[0].decode('latin-1')!r}")
+        else:
+            via_version = b"1.1" if version11 else b"1.0"
+            tail = self.tails.get(via_version)
+            if tail is None:
+                tail = self.tails[via_version] = forwarding_tail(self.conn.peer, via_version)
+            head = upstream_head(method, ex.target, fields, rh, self.conn.peer, via_version,
+                                 b"" if host_field else authority or pool.host, tail)
+            ex.out.append(head)
+            ex.out_bytes = len(head)
+        ex.state = WAITING
+        ex.request_done = framing == NO_BODY  # complete already: an answer needs not wait for the end
+        self.conn.request_head(ex)
+
+    def on_body(self, data: bytes) -> None:
+        ex = self.parsing
+        if ex is None:
+            raise Stop
+        ex.body_bytes += len(data)
+        if ex.body_bytes > self.limits.max_body_bytes:
+            raise Reject(413, f"request body larger than {self.limits.max_body_bytes} bytes")
+        self.conn.request_body(ex, chunk_size_line(len(data)) + data + CRLF if ex.framing == CHUNKED else data)
+
+    def on_message_complete(self) -> None:
+        ex = self.parsing
+        if ex is None:
+            raise Stop
+        self.parsing = None
+        self.in_head = True
+        ex.request_done = True
+        self.conn.request_complete(ex)

@@ -1,0 +1,1 @@
+"""Operating-system helpers: process supervision, namespaces, the parent<->child control channel, timers, host stats."""
