@@ -1,1 +1,4 @@
-"""The config language: TOML in the Kubernetes vocabulary -> typed, validated objects; every error names file, key path and expectation."""
+"""The config language: TOML in the Kubernetes vocabulary -> typed, validated objects.
+
+Every error names the file, the key path and what was expected.
+"""
