@@ -8,6 +8,7 @@ percentile is computed from the merged data, never averaged. `lbbench report DIR
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from lbbench.errors import UserError
@@ -30,7 +31,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from lbbench.config.parse import load_config
-    from lbbench.k8s.merge import merge_parts, read_all, read_events, write_folder
+    from lbbench.k8s.merge import merge_parts, merged_contents, read_all, read_events
+    from lbbench.results.writer import write_folder
     from lbbench.run.phase import phase_rates
 
     if (args.out / "summary.json").exists():
@@ -39,7 +41,10 @@ def run(args: argparse.Namespace) -> int:
     parts = read_all(args.parts, args.frontend)
     phases = merge_parts(parts, args.partial, phase_rates(config) if config else ())
     name = args.name or (config.name if config else "k8s")
-    summary = write_folder(args.out, phases, read_events(args.events), config, name)
+    contents = merged_contents(phases, read_events(args.events), config, name)
+    args.out.mkdir(parents=True, exist_ok=True)
+    failures = write_folder(args.out, contents)
+    summary = contents.summary
     print(f"{'front end':14}{'rate':>9}{'rep':>5}{'parts':>8}{'requests':>10}{'ok':>9}{'p50 ms':>9}{'p99 ms':>9}")
     for ph, entry in zip(phases, summary["phases"], strict=True):
         lat = entry["latency_s"]
@@ -47,6 +52,10 @@ def run(args: argparse.Namespace) -> int:
               f"{entry['requests']:>10}{entry['ok']:>9}{_ms(lat['p50']):>9}{_ms(lat['p99']):>9}")
     for note in summary["notes"]:
         print(f"note: {note}")
+    for failure in failures:
+        print(f"error: could not write {failure}", file=sys.stderr)
+    if failures:
+        return 1
     print(f"merged {len(parts)} part(s) into {args.out}; next: lbbench report {args.out}")
     return 0 if summary["complete"] else 1
 

@@ -17,7 +17,6 @@ import collections
 import dataclasses
 import io
 import json
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +33,8 @@ from lbbench.load.histogram import LogHistogram
 from lbbench.load.schedule import build_schedule
 from lbbench.load.spec import LoadSpec
 from lbbench.load.summary import latency_stats, short_stats
-from lbbench.results.files import SCHEMA, buckets, frontend_summary, merge_repeats, metadata, write_json
+from lbbench.results.files import buckets, frontend_summary, merge_repeats, metadata
+from lbbench.results.writer import FolderContents, summary_document
 
 SCHEDULE_KEYS = ("rate_rps", "duration_s", "arrivals", "steps", "seed", "closed_loop_users", "think_time_s")
 REQUEST_KEYS = ("path", "connections", "timeout_s", "connect_timeout_s")
@@ -43,6 +43,9 @@ START_SKEW_S = 1.0
 EVENT_COLUMNS = ("at_s", "kind", "target", "detail")
 # which of lbbench's own front ends a cluster front end should behave like (for the theory section)
 THEORY_NAME = {"kube-proxy": "kernel-nftables", "l7-proxy": "l7-proxy"}
+
+# what `lbbench run` measures beside the load and a cluster's load Jobs do not: same keys, no value
+NOT_MEASURED_HERE: dict[str, Any] = {"zero_load": None, "host_cpu": None}
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -318,6 +321,7 @@ def phase_entry(ph: MergedPhase, events: pd.DataFrame, duration_s: float, config
                              "target": ", ".join(targets), "complete": ph.complete, "error": None, "counters": {}}
     entry.update(frontend_summary(ph.rows, phase_events(events, ph), duration_s, cpu, gen))
     entry["generator"] = gen
+    entry.update(NOT_MEASURED_HERE)
     entry["theory"] = _theory(config, ph.frontend, ph.rate_rps, entry["latency_s"])
     return entry
 
@@ -335,27 +339,28 @@ def frontend_entry(name: str, mine: list[MergedPhase], events: pd.DataFrame, dur
     entry = frontend_summary(rows, evs, duration_s * len(mine), cpu, gen)
     merge_repeats(entry, per)
     entry["complete"] = all(ph.complete for ph in mine)
+    entry.update(NOT_MEASURED_HERE)
     entry["theory"] = _theory(config, name, mine[0].rate_rps, entry["latency_s"])
     return entry
 
 
 def _config_section(phases: list[MergedPhase], config: Config | None, name: str, duration_s: float) -> dict[str, Any]:
+    from lbbench.results.theory_fit import theory_inputs
+
     spec = phases[0].parts[0].spec
-    section: dict[str, Any] = {
+    return {
         "name": name, "duration_s": duration_s, "frontends": list(dict.fromkeys(ph.frontend for ph in phases)),
         "load": {"arrivals": spec.get("arrivals"), "connections": spec.get("connections"),
                  "service": config.load.service if config else None, "via": config.load.via if config else None},
         "repeat": max(ph.repeat for ph in phases) + 1, "cluster": "kubernetes",
+        "endpoint_sync_delay_s": None,  # the cluster's own, not lbbench's
+        "restart_delay_s": None,
+        "theory_inputs": theory_inputs(config) if config is not None else None,
     }
-    if config is not None:
-        section["endpoint_sync_delay_s"] = None  # the cluster's own, not lbbench's
-        section["restart_delay_s"] = None
-    return section
 
 
-def write_folder(out: Path, phases: list[MergedPhase], events: pd.DataFrame, config: Config | None,
-                 name: str) -> dict[str, Any]:
-    """Write requests.parquet, events.csv, timeseries.parquet, summary.json (and config.toml)."""
+def run_duration_s(phases: list[MergedPhase], config: Config | None) -> float:
+    """The one duration all phases ran for (and the config's, if given)."""
     durations = sorted({float(ph.parts[0].spec["duration_s"]) for ph in phases})
     if len(durations) > 1:
         raise UserError(f"the phases ran for different durations ({', '.join(f'{d:g} s' for d in durations)}): "
@@ -364,31 +369,29 @@ def write_folder(out: Path, phases: list[MergedPhase], events: pd.DataFrame, con
     if config is not None and abs(config.run.duration_s - duration_s) > 1e-9:
         raise UserError(f"the parts ran for {duration_s:g} s but {config.path} says run.duration = "
                         f"{config.run.duration_s:g} s: not this config's parts")
-    out.mkdir(parents=True, exist_ok=True)
-    if config is not None:
-        shutil.copyfile(config.path, out / "config.toml")
-    pd.concat([_tag(ph.rows, ph) for ph in phases], ignore_index=True).to_parquet(out / "requests.parquet",
-                                                                               index=False)
-    ev = [_tag(phase_events(events, ph), ph) for ph in phases]
-    pd.concat(ev, ignore_index=True).to_csv(out / "events.csv", index=False, float_format="%.6f")
-    ts = [_tag(buckets(ph.rows, duration_s), ph) for ph in phases]
-    pd.concat(ts, ignore_index=True).to_parquet(out / "timeseries.parquet", index=False)
+    return duration_s
+
+
+def merged_contents(phases: list[MergedPhase], events: pd.DataFrame, config: Config | None,
+                    name: str) -> FolderContents:
+    """The results folder of the merged phases, for lbbench.results.writer.write_folder."""
+    duration_s = run_duration_s(phases, config)
     first_rate = phases[0].rate_rps
     names = list(dict.fromkeys(ph.frontend for ph in phases))
     frontends = {n: frontend_entry(n, mine, events, duration_s, config) for n in names
                  if (mine := [ph for ph in phases if ph.frontend == n and ph.rate_rps == first_rate])}
     seed = int(phases[0].parts[0].spec.get("seed", 0))
-    summary = {
-        "schema": SCHEMA,
-        "complete": all(ph.complete for ph in phases),
-        "metadata": metadata(seed, {"merged_by": "lbbench merge", "cluster": "kubernetes",
-                                    "metadata_is_of": "the machine that merged; the parts ran in the cluster",
-                                    "parts": [p.source for ph in phases for p in ph.parts]}),
-        "config": _config_section(phases, config, name, duration_s),
-        "phases": [phase_entry(ph, events, duration_s, config) for ph in phases],
-        "frontends": frontends,
-        "skipped": {},
-        "notes": [n for ph in phases for n in ph.notes],
-    }
-    write_json(out / "summary.json", summary)
-    return summary
+    summary = summary_document(
+        complete=all(ph.complete for ph in phases),
+        metadata=metadata(seed, {"merged_by": "lbbench merge", "cluster": "kubernetes",
+                                 "metadata_is_of": "the machine that merged; the parts ran in the cluster",
+                                 "parts": [p.source for ph in phases for p in ph.parts]}),
+        config=_config_section(phases, config, name, duration_s),
+        phases=[phase_entry(ph, events, duration_s, config) for ph in phases],
+        frontends=frontends, skipped={}, notes=[n for ph in phases for n in ph.notes])
+    return FolderContents(
+        summary=summary,
+        rows=pd.concat([_tag(ph.rows, ph) for ph in phases], ignore_index=True),
+        events=pd.concat([_tag(phase_events(events, ph), ph) for ph in phases], ignore_index=True),
+        timeseries=pd.concat([_tag(buckets(ph.rows, duration_s), ph) for ph in phases], ignore_index=True),
+        config_file=Path(config.path) if config is not None else None)

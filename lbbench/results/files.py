@@ -185,10 +185,8 @@ def spread(values: list[float]) -> dict[str, float | None]:
             "min": min(values), "max": max(values)}
 
 
-def write_json(path: Path, data: Any) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n")
-    tmp.replace(path)
+def json_text(data: Any) -> str:
+    return json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n"
 
 
 def _json_default(o: Any) -> Any:

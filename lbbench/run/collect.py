@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from lbbench.config.parse import Config
-from lbbench.results.files import SCHEMA, buckets, frontend_summary, merge_repeats, metadata, write_json
+from lbbench.results.files import buckets, frontend_summary, merge_repeats, metadata
 from lbbench.results.theory_fit import theory_inputs, theory_section
+from lbbench.results.writer import FolderContents, WriteFailure, summary_document, write_folder
 from lbbench.run.phase import PhaseRecord
 from lbbench.system.hoststat import HostCpu, host_cpu
 
@@ -31,32 +31,32 @@ def phase_events(r: PhaseRecord) -> pd.DataFrame:
 
 
 def write_results(out: Path, config: Config, records: list[PhaseRecord], skipped: dict[str, str],
-                  complete: bool, meta_extra: dict[str, Any]) -> dict[str, Any]:
-    if not (out / "config.toml").exists():
-        shutil.copyfile(config.path, out / "config.toml")
+                  complete: bool, meta_extra: dict[str, Any]) -> list[WriteFailure]:
+    """Write (or rewrite) the results folder of the phases so far; returns the files that failed."""
+    return write_folder(out, folder_contents(config, records, skipped, complete, meta_extra))
+
+
+def folder_contents(config: Config, records: list[PhaseRecord], skipped: dict[str, str], complete: bool,
+                    meta_extra: dict[str, Any]) -> FolderContents:
     rows = [df for r in records if (df := phase_rows(r)) is not None]
-    all_rows = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
-    all_rows.to_parquet(out / "requests.parquet", index=False)
     events = pd.concat([phase_events(r) for r in records], ignore_index=True) if records else pd.DataFrame(
         columns=["at_s", "kind", "target", "detail", *PHASE_COLS])
-    events.to_csv(out / "events.csv", index=False, float_format="%.6f")
-    _timeseries(records, config.run.duration_s).to_parquet(out / "timeseries.parquet", index=False)
-    summary = {
-        "schema": SCHEMA,
-        "complete": complete,
-        "metadata": metadata(config.run.seed, meta_extra),
-        "config": {"name": config.name, "duration_s": config.run.duration_s, "frontends": list(config.run.frontends),
-                   "load": {"arrivals": config.load.arrivals, "connections": str(config.load.connections),
-                            "service": config.load.service, "via": config.load.via},
-                   "endpoint_sync_delay_s": config.run.endpoint_sync_delay_s,
-                   "restart_delay_s": config.run.restart_delay_s, "repeat": config.run.repeat,
-                   "theory_inputs": theory_inputs(config)},
-        "phases": [_phase_entry(r, config) for r in records],
-        "frontends": _by_frontend(records, config),
-        "skipped": skipped,
-    }
-    write_json(out / "summary.json", summary)
-    return summary
+    summary = summary_document(
+        complete=complete, metadata=metadata(config.run.seed, meta_extra), config=_config_section(config),
+        phases=[_phase_entry(r, config) for r in records], frontends=_by_frontend(records, config),
+        skipped=skipped, notes=[])
+    return FolderContents(summary=summary, rows=pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(),
+                          events=events, timeseries=_timeseries(records, config.run.duration_s),
+                          config_file=Path(config.path))
+
+
+def _config_section(config: Config) -> dict[str, Any]:
+    return {"name": config.name, "duration_s": config.run.duration_s, "frontends": list(config.run.frontends),
+            "load": {"arrivals": config.load.arrivals, "connections": str(config.load.connections),
+                     "service": config.load.service, "via": config.load.via},
+            "repeat": config.run.repeat, "cluster": "lbbench",
+            "endpoint_sync_delay_s": config.run.endpoint_sync_delay_s,
+            "restart_delay_s": config.run.restart_delay_s, "theory_inputs": theory_inputs(config)}
 
 
 def _phase_entry(r: PhaseRecord, config: Config) -> dict[str, Any]:
