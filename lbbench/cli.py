@@ -22,7 +22,7 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("report", "lbbench.commands.report", "regenerate plots and the report of a results folder"),
     ("compare", "lbbench.commands.compare", "compare two results folders side by side"),
     ("doctor", "lbbench.commands.doctor", "which front ends and tools are available here, and why not"),
-    ("load", "lbbench.load.command", "open-loop load against one loopback URL (no coordinated omission)"),
+    ("load", "lbbench.commands.load", "open-loop load against one loopback URL (no coordinated omission)"),
     ("theory", "lbbench.commands.theory", "queueing-theory predictions for each balancing model"),
     ("serve", "lbbench.commands.serve", "run one component on its own: a pod, the DNAT forwarder, the L7 proxy"),
     ("bench", "lbbench.commands.bench", "throughput/overhead suite against HAProxy, nginx, wrk and the kernel"),

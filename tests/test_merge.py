@@ -25,10 +25,10 @@ import pytest
 
 from lbbench.cluster.standalone import start_pod
 from lbbench.commands import merge as merge_cmd
+from lbbench.commands.load import result_document, write_out
 from lbbench.errors import UserError
 from lbbench.k8s.merge import match_schedule, merge_parts, read_all, schedule_of
 from lbbench.k8s.parts import BEGIN, END, pack, read_parts
-from lbbench.load.command import result_document, write_out
 from lbbench.load.generator import LoadResult, merge_results, run_load
 from lbbench.load.histogram import LogHistogram
 from lbbench.load.schedule import build_schedule
@@ -50,7 +50,7 @@ REL_TOL, ABS_TOL_S = 0.40, 0.002
 
 # -- running parts as the Job's pods would ------------------------------------------------------------
 def _part_cli_available() -> bool:
-    from lbbench.load import command
+    from lbbench.commands import load as command
 
     p = argparse.ArgumentParser()
     command.add_arguments(p)

@@ -10,7 +10,7 @@ import subprocess
 import pytest
 
 from lbbench.cli import build_parser
-from lbbench.load.command import build_spec
+from lbbench.commands.load import build_spec
 from lbbench.model.addresses import parse_hostport
 from lbbench.system.procs import lbbench_argv
 

@@ -15,13 +15,12 @@ generator's and the pods'; with ``workers=N`` as N processes sharing every liste
 (SO_REUSEPORT), for a like-for-like comparison with a multi-threaded HAProxy. Experiments
 keep one worker: one process's CPU, one seeded sequence of choices.
 
-The parts: :mod:`dnat_plan` (addresses, listeners), :mod:`dnat_relay` (the data path, in the
-child), :mod:`dnat_worker` (the child's main and the parent's handle on its processes).
+The parts: :mod:`.plan` (addresses, listeners), :mod:`.relay` (the data path, in the child),
+:mod:`.worker` (the child's main and the parent's handle on its processes); the command's flags
+are in lbbench.commands.serve.dnat.
 """
 
 from __future__ import annotations
-
-import argparse
 
 from lbbench.frontends.base import Entrypoint, Frontend, FrontendPlan
 from lbbench.frontends.dnat.plan import (
@@ -35,14 +34,12 @@ from lbbench.frontends.dnat.plan import (
     validate_service,
 )
 from lbbench.frontends.dnat.worker import ForwarderPool, ForwarderProcess, endpoints_message
-from lbbench.model.addresses import parse_hostport
 from lbbench.model.service import Endpoint, ServiceType
 from lbbench.system.procs import Supervisor
 
 __all__ = [
-    "ForwarderPlan", "ForwarderPool", "ForwarderProcess", "Listener", "Mode", "UserspaceDnat", "add_serve_arguments",
-    "endpoints_message", "entrypoint_of", "forwarder_plan", "lb_table", "node_port_addrs", "serve_command",
-    "validate_service",
+    "ForwarderPlan", "ForwarderPool", "ForwarderProcess", "Listener", "Mode", "UserspaceDnat", "endpoints_message",
+    "entrypoint_of", "forwarder_plan", "lb_table", "node_port_addrs", "validate_service",
 ]
 
 
@@ -93,57 +90,3 @@ class UserspaceDnat(Frontend):
 
     def pids(self) -> list[int]:
         return self.pool.pids() if self.pool is not None else []
-
-
-# ---------------------------------------------------------------------------------------
-# `lbbench serve dnat`
-
-
-def add_serve_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--listen", action="append", default=[], metavar="VIP:PORT",
-                   help="loopback address to accept on (repeatable; all share one endpoint table)")
-    p.add_argument("--backend", action="append", default=[], metavar="IP:PORT",
-                   help="endpoint (repeatable); none: every connection is reset, like kube-proxy's REJECT")
-    p.add_argument("--mode", choices=("random", "rr"), default="random",
-                   help="choice per new connection: uniform random (kube-proxy) or round robin (IPVS rr)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random choice (worker i uses seed + i)")
-    p.add_argument("--workers", type=int, default=1, metavar="N",
-                   help="forwarder processes sharing each listener with SO_REUSEPORT (default 1); "
-                        "with N > 1 this process only relays control messages, and rr is per worker")
-    p.add_argument("--plan-json", help=argparse.SUPPRESS)  # lbbench's own use: several Services at once
-
-
-def _cli_plan(args: argparse.Namespace) -> ForwarderPlan:
-    if args.workers < 1:
-        raise ValueError(f"--workers must be >= 1, got {args.workers}")
-    if args.plan_json:
-        return ForwarderPlan.from_json(args.plan_json)
-    if not args.listen:
-        raise ValueError("--listen VIP:PORT is required")
-    listeners = tuple(Listener(parse_hostport(x), "service") for x in args.listen)
-    backends = tuple(parse_hostport(b) for b in args.backend)
-    for b in backends:
-        if b.port == 0:
-            raise ValueError(f"--backend {b}: port 0 is not a destination")
-    plan = ForwarderPlan(listeners, (("service", backends),), args.mode, args.seed)
-    plan.check()
-    return plan
-
-
-def serve_command(args: argparse.Namespace) -> int:
-    import uvloop
-
-    from lbbench.frontends.dnat.worker import ForwarderFailed, send_reply, serve_forwarder, serve_pool
-    from lbbench.system.procs import die_with_parent
-
-    die_with_parent()
-    plan = _cli_plan(args)
-    try:
-        uvloop.run(serve_forwarder(plan) if args.workers == 1 else serve_pool(plan, args.workers))
-    except (OSError, ForwarderFailed) as e:  # e.g. address in use: one clear line
-        message = f"cannot listen: {e}" if isinstance(e, OSError) else str(e)
-        if args.plan_json:  # lbbench drives this process: say it on the control pipe, where it waits
-            send_reply({"failed": message})
-            return 2
-        raise ValueError(message) from None
-    return 0

@@ -92,6 +92,19 @@ async def serve_forwarder(plan: ForwarderPlan) -> None:
         fwd.close()
 
 
+def run_forwarder(plan: ForwarderPlan, workers: int = 1) -> None:
+    """Serve `plan` in the foreground until a signal or stdin EOF (``lbbench serve dnat``).
+
+    Raises ForwarderFailed with one clear line when it cannot start (e.g. the address is in use).
+    """
+    import uvloop
+
+    try:
+        uvloop.run(serve_forwarder(plan) if workers == 1 else serve_pool(plan, workers))
+    except OSError as e:
+        raise ForwarderFailed(f"cannot listen: {e}") from None
+
+
 async def serve_pool(plan: ForwarderPlan, workers: int) -> None:
     """Child main of ``serve dnat --workers N``: N worker processes, this one relays control messages."""
     sup = Supervisor()

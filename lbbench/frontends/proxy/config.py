@@ -1,21 +1,21 @@
-"""The proxy's whole configuration, from a FrontendPlan file and/or command-line flags.
+"""The proxy's whole configuration, from a FrontendPlan file and/or overrides.
 
 `lbbench serve proxy --plan FILE.json` reads the plan the L7Proxy front end wrote; flags given
-on the command line override the plan's ProxySettings. Without a plan, `--backend` flags make
-one Service ("default/default") that every Host reaches.
+on the command line (lbbench.commands.serve.proxy) override the plan's ProxySettings. Without a
+plan, `--backend` flags make one Service ("default/default") that every Host reaches.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from lbbench.frontends.base import FrontendPlan
-from lbbench.model.addresses import HostPort, parse_hostport, require_loopback
+from lbbench.model.addresses import HostPort, require_loopback
 from lbbench.model.proxy import BALANCES, HealthCheck, ProxySettings
 from lbbench.model.service import Endpoint, IngressRule, ServiceSpec
 
@@ -101,49 +101,6 @@ def endpoints_from_message(items: Any) -> tuple[Endpoint, ...]:
     return tuple(out)
 
 
-# -- command line -----------------------------------------------------------------------------
-
-# Flags that override ProxySettings (None: keep the plan's or the default value).
-_SETTING_FLAGS = {
-    "maxconn": "maxconn", "max_queue": "max_queue", "queue_timeout": "queue_timeout_s", "balance": "balance",
-    "retries": "retries", "retry_idempotent": "retry_idempotent", "eject_after": "eject_after",
-    "connect_timeout": "connect_timeout_s", "server_timeout": "server_timeout_s",
-    "client_timeout": "client_timeout_s",
-}
-_HEALTH_FLAGS = {"health_interval": "interval_s", "health_timeout": "timeout_s", "health_fall": "fall",
-                 "health_rise": "rise", "health_path": "path"}
-
-
-def add_proxy_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--listen", metavar="IP:PORT", help="loopback address of the proxy (default: the plan's Ingress)")
-    p.add_argument("--backend", action="append", default=[], metavar="IP:PORT",
-                   help="a backend of the default Service (repeat for more)")
-    p.add_argument("--plan", type=Path, metavar="FILE", help="FrontendPlan JSON written by the l7-proxy front end")
-    p.add_argument("--stats", metavar="IP:PORT", help="stats endpoint: JSON at /stats, Prometheus at /metrics")
-    p.add_argument("--maxconn", type=int, help="requests in flight per backend, 0 = unlimited (default 1)")
-    p.add_argument("--max-queue", type=int, help="requests waiting in the central queue (default 10000)")
-    p.add_argument("--queue-timeout", type=float, metavar="S", help="max wait in the queue, then 503 (default 5)")
-    p.add_argument("--balance", choices=BALANCES, help="balancing algorithm (default round-robin)")
-    p.add_argument("--retries", type=int, help="retries of failed connects on another backend (default 3)")
-    p.add_argument("--retry-idempotent", action=argparse.BooleanOptionalAction, default=None,
-                   help="also retry idempotent requests reset before any response byte (default on)")
-    p.add_argument("--eject-after", type=int, help="consecutive failures that eject a backend, 0 = never (default 3)")
-    p.add_argument("--connect-timeout", type=float, metavar="S", help="connect timeout to a backend (default 1)")
-    p.add_argument("--server-timeout", type=float, metavar="S", help="backend inactivity timeout (default 30)")
-    p.add_argument("--client-timeout", type=float, metavar="S",
-                   help="client idle / header / body / write-stall timeout (default 30)")
-    p.add_argument("--health-interval", type=float, metavar="S", help="active check interval, 0 = off (default 0.5)")
-    p.add_argument("--health-timeout", type=float, metavar="S", help="active check timeout (default 1)")
-    p.add_argument("--health-fall", type=int, help="failed checks that mark a backend down (default 2)")
-    p.add_argument("--health-rise", type=int, help="passed checks that bring it back (default 1)")
-    p.add_argument("--health-path", help="active check path (default /healthz)")
-    p.add_argument("--max-header-bytes", type=int, default=Limits.max_header_bytes, help="request head limit -> 431")
-    p.add_argument("--max-headers", type=int, default=Limits.max_headers, help="header field count limit -> 431")
-    p.add_argument("--max-body-bytes", type=int, default=Limits.max_body_bytes, help="request body limit -> 413")
-    p.add_argument("--max-clients", type=int, default=Limits.max_clients, help="client connections limit")
-    p.add_argument("--seed", type=int, help="seed of the random balancers")
-
-
 def _positive(name: str, value: float, *, zero_ok: bool = False) -> None:
     if value < 0 or (value == 0 and not zero_ok):
         raise ValueError(f"--{name.replace('_', '-')} must be {'>= 0' if zero_ok else '> 0'}, got {value:g}")
@@ -164,40 +121,47 @@ def validate_settings(s: ProxySettings) -> None:
         raise ValueError(f"health path {s.health.path!r} must start with '/'")
 
 
-def config_from_args(args: argparse.Namespace) -> ProxyConfig:
-    plan = plan_from_json(args.plan.read_text()) if args.plan is not None else None
-    if plan is None and not args.backend:
+@dataclass(frozen=True)
+class ProxyOverrides:
+    """What the command line sets over a plan (or, without one, instead of it); None keeps the plan's."""
+
+    listen: HostPort | None = None
+    backends: tuple[HostPort, ...] = ()  # the default Service's Endpoints
+    stats: HostPort | None = None
+    settings: Mapping[str, Any] = field(default_factory=dict)  # ProxySettings fields
+    health: Mapping[str, Any] = field(default_factory=dict)  # HealthCheck fields
+    limits: Limits = Limits()
+    seed: int | None = None
+
+
+def config_from(plan: FrontendPlan | None, over: ProxyOverrides) -> ProxyConfig:
+    """The proxy's configuration: `plan` (if any) with `over` applied, validated."""
+    if plan is None and not over.backends:
         raise ValueError("give --backend IP:PORT (one or more) or --plan FILE")
-    if args.listen:
-        listen = parse_hostport(args.listen)
+    if over.listen is not None:
+        listen = over.listen
     elif plan is not None:
         listen = HostPort(require_loopback(plan.ingress_ip, "ingress_ip"), plan.ingress_port)
     else:
         raise ValueError("--listen IP:PORT is required without --plan")
     settings = plan.proxy if plan is not None else ProxySettings()
-    changes = {field_: getattr(args, flag) for flag, field_ in _SETTING_FLAGS.items()
-               if getattr(args, flag) is not None}
-    health = dataclasses.replace(settings.health, **{field_: getattr(args, flag) for flag, field_
-                                                     in _HEALTH_FLAGS.items() if getattr(args, flag) is not None})
-    settings = dataclasses.replace(settings, **changes, health=health)
+    settings = dataclasses.replace(settings, **over.settings,
+                                   health=dataclasses.replace(settings.health, **over.health))
     validate_settings(settings)
-    limits = Limits(args.max_header_bytes, args.max_headers, args.max_body_bytes, args.max_clients)
-    for f in dataclasses.fields(limits):
-        _positive(f.name, getattr(limits, f.name))
-    backends = tuple(parse_hostport(b) for b in args.backend)
+    for f in dataclasses.fields(over.limits):
+        _positive(f.name, getattr(over.limits, f.name))
     services = plan.services if plan is not None else ()
     if not services:
         services = (ServiceSpec("default", "default", "ClusterIP", listen.host, listen.port, 0),)
     eps: list[tuple[str, tuple[Endpoint, ...]]] = [(s.key, ()) for s in services]
-    if backends:
+    if over.backends:
         key, _ = eps[0]
-        eps[0] = (key, tuple(Endpoint(f"{b.host}:{b.port}", b.host, b.port) for b in backends))
+        eps[0] = (key, tuple(Endpoint(f"{b.host}:{b.port}", b.host, b.port) for b in over.backends))
     rules = plan.ingress_rules if plan is not None else ()
     keys = {s.key for s in services}
     for r in rules:
         if r.service not in keys:
             raise ValueError(f"Ingress rule {r.host} {r.path} names Service {r.service!r}, which the plan lacks")
-    stats = parse_hostport(args.stats) if args.stats else None
-    seed = args.seed if args.seed is not None else plan.seed if plan is not None else 0
-    return ProxyConfig(listen, stats, services, rules, tuple(eps), settings, limits, seed,
+    seed = over.seed if over.seed is not None else plan.seed if plan is not None else 0
+    return ProxyConfig(listen, over.stats, services, rules, tuple(eps), settings, over.limits, seed,
                        None if rules else services[0].key)

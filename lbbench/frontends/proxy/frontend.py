@@ -1,20 +1,19 @@
-"""lbbench's queueing HTTP/1.1 reverse proxy, the Ingress: `lbbench serve proxy` and the `l7-proxy` front end.
+"""The `l7-proxy` front end: lbbench's queueing HTTP/1.1 reverse proxy (the Ingress) as a child process.
 
-The proxy itself lives in the proxy_* modules, one responsibility each:
-  proxy_app       the process: listeners, pools, timeouts sweeper, control messages, shutdown
-  proxy_request   reading requests (llhttp, limits, routing)    proxy_client   the client protocol
-  proxy_upstream  backend connections and their keep-alive pool proxy_queue    the managed queue,
-  proxy_balance   the five balancers                             retries and ejection
-  proxy_health    active checks        proxy_route   Ingress rules   proxy_http   message pieces
-  proxy_backend   one backend's state  proxy_exchange one request's state
-  proxy_stats     /stats and /metrics  proxy_config  plan files and flags
-This module is the command and the Frontend that runs the proxy as a child process and
-talks to it over its control pipe.
+The proxy itself lives in this package's modules, one responsibility each:
+  app       the process: listeners, pools, timeouts sweeper, control messages, shutdown
+  request   reading requests (llhttp, limits, routing)    client    the client protocol
+  upstream  backend connections and their keep-alive pool queue     the managed queue,
+  balance   the five balancers                             retries and ejection
+  health    active checks        route     Ingress rules   http      message pieces
+  backend   one backend's state  exchange  one request's state
+  stats     /stats and /metrics  config    plan files and overrides
+This module is the Frontend that runs the proxy as a child process (`lbbench serve proxy`,
+whose flags are in lbbench.commands.serve.proxy) and talks to it over its control pipe.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import dataclasses
@@ -26,39 +25,13 @@ import tempfile
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from lbbench.errors import UserError
 from lbbench.frontends.base import Entrypoint, Frontend, FrontendPlan
-from lbbench.frontends.proxy.config import add_proxy_arguments
 from lbbench.model.addresses import HostPort, parse_hostport
 from lbbench.model.service import Endpoint, ServiceType
 from lbbench.system.control import send
 from lbbench.system.procs import Child, Supervisor, lbbench_argv
 
 READY_TIMEOUT_S = 20.0
-
-
-def add_serve_arguments(p: argparse.ArgumentParser) -> None:
-    add_proxy_arguments(p)
-    p.add_argument("--no-control", action="store_true", help="do not read control messages from stdin")
-
-
-def serve_command(args: argparse.Namespace) -> int:
-    import uvloop
-
-    from lbbench.frontends.proxy.app import serve
-    from lbbench.frontends.proxy.config import config_from_args
-    from lbbench.system.procs import die_with_parent
-
-    die_with_parent()
-    try:
-        config = config_from_args(args)
-    except OSError as e:
-        raise UserError(f"cannot read the plan: {e}") from None
-    try:
-        uvloop.run(serve(config, control=not args.no_control))
-    except OSError as e:
-        raise UserError(f"cannot listen on {config.listen} / {config.stats}: {e.strerror or e}") from None
-    return 0
 
 
 class L7Proxy(Frontend):

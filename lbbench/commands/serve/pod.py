@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import zlib
+from typing import TYPE_CHECKING
 
-from lbbench.model.addresses import parse_hostport
+if TYPE_CHECKING:
+    from lbbench.cluster.pod import PodSpec
 
 
-def add_serve_arguments(p: argparse.ArgumentParser) -> None:
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--listen", required=True, metavar="IP:PORT", help="loopback address to bind (port 0: any)")
     p.add_argument("--name", default="pod", help="pod name, returned in x-pod")
     p.add_argument("--service", default="exp:10ms",
@@ -28,15 +30,23 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
                    help="mix the pod name into the seed, so replicas started with the same args differ")
 
 
-def serve_command(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     import uvloop
 
-    from lbbench.cluster.pod import PodSpec, serve_pod
-    from lbbench.model.faults import Faults
-    from lbbench.model.servicetime import ServiceTime
+    from lbbench.cluster.pod import serve_pod
     from lbbench.system.procs import die_with_parent
 
     die_with_parent()
+    uvloop.run(serve_pod(pod_spec(args), control=not args.no_control))
+    return 0
+
+
+def pod_spec(args: argparse.Namespace) -> PodSpec:
+    from lbbench.cluster.pod import PodSpec
+    from lbbench.model.addresses import parse_hostport
+    from lbbench.model.faults import Faults
+    from lbbench.model.servicetime import ServiceTime
+
     addr = parse_hostport(args.listen, allow_remote=args.allow_remote)
     seed = args.seed ^ zlib.crc32(args.name.encode()) if args.seed_from_name else args.seed
     if args.slots < 1:
@@ -45,7 +55,5 @@ def serve_command(args: argparse.Namespace) -> int:
         if not 0.0 <= getattr(args, flag) <= 1.0:
             raise ValueError(f"--{flag.replace('_', '-')} must be in [0, 1]")
     faults = Faults(args.error_rate, args.slow_factor, args.hang_rate, args.close_rate, not args.unready)
-    spec = PodSpec(args.name, addr.host, addr.port, ServiceTime.parse(args.service), args.slots,
+    return PodSpec(args.name, addr.host, addr.port, ServiceTime.parse(args.service), args.slots,
                    args.burn_cpu, seed, faults)
-    uvloop.run(serve_pod(spec, control=not args.no_control))
-    return 0

@@ -1,0 +1,98 @@
+"""`lbbench serve proxy`: lbbench's queueing L7 reverse proxy on its own, or as the l7-proxy front end's child.
+
+The flags override a plan's ProxySettings field by field; the proxy itself
+(lbbench.frontends.proxy) takes a ProxyConfig and knows no flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from lbbench.errors import UserError
+from lbbench.frontends.proxy.config import Limits
+from lbbench.model.proxy import BALANCES
+
+if TYPE_CHECKING:
+    from lbbench.frontends.proxy.config import ProxyConfig
+
+# Flags that override ProxySettings (None: keep the plan's or the default value).
+_SETTING_FLAGS = {
+    "maxconn": "maxconn", "max_queue": "max_queue", "queue_timeout": "queue_timeout_s", "balance": "balance",
+    "retries": "retries", "retry_idempotent": "retry_idempotent", "eject_after": "eject_after",
+    "connect_timeout": "connect_timeout_s", "server_timeout": "server_timeout_s",
+    "client_timeout": "client_timeout_s",
+}
+_HEALTH_FLAGS = {"health_interval": "interval_s", "health_timeout": "timeout_s", "health_fall": "fall",
+                 "health_rise": "rise", "health_path": "path"}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--listen", metavar="IP:PORT", help="loopback address of the proxy (default: the plan's Ingress)")
+    p.add_argument("--backend", action="append", default=[], metavar="IP:PORT",
+                   help="a backend of the default Service (repeat for more)")
+    p.add_argument("--plan", type=Path, metavar="FILE", help="FrontendPlan JSON written by the l7-proxy front end")
+    p.add_argument("--stats", metavar="IP:PORT", help="stats endpoint: JSON at /stats, Prometheus at /metrics")
+    p.add_argument("--maxconn", type=int, help="requests in flight per backend, 0 = unlimited (default 1)")
+    p.add_argument("--max-queue", type=int, help="requests waiting in the central queue (default 10000)")
+    p.add_argument("--queue-timeout", type=float, metavar="S", help="max wait in the queue, then 503 (default 5)")
+    p.add_argument("--balance", choices=BALANCES, help="balancing algorithm (default round-robin)")
+    p.add_argument("--retries", type=int, help="retries of failed connects on another backend (default 3)")
+    p.add_argument("--retry-idempotent", action=argparse.BooleanOptionalAction, default=None,
+                   help="also retry idempotent requests reset before any response byte (default on)")
+    p.add_argument("--eject-after", type=int, help="consecutive failures that eject a backend, 0 = never (default 3)")
+    p.add_argument("--connect-timeout", type=float, metavar="S", help="connect timeout to a backend (default 1)")
+    p.add_argument("--server-timeout", type=float, metavar="S", help="backend inactivity timeout (default 30)")
+    p.add_argument("--client-timeout", type=float, metavar="S",
+                   help="client idle / header / body / write-stall timeout (default 30)")
+    p.add_argument("--health-interval", type=float, metavar="S", help="active check interval, 0 = off (default 0.5)")
+    p.add_argument("--health-timeout", type=float, metavar="S", help="active check timeout (default 1)")
+    p.add_argument("--health-fall", type=int, help="failed checks that mark a backend down (default 2)")
+    p.add_argument("--health-rise", type=int, help="passed checks that bring it back (default 1)")
+    p.add_argument("--health-path", help="active check path (default /healthz)")
+    p.add_argument("--max-header-bytes", type=int, default=Limits.max_header_bytes, help="request head limit -> 431")
+    p.add_argument("--max-headers", type=int, default=Limits.max_headers, help="header field count limit -> 431")
+    p.add_argument("--max-body-bytes", type=int, default=Limits.max_body_bytes, help="request body limit -> 413")
+    p.add_argument("--max-clients", type=int, default=Limits.max_clients, help="client connections limit")
+    p.add_argument("--seed", type=int, help="seed of the random balancers")
+    p.add_argument("--no-control", action="store_true", help="do not read control messages from stdin")
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvloop
+
+    from lbbench.frontends.proxy.app import serve
+    from lbbench.system.procs import die_with_parent
+
+    die_with_parent()
+    config = proxy_config(args)
+    try:
+        uvloop.run(serve(config, control=not args.no_control))
+    except OSError as e:
+        raise UserError(f"cannot listen on {config.listen} / {config.stats}: {e.strerror or e}") from None
+    return 0
+
+
+def proxy_config(args: argparse.Namespace) -> ProxyConfig:
+    from lbbench.frontends.proxy.config import ProxyOverrides, config_from, plan_from_json
+    from lbbench.model.addresses import parse_hostport
+
+    try:
+        plan = plan_from_json(args.plan.read_text()) if args.plan is not None else None
+    except OSError as e:
+        raise UserError(f"cannot read the plan: {e}") from None
+    over = ProxyOverrides(
+        listen=parse_hostport(args.listen) if args.listen else None,
+        backends=tuple(parse_hostport(b) for b in args.backend),
+        stats=parse_hostport(args.stats) if args.stats else None,
+        settings=_given(args, _SETTING_FLAGS), health=_given(args, _HEALTH_FLAGS),
+        limits=Limits(args.max_header_bytes, args.max_headers, args.max_body_bytes, args.max_clients),
+        seed=args.seed,
+    )
+    return config_from(plan, over)
+
+
+def _given(args: argparse.Namespace, flags: dict[str, str]) -> dict[str, object]:
+    """{field: value} of the flags given on the command line."""
+    return {field: getattr(args, flag) for flag, field in flags.items() if getattr(args, flag) is not None}
