@@ -2,19 +2,24 @@
 
 Ctrl-C or SIGTERM stops the current phase's load, tears down, writes everything measured so
 far with `complete: false`. Results are rewritten after every phase, so a crash loses at most
-the phase in flight.
+the phase in flight. A results file that cannot be written (a full disk) stops the run: what
+was measured stays in memory, every file that fits is written, and the run ends incomplete.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from lbbench.config.parse import Config
 from lbbench.frontends.registry import frontend_class
 from lbbench.model.names import KERNEL_FRONTENDS
+from lbbench.results.writer import WriteFailure
 from lbbench.run.collect import write_results
 from lbbench.run.live import LiveView
 from lbbench.run.phase import Phase, PhaseKey, PhaseRecord, phase_rates
@@ -40,51 +45,91 @@ def skip_reason(name: str) -> str | None:
     return cls.unavailable_reason()
 
 
-async def run_experiment(config: Config, opts: RunOptions) -> tuple[Path, bool]:
-    live = LiveView(opts.quiet)
+@contextlib.contextmanager
+def stopped_by_signals(on_signal: Callable[[], None]) -> Iterator[None]:
+    """SIGINT and SIGTERM call `on_signal` (and do not kill the process) while inside."""
     loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    current: list[Phase] = []
-
-    def on_signal() -> None:
-        live.say("[yellow]stopping: tearing down and writing what was measured[/]")
-        stop.set()
-        for p in current:
-            p.request_stop()
-
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal)
-    late = [ev for ev in config.events if ev.at_s >= config.run.duration_s]
-    for ev in late:
-        live.say(f"[yellow]warning[/]: event {ev.action} {ev.target} at {ev.at_s:g}s is after the load's end "
-                 f"({config.run.duration_s:g}s) and will not fire")
-    skipped = {n: r for n in opts.frontends if (r := skip_reason(n)) is not None}
-    for name, reason in skipped.items():
-        live.say(f"[yellow]skipping {name}[/]: {reason}")
-    runnable = [n for n in opts.frontends if n not in skipped]
-    keys = [PhaseKey(n, rate, rep) for rate in phase_rates(config) for n in runnable
-            for rep in range(config.run.repeat)]
-    records: list[PhaseRecord] = []
-    meta = {"config_file": config.path, "in_netns": in_private_netns(), "frontends_requested": list(opts.frontends)}
     try:
-        for i, key in enumerate(keys, 1):
-            if stop.is_set():
-                break
-            cls = frontend_class(key.frontend)
-            assert not isinstance(cls, str)
-            phase = Phase(config, key, cls, opts.out / "frontends" / key.frontend, in_private_netns(),
-                          on_progress=live.on_progress)
-            current[:] = [phase]
-            record = await _run_phase(phase, live, i, len(keys), config)
-            records.append(record)
-            write_results(opts.out, config, records, skipped, False, meta)
+        yield
     finally:
-        live.stop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
-    complete = not stop.is_set() and all(r.complete for r in records) and len(records) == len(keys)
-    write_results(opts.out, config, records, skipped, complete, meta)
-    _report(opts.out, live)
+
+
+class Experiment:
+    """The phase loop: each phase runs, then the folder is rewritten with every phase so far."""
+
+    def __init__(self, config: Config, opts: RunOptions) -> None:
+        self.config = config
+        self.opts = opts
+        self.live = LiveView(opts.quiet)
+        self.stopped = False
+        self.current: Phase | None = None
+        self.records: list[PhaseRecord] = []
+        self.unwritten: list[WriteFailure] = []
+        self.meta: dict[str, Any] = {"config_file": config.path, "in_netns": in_private_netns(),
+                                     "frontends_requested": list(opts.frontends)}
+        self.skipped = {n: r for n in opts.frontends if (r := skip_reason(n)) is not None}
+        runnable = [n for n in opts.frontends if n not in self.skipped]
+        self.keys = [PhaseKey(n, rate, rep) for rate in phase_rates(config) for n in runnable
+                     for rep in range(config.run.repeat)]
+
+    def request_stop(self) -> None:
+        self.live.say("[yellow]stopping: tearing down and writing what was measured[/]")
+        self.stopped = True
+        if self.current is not None:
+            self.current.request_stop()
+
+    @property
+    def complete(self) -> bool:
+        return (not self.stopped and not self.unwritten and len(self.records) == len(self.keys)
+                and all(r.complete for r in self.records))
+
+    async def run(self) -> bool:
+        self._warn_before_start()
+        try:
+            with stopped_by_signals(self.request_stop):
+                await self._phases()
+        finally:
+            self.live.stop()
+        self._write(self.complete)
+        if not self.unwritten:
+            _report(self.opts.out, self.live)
+        return self.complete
+
+    def _warn_before_start(self) -> None:
+        for ev in self.config.events:
+            if ev.at_s >= self.config.run.duration_s:
+                self.live.say(f"[yellow]warning[/]: event {ev.action} {ev.target} at {ev.at_s:g}s is after the "
+                              f"load's end ({self.config.run.duration_s:g}s) and will not fire")
+        for name, reason in self.skipped.items():
+            self.live.say(f"[yellow]skipping {name}[/]: {reason}")
+
+    async def _phases(self) -> None:
+        for i, key in enumerate(self.keys, 1):
+            if self.stopped or self.unwritten:
+                return
+            cls = frontend_class(key.frontend)
+            assert not isinstance(cls, str)
+            self.current = Phase(self.config, key, cls, self.opts.out / "frontends" / key.frontend,
+                                 in_private_netns(), on_progress=self.live.on_progress)
+            self.records.append(await _run_phase(self.current, self.live, i, len(self.keys), self.config))
+            self._write(False)
+
+    def _write(self, complete: bool) -> None:
+        """Write every phase so far; a failure is said once per file and stops the phase loop."""
+        failures = write_results(self.opts.out, self.config, self.records, self.skipped, complete, self.meta)
+        for f in failures:
+            if f.path not in {u.path for u in self.unwritten}:
+                self.live.say(f"[red]could not write {f}[/]; what was measured stays in memory until the end, "
+                              "then the files that fit are written")
+        self.unwritten = failures or self.unwritten
+
+
+async def run_experiment(config: Config, opts: RunOptions) -> tuple[Path, bool]:
+    complete = await Experiment(config, opts).run()
     return opts.out, complete
 
 
@@ -103,20 +148,25 @@ def _report(out: Path, live: LiveView) -> None:
 
 async def _run_phase(phase: Phase, live: LiveView, i: int, n: int, config: Config) -> PhaseRecord:
     task = asyncio.create_task(phase.run())
+    phase.log.listeners.append(live.on_event)
     while phase.controller is None and not task.done():
         await asyncio.sleep(0.01)
-    if phase.controller is not None:
-        phase.controller.log.listeners.append(live.on_event)
     live.start_phase(i, n, phase.key.label, config.run.duration_s, phase.controller)
     record = await task
     if record.error:
         live.say(f"[red]{phase.key.label} failed[/]: {record.error}")
     elif record.load is not None:
-        s = record.load.summary
-        errors = {k: v for k, v in s.errors.items() if v}
-        p99 = s.latency_s["p99"]
-        live.end_phase(f"  {phase.key.label}: {s.requests} requests, {s.ok} ok, errors {errors or 0}, "
-                       f"p99 {p99 * 1e3 if p99 is not None else float('nan'):.1f} ms")
-        if s.generator_saturated:
-            live.say(f"[yellow]  warning: the load generator was the bottleneck: {s.saturation_reason}[/]")
+        live.end_phase(_phase_line(phase.key.label, record))
     return record
+
+
+def _phase_line(label: str, record: PhaseRecord) -> str:
+    assert record.load is not None
+    s = record.load.summary
+    errors = {k: v for k, v in s.errors.items() if v}
+    p99 = s.latency_s["p99"]
+    line = (f"  {label}: {s.requests} requests, {s.ok} ok, errors {errors or 0}, "
+            f"p99 {p99 * 1e3 if p99 is not None else float('nan'):.1f} ms")
+    if s.generator_saturated:
+        line += f"\n[yellow]  warning: the load generator was the bottleneck: {s.saturation_reason}[/]"
+    return line

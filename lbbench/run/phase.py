@@ -88,14 +88,15 @@ class CpuMeter:
         return out
 
 
-def load_spec(config: Config, fe: Frontend, rate_rps: float, seed: int) -> tuple[LoadSpec, str]:
+def load_spec(config: Config, fe: Frontend, rate_rps: float) -> tuple[LoadSpec, str]:
     lc = config.load
     ep = fe.entrypoint(lc.service, lc.via)
     spec = LoadSpec(
         target=ep.addr, path=lc.path, host_header=ep.host_header, rate_rps=rate_rps,
         duration_s=config.run.duration_s, arrivals=lc.arrivals, steps=lc.steps, connections=lc.connections,
         workers=lc.workers, closed_loop_users=lc.closed_loop_users, think_time_s=lc.think_time_s,
-        connect_timeout_s=lc.connect_timeout_s, timeout_s=lc.timeout_s, seed=seed, record_rows=lc.record_rows,
+        connect_timeout_s=lc.connect_timeout_s, timeout_s=lc.timeout_s, seed=config.run.seed,
+        record_rows=lc.record_rows,
     )
     return spec, f"{ep.addr}" + (f" (Host: {ep.host_header})" if ep.host_header else "")
 
@@ -105,9 +106,9 @@ def lb_dns_name(svc: ServiceSpec) -> str:
 
 
 async def resolved_load_spec(config: Config, fe: Frontend, plan: FrontendPlan, dns: tuple[ClusterDns, HostPort],
-                             rate_rps: float, seed: int, log: EventLog) -> tuple[LoadSpec, str]:
+                             rate_rps: float, log: EventLog) -> tuple[LoadSpec, str]:
     """The load spec, with a DNAT target reached as a client would: by its cluster DNS name."""
-    spec, label = load_spec(config, fe, rate_rps, seed)
+    spec, label = load_spec(config, fe, rate_rps)
     svc = next(s for s in plan.services if s.key == config.load.service)
     name = {"ClusterIP": svc.dns_name, "LoadBalancer": lb_dns_name(svc)}.get(config.load.via)
     if fe.layer == "l4" and name is not None:
@@ -157,6 +158,8 @@ async def apply_event(config: Config, controller: Controller, ev: Event, index: 
 
 
 class Phase:
+    """One front end under the load: bring up, aim, measure, tear down. `run` reads as those steps."""
+
     def __init__(self, config: Config, key: PhaseKey, fe_class: type[Frontend], artifacts: Path,
                  in_netns: bool, on_progress: Any = None) -> None:
         self.config = config
@@ -170,6 +173,10 @@ class Phase:
         self.controller: Controller | None = None
         self._stopping = False
         self.dns: tuple[ClusterDns, HostPort] | None = None
+        self.frontend: Frontend | None = None
+        self.log = EventLog()
+        self.cpu = CpuMeter()
+        self._tasks: list[asyncio.Task[None]] = []
 
     def request_stop(self) -> None:
         self._stopping = True
@@ -177,63 +184,81 @@ class Phase:
             self.generator.request_stop()
 
     async def run(self) -> PhaseRecord:
-        sup = Supervisor()
-        log = EventLog()
-        seed = self.config.run.seed
-        cpu = CpuMeter()
-        fe: Frontend | None = None
-        tasks: list[asyncio.Task[None]] = []
+        sup = Supervisor()  # every process of this phase, killed at the end whatever happens
         try:
-            plan = self._plan(seed)
-            fe = self.fe_class(plan, sup)
-            controller = self.controller = Controller(self.config, sup, log, seed)
-            await fe.start()
-            controller.subscribers.append(fe.update_endpoints)
-            dns = await self._start_dns(plan, log)
-            await controller.start()
-            await controller.wait_synced()
-            spec, self.record.target = await resolved_load_spec(self.config, fe, plan, dns, self.key.rate_rps,
-                                                               seed, log)
-            self.record.zero_load = await measure_zero_load(spec.target, spec.path, spec.host_header,
-                                                            spec.connections.kind == "keepalive")
-            log.log("zero_load_measured", self.record.target,
-                    f"overhead_p50_ms={(self.record.zero_load['overhead_p50_s'] or 0) * 1e3:.3f}")
-            gen = self.generator = LoadGenerator(spec)
-            await gen.prepare()  # workers up and holding their share of the schedule
-            t0 = time.monotonic() + self.config.run.warmup_s + 0.1
-            await gen.start(t0)
-            log.rebase(t0)
-            log.log("load_started", self.record.target, f"rate={self.key.rate_rps:g}", at_s=0.0)
-            tasks.append(asyncio.create_task(self._timeline(controller, t0)))
-            tasks.append(asyncio.create_task(self._sample(fe, controller, cpu, t0)))
-            if self._stopping:
-                gen.request_stop()
-            self.record.load = await gen.result()
-            log.log("load_finished", self.record.target)
-            self.record.complete = self.record.load.complete and not self._stopping
-            self.record.counters = await fe.counters()
+            plan = await self._bring_up(sup)
+            spec = await self._aim(plan)
+            await self._measure(spec)
         except Exception as e:  # a phase failing must not lose the other phases
             self.record.error = f"{type(e).__name__}: {e}"
-            log.log("phase_error", self.key.frontend, self.record.error)
+            self.log.log("phase_error", self.key.frontend, self.record.error)
         finally:
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            if self.generator is not None:
-                await self.generator.aclose()
-            self.record.cpu_s = cpu.totals()
-            if self.record.load is not None:
-                self.record.cpu_s["generator"] = sum(self.record.load.worker_cpu_s)
-            if self.controller is not None:
-                await self.controller.stop()
-            if fe is not None:
-                with contextlib.suppress(Exception):
-                    await fe.stop()
-            if self.dns is not None:
-                await self.dns[0].stop()
-            await sup.aclose()
-            self.record.events = list(log.events)
+            await self._tear_down(sup)
         return self.record
+
+    async def _bring_up(self, sup: Supervisor) -> FrontendPlan:
+        """Front end first (it subscribes to Endpoints), then DNS and the cluster, until Endpoints are synced."""
+        plan = self._plan()
+        fe = self.frontend = self.fe_class(plan, sup)
+        controller = self.controller = Controller(self.config, sup, self.log, self.config.run.seed)
+        await fe.start()
+        controller.subscribers.append(fe.update_endpoints)
+        await self._start_dns(plan, self.log)
+        await controller.start()
+        await controller.wait_synced()
+        return plan
+
+    async def _aim(self, plan: FrontendPlan) -> LoadSpec:
+        """Where the load goes (as a client finds it), and what that path costs at zero load."""
+        assert self.frontend is not None and self.dns is not None
+        spec, self.record.target = await resolved_load_spec(self.config, self.frontend, plan, self.dns,
+                                                           self.key.rate_rps, self.log)
+        zero = self.record.zero_load = await measure_zero_load(spec.target, spec.path, spec.host_header,
+                                                               spec.connections.kind == "keepalive")
+        self.log.log("zero_load_measured", self.record.target,
+                     f"overhead_p50_ms={(zero['overhead_p50_s'] or 0) * 1e3:.3f}")
+        return spec
+
+    async def _measure(self, spec: LoadSpec) -> None:
+        """The load from t=0, the timeline and the sampler beside it, until the schedule is done."""
+        assert self.frontend is not None and self.controller is not None
+        gen = self.generator = LoadGenerator(spec)
+        await gen.prepare()  # workers up and holding their share of the schedule
+        t0 = time.monotonic() + self.config.run.warmup_s + 0.1
+        await gen.start(t0)
+        self.log.rebase(t0)
+        self.log.log("load_started", self.record.target, f"rate={self.key.rate_rps:g}", at_s=0.0)
+        self._tasks.append(asyncio.create_task(self._timeline(self.controller, t0)))
+        self._tasks.append(asyncio.create_task(self._sample(self.frontend, self.controller, self.cpu, t0)))
+        if self._stopping:
+            gen.request_stop()
+        self.record.load = await gen.result()
+        self.log.log("load_finished", self.record.target)
+        self.record.complete = self.record.load.complete and not self._stopping
+        self.record.counters = await self.frontend.counters()
+
+    async def _tear_down(self, sup: Supervisor) -> None:
+        """Stop the watchers and the load, count CPU, then stop everything in reverse order of start."""
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.generator is not None:
+            await self.generator.aclose()
+        self._count_cpu()
+        if self.controller is not None:
+            await self.controller.stop()
+        if self.frontend is not None:
+            with contextlib.suppress(Exception):
+                await self.frontend.stop()
+        if self.dns is not None:
+            await self.dns[0].stop()
+        await sup.aclose()
+        self.record.events = list(self.log.events)
+
+    def _count_cpu(self) -> None:
+        self.record.cpu_s = self.cpu.totals()
+        if self.record.load is not None:
+            self.record.cpu_s["generator"] = sum(self.record.load.worker_cpu_s)
 
     async def _start_dns(self, plan: FrontendPlan, log: EventLog) -> tuple[ClusterDns, HostPort]:
         """The cluster DNS: <svc>.<ns>.svc.cluster.local -> ClusterIP, LoadBalancer names -> external IP."""
@@ -251,13 +276,13 @@ class Phase:
         self.dns = (server, addr)
         return self.dns
 
-    def _plan(self, seed: int) -> FrontendPlan:
+    def _plan(self) -> FrontendPlan:
         c = self.config
         rules = tuple(r for ing in c.ingresses for r in ing.rules)
         self.artifacts.mkdir(parents=True, exist_ok=True)
         return FrontendPlan(
             services=service_specs(c), ingress_ip=c.cluster.ingress_ip, ingress_port=c.cluster.ingress_port,
-            ingress_rules=rules, proxy=c.proxy, seed=seed, artifacts_dir=self.artifacts, in_netns=self.in_netns,
+            ingress_rules=rules, proxy=c.proxy, seed=c.run.seed, artifacts_dir=self.artifacts, in_netns=self.in_netns,
         )
 
     async def _timeline(self, controller: Controller, t0: float) -> None:
