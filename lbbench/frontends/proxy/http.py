@@ -118,6 +118,7 @@ def scan_request(special: Special) -> RequestHead:
     for role, _, value in special:
         if role == LENGTH_FIELD:  # llhttp has rejected duplicates that differ and Content-Length with chunked
             rh.framing = LENGTH
+            value = value.strip(b" \t")  # llhttp keeps trailing whitespace (RFC 9110 5.5: not part of the value)
             rh.content_length = int(value) if value.isdigit() else -1
         elif role == TE:
             if value.strip().lower() == b"chunked":
@@ -137,8 +138,9 @@ def scan_request(special: Special) -> RequestHead:
 
 def split_target(url: bytes) -> tuple[bytes, bytes]:
     """(authority, origin-form target) of a request target; absolute-form loses its authority."""
-    if url[:1] != b"/" and url[:7].lower() == b"http://":
-        rest = url[7:]
+    scheme = url[:8].lower()
+    if url[:1] != b"/" and (scheme[:7] == b"http://" or scheme == b"https://"):
+        rest = url[len(scheme) if scheme == b"https://" else 7:]
         slash = rest.find(b"/")
         if slash < 0:
             return rest, b"/"

@@ -5,12 +5,18 @@ ClientConnection (request_begins, request_head, request_body, request_complete).
 unacceptable ends in `conn.fail(status, message)`: malformed -> 400, head too large or too
 many fields -> 431, body too large -> 413, upgrades and other codings -> 501, HTTP/2+ -> 505.
 
+Malformed includes what RFC 9112 calls so (section 3.2, 6.1) and HAProxy refuses: an HTTP/1.1
+request without Host, with two Host fields or an invalid one, an absolute-form target whose
+authority is not the Host, Transfer-Encoding in HTTP/1.0, and an HTTP/0.9 request line (no
+version), refused as soon as its line ends rather than after the client timeout.
+
 The head limit is enforced on raw bytes, not in the callbacks: llhttp (and httptools) gather
 a header value before calling back, so a endless value would otherwise grow unseen.
 """
 
 from __future__ import annotations
 
+import re
 import sys
 import traceback
 from typing import TYPE_CHECKING
@@ -57,6 +63,28 @@ class Stop(Exception):
     """Raised inside a parser callback once the connection is closing: parse no further."""
 
 
+# RFC 9112 3.2 / RFC 3986 3.2.2: uri-host [ ":" port ], uri-host an IP-literal or a reg-name (empty allowed).
+_HOST = re.compile(rb"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~%!$&'()*+,;=]*)(:[0-9]*)?")
+_valid_hosts: set[bytes] = set()  # Host values found valid (bounded: clients choose them)
+_HOSTS_MAX = 4096
+
+
+def _check_host(value: bytes) -> None:
+    if value in _valid_hosts:
+        return
+    if _HOST.fullmatch(value.strip(b" \t")) is None:  # llhttp keeps trailing whitespace
+        raise Reject(400, f"invalid Host {value.decode('latin-1')!r}")
+    if len(_valid_hosts) >= _HOSTS_MAX:
+        _valid_hosts.clear()
+    _valid_hosts.add(value)
+
+
+def _same_authority(authority: bytes, host: bytes) -> bool:
+    """Whether an absolute-form target's authority names the Host (case aside, port 80 implied)."""
+    a, h = authority.lower(), host.lower()
+    return a == h or a.removesuffix(b":80") == h.removesuffix(b":80")
+
+
 _methods: dict[bytes, tuple[str, bool, bool]] = {}  # llhttp's method name -> (name, is HEAD, idempotent)
 
 
@@ -79,7 +107,7 @@ class RequestReader:
         # The head being parsed: target, forwarded fields, Host, fields that need a decision.
         self.url = b""
         self.fields: Fields = []
-        self.host = b""
+        self.host: bytes | None = None  # None: no Host field (yet)
         self.special: Special = ()
         self.in_head = True  # the next bytes belong to a request head
         self.head_bytes = 0
@@ -109,6 +137,20 @@ class RequestReader:
             self.parser.feed_data(data)
         except (HttpParserError, HttpParserUpgrade) as e:
             self._failed(e)
+            return
+        if self.parsing is not None and self.in_head and not self.heads_done and data[-1:] == b"\n":
+            self._http09()
+
+    def _http09(self) -> None:
+        """Refuse a first request line that ended without a version at once: an HTTP/0.9 client
+        waits for an answer, while llhttp waits for header fields (until the client timeout).
+
+        llhttp notes the version while it reads the request line; a line break before any
+        version is the end of an HTTP/0.9 line. (On later requests of a connection the previous
+        version is still noted, so this catches only the first; HTTP/0.9 has no keep-alive.)
+        """
+        if self.parser.get_http_version() == "0.0":
+            self.conn.fail(400, "HTTP/0.9 request (no HTTP version in the request line)")
 
     def _feed(self, data: bytes) -> bool:
         try:
@@ -157,6 +199,9 @@ class RequestReader:
         if role == PASS:
             self.fields += (name, b": ", value, CRLF)
         elif role == HOST:
+            if self.host is not None:
+                raise Reject(400, "more than one Host header field")
+            _check_host(value)
             self.fields += (name, b": ", value, CRLF)
             self.host = value
         else:
@@ -179,7 +224,7 @@ class RequestReader:
         self.head_bytes = 0
         self.heads_done += 1
         url, fields, host_field, special = self.url, self.fields, self.host, self.special
-        self.url, self.fields, self.host, self.special = b"", [], b"", ()
+        self.url, self.fields, self.host, self.special = b"", [], None, ()
         limits = self.limits
         count = len(fields) >> 2  # forwarded fields are 4 pieces each; Content-Length is also special
         if special:
@@ -189,6 +234,8 @@ class RequestReader:
         p = self.parser
         version = p.get_http_version()
         if version != "1.1" and version != "1.0":
+            if version == "0.9":
+                raise Reject(400, "HTTP/0.9 request (no HTTP version in the request line)")
             raise Reject(505, f"HTTP/{version} is not supported (HTTP/1.0 and 1.1 are)")
         if p.should_upgrade():
             raise Reject(501, "protocol upgrades (WebSocket, h2c) and CONNECT are not supported")
@@ -200,12 +247,20 @@ class RequestReader:
         if rh.bad_transfer_encoding:
             raise Reject(501, "transfer codings other than chunked are not supported")
         framing = rh.framing
+        if framing == CHUNKED and not version11:
+            raise Reject(400, "Transfer-Encoding in an HTTP/1.0 request (RFC 9112 6.1: faulty framing)")
         if framing == LENGTH and not 0 <= rh.content_length <= limits.max_body_bytes:
             raise Reject(413, f"request body larger than {limits.max_body_bytes} bytes")
         ex.framing = framing
         ex.expect_continue = rh.expect_continue
         authority, ex.target = (b"", url) if url[:1] == b"/" else split_target(url)
-        host = authority or host_field
+        if host_field is None:
+            if version11:
+                raise Reject(400, "HTTP/1.1 request without a Host header field")
+        elif authority and not _same_authority(authority, host_field):
+            raise Reject(400, f"the target's authority {authority.decode('latin-1')!r} is not the Host "
+                              f"{host_field.decode('latin-1')!r}")
+        host = authority or host_field or b""
         ex.pool = pool = self.router.route(host, ex.target)
         if pool is None:
             ex.reject = (404, f"no Ingress rule for host {host.decode('latin-1')!r} and path "
@@ -216,7 +271,7 @@ class RequestReader:
             if tail is None:
                 tail = self.tails[via_version] = forwarding_tail(self.conn.peer, via_version)
             head = upstream_head(method, ex.target, fields, rh, self.conn.peer, via_version,
-                                 b"" if host_field else authority or pool.host, tail)
+                                 b"" if host_field is not None else authority or pool.host, tail)
             ex.out.append(head)
             ex.out_bytes = len(head)
         ex.state = WAITING

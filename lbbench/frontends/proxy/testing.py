@@ -12,14 +12,16 @@ import contextlib
 import json
 import select
 import socket
+import socketserver
 import subprocess
+import threading
 import time
 import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from httptools import HttpParserError, HttpResponseParser
+from httptools import HttpParserError, HttpRequestParser, HttpResponseParser
 
 from lbbench.cluster.standalone import fresh_ip
 from lbbench.model.addresses import HostPort, parse_hostport
@@ -84,9 +86,15 @@ class _ResponseCollector:
         self._body = bytearray()
 
 
-def parse_responses(data: bytes) -> list[Reply]:
-    """Every complete response in `data` (an HTTP/1.1 byte stream from the server)."""
+def parse_responses(data: bytes, *, after_close: bool = False) -> list[Reply]:
+    """Every complete response in `data` (an HTTP/1.1 byte stream from the server).
+
+    after_close: also the responses after one that said `Connection: close` (a proxy answers a
+    pipelined request it refuses after the response in progress, which may have said so).
+    """
     c = _ResponseCollector()
+    if after_close:
+        c.parser.set_dangerous_leniencies(lenient_keep_alive=True)
     with contextlib.suppress(HttpParserError):
         c.parser.feed_data(data)
     return c.replies
@@ -94,6 +102,12 @@ def parse_responses(data: bytes) -> list[Reply]:
 
 def raw_exchange(addr: HostPort, data: bytes, *, timeout_s: float = 5.0, shut_write: bool = False) -> bytes:
     """Send raw bytes, return everything received until the server closes (or `timeout_s`)."""
+    return raw_conversation(addr, data, timeout_s=timeout_s, shut_write=shut_write)[0]
+
+
+def raw_conversation(addr: HostPort, data: bytes, *, timeout_s: float = 5.0,
+                     shut_write: bool = False) -> tuple[bytes, bool]:
+    """Send raw bytes: (everything received, whether the server closed or reset before `timeout_s`)."""
     out = bytearray()
     with socket.create_connection((addr.host, addr.port), timeout=timeout_s) as s:
         s.sendall(data)
@@ -107,11 +121,135 @@ def raw_exchange(addr: HostPort, data: bytes, *, timeout_s: float = 5.0, shut_wr
             except TimeoutError:
                 break
             except ConnectionResetError:
-                break
+                return bytes(out), True
             if not chunk:
-                break
+                return bytes(out), True
             out += chunk
-    return bytes(out)
+    return bytes(out), False
+
+
+@dataclass(frozen=True)
+class Received:
+    """One request as a backend parsed it."""
+
+    method: str
+    target: bytes
+    headers: tuple[tuple[bytes, bytes], ...]
+    body: bytes
+
+    def header(self, name: bytes) -> list[bytes]:
+        return [v for k, v in self.headers if k.lower() == name.lower()]
+
+
+class _RecordingHandler(socketserver.BaseRequestHandler):
+    server: _RecordingServer
+
+    def handle(self) -> None:
+        sock: socket.socket = self.request
+        collector = _RequestCollector(self.server, sock)
+        while True:
+            try:
+                data = sock.recv(65536)
+            except OSError:
+                return
+            if not data:
+                return
+            self.server.record_bytes(data)
+            try:
+                collector.parser.feed_data(data)
+            except HttpParserError as e:
+                self.server.record_error(str(e))
+                return
+            except OSError:
+                return
+
+
+class _RequestCollector:
+    """llhttp callbacks of one backend connection: each complete request is recorded and answered."""
+
+    def __init__(self, server: _RecordingServer, sock: socket.socket) -> None:
+        self.server = server
+        self.sock = sock
+        self.parser = HttpRequestParser(self)
+        self.url = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.body = bytearray()
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+
+    def on_body(self, data: bytes) -> None:
+        self.body += data
+
+    def on_message_complete(self) -> None:
+        method = self.parser.get_method().decode("latin-1")
+        self.server.record(Received(method, self.url, tuple(self.headers), bytes(self.body)))
+        self.url, self.headers, self.body = b"", [], bytearray()
+        self.sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\nX-Pod: recorder\r\n\r\nrecorded\n")
+
+
+class _RecordingServer(socketserver.ThreadingTCPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, addr: tuple[str, int]) -> None:
+        super().__init__(addr, _RecordingHandler)
+        self.lock = threading.Lock()
+        self.requests: list[Received] = []
+        self.errors: list[str] = []
+        self.bytes_in = 0
+
+    def record(self, r: Received) -> None:
+        with self.lock:
+            self.requests.append(r)
+
+    def record_bytes(self, data: bytes) -> None:
+        with self.lock:
+            self.bytes_in += len(data)
+
+    def record_error(self, message: str) -> None:
+        with self.lock:
+            self.errors.append(message)
+
+
+class RecordingBackend:
+    """A backend that parses with llhttp, answers every request 200 and records what it received.
+
+    Its own parser is the witness of request smuggling: a request the proxy forwarded inside
+    another one's body, or after a framing disagreement, shows up here as an extra request.
+    """
+
+    def __init__(self) -> None:
+        self._server = _RecordingServer((fresh_ip(), 0))
+        host, port = self._server.server_address[:2]
+        self.addr = HostPort(str(host), int(port))
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def mark(self) -> tuple[int, int, int]:
+        """Where the records stand now: pass it to `since` later."""
+        with self._server.lock:
+            return len(self._server.requests), len(self._server.errors), self._server.bytes_in
+
+    def since(self, mark: tuple[int, int, int]) -> tuple[list[Received], list[str], int]:
+        """Requests, parse errors and byte count received after `mark`."""
+        with self._server.lock:
+            return (self._server.requests[mark[0]:], self._server.errors[mark[1]:],
+                    self._server.bytes_in - mark[2])
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(5)
+
+    def __enter__(self) -> RecordingBackend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def request_bytes(path: str = "/", *, method: str = "GET", host: str = "svc", body: bytes = b"",
