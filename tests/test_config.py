@@ -51,6 +51,22 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
         ("rate = 50", "rate = 50\nconnections = \"pooled\"", "load.connections", "keepalive:K"),
         ("[run]", "[[events]]\nat = \"1s\"\naction = \"kill_pod\"\ntarget = \"deployment/api\"\n[run]",
          "events[0].target", "no deployment named 'api'"),
+        ("rate = 50", 'rate = 50\npath = "http://10.0.0.1/"', "load.path", "request path"),
+        ("rate = 50", 'rate = 50\npath = "/a b"', "load.path", "no spaces"),
+        ("[load]", '[[services]]\nname = "web"\nselector = { app = "web" }\n[load]', "services[1].name",
+         "already exists in namespace 'default' (services[0])"),
+        ('frontends = ["userspace-dnat"]', 'frontends = ["l7-proxy", "l7-proxy"]', "run.frontends[1]",
+         "listed twice"),
+        ("[run]", "[[events]]\nat = \"1s\"\naction = \"kill_pod\"\ntarget = \"deployment/web\"\nindex = 99\n[run]",
+         "events[0].index", "below 2 (deployment/web has 2 replicas at 1s), got 99"),
+        ("[run]", "[[events]]\nat = \"1s\"\naction = \"kill_pod\"\ntarget = \"deployment/web\"\nindex = 2\n[run]",
+         "events[0].index", "below 2"),
+        ("[run]", "[[events]]\nat = \"1s\"\naction = \"scale\"\ntarget = \"deployment/web\"\nreplicas = 1\n"
+                  "[[events]]\nat = \"0.5s\"\naction = \"kill_pod\"\ntarget = \"deployment/web\"\nindex = 1\n"
+                  "[[events]]\nat = \"1.5s\"\naction = \"kill_pod\"\ntarget = \"deployment/web\"\nindex = 1\n[run]",
+         "events[2].index", "(deployment/web has 1 replicas at 1.5s), got 1"),
+        ("[run]", "[[events]]\nat = \"1s\"\naction = \"kill_pod\"\ntarget = \"pod/web-0\"\nindex = 0\n[run]",
+         "events[0].index", "takes none"),
     ],
 )
 def test_bad_config_exits_2_with_key_path(tmp_path: Path, old: str, new: str, key_path: str,
@@ -94,3 +110,31 @@ def test_shipped_configs_are_valid(config: Path) -> None:
 def test_bad_cli_overrides() -> None:
     proc = run_cli("run", "configs/quickstart.toml", "--frontends", "ipvs")
     assert proc.returncode == 2 and "--frontends" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_index_within_the_replicas_a_scale_left(tmp_path: Path) -> None:
+    """Scaled up to 5 at 1 s, index 4 exists from then on."""
+    events = ('[[events]]\nat = "1s"\naction = "scale"\ntarget = "deployment/web"\nreplicas = 5\n'
+              '[[events]]\nat = "1.5s"\naction = "kill_pod"\ntarget = "deployment/web"\nindex = 4\n[run]')
+    path = tmp_path / "scaled.toml"
+    path.write_text(GOOD.replace("[run]", events, 1))
+    assert load_config(path).events[1].index == 4
+
+
+def test_a_leading_byte_order_mark_is_accepted(tmp_path: Path) -> None:
+    """TOML 1.0 asks for a UTF-8 document; a leading BOM keeps it one (toml-lang/toml#437): dropped."""
+    path = tmp_path / "bom.toml"
+    path.write_bytes(b"\xef\xbb\xbf" + GOOD.encode())
+    assert load_config(path).load.rates_rps == (50.0,)
+
+
+def test_a_byte_order_mark_elsewhere_and_other_encodings_get_one_line(tmp_path: Path) -> None:
+    inner = tmp_path / "inner-bom.toml"
+    inner.write_bytes(GOOD.replace("[load]", "\ufeff[load]").encode())
+    latin = tmp_path / "latin1.toml"
+    latin.write_bytes(GOOD.replace('name = "web"', 'name = "w\xe9b"', 1).encode("latin-1"))
+    for path, expectation in ((inner, "invalid TOML"), (latin, "expected UTF-8 text")):
+        proc = run_cli("run", str(path), "--quiet")
+        assert proc.returncode == 2, proc.stderr
+        assert "Traceback" not in proc.stderr and str(path) in proc.stderr and expectation in proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr

@@ -177,14 +177,19 @@ def _selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
 def load_config(path: str | Path) -> Config:
     file = str(path)
     try:
-        raw = tomllib.loads(Path(path).read_text())
+        # UTF-8 always (not the locale's encoding); one leading byte order mark is accepted and
+        # dropped: TOML 1.0 asks for "a valid UTF-8 encoded Unicode document", which a BOM does not
+        # make invalid (toml-lang/toml#437), and Windows editors write one.
+        raw = tomllib.loads(Path(path).read_bytes().decode("utf-8-sig"))
     except FileNotFoundError:
         raise ConfigError(file, "", "no such file") from None
     except IsADirectoryError:
         raise ConfigError(file, "", "is a directory, expected a TOML file") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(file, "", f"invalid TOML: {e}") from None
-    except (OSError, UnicodeDecodeError) as e:
+    except UnicodeDecodeError as e:
+        raise ConfigError(file, "", f"expected UTF-8 text (TOML is UTF-8); byte {e.start} is not") from None
+    except OSError as e:
         raise ConfigError(file, "", f"cannot read: {e}") from None
     return parse_config(file, raw)
 
@@ -193,7 +198,7 @@ def parse_config(file: str, raw: dict[str, object]) -> Config:
     top = Table(file, "", dict(raw))
     cluster = _cluster(top.table("cluster"))
     workloads = _workloads(top, cluster)
-    services = tuple(_service(t, cluster) for t in top.tables("services"))
+    services = _services(top, cluster)
     ingresses = tuple(_ingress(t, cluster) for t in top.tables("ingresses"))
     run = _run(top.table("run"))
     proxy = _proxy(top.table("proxy"))
@@ -314,6 +319,19 @@ def _namespace(t: Table, cluster: ClusterConfig) -> str:
     return str(ns)
 
 
+def _services(top: Table, cluster: ClusterConfig) -> tuple[ServiceConfig, ...]:
+    """The Services; a name may be used once per namespace (the API server refuses a second one)."""
+    out: list[ServiceConfig] = []
+    for t in top.tables("services"):
+        svc = _service(t, cluster)
+        first = next((i for i, s in enumerate(out) if s.key == svc.key), None)
+        if first is not None:
+            raise t.fail("name", f"a Service named {svc.name!r} already exists in namespace {svc.namespace!r} "
+                                 f"(services[{first}]); names are unique per namespace")
+        out.append(svc)
+    return tuple(out)
+
+
 def _service(t: Table, cluster: ClusterConfig) -> ServiceConfig:
     name = _name(t)
     ns = _namespace(t, cluster)
@@ -368,6 +386,10 @@ def _run(t: Table) -> RunConfig:
     )
     if not r.frontends:
         raise t.fail("frontends", "expected at least one front end")
+    for i, f in enumerate(frontends):
+        if f in frontends[:i]:
+            raise ConfigError(t.file, f"{t.key_path('frontends')}[{i}]",
+                              f"{f!r} is listed twice; each front end runs once (use run.repeat for more)")
     t.done()
     return r
 
@@ -423,7 +445,7 @@ def _load(t: Table, services: tuple[ServiceConfig, ...]) -> LoadConfig:
     lc = LoadConfig(
         service=f"{ns}/{svc_name}",
         via=t.text("via", d.via, choices=("ClusterIP", "NodePort", "LoadBalancer")),
-        path=t.text("path", d.path),
+        path=_request_path(t, "path", d.path),
         rates_rps=rates,
         utilisations=() if rates else utils,
         arrivals=t.text("arrivals", d.arrivals, choices=("poisson", "constant")),
@@ -438,6 +460,15 @@ def _load(t: Table, services: tuple[ServiceConfig, ...]) -> LoadConfig:
     )
     t.done()
     return lc
+
+
+def _request_path(t: Table, key: str, default: str) -> str:
+    """The path of the load's requests: origin-form; the Service is the target, never a URL."""
+    path: str = t.text(key, default)
+    if not path.startswith("/") or any(c.isspace() or not c.isprintable() for c in path):
+        raise t.fail(key, f"expected a request path such as '/api?x=1' (starting with '/', no spaces); the "
+                          f"load goes to the Service on loopback, so a URL cannot be given here; got {path!r}")
+    return path
 
 
 def _MISSING_SERVICE(t: Table) -> str:
@@ -510,3 +541,27 @@ def _cross_check(config: Config, top: Table) -> None:
         if ev.at_s > config.run.duration_s:
             raise ConfigError(f, f"events[{i}].at", f"event at {ev.at_s}s is after the run's end "
                                                     f"(run.duration = {config.run.duration_s}s)")
+    _check_event_indices(config)
+
+
+_ONE_POD_ACTIONS = ("kill_pod", "delete_pod", "slow_pod", "fail_pod", "unready_pod", "recover_pod")
+
+
+def _check_event_indices(config: Config) -> None:
+    """An event's `index` names a pod of its workload that exists then: the workload's replicas,
+    as the scale events before it left them (pods sorted by name; an index past them would wrap)."""
+    replicas = {w.key: w.replicas for w in config.workloads}
+    in_time = sorted(enumerate(config.events), key=lambda ie: ie[1].at_s)  # stable: file order at equal times
+    for i, ev in in_time:
+        if ev.action == "scale" and ev.replicas is not None:
+            replicas[ev.target] = ev.replicas
+        if ev.index is None:
+            continue
+        key = f"events[{i}].index"
+        if ev.action not in _ONE_POD_ACTIONS or ev.target.partition("/")[0] in ("pod", "node"):
+            raise ConfigError(config.path, key, f"index picks one pod of a workload; {ev.action} on "
+                                                f"{ev.target} takes none")
+        n = replicas.get(ev.target, 0)
+        if ev.index >= n:
+            raise ConfigError(config.path, key, f"expected a pod index below {n} ({ev.target} has {n} "
+                                                f"replicas at {ev.at_s:g}s), got {ev.index}")
