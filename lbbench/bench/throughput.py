@@ -18,7 +18,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from lbbench.bench import cpu
 from lbbench.bench.peers import Wrk, WrkResult
 from lbbench.bench.stats import Stat, stat
 from lbbench.cluster.standalone import fresh_ip
@@ -29,6 +28,7 @@ from lbbench.model.addresses import HostPort
 from lbbench.model.names import KERNEL_FRONTENDS
 from lbbench.model.proxy import ProxySettings
 from lbbench.model.service import Endpoint, ServiceSpec
+from lbbench.system import proctree
 from lbbench.system.netns import in_private_netns, netns_unavailable_reason
 from lbbench.system.procs import Supervisor
 
@@ -154,7 +154,7 @@ async def start_frontend(name: str, sup: Supervisor, backend: HostPort, layer: s
         note = "kernel NAT: no process of its own (its CPU is charged to client and backend)" \
             if name in KERNEL_FRONTENDS else ""
         target = Target(name, entry.addr, entry.host_header, fe.pids, fe.stop, note, own_process=bool(fe.pids()),
-                        processes=cpu.shape(fe.pids()))
+                        processes=proctree.shape(fe.pids()))
         await wait_ok(target)
     except BaseException:
         with contextlib.suppress(Exception):
@@ -189,11 +189,11 @@ def _one_line(e: BaseException) -> str:
 
 # -- measuring -----------------------------------------------------------------------------------
 async def measure_once(wrk: Wrk, target: Target, backend_pids: Pids, duration_s: float) -> Round:
-    fe0, be0 = cpu.cpu_s(target.pids()), cpu.cpu_s(backend_pids())
+    fe0, be0 = proctree.cpu_s(target.pids()), proctree.cpu_s(backend_pids())
     result: WrkResult = await wrk.run(target.addr, target.host_header, duration_s)
-    fe1, be1 = cpu.cpu_s(target.pids()), cpu.cpu_s(backend_pids())
+    fe1, be1 = proctree.cpu_s(target.pids()), proctree.cpu_s(backend_pids())
     return Round(result.rps, result.p50_ms, result.p99_ms, result.requests, result.errors,
-                 cpu.used_s(fe0, fe1), cpu.used_s(be0, be1))
+                 proctree.used_s(fe0, fe1), proctree.used_s(be0, be1))
 
 
 async def measure(run: GroupRun, wrk: Wrk, backend_pids: Pids, duration_s: float, repeats: int,

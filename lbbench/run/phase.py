@@ -14,8 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 from lbbench.cluster.controller import Controller
 from lbbench.cluster.dns import ClusterDns, aresolve_a
 from lbbench.cluster.events import EventLog, LoggedEvent
@@ -30,6 +28,7 @@ from lbbench.model.service import ServiceSpec
 from lbbench.run.zeroload import ZeroLoad, measure_zero_load
 from lbbench.system.hoststat import read_cpu_ticks, steal_fraction
 from lbbench.system.procs import Supervisor
+from lbbench.system.proctree import tree_cpu_s
 from lbbench.system.timer import PreciseTimer
 
 SAMPLE_PERIOD_S = 0.1
@@ -71,14 +70,7 @@ class CpuMeter:
 
     def sample(self, role: str, pids: list[int], children: bool = False) -> None:
         for pid in pids:
-            with contextlib.suppress(psutil.Error):
-                proc = psutil.Process(pid)
-                procs = [proc, *(proc.children(recursive=True) if children else [])]
-                total = 0.0
-                for p in procs:
-                    with contextlib.suppress(psutil.Error):
-                        t = p.cpu_times()
-                        total += t.user + t.system
+            if (total := tree_cpu_s(pid, children=children)) is not None:
                 self.last[(role, pid)] = total
 
     def totals(self) -> dict[str, float]:

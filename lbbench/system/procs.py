@@ -55,6 +55,24 @@ def die_with_parent() -> None:
         os._exit(1)
 
 
+def handles_signal(pid: int, sig: int) -> bool:
+    """Whether `pid` has a handler for `sig` installed and does not block it (Linux /proc).
+
+    A signal sent before that may be dropped: HAProxy's master ignores a reload that comes early.
+    """
+    masks: dict[str, int] = {}
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(("SigBlk:", "SigCgt:")):
+                    key, value = line.split(":", 1)
+                    masks[key] = int(value, 16)
+    except (OSError, ValueError):
+        return False
+    bit = 1 << (sig - 1)
+    return bool(masks.get("SigCgt", 0) & bit) and not masks.get("SigBlk", 0) & bit
+
+
 def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ)
     env[PARENT_ENV] = str(os.getpid())

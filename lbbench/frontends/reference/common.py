@@ -22,11 +22,9 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
-import grp
 import json
 import math
 import os
-import pwd
 import re
 import shutil
 import signal
@@ -44,8 +42,9 @@ from lbbench.errors import UserError
 from lbbench.frontends.base import Entrypoint, Frontend, FrontendPlan
 from lbbench.model.addresses import HostPort, require_loopback
 from lbbench.model.service import Endpoint, ServiceSpec, ServiceType
+from lbbench.system import proctree
 from lbbench.system.netns import find_tool
-from lbbench.system.procs import Child, Supervisor
+from lbbench.system.procs import Child, Supervisor, handles_signal
 
 STATUS_HOST = "lbbench-status.invalid"  # .invalid never collides with a real Host header
 STATUS_PATH = "/lbbench-generation"
@@ -135,29 +134,6 @@ def l7_entrypoint(plan: FrontendPlan, service_key: str) -> Entrypoint:
     raise UserError(f"no Ingress route leads to Service {service_key!r}")
 
 
-def can_switch_user() -> bool:
-    """Whether this root process may drop to another uid (False in an unprivileged user namespace)."""
-    try:
-        if Path("/proc/self/setgroups").read_text().strip() == "deny":
-            return False
-        first = Path("/proc/self/uid_map").read_text().split()
-    except OSError:
-        return True
-    # The initial namespace maps all 2^32-1 uids; a --map-root-user namespace maps just one.
-    return len(first) >= 3 and int(first[2]) > 1
-
-
-def unprivileged_identity() -> tuple[str, str] | None:
-    """(user, group) that root-started workers should switch to, or None to stay as we are."""
-    if os.geteuid() != 0 or not can_switch_user():
-        return None
-    try:
-        pw = pwd.getpwnam("nobody")
-        return pw.pw_name, grp.getgrgid(pw.pw_gid).gr_name
-    except KeyError:
-        return None
-
-
 def check_bindable(addrs: Sequence[HostPort], who: str) -> None:
     """Refuse privileged ports up front when not root, with the reason (the proxy's own error is cryptic)."""
     if os.geteuid() == 0:
@@ -215,21 +191,6 @@ async def probe_generation(addr: HostPort, timeout_s: float = 1.0) -> int | None
             await writer.wait_closed()
     m = _GEN_RE.search(data)
     return int(m.group(1)) if m else None
-
-
-def handles_signal(pid: int, sig: int) -> bool:
-    """Whether `pid` has a handler for `sig` installed and does not block it (Linux /proc)."""
-    masks: dict[str, int] = {}
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith(("SigBlk:", "SigCgt:")):
-                    key, value = line.split(":", 1)
-                    masks[key] = int(value, 16)
-    except (OSError, ValueError):
-        return False
-    bit = 1 << (sig - 1)
-    return bool(masks.get("SigCgt", 0) & bit) and not masks.get("SigBlk", 0) & bit
 
 
 async def wait_signal_handled(pid: int, sig: int, timeout_s: float = READY_TIMEOUT_S) -> None:
@@ -410,9 +371,9 @@ class ReferenceFrontend(Frontend):
         self._stopped = True
         child, self.child = self.child, None
         if child is not None:
-            family = _descendants(child.pid)
+            family = proctree.tree(child.pid)
             await child.stop(2.0)
-            await asyncio.to_thread(_reap, family)
+            await asyncio.to_thread(proctree.reap, family)
         if self.workdir is not None:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
@@ -494,31 +455,3 @@ def _last_line(text: str) -> str:
     alerts = [ln for ln in lines if re.search(r"ALERT|emerg|rror", ln)]
     return (alerts or lines or ["(no output)"])[-1].strip()
 
-
-def _descendants(pid: int) -> list[psutil.Process]:
-    try:
-        root = psutil.Process(pid)
-        return [root, *root.children(recursive=True)]
-    except psutil.Error:
-        return []
-
-
-def _gone(p: psutil.Process) -> bool:
-    try:
-        return not p.is_running() or p.status() == psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return True
-
-
-def _reap(procs: list[psutil.Process], timeout_s: float = 3.0) -> None:
-    """Wait for the master's children to go; SIGKILL any left (they are ours).
-
-    A zombie counts as gone: reaping orphans is init's job, not ours.
-    """
-    deadline = time.monotonic() + timeout_s
-    while not all(_gone(p) for p in procs) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    for p in procs:
-        if not _gone(p):
-            with contextlib.suppress(psutil.Error):
-                p.kill()

@@ -63,9 +63,9 @@ from lbbench.frontends.reference.common import (
     probe_generation,
     routes,
     safe_name,
-    unprivileged_identity,
 )
 from lbbench.model.addresses import HostPort
+from lbbench.system.users import unprivileged_identity
 
 MODULES_DIR = Path("/usr/lib/apache2/modules")
 _MODULES = (

@@ -66,11 +66,11 @@ from lbbench.frontends.reference.common import (
     probe_generation,
     routes,
     safe_name,
-    unprivileged_identity,
 )
 from lbbench.model.addresses import HostPort
 from lbbench.system.netns import in_private_netns
 from lbbench.system.procs import Child, Supervisor
+from lbbench.system.users import unprivileged_identity
 
 _BALANCE = {"round-robin": "", "random": "random", "least-conn": "least_conn", "p2c": "random two least_conn",
             "peak-ewma": "least_conn"}
