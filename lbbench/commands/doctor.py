@@ -36,6 +36,7 @@ def checks() -> dict[str, dict[str, str | bool]]:
         result["uvloop"] = {"ok": False, "detail": f"not importable: {e}"}
     ns = netns_unavailable_reason()
     result["unshare+nft"] = {"ok": ns is None, "detail": ns or "private user+net namespace with nft works"}
+    result["ebpf (root, libbpf, cgroup v2)"] = _ebpf_check()
     tools = {"haproxy": ["haproxy", "-v"], "nginx": ["nginx", "-v"], "httpd": ["apache2", "-v"], "wrk": ["wrk", "-v"]}
     for name, argv in tools.items():
         path = shutil.which(argv[0]) or shutil.which(argv[0], path="/usr/sbin:/usr/bin:/sbin")
@@ -49,6 +50,19 @@ def checks() -> dict[str, dict[str, str | bool]]:
         detail = "available" + (" (inside lbbench's private user+net namespace)" if fe in KERNEL_FRONTENDS else "")
         result[f"frontend {fe}"] = {"ok": why is None, "detail": why or detail}
     return result
+
+
+def _ebpf_check() -> dict[str, str | bool]:
+    """What ebpf-socketlb needs: real root, libbpf.so.1, cgroup v2, and a kernel that accepts the program."""
+    from lbbench.frontends.kernel import ebpf
+    from lbbench.system.cgroup import cgroup2_mount
+    from lbbench.system.libbpf import LIBRARY
+
+    why = ebpf.unavailable_reason()
+    if why is not None:
+        return {"ok": False, "detail": why + ("; apt-get install libbpf1" if "libbpf" in why else "")}
+    return {"ok": True, "detail": f"real root, {LIBRARY}, cgroup v2 at {cgroup2_mount()}, "
+                                  "the kernel accepts the programs"}
 
 
 def _pkg(name: str) -> str:

@@ -15,7 +15,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", help="experiment config (TOML); see configs/README.md")
     p.add_argument("--out", type=Path, help="results folder (default: results/<UTC time>-<config name>/)")
     p.add_argument("--frontends", help="comma-separated front ends, overriding [run].frontends "
-                   "(userspace-dnat, kernel-nftables, kernel-iptables, haproxy-tcp, l7-proxy, haproxy, nginx, httpd)")
+                   "(userspace-dnat, kernel-nftables, kernel-iptables, ebpf-socketlb, haproxy-tcp, l7-proxy, "
+                   "haproxy, nginx, httpd)")
     p.add_argument("--duration", help="load duration per phase, overriding [run].duration (e.g. 10s)")
     p.add_argument("--seed", type=int, help="seed, overriding [run].seed")
     p.add_argument("--repeat", type=int, help="repeats per phase, overriding [run].repeat")

@@ -139,6 +139,7 @@ class ClusterConfig:
     ingress_ip: str = "127.98.0.1"
     ingress_port: int = 8080
     dns: str = "127.53.0.10:5353"
+    socket_lb_reverse: bool = True  # ebpf-socketlb: getpeername() answers the Service address, as Cilium's
 
     def node_network(self, n: int) -> str:
         return f"127.{self.node_ip_base + n}.0.0/16"
@@ -248,6 +249,7 @@ def _cluster(t: Table) -> ClusterConfig:
         ingress_ip=_loopback_ip(t, "ingress_ip", d.ingress_ip),
         ingress_port=t.integer("ingress_port", d.ingress_port, 1, 65535),
         dns=t.parsed("dns", lambda v: str(parse_hostport(v)), "a loopback IP:PORT", d.dns),
+        socket_lb_reverse=t.flag("socket_lb_reverse", d.socket_lb_reverse),
     )
     t.done()
     return c

@@ -34,6 +34,7 @@ class FrontendPlan:
     seed: int = 0
     artifacts_dir: Path | None = None  # rendered configs / rulesets are saved here
     in_netns: bool = False  # True inside lbbench's private user+net namespace
+    socket_lb_reverse: bool = True  # ebpf-socketlb: getpeername() answers the Service address
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,10 @@ class Frontend(abc.ABC):
     async def counters(self) -> dict[str, float]:
         """Front-end counters (connections, retries, queue length...). Empty if none."""
         return {}
+
+    def client_cgroup(self) -> Path | None:
+        """The cgroup a client process must join before opening sockets to be served; None: any."""
+        return None
 
     def pids(self) -> list[int]:
         """Processes whose CPU time is this front end's (children included by the caller)."""

@@ -12,6 +12,7 @@ CLASSES: dict[FrontendName, tuple[str, str]] = {
     "userspace-dnat": ("lbbench.frontends.dnat.frontend", "UserspaceDnat"),
     "kernel-nftables": ("lbbench.frontends.kernel.nftables", "KernelNftables"),
     "kernel-iptables": ("lbbench.frontends.kernel.iptables", "KernelIptables"),
+    "ebpf-socketlb": ("lbbench.frontends.kernel.ebpf", "EbpfSocketLb"),
     "haproxy-tcp": ("lbbench.frontends.reference.haproxy", "HaproxyTcp"),
     "l7-proxy": ("lbbench.frontends.proxy.frontend", "L7Proxy"),
     "haproxy": ("lbbench.frontends.reference.haproxy", "HaproxyHttp"),

@@ -26,7 +26,7 @@ from lbbench.k8s.scripts import fault_steps, faults_script, run_script
 from lbbench.load.generator import RPS_PER_WORKER, USERS_PER_WORKER
 
 K8S_VERSION = "1.30.0"  # the Kubernetes OpenAPI schemas the manifests are validated against (tests)
-DNAT = ("userspace-dnat", "kernel-nftables", "kernel-iptables", "haproxy-tcp")
+DNAT = ("userspace-dnat", "kernel-nftables", "kernel-iptables", "ebpf-socketlb", "haproxy-tcp")
 INGRESS_PROXIES = ("haproxy", "nginx", "httpd")
 CONTROLLERS = ("auto", "ingress-nginx", "haproxy-ingress", "haproxytech", "none")
 LOG_BYTES_PER_REQUEST = 52  # a packed part, measured: parquet rows, gzip, base64

@@ -24,7 +24,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -161,8 +161,10 @@ class _Link:
 
 
 class LoadGenerator:
-    def __init__(self, spec: LoadSpec) -> None:
+    def __init__(self, spec: LoadSpec, wrap: Callable[[list[str]], list[str]] | None = None) -> None:
+        """`wrap` turns a worker's argv into the one to spawn (e.g. joining a cgroup before any socket)."""
         self.spec = spec
+        self.wrap = wrap
         self.workers = resolve_workers(spec)
         self._sup: Supervisor | None = None
         self._links: list[_Link] = []
@@ -180,7 +182,8 @@ class LoadGenerator:
         self._sup = Supervisor()
         try:
             for i in range(self.workers):
-                child = self._sup.spawn(f"load-worker/{i}", [sys.executable, "-m", "lbbench.load.worker"],
+                argv = [sys.executable, "-m", "lbbench.load.worker"]
+                child = self._sup.spawn(f"load-worker/{i}", self.wrap(argv) if self.wrap else argv,
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None)
                 link = _Link(i, child)
                 await link.attach(loop)

@@ -21,7 +21,7 @@ from lbbench.model.servicetime import ServiceTime
 from lbbench.results.files import is_ok
 from lbbench.theory.predict import Arrivals, ModelPrediction, predict
 
-DNAT = ("userspace-dnat", "kernel-nftables", "kernel-iptables", "haproxy-tcp")
+DNAT = ("userspace-dnat", "kernel-nftables", "kernel-iptables", "ebpf-socketlb", "haproxy-tcp")
 QUEUEING = ("l7-proxy", "haproxy")
 BALANCE_MODEL = {"round-robin": "round_robin", "random": "random_split", "p2c": "p2c"}
 

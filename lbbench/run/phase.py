@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,8 @@ from lbbench.load.generator import LoadGenerator, LoadResult
 from lbbench.load.spec import LoadSpec
 from lbbench.model.addresses import HostPort, parse_hostport
 from lbbench.model.service import ServiceSpec
-from lbbench.run.zeroload import ZeroLoad, measure_zero_load
+from lbbench.run.zeroload import ZeroLoad, measure_zero_load, measure_zero_load_in
+from lbbench.system.cgroup import cgroup_argv
 from lbbench.system.hoststat import read_cpu_ticks, steal_fraction
 from lbbench.system.procs import Supervisor
 from lbbench.system.proctree import tree_cpu_s
@@ -91,6 +93,14 @@ def load_spec(config: Config, fe: Frontend, rate_rps: float) -> tuple[LoadSpec, 
         record_rows=lc.record_rows,
     )
     return spec, f"{ep.addr}" + (f" (Host: {ep.host_header})" if ep.host_header else "")
+
+
+def client_wrap(fe: Frontend) -> Callable[[list[str]], list[str]] | None:
+    """How client processes must start to be served by `fe` (inside its cgroup), or None: as they are."""
+    cg = fe.client_cgroup()
+    if cg is None:
+        return None
+    return lambda argv: cgroup_argv(cg, argv)
 
 
 def lb_dns_name(svc: ServiceSpec) -> str:
@@ -205,8 +215,11 @@ class Phase:
         assert self.frontend is not None and self.dns is not None
         spec, self.record.target = await resolved_load_spec(self.config, self.frontend, plan, self.dns,
                                                            self.key.rate_rps, self.log)
-        zero = self.record.zero_load = await measure_zero_load(spec.target, spec.path, spec.host_header,
-                                                               spec.connections.kind == "keepalive")
+        wrap = client_wrap(self.frontend)
+        keepalive = spec.connections.kind == "keepalive"
+        zero = self.record.zero_load = await (
+            measure_zero_load_in(wrap, spec.target, spec.path, spec.host_header, keepalive) if wrap else
+            measure_zero_load(spec.target, spec.path, spec.host_header, keepalive))
         self.log.log("zero_load_measured", self.record.target,
                      f"overhead_p50_ms={(zero['overhead_p50_s'] or 0) * 1e3:.3f}")
         return spec
@@ -214,7 +227,7 @@ class Phase:
     async def _measure(self, spec: LoadSpec) -> None:
         """The load from t=0, the timeline and the sampler beside it, until the schedule is done."""
         assert self.frontend is not None and self.controller is not None
-        gen = self.generator = LoadGenerator(spec)
+        gen = self.generator = LoadGenerator(spec, client_wrap(self.frontend))
         await gen.prepare()  # workers up and holding their share of the schedule
         t0 = time.monotonic() + self.config.run.warmup_s + 0.1
         await gen.start(t0)
@@ -275,6 +288,7 @@ class Phase:
         return FrontendPlan(
             services=service_specs(c), ingress_ip=c.cluster.ingress_ip, ingress_port=c.cluster.ingress_port,
             ingress_rules=rules, proxy=c.proxy, seed=c.run.seed, artifacts_dir=self.artifacts, in_netns=self.in_netns,
+            socket_lb_reverse=c.cluster.socket_lb_reverse,
         )
 
     async def _timeline(self, controller: Controller, t0: float) -> None:

@@ -11,11 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
+from collections.abc import Callable, Sequence
 from typing import NamedTuple, TypedDict
 
-from lbbench.model.addresses import HostPort
+from lbbench.model.addresses import HostPort, parse_hostport
 
 
 class ZeroLoad(TypedDict):
@@ -105,3 +110,43 @@ async def measure_zero_load(addr: HostPort, path: str, host_header: str | None, 
         overhead_max_s=max(overheads, default=None),
         outside_proxy_slot_mean_s=trimmed_mean(outside_slot),
     )
+
+
+async def measure_zero_load_in(wrap: Callable[[list[str]], list[str]], addr: HostPort, path: str,
+                               host_header: str | None, keepalive: bool, timeout_s: float = 60.0) -> ZeroLoad:
+    """The same probe from a separate process started through `wrap`.
+
+    For a front end that serves only the clients it was told about (ebpf-socketlb balances
+    the processes of the run's cgroup, and a socket's cgroup is its creator's), the probe
+    must be such a client too. Its result comes back as one JSON document in a file.
+    """
+    from lbbench.system.procs import Supervisor
+
+    with tempfile.TemporaryFile() as out:
+        argv = [sys.executable, "-m", "lbbench.run.zeroload", str(addr), path, host_header or "",
+                "keepalive" if keepalive else "close"]
+        async with asyncio.timeout(timeout_s):
+            sup = Supervisor()
+            try:
+                rc = await sup.spawn("zero-load", wrap(argv), stdin=subprocess.DEVNULL, stdout=out).wait()
+            finally:
+                await sup.aclose()
+        out.seek(0)
+        text = out.read().decode()
+    if rc != 0:
+        raise RuntimeError(f"the zero-load probe exited with status {rc}")
+    result: ZeroLoad = json.loads(text)
+    return result
+
+
+def main(args: Sequence[str]) -> int:
+    if len(args) != 4 or args[3] not in ("keepalive", "close"):
+        print("usage: python -m lbbench.run.zeroload HOST:PORT PATH HOST_HEADER keepalive|close", file=sys.stderr)
+        return 2
+    result = asyncio.run(measure_zero_load(parse_hostport(args[0]), args[1], args[2] or None, args[3] == "keepalive"))
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

@@ -1,7 +1,8 @@
 """lbbench's private user+network namespace, where kernel front ends may touch netfilter.
 
 Kernel rules are never written to the host: `lbbench run` re-executes itself through
-:func:`netns_argv`, i.e. ``unshare --user --map-root-user --net`` (no root needed), then
+:func:`netns_argv`, i.e. ``unshare --user --map-root-user --net`` (no root needed; as real root
+``unshare --net`` alone, so that BPF loading, refused in a user namespace, still works), then
 ``python -m lbbench.system.netns exec`` brings ``lo`` up, marks the environment and execs the real
 command. unshare and the exec keep the pid, so the supervisor that spawned the wrapper
 still owns (and kills) the process; inside, nothing but ``lo`` exists, and the namespace
@@ -22,6 +23,7 @@ import struct
 import subprocess
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 NETNS_ENV = "LBBENCH_NETNS"
 _SBIN = ("/usr/sbin", "/sbin", "/usr/local/sbin")  # often missing from a user's PATH
@@ -59,19 +61,33 @@ def netns_unavailable_reason() -> str | None:
         return "nft (nftables) is not installed"
     from lbbench.system.procs import Supervisor
 
-    argv = [unshare, "--user", "--map-root-user", "--net", "--", nft, "list", "ruleset"]
+    argv = [unshare, *unshare_flags(), "--", nft, "list", "ruleset"]
     with Supervisor() as sup:
         child = sup.spawn("netns-probe", argv, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
             _, err = child.popen.communicate(timeout=10)
         except subprocess.TimeoutExpired:
             child.stop_sync(0.5)
-            return "probing 'unshare --user --map-root-user --net nft list ruleset' timed out"
+            return f"probing 'unshare {' '.join(unshare_flags())} nft list ruleset' timed out"
     if child.popen.returncode != 0:
         detail = err.decode(errors="replace").strip().splitlines()
         why = detail[-1] if detail else f"exit status {child.popen.returncode}"
-        return f"'unshare --user --map-root-user --net' with nft failed (user namespaces disabled?): {why}"
+        return f"'unshare {' '.join(unshare_flags())}' with nft failed (user namespaces disabled?): {why}"
     return None
+
+
+def real_root() -> bool:
+    """Root in the initial user namespace: a private netns needs no user namespace then."""
+    try:
+        return os.geteuid() == 0 and Path("/proc/self/uid_map").read_text().split() == ["0", "0", "4294967295"]
+    except OSError:
+        return False
+
+
+def unshare_flags() -> list[str]:
+    """``--net`` alone as real root (BPF, which a user namespace refuses, keeps working inside,
+    e.g. ebpf-socketlb's programs); ``--user --map-root-user --net`` for anyone else."""
+    return ["--net"] if real_root() else ["--user", "--map-root-user", "--net"]
 
 
 def netns_argv(argv: Sequence[str]) -> list[str]:
@@ -85,7 +101,7 @@ def netns_argv(argv: Sequence[str]) -> list[str]:
     unshare = find_tool("unshare")
     if unshare is None:
         raise RuntimeError("unshare (util-linux) is not installed")
-    return [unshare, "--user", "--map-root-user", "--net", "--",
+    return [unshare, *unshare_flags(), "--",
             sys.executable, "-m", "lbbench.system.netns", "exec", "--", *argv]
 
 
