@@ -70,7 +70,7 @@ def test_killed_pod_is_replaced_with_fresh_ip_after_delays() -> None:
         config = make_config()
         with Supervisor() as sup:
             log = EventLog()
-            ctl = Controller(config, sup, log, seed=7)
+            ctl = Controller(config, sup, log)
             rec = Recorder()
             ctl.subscribers.append(rec)
             await ctl.start()
@@ -111,7 +111,7 @@ def test_statefulset_keeps_names_and_gets_new_ip() -> None:
         config = make_config(kind="statefulsets")
         with Supervisor() as sup:
             log = EventLog()
-            ctl = Controller(config, sup, log, seed=1)
+            ctl = Controller(config, sup, log)
             await ctl.start()
             await ctl.wait_synced()
             started = [e.target for e in log.of_kind("pod_started")]
@@ -133,7 +133,7 @@ def test_scale_delete_and_unready() -> None:
         config = make_config(replicas=2)
         with Supervisor() as sup:
             log = EventLog()
-            ctl = Controller(config, sup, log, seed=3)
+            ctl = Controller(config, sup, log)
             await ctl.start()
             await ctl.wait_synced()
             await ctl.scale("deployment/web", 4)
@@ -156,7 +156,7 @@ def test_node_down_keeps_endpoints_until_grace_period() -> None:
         config = make_config(replicas=4)
         with Supervisor() as sup:
             log = EventLog()
-            ctl = Controller(config, sup, log, seed=5)
+            ctl = Controller(config, sup, log)
             await ctl.start()
             await ctl.wait_synced()
             on_node1 = {p.name for p in ctl.pods.values() if p.node == 1}
@@ -192,7 +192,7 @@ def test_endpoint_updates_reach_a_slow_front_end_in_order_one_at_a_time() -> Non
         config = make_config(replicas=1)
         with Supervisor() as sup:
             log = EventLog()
-            ctl = Controller(config, sup, log, seed=9)
+            ctl = Controller(config, sup, log)
             slow = SlowFrontEnd()
             ctl.subscribers.append(slow)
             await ctl.start()

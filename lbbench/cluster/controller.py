@@ -52,17 +52,13 @@ class PodState:
     failures: int = 0
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
-    def endpoint(self) -> Endpoint:
-        return Endpoint(self.name, self.ip, self.port, f"node-{self.node}")
-
 
 class Controller:
-    def __init__(self, config: Config, supervisor: Supervisor, log: EventLog, seed: int) -> None:
+    def __init__(self, config: Config, supervisor: Supervisor, log: EventLog) -> None:
         self.config = config
         self.sup = supervisor
         self.log = log
-        self.rng = random.Random(seed)
-        self.seed = seed
+        self.rng = random.Random(config.run.seed)
         self.allocators = [AddressAllocator(config.cluster.node_network(n)) for n in range(config.cluster.nodes)]
         self.templates: dict[str, PodTemplate] = {w.key: w.template for w in config.workloads}
         self.desired: dict[str, int] = {w.key: w.replicas for w in config.workloads}
@@ -157,7 +153,7 @@ class Controller:
         argv = lbbench_argv(
             "serve", "pod", "--listen", f"{ip}:{template.port}", "--name", name,
             "--service", str(template.service), "--slots", str(template.slots),
-            "--seed", str(self.seed * 1_000_003 + self._serial), "--error-rate", str(f.error_rate),
+            "--seed", str(self.config.run.seed * 1_000_003 + self._serial), "--error-rate", str(f.error_rate),
             "--slow-factor", str(f.slow_factor), "--hang-rate", str(f.hang_rate), "--close-rate", str(f.close_rate),
             *(["--burn-cpu"] if template.burn_cpu else []), *([] if f.ready else ["--unready"]),
         )

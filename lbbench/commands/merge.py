@@ -32,7 +32,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from lbbench.config.parse import load_config
     from lbbench.k8s.merge import merge_parts, merged_contents, read_all, read_events
-    from lbbench.results.writer import write_folder
+    from lbbench.results.writer import writable_folder, write_folder
     from lbbench.run.phase import phase_rates
 
     if (args.out / "summary.json").exists():
@@ -42,8 +42,7 @@ def run(args: argparse.Namespace) -> int:
     phases = merge_parts(parts, args.partial, phase_rates(config) if config else ())
     name = args.name or (config.name if config else "k8s")
     contents = merged_contents(phases, read_events(args.events), config, name)
-    args.out.mkdir(parents=True, exist_ok=True)
-    failures = write_folder(args.out, contents)
+    failures = write_folder(writable_folder(args.out), contents)
     summary = contents.summary
     print(f"{'front end':14}{'rate':>9}{'rep':>5}{'parts':>8}{'requests':>10}{'ok':>9}{'p50 ms':>9}{'p99 ms':>9}")
     for ph, entry in zip(phases, summary["phases"], strict=True):

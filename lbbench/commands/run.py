@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from lbbench.errors import UserError
+from lbbench.errors import ConfigError, UserError
+
+if TYPE_CHECKING:
+    from lbbench.config.parse import Config
 
 DEFAULT_RESULTS = Path("results")
 
@@ -25,52 +29,54 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "(kernel front ends are then skipped)")
 
 
-def _overrides(args: argparse.Namespace) -> dict[str, object]:
-    from lbbench.model.names import FRONTENDS
-    from lbbench.model.servicetime import parse_duration
+# options that override the [run] key of the same name; each is validated as the config's own value
+OVERRIDES = ("frontends", "duration", "seed", "repeat")
 
-    run: dict[str, object] = {}
-    if args.frontends:
-        names = tuple(n.strip() for n in args.frontends.split(",") if n.strip())
-        unknown = [n for n in names if n not in FRONTENDS]
-        if unknown or not names:
-            raise UserError(f"--frontends: unknown front end {unknown[0] if unknown else '(none)'!r}; "
-                            f"expected some of {', '.join(FRONTENDS)}")
-        run["frontends"] = names
-    if args.duration:
-        try:
-            run["duration_s"] = parse_duration(args.duration)
-        except ValueError as e:
-            raise UserError(f"--duration: {e}") from None
-    if args.seed is not None:
-        run["seed"] = args.seed
-    if args.repeat is not None:
-        if args.repeat < 1:
-            raise UserError("--repeat must be >= 1")
-        run["repeat"] = args.repeat
+
+def _overrides(args: argparse.Namespace) -> dict[str, object]:
+    run = {key: getattr(args, key) for key in OVERRIDES if getattr(args, key) is not None}
+    if "frontends" in run:
+        run["frontends"] = [n.strip() for n in str(args.frontends).split(",") if n.strip()]
     return run
 
 
-def run(args: argparse.Namespace) -> int:
+def load_with_overrides(args: argparse.Namespace) -> Config:
+    """The config with the command line's overrides, all validated before anything starts.
+
+    An override's error names the option (`--seed: must be >= 0, got -1`), not the file.
+    """
     from lbbench.config.parse import load_config
 
-    config = load_config(args.config)
-    changes = _overrides(args)
-    if changes:
-        config = dataclasses.replace(config, run=dataclasses.replace(config.run, **changes))  # type: ignore[arg-type]
+    run = _overrides(args)
+    try:
+        return load_config(args.config, run)
+    except ConfigError as e:
+        key = e.key_path.removeprefix("run.").split("[")[0] if e.key_path.startswith("run.") else None
+        if key not in run:
+            raise
+        raise UserError(f"--{key}: {e.expected}") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    config = load_with_overrides(args)
 
     import uvloop
 
     from lbbench.model.names import KERNEL_FRONTENDS
     from lbbench.results.files import new_results_dir
+    from lbbench.results.writer import writable_folder
     from lbbench.run.experiment import RunOptions, run_experiment
     from lbbench.system.netns import in_private_netns, netns_unavailable_reason
-    out = args.out or new_results_dir(DEFAULT_RESULTS, config.name)
-    out.mkdir(parents=True, exist_ok=True)
+
+    out = writable_folder(args.out or new_results_dir(DEFAULT_RESULTS, config.name))
     wants_kernel = any(f in KERNEL_FRONTENDS for f in config.run.frontends)
     if wants_kernel and not args.no_netns and not in_private_netns() and netns_unavailable_reason() is None:
         return _reexec_in_netns(args, out)
-    folder, complete = uvloop.run(run_experiment(config, RunOptions(out, config.run.frontends, args.quiet)))
+    folder, complete, unwritten = uvloop.run(run_experiment(config, RunOptions(out, config.run.frontends,
+                                                                               args.quiet)))
+    for failure in unwritten:  # said even with --quiet: these results are not (all) on disk
+        print(f"lbbench run: error: could not write {failure} (the files that fit were written, "
+              "summary.json first; complete: false)", file=sys.stderr)
     print(folder)
     return 0 if complete else 1
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -175,7 +176,9 @@ def _selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
     return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
 
 
-def load_config(path: str | Path) -> Config:
+def load_config(path: str | Path, run: Mapping[str, object] | None = None) -> Config:
+    """The config in `path`; `run` replaces keys of its [run] table (the command line's overrides),
+    validated exactly as the file's own values (a ConfigError then names `run.<key>`)."""
     file = str(path)
     try:
         # UTF-8 always (not the locale's encoding); one leading byte order mark is accepted and
@@ -192,6 +195,9 @@ def load_config(path: str | Path) -> Config:
         raise ConfigError(file, "", f"expected UTF-8 text (TOML is UTF-8); byte {e.start} is not") from None
     except OSError as e:
         raise ConfigError(file, "", f"cannot read: {e}") from None
+    if run:
+        table = raw.get("run", {})
+        raw["run"] = {**table, **run} if isinstance(table, dict) else table
     return parse_config(file, raw)
 
 
@@ -375,6 +381,8 @@ def _run(t: Table) -> RunConfig:
         if f not in FRONTENDS:
             raise ConfigError(t.file, f"{t.key_path('frontends')}[{i}]",
                               f"unknown front end {f!r}; expected one of {', '.join(FRONTENDS)}")
+        if f in frontends[:i]:  # it would run twice and its phases would merge into one entry
+            raise ConfigError(t.file, f"{t.key_path('frontends')}[{i}]", f"{f!r} is listed twice")
     r = RunConfig(
         duration_s=t.duration("duration", d.duration_s, lo=0.1, hi=3600),
         warmup_s=t.duration("warmup", d.warmup_s, hi=600),

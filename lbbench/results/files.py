@@ -41,13 +41,13 @@ QUANTILES = {"p50": 0.5, "p90": 0.9, "p99": 0.99, "p999": 0.999}
 
 
 def new_results_dir(base: Path, config_name: str) -> Path:
+    """A fresh folder name under `base` (created by lbbench.results.writer.writable_folder)."""
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     path = base / f"{stamp}-{config_name}"
     n = 1
     while path.exists():
         n += 1
         path = base / f"{stamp}-{config_name}-{n}"
-    path.mkdir(parents=True)
     return path
 
 

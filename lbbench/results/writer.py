@@ -12,12 +12,14 @@ summary.json is rewritten with `complete: false` and the failures in `write_erro
 from __future__ import annotations
 
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from lbbench.errors import UserError
 from lbbench.results.atomic import replace_atomically
 from lbbench.results.files import SCHEMA, json_text
 
@@ -40,6 +42,22 @@ class WriteFailure:
 
     def __str__(self) -> str:
         return f"{self.path}: {self.error}"
+
+
+def writable_folder(out: Path, option: str = "--out") -> Path:
+    """Create `out` if needed and prove a file can be written there, before anything is measured.
+
+    A path that is a file, a folder on a read-only mount or in /proc: one line naming it (UserError).
+    """
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{option} {out}: exists and is not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".lbbench-probe-"):
+            pass
+    except OSError as e:
+        raise UserError(f"{option} {out}: cannot write results there: {e.strerror or e}") from None
+    return out
 
 
 def summary_document(*, complete: bool, metadata: dict[str, Any], config: dict[str, Any],

@@ -123,14 +123,16 @@ class Experiment:
         failures = write_results(self.opts.out, self.config, self.records, self.skipped, complete, self.meta)
         for f in failures:
             if f.path not in {u.path for u in self.unwritten}:
-                self.live.say(f"[red]could not write {f}[/]; what was measured stays in memory until the end, "
-                              "then the files that fit are written")
+                self.live.say(f"[red]could not write {f}[/]: no further phase starts; what was measured "
+                              "stays in memory and every file that fits is written at the end")
         self.unwritten = failures or self.unwritten
 
 
-async def run_experiment(config: Config, opts: RunOptions) -> tuple[Path, bool]:
-    complete = await Experiment(config, opts).run()
-    return opts.out, complete
+async def run_experiment(config: Config, opts: RunOptions) -> tuple[Path, bool, list[WriteFailure]]:
+    """Run every phase; returns the folder, whether the run is complete, and the files not written."""
+    experiment = Experiment(config, opts)
+    complete = await experiment.run()
+    return opts.out, complete, experiment.unwritten
 
 
 def _report(out: Path, live: LiveView) -> None:

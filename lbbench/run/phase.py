@@ -202,7 +202,7 @@ class Phase:
         """Front end first (it subscribes to Endpoints), then DNS and the cluster, until Endpoints are synced."""
         plan = self._plan()
         fe = self.frontend = self.fe_class(plan, sup)
-        controller = self.controller = Controller(self.config, sup, self.log, self.config.run.seed)
+        controller = self.controller = Controller(self.config, sup, self.log)
         await fe.start()
         controller.subscribers.append(fe.update_endpoints)
         await self._start_dns(plan, self.log)
