@@ -381,8 +381,6 @@ def _run(t: Table) -> RunConfig:
         if f not in FRONTENDS:
             raise ConfigError(t.file, f"{t.key_path('frontends')}[{i}]",
                               f"unknown front end {f!r}; expected one of {', '.join(FRONTENDS)}")
-        if f in frontends[:i]:  # it would run twice and its phases would merge into one entry
-            raise ConfigError(t.file, f"{t.key_path('frontends')}[{i}]", f"{f!r} is listed twice")
     r = RunConfig(
         duration_s=t.duration("duration", d.duration_s, lo=0.1, hi=3600),
         warmup_s=t.duration("warmup", d.warmup_s, hi=600),
