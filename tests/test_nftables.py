@@ -336,7 +336,8 @@ import asyncio, json, subprocess, sys
 sys.path.insert(0, {tests!r})
 from test_nftables import many_services
 from lbbench.frontends.base import FrontendPlan
-from lbbench.frontends.kernel.nftables import KernelNftables, RulesApplier, render_start, render_update
+from lbbench.frontends.kernel.applier import RulesApplier
+from lbbench.frontends.kernel.nftables import KernelNftables, render_start, render_update
 from lbbench.system.procs import Supervisor
 
 def listing():

@@ -118,7 +118,8 @@ async def nft_apply(sup: Supervisor, repeats: int, n: int = NFT_SERVICES) -> dic
     unprivileged user namespace), the count is halved until one applies; the figure then
     says so (`services` < `requested_services`, with the refusal in `refused`).
     """
-    from lbbench.frontends.kernel.nftables import FAMILY, TABLE, RulesApplier
+    from lbbench.frontends.kernel.applier import RulesApplier
+    from lbbench.frontends.kernel.nftables import FAMILY, TABLE
 
     applier = RulesApplier(sup, None, "nft", ["-f"], ".nft", "nft")
     render_s: list[float] = []

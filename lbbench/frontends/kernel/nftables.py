@@ -17,9 +17,10 @@ traffic to it, but lbbench's clients are outside the cluster, so their connectio
 through the cloud balancer (a userspace L4 hop over the node IP:NodePort pairs, see
 :func:`lbbench.frontends.dnat.plan.forwarder_plan`) and are DNATed by the NodePort rules.
 
-Every Endpoints update is one ``nft -f`` transaction that touches only that Service (like
-kube-proxy's partial syncs): new endpoint chains, the Service chain's vmap rule and its map
-entries, then its stale endpoint chains, deleted once nothing points at them. The start is
+Every sync is one ``nft -f`` transaction that touches only the Services that changed (like
+kube-proxy's partial syncs, which batch every change of a sync period, across Services):
+per Service new endpoint chains, the Service chain's vmap rule and its map entries, then its
+stale endpoint chains, deleted once nothing points at them. The start is
 one transaction when small; nft cannot raise its netlink buffer inside an unprivileged user
 namespace, so a large table is built in several (the skeleton, then whole Services in
 batches). Each applied file is kept, with its apply time, under ``artifacts_dir/nftables``.
@@ -28,26 +29,18 @@ Rules are written only inside lbbench's private namespace.
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import contextlib
 import hashlib
-import json
 import re
-import subprocess
-import tempfile
-import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from lbbench.errors import UserError
-from lbbench.frontends.base import Entrypoint, Frontend, FrontendPlan
-from lbbench.frontends.dnat.plan import entrypoint_of, forwarder_plan, node_port_addrs, validate_service
-from lbbench.frontends.dnat.worker import ForwarderProcess
-from lbbench.model.service import Endpoint, ServiceSpec, ServiceType
+from lbbench.frontends.dnat.plan import node_port_addrs, validate_service
+from lbbench.frontends.kernel.applier import RulesApplier
+from lbbench.frontends.kernel.frontend import Change, KernelFrontend
+from lbbench.model.service import Endpoint, ServiceSpec
 from lbbench.system.netns import find_tool, in_private_netns, netns_unavailable_reason
-from lbbench.system.procs import Supervisor
 
 TABLE = "lbbench"
 FAMILY = "ip"
@@ -293,15 +286,10 @@ def render_start(services: Sequence[ServiceSpec], endpoints: Mapping[str, Sequen
     return [skeleton, *pack(units, commands_max)]
 
 
-def render_update(spec: ServiceSpec, previous: Sequence[Endpoint], new: Sequence[Endpoint], *,
-                  commands_max: int = COMMANDS_TEXT_MAX) -> list[str]:
-    """Transactions moving `spec` from `previous` to `new` endpoints, touching only its own entries.
-
-    Normally one transaction (kube-proxy's partial sync): new endpoint chains; the switch
-    (the Service chain's vmap rule and the Service's map entries); stale endpoint chains
-    deleted once nothing points at them. If that is too big for one transaction, it is cut
-    between chains, never inside the switch: clients see the Service change at once.
-    """
+def _update_units(spec: ServiceSpec, previous: Sequence[Endpoint], new: Sequence[Endpoint]) -> list[list[str]]:
+    """Units moving `spec` from `previous` to `new` endpoints, in order: new endpoint chains; the
+    switch (the Service chain's vmap rule and the Service's map entries, one unit, never split);
+    stale endpoint chains, deleted once nothing points at them."""
     svc = service_chain(spec)
     old_chains = {endpoint_chain(spec, ep) for ep in previous}
     created = [[f"add chain {_T} {chain}", f"flush chain {_T} {chain}", f"add rule {_T} {chain} {_dnat_rule(ep)}"]
@@ -317,89 +305,38 @@ def render_update(spec: ServiceSpec, previous: Sequence[Endpoint], new: Sequence
     elif previous:
         switch += [f"flush chain {_T} {svc}", f"delete chain {_T} {svc}"]
     switch += _add_elements(service_elements(spec, bool(new)))  # adding an existing entry is a no-op
-    return pack([*created, switch, *stale], commands_max)  # in order; the switch is one unit, never split
+    return [*created, switch, *stale]
 
 
-# ---------------------------------------------------------------------------------------
-# Applying
+def render_update(spec: ServiceSpec, previous: Sequence[Endpoint], new: Sequence[Endpoint], *,
+                  commands_max: int = COMMANDS_TEXT_MAX) -> list[str]:
+    """Transactions moving `spec` from `previous` to `new` endpoints, touching only its own entries.
+
+    Normally one transaction (kube-proxy's partial sync). If that is too big for one
+    transaction, it is cut between chains, never inside the switch: clients see the Service
+    change at once.
+    """
+    return pack(_update_units(spec, previous, new), commands_max)
 
 
-class RulesApplier:
-    """Runs a rules loader (`nft -f FILE`, `iptables-restore FILE`) through the supervisor;
-    keeps every applied file, with its apply time, and counts applies."""
+def render_sync(changes: Mapping[ServiceSpec, Change], *, commands_max: int = COMMANDS_TEXT_MAX) -> list[str]:
+    """One sync's changes, across Services, in as few transactions as fit (one, unless huge).
 
-    def __init__(self, supervisor: Supervisor, directory: Path | None, tool: str, args: Sequence[str],
-                 suffix: str, prefix: str) -> None:
-        path = find_tool(tool)
-        if path is None:
-            raise UserError(f"{tool} is not installed")
-        self.argv = [path, *args]
-        self.suffix = suffix
-        self.prefix = prefix  # counter names: nft_applies_total, iptables_applies_total
-        self.supervisor = supervisor
-        self._tmp: tempfile.TemporaryDirectory[str] | None = None
-        if directory is None:
-            self._tmp = tempfile.TemporaryDirectory(prefix="lbbench-rules-")
-            directory = Path(self._tmp.name)
-        directory.mkdir(parents=True, exist_ok=True)
-        self.directory = directory
-        self.applies = 0
-        self.total_s = 0.0
-        self.last_s = 0.0
-        self.max_s = 0.0
-        self._lock = asyncio.Lock()
-
-    async def apply(self, text: str, reason: str) -> float:
-        """Apply one transaction; returns its duration. Raises RuntimeError if the tool refuses it."""
-        async with self._lock:  # one at a time, in call order: each rebuilds from the latest state
-            seq = self.applies + 1
-            path = self.directory / f"{seq:04d}{self.suffix}"
-            path.write_text(f"# lbbench apply #{seq}: {reason}\n{text}")
-            err_path = self.directory / f"{seq:04d}.err"
-            wall = time.time()
-            started = time.perf_counter()
-            with err_path.open("wb") as err:
-                child = self.supervisor.spawn(f"{self.prefix}-{seq}", [*self.argv, str(path)],
-                                              stdin=subprocess.DEVNULL, stderr=err)
-                rc = await child.wait()
-            took = time.perf_counter() - started
-            message = err_path.read_text(errors="replace").strip()
-            err_path.unlink()
-            self._record(seq, path, wall, took, rc, reason)
-            if rc != 0:
-                raise RuntimeError(f"{' '.join(self.argv)} {path} failed (exit {rc}): {message}")
-            self.applies = seq
-            self.total_s += took
-            self.last_s = took
-            self.max_s = max(self.max_s, took)
-            return took
-
-    def _record(self, seq: int, path: Path, wall: float, took: float, rc: int, reason: str) -> None:
-        entry = {"seq": seq, "file": path.name, "applied_unix_s": round(wall, 6),
-                 "apply_ms": round(took * 1e3, 3), "exit_status": rc, "reason": reason}
-        with (self.directory / "applies.jsonl").open("a") as f:
-            f.write(json.dumps(entry) + "\n")
-
-    def counters(self) -> dict[str, float]:
-        p = self.prefix
-        return {f"{p}_applies_total": self.applies, f"{p}_apply_seconds_total": self.total_s,
-                f"{p}_apply_last_ms": self.last_s * 1e3, f"{p}_apply_max_ms": self.max_s * 1e3}
-
-    def close(self) -> None:
-        if self._tmp is not None:
-            self._tmp.cleanup()
-            self._tmp = None
+    kube-proxy's nftables mode writes every change of a sync period in one transaction, not
+    one per Service; a transaction is cut only between whole units (see render_update).
+    """
+    units = [unit for spec, (previous, new) in changes.items() for unit in _update_units(spec, previous, new)]
+    return pack(units, commands_max)
 
 
 # ---------------------------------------------------------------------------------------
 # The front end
 
 
-class KernelNftables(Frontend):
+class KernelNftables(KernelFrontend):
     """kube-proxy's nftables mode, applied with nft in lbbench's private namespace."""
 
     name = "kernel-nftables"
-    layer = "l4"
     tool = "nft"
 
     @classmethod
@@ -408,83 +345,19 @@ class KernelNftables(Frontend):
             return f"{cls.tool} is not installed"
         return None if in_private_netns() else netns_unavailable_reason()
 
-    def __init__(self, plan: FrontendPlan, supervisor: Supervisor) -> None:
-        super().__init__(plan, supervisor)
-        self.services = {s.key: s for s in plan.services}
-        self.endpoints: dict[str, tuple[Endpoint, ...]] = {s.key: () for s in plan.services}
-        self.applier: RulesApplier | None = None
-        self.lb_hop: ForwarderProcess | None = None
-
-    # What differs between the kernel modes: the loader, and the text of each transaction.
     def make_applier(self, directory: Path | None) -> RulesApplier:
         folder = directory / "nftables" if directory is not None else None
         return RulesApplier(self.supervisor, folder, "nft", ["-f"], ".nft", "nft")
 
-    def render_start(self) -> list[str]:
-        return render_start(self.plan.services, self.endpoints)
+    def check(self, services: Sequence[ServiceSpec]) -> None:
+        _check(services)
 
-    def render_update(self, spec: ServiceSpec, previous: Sequence[Endpoint],
-                      proposed: Mapping[str, Sequence[Endpoint]]) -> list[str]:
-        return render_update(spec, previous, proposed[spec.key])
+    def render_full(self, endpoints: Mapping[str, Sequence[Endpoint]]) -> list[str]:
+        return render_start(self.plan.services, endpoints)
+
+    def render_sync(self, changes: Mapping[ServiceSpec, Change],
+                    proposed: Mapping[str, Sequence[Endpoint]]) -> list[str]:
+        return render_sync(changes)
 
     def render_stop(self) -> str:
         return f"delete table {FAMILY} {TABLE}\n"
-
-    async def _apply_all(self, texts: Sequence[str], reason: str) -> None:
-        assert self.applier is not None
-        for i, text in enumerate(texts):
-            await self.applier.apply(text, reason if len(texts) == 1 else f"{reason} ({i + 1}/{len(texts)})")
-
-    async def start(self) -> None:
-        if not (self.plan.in_netns and in_private_netns()):
-            raise UserError(f"{self.name} writes netfilter rules only inside lbbench's private network "
-                            "namespace (run through lbbench.system.netns.netns_argv); refusing to touch the host's")
-        for spec in self.plan.services:
-            validate_service(spec)
-            check_names(spec)
-        self.applier = self.make_applier(self.plan.artifacts_dir)
-        await self._apply_all(self.render_start(), "start: no endpoints yet")
-        lb_plan = forwarder_plan(list(self.plan.services), "random", self.plan.seed, include_cluster=False)
-        if lb_plan.listeners:
-            self.lb_hop = ForwarderProcess(self.supervisor, lb_plan, f"{self.name}-lb")
-            await self.lb_hop.start()
-
-    async def update_endpoints(self, service_key: str, endpoints: tuple[Endpoint, ...]) -> None:
-        spec = self.services.get(service_key)
-        if spec is None:
-            raise ValueError(f"unknown service {service_key!r}")
-        if self.applier is None:
-            raise RuntimeError(f"{self.name} is not started")
-        previous = self.endpoints[service_key]
-        proposed = {**self.endpoints, service_key: tuple(endpoints)}
-        await self._apply_all(self.render_update(spec, previous, proposed),
-                              f"endpoints {service_key}: {len(endpoints)}")
-        self.endpoints[service_key] = tuple(endpoints)  # only once the kernel has it
-
-    async def stop(self) -> None:
-        hop, self.lb_hop = self.lb_hop, None
-        if hop is not None:
-            await hop.stop()
-        applier, self.applier = self.applier, None
-        if applier is not None:
-            with contextlib.suppress(RuntimeError):
-                await applier.apply(self.render_stop(), "stop")
-            applier.close()
-
-    def entrypoint(self, service_key: str, via: ServiceType = "ClusterIP") -> Entrypoint:
-        spec = self.services.get(service_key)
-        if spec is None:
-            raise ValueError(f"unknown service {service_key!r}")
-        return entrypoint_of(spec, via)
-
-    async def counters(self) -> dict[str, float]:
-        out = self.applier.counters() if self.applier is not None else {}
-        if self.lb_hop is not None:
-            out.update({f"lb_{k}": v for k, v in (await self.lb_hop.counters()).items()})
-        return out
-
-    def pids(self) -> list[int]:
-        # The kernel's DNAT work is charged to the clients' and pods' processes (softirq);
-        # only the cloud-LB hop is a process of ours.
-        pid = self.lb_hop.pid if self.lb_hop is not None else None
-        return [pid] if pid is not None else []
