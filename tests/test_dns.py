@@ -51,6 +51,25 @@ def test_answers_a_records_with_ttl_and_nxdomain_otherwise() -> None:
     asyncio.run(body())
 
 
+def test_a_headless_name_answers_every_pod_and_none_is_nxdomain() -> None:
+    async def body() -> None:
+        server, addr = await _server()
+        try:
+            pods = "web-pods.default.svc.cluster.local"
+            server.set_records(pods, ("127.96.0.21", "127.96.0.22", "127.96.0.23"), ttl_s=0)
+            r = await asyncio.to_thread(dns.query.udp, dns.message.make_query(pods, "A"), addr.host, 1.0, addr.port)
+            assert sorted(str(a.address) for a in r.answer[0]) == ["127.96.0.21", "127.96.0.22", "127.96.0.23"]
+            server.set_records(pods, ())  # no ready pod left: the name is gone, as in the cluster DNS
+            with pytest.raises(NameNotFound, match="NXDOMAIN"):
+                await asyncio.to_thread(resolve_a, pods, addr)
+            with pytest.raises(ValueError, match="127.0.0.0/8"):
+                server.set_records(pods, ("127.96.0.21", "10.0.0.1"))
+        finally:
+            await server.stop()
+
+    asyncio.run(body())
+
+
 def test_other_types_of_a_known_name_get_an_empty_noerror() -> None:
     async def body() -> None:
         server, addr = await _server()

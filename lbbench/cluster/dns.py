@@ -2,7 +2,8 @@
 
 The notes' question "which IP do I give my client?" has Kubernetes' answer: a DNS name.
 The controller registers ``<service>.<namespace>.svc.cluster.local -> ClusterIP`` and each
-LoadBalancer's external name; clients (the load generator) resolve through this server.
+LoadBalancer's external name; a headless Service's name holds one A record per pod.
+Clients (the load generator, the proxy's --backend-dns) resolve through this server.
 Packets are encoded and decoded with dnspython; the server is an asyncio DatagramProtocol.
 Unknown names get NXDOMAIN; a known name asked for another type gets an empty NOERROR
 (so an AAAA lookup does not make a resolver give up on the A record).
@@ -33,7 +34,7 @@ class NameNotFound(LookupError):
 
 @dataclass(frozen=True)
 class Record:
-    ip: str
+    ips: tuple[str, ...]  # one for a Service's ClusterIP; every ready pod's for a headless Service
     ttl_s: int
 
 
@@ -85,9 +86,17 @@ class ClusterDns:
         return self.addr
 
     def set_record(self, name: str, ip: str, ttl_s: int = 5) -> None:
+        self.set_records(name, (ip,), ttl_s)
+
+    def set_records(self, name: str, ips: tuple[str, ...], ttl_s: int = 5) -> None:
+        """Several A records under one name, as a headless Service has; none: the name is gone (NXDOMAIN)."""
         if ttl_s < 0:
             raise ValueError(f"TTL must be >= 0, got {ttl_s}")
-        self.records[_key(name)] = Record(require_loopback(ip, f"A record for {name}"), int(ttl_s))
+        if not ips:
+            self.remove_record(name)
+            return
+        checked = tuple(require_loopback(ip, f"A record for {name}") for ip in ips)
+        self.records[_key(name)] = Record(checked, int(ttl_s))
 
     def remove_record(self, name: str) -> None:
         self.records.pop(_key(name), None)
@@ -105,7 +114,7 @@ class ClusterDns:
             self.nxdomain += 1
             response.set_rcode(dns.rcode.NXDOMAIN)
         elif question.rdtype == dns.rdatatype.A:
-            response.answer.append(dns.rrset.from_text(question.name, record.ttl_s, "IN", "A", record.ip))
+            response.answer.append(dns.rrset.from_text(question.name, record.ttl_s, "IN", "A", *record.ips))
         return response
 
     def counters(self) -> dict[str, float]:

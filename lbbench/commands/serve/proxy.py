@@ -16,6 +16,7 @@ from lbbench.model.proxy import BALANCES
 
 if TYPE_CHECKING:
     from lbbench.frontends.proxy.config import ProxyConfig
+    from lbbench.frontends.proxy.discovery import DiscoverySettings
 
 # Flags that override ProxySettings (None: keep the plan's or the default value).
 _SETTING_FLAGS = {
@@ -56,6 +57,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-body-bytes", type=int, default=Limits.max_body_bytes, help="request body limit -> 413")
     p.add_argument("--max-clients", type=int, default=Limits.max_clients, help="client connections limit")
     p.add_argument("--seed", type=int, help="seed of the random balancers")
+    p.add_argument("--backend-dns", metavar="NAME:PORT",
+                   help="find the default Service's backends as the A records of NAME (a headless Service: one "
+                        "per ready pod), port PORT; re-resolved every --resolve-every seconds and applied as an "
+                        "Endpoints update (new pods join, removed ones drain); for running on a real cluster")
+    p.add_argument("--resolve-every", type=float, metavar="S",
+                   help="with --backend-dns: seconds between DNS lookups (default 1)")
+    p.add_argument("--dns", metavar="IP:PORT",
+                   help="with --backend-dns: the DNS server to ask (default: the system resolver, /etc/resolv.conf)")
+    p.add_argument("--allow-remote", action="store_true",
+                   help="accept a --listen address and backends outside 127.0.0.0/8 (only in a container on a "
+                        "real cluster; lbbench is loopback-only otherwise)")
     p.add_argument("--no-control", action="store_true", help="do not read control messages from stdin")
 
 
@@ -83,14 +95,31 @@ def proxy_config(args: argparse.Namespace) -> ProxyConfig:
     except OSError as e:
         raise UserError(f"cannot read the plan: {e}") from None
     over = ProxyOverrides(
-        listen=parse_hostport(args.listen) if args.listen else None,
+        listen=parse_hostport(args.listen, allow_remote=args.allow_remote) if args.listen else None,
         backends=tuple(parse_hostport(b) for b in args.backend),
         stats=parse_hostport(args.stats) if args.stats else None,
         settings=_given(args, _SETTING_FLAGS), health=_given(args, _HEALTH_FLAGS),
         limits=Limits(args.max_header_bytes, args.max_headers, args.max_body_bytes, args.max_clients),
-        seed=args.seed,
+        seed=args.seed, discovery=_discovery(args),
     )
     return config_from(plan, over)
+
+
+def _discovery(args: argparse.Namespace) -> DiscoverySettings | None:
+    """--backend-dns/--resolve-every/--dns, checked; None without --backend-dns."""
+    from lbbench.frontends.proxy.discovery import DiscoverySettings, parse_backend_dns
+    from lbbench.model.addresses import parse_hostport
+
+    if args.backend_dns is None:
+        for flag, value in (("--resolve-every", args.resolve_every), ("--dns", args.dns)):
+            if value is not None:
+                raise ValueError(f"{flag} only applies with --backend-dns NAME:PORT")
+        return None
+    every_s = 1.0 if args.resolve_every is None else args.resolve_every
+    if not 0.05 <= every_s <= 3600:
+        raise ValueError(f"--resolve-every must be between 0.05 and 3600 seconds, got {every_s:g}")
+    server = parse_hostport(args.dns, default_port=53, allow_remote=args.allow_remote) if args.dns else None
+    return DiscoverySettings(parse_backend_dns(args.backend_dns), every_s, server, args.allow_remote)
 
 
 def _given(args: argparse.Namespace, flags: dict[str, str]) -> dict[str, object]:

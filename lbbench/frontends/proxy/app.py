@@ -19,6 +19,7 @@ from typing import Any
 
 from lbbench.frontends.proxy.client import LINGER_S, ClientConnection
 from lbbench.frontends.proxy.config import ProxyConfig, endpoints_from_message
+from lbbench.frontends.proxy.discovery import DnsDiscovery
 from lbbench.frontends.proxy.health import HealthChecker
 from lbbench.frontends.proxy.queue import ServicePool
 from lbbench.frontends.proxy.route import Router
@@ -45,6 +46,7 @@ class ProxyApp:
         self.stats = ""
         self._servers: list[asyncio.Server] = []
         self._sweeper: asyncio.TimerHandle | None = None
+        self.discovery: DnsDiscovery | None = None
         s = config.settings
         self._tick_s = min(max(min(s.client_timeout_s, s.server_timeout_s, LINGER_S) / 10, 0.01), 0.25)
 
@@ -54,6 +56,8 @@ class ProxyApp:
     def counters(self) -> dict[str, int]:
         """The client-side counters, as the stats document shows them (events that happened)."""
         out = dict(self.c)
+        if self.discovery is not None:
+            out.update(self.discovery.counters())
         if self.client_requests:
             out["client_requests"] = self.client_requests
         other = self.responses[0] + sum(self.responses[6:])
@@ -72,6 +76,7 @@ class ProxyApp:
             self.pools[svc.key] = pool
         for key, eps in cfg.endpoints:
             self.pools[key].set_endpoints(eps)
+        await self._start_discovery()
         if cfg.rules:
             self.router = Router([(r.host, r.path, self.pools[r.service]) for r in cfg.rules])
         else:
@@ -98,6 +103,15 @@ class ProxyApp:
             u.on_deadline()
         self._sweeper = asyncio.get_running_loop().call_later(self._tick_s, self._sweep)
 
+    async def _start_discovery(self) -> None:
+        """--backend-dns: the first answer before listening (no 503s for want of pods), then every period."""
+        cfg = self.config
+        if cfg.discovery is None or cfg.default_service is None:
+            return
+        self.discovery = DnsDiscovery(cfg.discovery, self.pools[cfg.default_service].set_endpoints)
+        await self.discovery.resolve_once()
+        self.discovery.start()
+
     def on_control(self, msg: Message) -> None:
         update = msg.get("endpoints")
         if not isinstance(update, dict):
@@ -121,6 +135,8 @@ class ProxyApp:
         """Stop accepting, let requests in progress finish (up to `grace_s`), then close everything."""
         for server in self._servers:
             server.close()
+        if self.discovery is not None:
+            await self.discovery.stop()
         deadline = time.monotonic() + grace_s
         while time.monotonic() < deadline:
             busy = False

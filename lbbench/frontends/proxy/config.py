@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from lbbench.frontends.base import FrontendPlan
+from lbbench.frontends.proxy.discovery import DiscoverySettings
 from lbbench.model.addresses import HostPort, require_loopback
 from lbbench.model.proxy import BALANCES, HealthCheck, ProxySettings
 from lbbench.model.service import Endpoint, IngressRule, ServiceSpec
@@ -43,6 +44,7 @@ class ProxyConfig:
     limits: Limits = Limits()
     seed: int = 0
     default_service: str | None = field(default=None)  # reached by any Host when there are no rules
+    discovery: DiscoverySettings | None = None  # --backend-dns: the default Service's pods from DNS
 
 
 # -- plan files -------------------------------------------------------------------------------
@@ -132,12 +134,15 @@ class ProxyOverrides:
     health: Mapping[str, Any] = field(default_factory=dict)  # HealthCheck fields
     limits: Limits = Limits()
     seed: int | None = None
+    discovery: DiscoverySettings | None = None  # the default Service's Endpoints from DNS instead
 
 
 def config_from(plan: FrontendPlan | None, over: ProxyOverrides) -> ProxyConfig:
     """The proxy's configuration: `plan` (if any) with `over` applied, validated."""
-    if plan is None and not over.backends:
-        raise ValueError("give --backend IP:PORT (one or more) or --plan FILE")
+    if over.discovery is not None and (plan is not None or over.backends):
+        raise ValueError("--backend-dns finds the backends itself: give it without --backend and --plan")
+    if plan is None and not over.backends and over.discovery is None:
+        raise ValueError("give --backend IP:PORT (one or more), --backend-dns NAME:PORT or --plan FILE")
     if over.listen is not None:
         listen = over.listen
     elif plan is not None:
@@ -164,4 +169,4 @@ def config_from(plan: FrontendPlan | None, over: ProxyOverrides) -> ProxyConfig:
             raise ValueError(f"Ingress rule {r.host} {r.path} names Service {r.service!r}, which the plan lacks")
     seed = over.seed if over.seed is not None else plan.seed if plan is not None else 0
     return ProxyConfig(listen, over.stats, services, rules, tuple(eps), settings, over.limits, seed,
-                       None if rules else services[0].key)
+                       None if rules else services[0].key, over.discovery)
