@@ -62,7 +62,7 @@ def test_a_headless_name_answers_every_pod_and_none_is_nxdomain() -> None:
             server.set_records(pods, ())  # no ready pod left: the name is gone, as in the cluster DNS
             with pytest.raises(NameNotFound, match="NXDOMAIN"):
                 await asyncio.to_thread(resolve_a, pods, addr)
-            with pytest.raises(ValueError, match="127.0.0.0/8"):
+            with pytest.raises(ValueError, match=r"127\.0\.0\.0/8"):
                 server.set_records(pods, ("127.96.0.21", "10.0.0.1"))
         finally:
             await server.stop()

@@ -32,14 +32,6 @@ ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = ROOT / "tests" / "golden" / "k8s" / "quickstart"
 SHIPPED = sorted(ROOT.glob("configs/*.toml"))
 
-# Flags the rendered containers use that other owners' commands do not have yet (asked of the lead):
-# the test fails on any other unknown flag, and stops tolerating these once they exist.
-PENDING = {
-    "pod": {"--allow-remote", "--seed-from-name"},
-    "proxy": {"--allow-remote", "--backend-dns", "--resolve-every"},
-    "load": {"--part", "--allow-remote", "--start-at"},
-}
-
 KINDS = """
 [cluster]
 name = "kinds"
@@ -314,11 +306,11 @@ def test_rendered_commands_parse_with_lbbench_cli(tmp_path: Path) -> None:
                 container = doc["spec"]["template"]["spec"]["containers"][0]
                 assert container["command"][:2] == ["sh", "-c"]
                 load, pack = _load_argv(container["command"][2])
-                assert load[0] == "load" and _unknown_flags(load) <= PENDING["load"]
+                assert load[0] == "load" and _unknown_flags(load) == set()
                 assert _unknown_flags(pack) == set()
             elif doc["kind"] in ("Deployment", "StatefulSet", "DaemonSet"):
                 args = doc["spec"]["template"]["spec"]["containers"][0]["args"]
-                assert args[0] == "serve" and _unknown_flags(args) <= PENDING[args[1]]
+                assert args[0] == "serve" and _unknown_flags(args) == set()
 
 
 # -- what each kind becomes ----------------------------------------------------------------------------------
