@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 import json
 import resource
+import shutil
 import subprocess
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,6 +19,7 @@ from pathlib import Path
 from lbbench.errors import UserError
 from lbbench.system.netns import find_tool
 from lbbench.system.procs import Supervisor
+from lbbench.system.scratch import private_dir
 
 
 def _children_cpu_s() -> float:
@@ -39,10 +40,9 @@ class RulesApplier:
         self.suffix = suffix
         self.prefix = prefix  # counter names: nft_applies_total, iptables_applies_total
         self.supervisor = supervisor
-        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        self._tmp: Path | None = None
         if directory is None:
-            self._tmp = tempfile.TemporaryDirectory(prefix="lbbench-rules-")
-            directory = Path(self._tmp.name)
+            directory = self._tmp = private_dir("rules")  # swept by the next run if this one is killed
         directory.mkdir(parents=True, exist_ok=True)
         self.directory = directory
         self.applies = 0
@@ -100,5 +100,5 @@ class RulesApplier:
 
     def close(self) -> None:
         if self._tmp is not None:
-            self._tmp.cleanup()
+            shutil.rmtree(self._tmp, ignore_errors=True)
             self._tmp = None

@@ -21,7 +21,6 @@ import json
 import os
 import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -30,6 +29,7 @@ from lbbench.model.addresses import HostPort, parse_hostport
 from lbbench.model.service import Endpoint, ServiceType
 from lbbench.system.control import send
 from lbbench.system.procs import Child, Supervisor, lbbench_argv
+from lbbench.system.scratch import private_dir, write_private
 
 READY_TIMEOUT_S = 20.0
 
@@ -68,9 +68,9 @@ class L7Proxy(Frontend):
             self.plan.artifacts_dir.mkdir(parents=True, exist_ok=True)
             self.plan_file = self.plan.artifacts_dir / "l7-proxy-plan.json"
         else:
-            self._tmpdir = tempfile.mkdtemp(prefix="lbbench-l7-proxy-")
+            self._tmpdir = str(private_dir("l7-proxy"))  # swept by the next run if this one is killed
             self.plan_file = Path(self._tmpdir) / "plan.json"
-        self.plan_file.write_text(plan_to_json(self.plan))
+        write_private(self.plan_file, plan_to_json(self.plan))
         argv = lbbench_argv("serve", "proxy", "--plan", str(self.plan_file), "--stats", f"{self.plan.ingress_ip}:0")
         self.child = self.supervisor.spawn("l7-proxy", argv, stdout=subprocess.PIPE)
         ready = await _read_ready(self.child, READY_TIMEOUT_S)

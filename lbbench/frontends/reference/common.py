@@ -11,7 +11,8 @@ running proxy reports back (nginx and httpd through a name-based virtual host,
 ``Host: lbbench-status.invalid``, on the Ingress listener; HAProxy through ``show info``
 on its stats socket), and an update counts as done when the new generation answers.
 
-Everything lives in a private temporary directory; system configs, pid files and log
+Everything lives in a private temporary directory (lbbench.system.scratch: 0700, files 0600,
+swept at the next start when a SIGKILL left it behind); system configs, pid files and log
 directories are never used. When lbbench runs as root, nginx and httpd workers switch to
 ``nobody`` as they would in production; inside an unprivileged user namespace (only uid 0
 mapped, setgroups denied) that switch is impossible, which the per-proxy modules handle.
@@ -29,7 +30,6 @@ import re
 import shutil
 import signal
 import subprocess
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -45,6 +45,8 @@ from lbbench.model.service import Endpoint, ServiceSpec, ServiceType
 from lbbench.system import proctree
 from lbbench.system.netns import find_tool
 from lbbench.system.procs import Child, Supervisor, handles_signal
+from lbbench.system.scratch import Kind, open_private, private_dir, write_private
+from lbbench.system.users import unprivileged_identity
 
 STATUS_HOST = "lbbench-status.invalid"  # .invalid never collides with a real Host header
 STATUS_PATH = "/lbbench-generation"
@@ -213,6 +215,8 @@ class ReferenceFrontend(Frontend):
     binary: ClassVar[str]
     package: ClassVar[str]
     config_name: ClassVar[str]
+    scratch: ClassVar[Kind]  # the name of its private temporary directory
+    workers_switch_user: ClassVar[bool] = False  # as root, its workers run as nobody
     fatal_marker: ClassVar[bytes] = b"[emerg]"  # a log line that means "the new config was refused"
 
     def __init__(self, plan: FrontendPlan, supervisor: Supervisor) -> None:
@@ -300,9 +304,9 @@ class ReferenceFrontend(Frontend):
         for eps in self.endpoints.values():
             self._check_endpoints(eps)
         check_bindable(self.listen_addresses(), self.name)
-        self.workdir = Path(tempfile.mkdtemp(prefix=f"lbbench-{self.name}-"))
         # Workers that switched to nobody must traverse it (files inside stay private).
-        self.workdir.chmod(0o711)
+        self.workdir = private_dir(self.scratch, traversable=self.workers_switch_user
+                                   and unprivileged_identity() is not None)
         self.prepare_workdir(self.workdir)
         self._write_config()
         await self.check_config(self.config_path)
@@ -311,9 +315,12 @@ class ReferenceFrontend(Frontend):
 
     def spawn(self) -> None:
         """Start the proxy on the current config file, its output appended to the log."""
-        with self.log_path.open("ab") as log:
+        log = open_private(self.log_path)
+        try:
             self.child = self.supervisor.spawn(self.name, self.run_argv(self.config_path), stdin=subprocess.DEVNULL,
                                                stdout=log, stderr=log, cwd=str(self.workdir))
+        finally:
+            os.close(log)
 
     async def update_endpoints(self, service_key: str, endpoints: tuple[Endpoint, ...]) -> None:
         if service_key not in self.endpoints:
@@ -351,9 +358,12 @@ class ReferenceFrontend(Frontend):
     async def check_config(self, config: Path) -> None:
         """Syntax-check `config` with the proxy itself; UserError with its message if rejected."""
         out = config.with_suffix(config.suffix + ".check")
-        with out.open("wb") as f:
+        f = open_private(out, append=False)
+        try:
             child = self.supervisor.spawn(f"{self.name}-check", self.check_argv(config), stdin=subprocess.DEVNULL,
                                           stdout=f, stderr=f, cwd=str(config.parent))
+        finally:
+            os.close(f)
         try:
             rc = await asyncio.wait_for(child.wait(), READY_TIMEOUT_S)
         finally:
@@ -428,7 +438,7 @@ class ReferenceFrontend(Frontend):
         self.generation += 1
         text = self.render()
         tmp = self.config_path.with_suffix(".tmp")
-        tmp.write_text(text)
+        write_private(tmp, text)
         tmp.replace(self.config_path)  # a reload never reads a half-written file
         if self.plan.artifacts_dir is not None:
             self.plan.artifacts_dir.mkdir(parents=True, exist_ok=True)

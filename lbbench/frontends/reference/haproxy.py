@@ -74,6 +74,7 @@ from lbbench.frontends.reference.common import (
 from lbbench.model.addresses import HostPort
 from lbbench.model.service import Endpoint, ServiceType
 from lbbench.system.procs import Supervisor
+from lbbench.system.scratch import Kind
 
 MIN_SLOTS = 8
 GLOBAL_MAXCONN = 8192
@@ -90,6 +91,7 @@ class _Haproxy(ReferenceFrontend):
     binary: ClassVar[str] = "haproxy"
     package: ClassVar[str] = "haproxy"
     config_name: ClassVar[str] = "haproxy.cfg"
+    scratch: ClassVar[Kind] = "haproxy"
     mode: ClassVar[Literal["http", "tcp"]]
 
     def __init__(self, plan: FrontendPlan, supervisor: Supervisor) -> None:

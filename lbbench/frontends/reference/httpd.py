@@ -65,6 +65,7 @@ from lbbench.frontends.reference.common import (
     safe_name,
 )
 from lbbench.model.addresses import HostPort
+from lbbench.system.scratch import Kind
 from lbbench.system.users import unprivileged_identity
 
 MODULES_DIR = Path("/usr/lib/apache2/modules")
@@ -88,6 +89,8 @@ class Httpd(ReferenceFrontend):
     name: ClassVar[str] = "httpd"
     layer: ClassVar[Literal["l4", "l7"]] = "l7"
     binary: ClassVar[str] = "apache2"
+    scratch: ClassVar[Kind] = "httpd"
+    workers_switch_user: ClassVar[bool] = True
     package: ClassVar[str] = "apache2"
     config_name: ClassVar[str] = "httpd.conf"
     fatal_marker: ClassVar[bytes] = b"AH00016"  # "Configuration Failed"

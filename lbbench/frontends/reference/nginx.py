@@ -70,6 +70,7 @@ from lbbench.frontends.reference.common import (
 from lbbench.model.addresses import HostPort
 from lbbench.system.netns import in_private_netns
 from lbbench.system.procs import Child, Supervisor
+from lbbench.system.scratch import Kind
 from lbbench.system.users import unprivileged_identity
 
 _BALANCE = {"round-robin": "", "random": "random", "least-conn": "least_conn", "p2c": "random two least_conn",
@@ -82,6 +83,8 @@ class Nginx(ReferenceFrontend):
     name: ClassVar[str] = "nginx"
     layer: ClassVar[Literal["l4", "l7"]] = "l7"
     binary: ClassVar[str] = "nginx"
+    scratch: ClassVar[Kind] = "nginx"
+    workers_switch_user: ClassVar[bool] = True
     package: ClassVar[str] = "nginx"
     config_name: ClassVar[str] = "nginx.conf"
 
