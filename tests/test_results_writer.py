@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import json
+import shlex
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pandas as pd
+import pytest
 from test_merge import CONFIG as MERGE_CONFIG
 from test_merge import _three, merge_args
 from test_report import make_folder
+from test_run import write_config
 
 from lbbench.commands import merge as merge_cmd
+from lbbench.results.writer import FolderContents, summary_document, write_folder
+from lbbench.system.procs import lbbench_argv
 
 FILES = ("summary.json", "events.csv", "timeseries.parquet", "requests.parquet", "config.toml")
 
@@ -39,3 +48,59 @@ def test_run_and_merge_write_the_same_files_and_keys(tmp_path: Path) -> None:
     assert a["write_errors"] == b["write_errors"] == []
     assert b["notes"] == [] and a["notes"] == []
     assert a["config"]["cluster"] == "lbbench" and b["config"]["cluster"] == "kubernetes"
+
+
+# -- nothing measured is lost to a failed write ------------------------------------------------------------
+def _contents(n: int) -> FolderContents:
+    rows = pd.DataFrame({"intended_s": np.arange(n) / 100.0, "latency_s": 0.001, "frontend": "l7-proxy"})
+    summary = summary_document(complete=True, metadata={}, config={}, phases=[], frontends={}, skipped={},
+                               notes=[])
+    return FolderContents(summary=summary, rows=rows, events=pd.DataFrame({"at_s": [0.5], "kind": ["event"]}),
+                          timeseries=pd.DataFrame({"t_s": [0.0]}))
+
+
+def test_a_file_that_cannot_be_written_keeps_its_last_version_and_marks_the_folder(tmp_path: Path) -> None:
+    assert write_folder(tmp_path, _contents(10)) == []
+    blocker = tmp_path / "timeseries.parquet"
+    blocker.unlink()
+    blocker.mkdir()  # the rename onto it fails: this one file cannot be written
+    failures = write_folder(tmp_path, _contents(20))
+    assert [f.path.name for f in failures] == ["timeseries.parquet"]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["complete"] is False
+    assert summary["write_errors"] == [str(failures[0])] and "timeseries.parquet" in summary["write_errors"][0]
+    assert len(pd.read_parquet(tmp_path / "requests.parquet")) == 20  # the others were still written
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+@pytest.mark.slow
+def test_a_full_disk_mid_run_keeps_the_rows_measured_before(tmp_path: Path) -> None:
+    """Two phases on a small tmpfs (private mount namespace); the disk is filled after the first is written."""
+    config = write_config(tmp_path, ["userspace-dnat", "l7-proxy"], duration="2s", kill_at="1s", base=52)
+    disk, saved = tmp_path / "disk", tmp_path / "saved"
+    disk.mkdir()
+    out = disk / "out"
+    run = shlex.join(lbbench_argv("run", str(config), "--out", str(out), "--quiet", "--no-netns"))
+    one_phase = shlex.join([sys.executable, "-c", "import json, sys; "
+                            f"sys.exit(len(json.load(open('{out}/summary.json'))['phases']) < 1)"])
+    script = f"""
+        mount -t tmpfs -o size=8m tmpfs {disk} || exit 99
+        {run} 2>{tmp_path}/stderr & pid=$!
+        until {one_phase} 2>/dev/null; do sleep 0.1; done
+        dd if=/dev/zero of={disk}/fill bs=64k 2>/dev/null
+        wait $pid; echo $? >{tmp_path}/rc
+        rm {disk}/fill; cp -r {out} {saved}
+    """
+    proc = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True, timeout=300)
+    if proc.returncode == 99 or not (tmp_path / "rc").exists():
+        pytest.skip(f"no private mount namespace with tmpfs here: {proc.stderr.strip()}")
+    stderr = (tmp_path / "stderr").read_text()
+    assert int((tmp_path / "rc").read_text()) != 0
+    assert "Traceback" not in stderr
+    assert f"could not write {out}/" in stderr and "No space left on device" in stderr
+    summary = json.loads((saved / "summary.json").read_text())
+    assert summary["complete"] is False
+    rows = pd.read_parquet(saved / "requests.parquet")  # a whole file, not a truncated one
+    assert set(rows["frontend"]) == {"userspace-dnat"} and len(rows) > 100
+    assert [p["frontend"] for p in summary["phases"]] == ["userspace-dnat"]
+    assert not [p for p in saved.iterdir() if p.name.endswith(".tmp")]

@@ -10,6 +10,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from lbbench.results.atomic import replace_atomically, write_text_atomically
+
 RATIO_GOALS = {  # the goals, shown next to what was reached (None: no goal, report only)
     "dnat_vs_haproxy_tcp": 1.0,
     "l7_vs_haproxy_http": 0.7,
@@ -20,9 +22,7 @@ RATIO_GOALS = {  # the issue's goals, shown next to what was reached (None: no g
 
 def write_json(doc: dict[str, Any], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(doc, indent=2, allow_nan=False) + "\n")
-    tmp.replace(path)
+    write_text_atomically(path, json.dumps(doc, indent=2, allow_nan=False) + "\n")
 
 
 def _med(s: dict[str, Any] | None, fmt: str = "{:,.0f}") -> str:
@@ -175,4 +175,4 @@ def write_plot(doc: dict[str, Any], path: Path) -> None:
                  f"load {load}", fontsize=11)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    replace_atomically(path, lambda tmp: fig.savefig(tmp, format="png"))

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lbbench.errors import UserError
+from lbbench.results.atomic import replace_atomically, write_text_atomically
 
 if TYPE_CHECKING:
     from lbbench.load.generator import LoadResult
@@ -137,8 +138,11 @@ def write_out(out: Path, result: LoadResult, document: dict[str, Any]) -> None:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UserError(f"cannot create --out directory {out}: {e}") from None
-    result.rows.to_parquet(out / "requests.parquet", index=False)
     summary = {**document["summary"], "spec": document["spec"],
                "latency_histogram": document["latency_histogram"],
                "lateness_histogram": document["lateness_histogram"]}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    try:  # each file whole or not at all (a part merged later must never be a truncated one)
+        write_text_atomically(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+        replace_atomically(out / "requests.parquet", lambda tmp: result.rows.to_parquet(tmp, index=False))
+    except OSError as e:
+        raise UserError(f"--out {out}: could not write the results: {e}") from None

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lbbench.report.loader import Results, load_results
+from lbbench.results.atomic import write_text_atomically
 
 __all__ = ["ReportPaths", "load_results", "write_report"]
 
@@ -38,12 +39,6 @@ def write_report(folder: Path, results: Results | None = None) -> ReportPaths:
     doc = build_document(r, plot_set)
     html_path = r.folder / "report.html"
     md_path = r.folder / "report.md"
-    _write(html_path, html.render(doc))
-    _write(md_path, markdown.render(doc, r.folder))
+    write_text_atomically(html_path, html.render(doc))
+    write_text_atomically(md_path, markdown.render(doc, r.folder))
     return ReportPaths(html_path, md_path, tuple(p.path for p in plot_set.plots))
-
-
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)

@@ -17,6 +17,7 @@ from lbbench.errors import UserError
 from lbbench.report.doc import Table
 from lbbench.report.loader import FrontendStats, Results, load_results
 from lbbench.report.metrics import Metric, Value, frontend_metrics
+from lbbench.results.atomic import replace_atomically, write_text_atomically
 
 # (label, how to read it) of what should match for a like-for-like comparison
 LIKE_FOR_LIKE: tuple[tuple[str, Callable[[Results], object]], ...] = (
@@ -225,8 +226,7 @@ def cdf_plot(c: Comparison, path: Path) -> Path | None:
     draw_cdf(axes, curves)
     fig.suptitle(f"A (solid): {c.a.folder.name}    B (dashed): {c.b.folder.name}", fontsize=10, y=0.98)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    return path
+    return replace_atomically(path, lambda tmp: fig.savefig(tmp, format="png"))
 
 
 @dataclass(frozen=True)
@@ -239,10 +239,8 @@ class ComparePaths:
 def write_compare(c: Comparison, out: Path) -> ComparePaths:
     out.mkdir(parents=True, exist_ok=True)
     cdf = cdf_plot(c, out / "latency_cdf.png")
-    md = out / "compare.md"
-    md.write_text(to_markdown(c, cdf), encoding="utf-8")
-    js = out / "compare.json"
-    js.write_text(json.dumps(to_json(c), indent=2) + "\n", encoding="utf-8")
+    md = write_text_atomically(out / "compare.md", to_markdown(c, cdf))
+    js = write_text_atomically(out / "compare.json", json.dumps(to_json(c), indent=2) + "\n")
     return ComparePaths(md, js, cdf)
 
 

@@ -18,6 +18,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from lbbench.report.loader import Results, first_repeat, phase_mask
+from lbbench.results.atomic import replace_atomically
 from lbbench.results.files import is_ok
 
 DPI = 100
@@ -134,8 +135,7 @@ def new_figure(
 
 
 def save(fig: Figure, out_dir: Path, name: str, title: str, caption: str = "") -> Plot:
-    path = out_dir / f"{name}.png"
-    fig.savefig(path, dpi=DPI)
+    path = replace_atomically(out_dir / f"{name}.png", lambda tmp: fig.savefig(tmp, dpi=DPI, format="png"))
     return Plot(name, title, path, caption)
 
 
