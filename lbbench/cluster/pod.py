@@ -143,7 +143,7 @@ class Pod:
                 service_s = self.spec.service.sample(self.rng) * faults.slow_factor
                 if "delay" in q:
                     extra = _pick(q["delay"], self.coin)
-                    service_s += parse_duration(extra) if extra else 0.0
+                    service_s += parse_duration(extra, unit_required=False) if extra else 0.0
                 await self._serve(service_s)
             finally:
                 self.slots.release()

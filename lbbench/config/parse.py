@@ -16,6 +16,7 @@ from typing import Literal
 from lbbench.config.reader import Table
 from lbbench.errors import ConfigError
 from lbbench.model.addresses import LOOPBACK, is_loopback, parse_hostport
+from lbbench.model.checks import Check, parse_check
 from lbbench.model.faults import Faults
 from lbbench.model.load import ConnectionMode, RateStep
 from lbbench.model.names import FRONTENDS
@@ -150,6 +151,15 @@ class ClusterConfig:
 
 
 @dataclass(frozen=True)
+class ReportConfig:
+    """[report] slo, [theory] tolerance and [[checks]]: how the results are judged (not measured)."""
+
+    slo_s: float | None = None  # None: SLO_SERVICE_TIMES x the mean service time
+    theory_tolerance: float | None = None  # a relative error; None: the theory table has no verdict
+    checks: tuple[Check, ...] = ()
+
+
+@dataclass(frozen=True)
 class Config:
     path: str
     cluster: ClusterConfig
@@ -160,6 +170,7 @@ class Config:
     events: tuple[Event, ...]
     run: RunConfig
     proxy: ProxySettings
+    report: ReportConfig = ReportConfig()
 
     @property
     def name(self) -> str:
@@ -211,8 +222,9 @@ def parse_config(file: str, raw: dict[str, object]) -> Config:
     proxy = _proxy(top.table("proxy"))
     load = _load(top.table("load"), services)
     events = tuple(_event(t) for t in top.tables("events"))
+    report = _report(top.table("report"), top.table("theory"), top)
     top.done()
-    config = Config(file, cluster, workloads, services, ingresses, load, events, run, proxy)
+    config = Config(file, cluster, workloads, services, ingresses, load, events, run, proxy, report)
     _cross_check(config, top)
     return config
 
@@ -477,6 +489,19 @@ def _request_path(t: Table, key: str, default: str) -> str:
         raise t.fail(key, f"expected a request path such as '/api?x=1' (starting with '/', no spaces); the "
                           f"load goes to the Service on loopback, so a URL cannot be given here; got {path!r}")
     return path
+
+
+def _report(report: Table, theory: Table, top: Table) -> ReportConfig:
+    slo = report.duration("slo", None, lo=1e-6, hi=3600) if report.has("slo") else None
+    tolerance = theory.number("tolerance", None, lo=0.0, hi=10.0) if theory.has("tolerance") else None
+    checks = []
+    for c in top.tables("checks"):
+        checks.append(c.parsed("check", parse_check, "a check such as 'l7-proxy.p99 < 200ms'"))
+        c.text("why", "")
+        c.done()
+    report.done()
+    theory.done()
+    return ReportConfig(slo, tolerance, tuple(checks))
 
 
 def _MISSING_SERVICE(t: Table) -> str:

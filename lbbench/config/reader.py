@@ -80,13 +80,15 @@ class Table:
         return value
 
     def duration(self, key: str, default: Any = _MISSING, lo: float = 0.0, hi: float | None = None) -> Any:
-        """A duration: '250ms', '1.5s', '100us', or a number of seconds. Returns seconds."""
+        """A duration with its unit: '250ms', '1.5s', '100us'. Returns seconds."""
         value = self._raw(key, default)
         if value is default and default is not _MISSING and not isinstance(value, str):
             return value
         try:
             seconds = parse_duration(value)
-        except ValueError:
+        except ValueError as e:
+            if "give a unit" in str(e):
+                raise self.fail(key, str(e)) from None
             raise self.fail(key, f"expected a duration such as '250ms' or '2s', got {value!r}") from None
         return self._range(key, seconds, lo, hi, unit="s")
 
@@ -95,6 +97,8 @@ class Table:
         try:
             return parse(value)
         except (ValueError, TypeError) as e:
+            if "give a unit" in str(e):  # the fix is the whole message: "exp:10: give a unit, e.g. 10ms"
+                raise self.fail(key, str(e)) from None
             raise self.fail(key, f"expected {expected}; got {value!r} ({e})") from None
 
     def str_list(self, key: str, default: Any = _MISSING) -> tuple[str, ...]:

@@ -15,16 +15,24 @@ _DURATION = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(ns|us|µs|
 _UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, None: 1.0}
 
 
-def parse_duration(text: str | float | int) -> float:
-    """'10ms' -> 0.01; '1.5s' -> 1.5; a bare number is seconds. Raises ValueError."""
+def parse_duration(text: str | float | int, unit_required: bool = True) -> float:
+    """'10ms' -> 0.01; '1.5s' -> 1.5. Raises ValueError.
+
+    A number without a unit is refused unless `unit_required` is False (then it is seconds):
+    `exp:10` read as 10 s once ran a whole experiment at 0.28 rps without a word.
+    """
     if isinstance(text, bool):
         raise ValueError(f"expected a duration like '10ms', got {text!r}")
     if isinstance(text, int | float):
+        if unit_required:
+            raise ValueError(f"{text!r}: give a unit, e.g. '{text:g}ms' or '{text:g}s'")
         value = float(text)
     else:
         m = _DURATION.match(text)
         if not m:
             raise ValueError(f"expected a duration like '10ms', '250us' or '1.5s', got {text!r}")
+        if m.group(2) is None and unit_required:
+            raise ValueError(f"{text.strip()}: give a unit, e.g. {text.strip()}ms or {text.strip()}s")
         value = float(m.group(1)) * _UNITS[m.group(2)]
     if not math.isfinite(value) or value < 0:
         raise ValueError(f"duration must be finite and >= 0, got {text!r}")
@@ -47,6 +55,15 @@ class ServiceTime:
 
     @classmethod
     def parse(cls, text: str) -> ServiceTime:
+        try:
+            return cls._parse(text)
+        except ValueError as e:
+            if "give a unit" in str(e):  # name the whole spec: "exp:10: give a unit, e.g. 10ms"
+                raise ValueError(f"{text}: give a unit, e.g. {str(e).split(':')[0]}ms") from None
+            raise
+
+    @classmethod
+    def _parse(cls, text: str) -> ServiceTime:
         kind, sep, args = text.partition(":")
         parts = [a for a in args.split(",") if a.strip()] if sep else []
         if kind == "const" and len(parts) == 1:

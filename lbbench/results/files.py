@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from lbbench import __version__
+from lbbench.results.uncertainty import intervals_json
 
 SCHEMA = 1
 BUCKET_S = 0.1
@@ -153,6 +154,9 @@ def frontend_summary(rows: pd.DataFrame, events: pd.DataFrame, duration_s: float
         "ok_rps": float(ok.sum() / duration_s) if duration_s > 0 else 0.0,
         "latency_s": latency_stats(rows.loc[ok, "latency_s"]),
         "latency_all_s": latency_stats(rows["latency_s"]),
+        # 95% intervals by batch means over the requests in send order (lbbench.results.uncertainty)
+        "latency_ci_s": intervals_json(rows.loc[ok, "latency_s"].to_numpy(dtype=float)),
+        "latency_all_ci_s": intervals_json(rows["latency_s"].to_numpy(dtype=float)),
         "pod_share": {str(k): float(v) for k, v in pods.items()},
         "failover": failover(rows, events, duration_s),
         "generator_saturated": bool(generator.get("generator_saturated", False)),

@@ -56,7 +56,14 @@ def _config_section(config: Config) -> dict[str, Any]:
                      "service": config.load.service, "via": config.load.via},
             "repeat": config.run.repeat, "cluster": "lbbench",
             "endpoint_sync_delay_s": config.run.endpoint_sync_delay_s,
-            "restart_delay_s": config.run.restart_delay_s, "theory_inputs": theory_inputs(config)}
+            "restart_delay_s": config.run.restart_delay_s, "theory_inputs": theory_inputs(config),
+            "report": _judging(config)}
+
+
+def _judging(config: Config) -> dict[str, Any]:
+    """How the report judges the run ([report] slo, [theory] tolerance, [[checks]]), for re-reporting."""
+    rc = config.report
+    return {"slo_s": rc.slo_s, "theory_tolerance": rc.theory_tolerance, "checks": [c.text for c in rc.checks]}
 
 
 def _phase_entry(r: PhaseRecord, config: Config) -> dict[str, Any]:

@@ -13,6 +13,7 @@ import contextlib
 import signal
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -69,8 +70,10 @@ class Experiment:
         self.current: Phase | None = None
         self.records: list[PhaseRecord] = []
         self.unwritten: list[WriteFailure] = []
+        # started_utc: the run's start, not the time of the last rewrite of the folder
         self.meta: dict[str, Any] = {"config_file": config.path, "in_netns": in_private_netns(),
-                                     "frontends_requested": list(opts.frontends)}
+                                     "frontends_requested": list(opts.frontends),
+                                     "started_utc": datetime.now(UTC).isoformat(timespec="seconds")}
         self.skipped = {n: r for n in opts.frontends if (r := skip_reason(n)) is not None}
         runnable = [n for n in opts.frontends if n not in self.skipped]
         self.keys = [PhaseKey(n, rate, rep) for rate in phase_rates(config) for n in runnable
