@@ -1,4 +1,10 @@
-"""Hostile clients: malformed input, oversized heads and bodies, slowloris, overload, random bytes."""
+"""Hostile clients: malformed input, oversized heads and bodies, slowloris, overload, random bytes.
+
+The tests share one proxy, and each checks after itself that the proxy kept serving and that its
+abuse left nothing in flight, so that they pass alone and in any order. Nothing here asserts
+speed: time appears only as lower bounds (a timeout does not fire early) and as bounds on how
+long a test waits for something that must happen.
+"""
 
 from __future__ import annotations
 
@@ -22,6 +28,7 @@ from lbbench.frontends.proxy.testing import (
     ProxyProcess,
     get_stats,
     parse_responses,
+    raw_conversation,
     raw_exchange,
     request_bytes,
     start_proxy,
@@ -34,18 +41,34 @@ LIMITS = ("--max-header-bytes", "4096", "--max-headers", "20", "--max-body-bytes
 
 
 @pytest.fixture(scope="module")
-def proxy() -> Iterator[ProxyProcess]:
-    """One proxy for the module: each test also checks that the earlier abuse left it serving."""
+def shared_proxy() -> Iterator[ProxyProcess]:
     with Supervisor() as sup:
         _, pod = start_pod(sup, "target")
         yield start_proxy(sup, [pod], *LIMITS)
 
 
+@pytest.fixture
+def proxy(shared_proxy: ProxyProcess) -> Iterator[ProxyProcess]:
+    """The module's proxy; after the test: still serving, and nothing of the test left in flight."""
+    yield shared_proxy
+    _still_serving(shared_proxy)
+    _nothing_in_flight(shared_proxy)
+
+
+def _nothing_in_flight(px: ProxyProcess) -> None:
+    """Every request the proxy admitted was answered or withdrawn, every connection closed."""
+    deadline = time.monotonic() + 10.0  # lingering closes end within LINGER_S, idle ones at client_timeout
+    while (stats := get_stats(px.stats))["client_connections"] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    totals = stats["totals"]
+    assert totals["in_flight_total"] == 0 and totals["queue_len"] == 0
+    assert all(b["in_flight"] == 0 for b in stats["services"]["default/default"]["backends"])
+    assert stats["client_connections"] == 0
+
+
 def _status_and_closed(px: ProxyProcess, data: bytes, timeout_s: float = 5.0) -> tuple[int, bool, bytes]:
     """Status of the only response, and whether the proxy closed the connection after it."""
-    t0 = time.monotonic()
-    raw = raw_exchange(px.addr, data, timeout_s=timeout_s)
-    closed = time.monotonic() - t0 < timeout_s - 0.5
+    raw, closed = raw_conversation(px.addr, data, timeout_s=timeout_s)
     replies = parse_responses(raw)
     return (replies[0].status if replies else 0), closed, replies[0].body if replies else raw
 
@@ -66,7 +89,6 @@ def _still_serving(px: ProxyProcess) -> None:
 def test_malformed_requests_get_400_and_close(proxy: ProxyProcess, data: bytes) -> None:
     status, closed, _ = _status_and_closed(proxy, data)
     assert (status, closed) == (400, True)
-    _still_serving(proxy)
 
 
 def test_limits_431_413_501_505(proxy: ProxyProcess) -> None:
@@ -89,7 +111,6 @@ def test_limits_431_413_501_505(proxy: ProxyProcess) -> None:
     after = get_stats(proxy.stats)["totals"]
     for key, count in (("client_error_431", 3), ("client_error_413", 2), ("client_error_501", 1)):
         assert after[key] - before.get(key, 0) == count, key
-    _still_serving(proxy)
 
 
 def _slowloris(px: ProxyProcess, stop: threading.Event, results: list[tuple[float, bytes]]) -> None:
@@ -110,40 +131,52 @@ def _slowloris(px: ProxyProcess, stop: threading.Event, results: list[tuple[floa
             results.append((time.monotonic() - t0, str(e).encode()))
 
 
-def test_slowloris_times_out_and_others_are_served(proxy: ProxyProcess) -> None:
-    before = get_stats(proxy.stats)["totals"].get("client_timeouts", 0)
+SLOWLORIS = 40
+
+
+def test_slowloris_times_out_and_others_are_served(supervisor: Supervisor) -> None:
+    """40 clients sending a head byte by byte: others are served while they hang on, and each is
+    cut with a 408 at the client timeout, long before its head would have ended (23 s)."""
+    _, pod = start_pod(supervisor, "target")
+    client_timeout_s = 5.0
+    px = start_proxy(supervisor, [pod], *LIMITS[:-2], "--client-timeout", str(client_timeout_s))
     stop = threading.Event()
     results: list[tuple[float, bytes]] = []
-    threads = [threading.Thread(target=_slowloris, args=(proxy, stop, results)) for _ in range(40)]
+    threads = [threading.Thread(target=_slowloris, args=(px, stop, results)) for _ in range(SLOWLORIS)]
     for t in threads:
         t.start()
     try:
-        time.sleep(0.3)
-        for _ in range(5):  # the proxy serves others at full speed meanwhile
-            t0 = time.monotonic()
-            _still_serving(proxy)
-            assert time.monotonic() - t0 < 1.0
+        served_among_them = False
+        give_up = time.monotonic() + client_timeout_s
+        while not served_among_them and time.monotonic() < give_up:
+            # Open before and after the request: the slow clients were all there while it was served.
+            if get_stats(px.stats)["client_connections"] < SLOWLORIS:
+                time.sleep(0.05)  # not all connected yet
+                continue
+            _still_serving(px)
+            served_among_them = get_stats(px.stats)["client_connections"] >= SLOWLORIS
+        assert served_among_them
         for t in threads:
-            t.join(10)
+            t.join(60)
     finally:
         stop.set()
-    assert len(results) == 40
+    assert len(results) == SLOWLORIS
     for elapsed, answer in results:
-        assert 0.9 <= elapsed < 2.5, elapsed  # cut at client_timeout (1 s), not at the end of the head
-        assert answer.startswith(b"HTTP/1.1 408 Request Timeout"), answer
-    assert get_stats(proxy.stats)["totals"]["client_timeouts"] - before == 40
+        assert elapsed >= 0.9 * client_timeout_s, elapsed  # a timeout never fires early
+        assert answer.startswith(b"HTTP/1.1 408 Request Timeout"), answer  # cut before the head ended
+    assert get_stats(px.stats)["totals"]["client_timeouts"] == SLOWLORIS
 
 
 def test_idle_keepalive_connection_is_closed_after_client_timeout(proxy: ProxyProcess) -> None:
-    with socket.create_connection((proxy.addr.host, proxy.addr.port), timeout=5) as s:
+    with socket.create_connection((proxy.addr.host, proxy.addr.port), timeout=10) as s:
         s.sendall(request_bytes("/"))
         first = b""
         while not first.endswith(b"ok\n"):
             first += s.recv(65536)
         assert first.startswith(b"HTTP/1.1 200")
         t0 = time.monotonic()
-        assert s.recv(65536) == b""  # closed, silently: no request was in progress
-        assert 0.8 <= time.monotonic() - t0 < 3.0
+        assert s.recv(65536) == b""  # closed, silently: no request was in progress (else a timeout error)
+        assert time.monotonic() - t0 >= 0.8  # at the client timeout (1 s), not before
 
 
 def test_thousands_of_pipelined_requests_answered_by_the_proxy_itself(supervisor: Supervisor,
@@ -202,14 +235,3 @@ _HTTPISH = st.one_of(
 def test_random_bytes_never_stop_the_proxy(proxy: ProxyProcess, data: bytes) -> None:
     raw_exchange(proxy.addr, data, timeout_s=3.0, shut_write=True)
     _still_serving(proxy)
-
-
-def test_after_all_the_abuse_nothing_is_left_in_flight(proxy: ProxyProcess) -> None:
-    """Runs last on the module's proxy: every request it admitted was answered or withdrawn."""
-    deadline = time.monotonic() + 5.0  # lingering closes end within LINGER_S
-    while (stats := get_stats(proxy.stats))["client_connections"] and time.monotonic() < deadline:
-        time.sleep(0.1)
-    totals = stats["totals"]
-    assert totals["in_flight_total"] == 0 and totals["queue_len"] == 0
-    assert all(b["in_flight"] == 0 for b in stats["services"]["default/default"]["backends"])
-    assert stats["client_connections"] == 0
