@@ -70,13 +70,15 @@ def test_bench_runs_and_writes_bench_json(tmp_path: Path) -> None:
     assert json.loads(stdout) == doc  # --json prints the very document it wrote
     assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert doc["schema"] == SCHEMA and doc["settings"]["repeats"] == 1 and doc["settings"]["duration_s"] == 0.5
-    assert set(doc["groups"]) == set(GROUPS)
+    assert set(doc["groups"]) == {*GROUPS, "l4_close"}  # l4 twice: keep-alive, and Connection: close
     m = doc["machine"]
     assert m["cpu_count"] >= 1 and len(m["load_avg_start"]) == 3 and len(m["load_avg_end"]) == 3
     assert m["in_private_netns"] is (netns_unavailable_reason() is None)
     assert {"wrk", "haproxy", "nginx"} <= m["tools"].keys()
 
     l4 = assert_peers(doc["groups"]["l4"], L4_PEERS, "l4")
+    assert_peers(doc["groups"]["l4_close"], L4_PEERS, "l4_close")
+    assert "ebpf-socketlb" in L4_PEERS  # measured, or skipped with the reason (not root, no libbpf, ...)
     l7 = assert_peers(doc["groups"]["l7"], L7_PEERS, "l7")
     assert "direct" in l4 and "direct" in l7 and "userspace-dnat" in l4 and "l7-proxy" in l7
     for name in ("userspace-dnat", "l7-proxy"):
@@ -110,7 +112,7 @@ def test_bench_runs_and_writes_bench_json(tmp_path: Path) -> None:
     assert g["lbbench-closed-loop"]["rps"]["median"] > 0
     assert_stat(doc["ratios"]["generator_closed_loop_vs_wrk"], "generator_closed_loop_vs_wrk")
     for s in doc["skipped"]:
-        assert s["reason"].strip() and s["group"] in (*GROUPS, "l4/l7")
+        assert s["reason"].strip() and s["group"] in (*GROUPS, "l4_close", "l4/l4_close/l7")
     assert any("repeat" in w for w in doc["warnings"])  # one repeat: says the spread means nothing
 
 
@@ -149,7 +151,8 @@ def test_bad_options_are_one_line_errors(args: list[str], message: str, capsys: 
 
 
 def test_settings_groups_and_layers() -> None:
-    assert BenchSettings(groups=("cost",)).layers == ("l4", "l7")  # cost is derived from both
+    assert BenchSettings(groups=("cost",)).layers == ("l4", "l4_close", "l7")  # cost is derived from them
+    assert BenchSettings(groups=("l4",)).layers == ("l4", "l4_close")  # keep-alive, then Connection: close
     assert BenchSettings(groups=("scale",)).layers == ()
     assert BenchSettings(duration_s=0.5).warmup_s == 0.25
 
@@ -189,8 +192,11 @@ def test_wrk_report_is_parsed_and_target_must_be_loopback(tmp_path: Path) -> Non
             pytest.skip(str(e))
         argv = wrk.argv(HostPort("127.0.0.1", 80), "web.bench", 0.5)
         assert "-c16" in argv and "-t1" in argv and "Host: web.bench" in argv and argv[-1] == "http://127.0.0.1:80/"
+        assert "Connection: close" not in argv
         with pytest.raises(ValueError, match="loopback"):
             wrk.argv(HostPort("10.0.0.1", 80), None, 1)
+        close = Wrk(sup, tmp_path, ClientSettings(keepalive=False)).argv(HostPort("127.0.0.1", 80), None, 0.5)
+        assert close[close.index("Connection: close") - 1] == "-H"  # wrk reconnects for every request
 
 
 def test_http_ok_reports_what_answered() -> None:

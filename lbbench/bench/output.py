@@ -38,16 +38,18 @@ def _spread(s: dict[str, Any] | None) -> str:
 def throughput_table(title: str, group: dict[str, Any]) -> Table:
     """Medians over the rounds; range = (max - min) / median."""
     t = Table(title=f"{title}  (backend: {group.get('backend', '?')})", title_justify="left")
-    for col in ("peer", "req/s", "range", "p50 ms", "p99 ms", "CPU s/10k req", "backend CPU s/10k", "errors"):
+    for col in ("peer", "req/s", "range", "p50 ms", "p99 ms", "CPU s/10k req", "backend CPU s/10k",
+                "client CPU s/10k", "errors"):
         t.add_column(col, justify="left" if col == "peer" else "right")
     for name, p in group.get("peers", {}).items():
         if p.get("status") != "ok":
-            t.add_row(name, f"[dim]skipped: {p.get('reason', '')}[/dim]", "", "", "", "", "", "")
+            t.add_row(name, f"[dim]skipped: {p.get('reason', '')}[/dim]", "", "", "", "", "", "", "")
             continue
         cpu = p.get("frontend_cpu_s_per_10k")
         t.add_row(name, _med(p["rps"]), _spread(p["rps"]), _med(p.get("p50_ms"), "{:.2f}"),
                   _med(p.get("p99_ms"), "{:.2f}"), _med(cpu, "{:.3f}") if cpu else "n/a",
-                  _med(p.get("backend_cpu_s_per_10k"), "{:.3f}"), str(sum(p.get("errors", {}).values())))
+                  _med(p.get("backend_cpu_s_per_10k"), "{:.3f}"), _med(p.get("client_cpu_s_per_10k"), "{:.3f}"),
+                  str(sum(p.get("errors", {}).values())))
     return t
 
 
@@ -106,7 +108,7 @@ def ratio_table(doc: dict[str, Any]) -> Table:
             t.add_row(name, f"{r['median']:.2f}{mark}", f"{r['min']:.2f}", f"{r['max']:.2f}", goal_s)
     cost = doc["groups"].get("cost", {}).get("peers", {})
     for fe, r in doc.get("ratios", {}).get("cpu_per_10k_vs_haproxy", {}).items():
-        ref = "haproxy-tcp" if cost.get(fe, {}).get("layer") == "l4" else "haproxy"
+        ref = "haproxy-tcp" if str(cost.get(fe, {}).get("layer", "")).startswith("l4") else "haproxy"
         t.add_row(f"CPU per 10k req: {fe} / {ref} (< 1 = cheaper)", f"{r['median']:.2f}", f"{r['min']:.2f}",
                   f"{r['max']:.2f}", "report")
     return t
@@ -116,6 +118,9 @@ def print_report(doc: dict[str, Any], console: Console) -> None:
     groups = doc["groups"]
     if "l4" in groups:
         console.print(throughput_table("L4: max keep-alive requests/s (wrk)", groups["l4"]))
+    if "l4_close" in groups:
+        console.print(throughput_table("L4: max new connections/s, one request each, Connection: close (wrk)",
+                                       groups["l4_close"]))
     if "l7" in groups:
         console.print(throughput_table("L7: max keep-alive requests/s (wrk)", groups["l7"]))
     if "generator" in groups:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -19,11 +20,13 @@ import re
 import signal
 import subprocess
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from lbbench.cluster.standalone import wait_port
 from lbbench.model.addresses import HostPort, require_loopback
+from lbbench.system import proctree
 from lbbench.system.netns import find_tool
 from lbbench.system.procs import Child, Supervisor
 
@@ -48,7 +51,7 @@ class ClientSettings:
     tool: str = "wrk"
     threads: int = 1
     connections: int = 16
-    keepalive: bool = True
+    keepalive: bool = True  # False: "Connection: close", a new connection per request (wrk reconnects)
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,7 @@ class WrkResult:
     p50_ms: float
     p99_ms: float
     errors: dict[str, int] = field(default_factory=dict)
+    client_cpu_s: float = 0.0  # wrk's own CPU seconds over the run
 
     @property
     def rps(self) -> float:
@@ -103,19 +107,25 @@ class Wrk:
                 "--timeout", "5s", "-s", str(self.script)]
         if host_header:
             argv += ["-H", f"Host: {host_header}"]
+        if not c.keepalive:
+            argv += ["-H", "Connection: close"]
         return [*argv, f"http://{addr}/"]
 
-    async def run(self, addr: HostPort, host_header: str | None, duration_s: float) -> WrkResult:
-        child = self.supervisor.spawn("wrk", self.argv(addr, host_header, duration_s), stdin=subprocess.DEVNULL,
+    async def run(self, addr: HostPort, host_header: str | None, duration_s: float,
+                  wrap: Callable[[list[str]], list[str]] | None = None) -> WrkResult:
+        """One run; `wrap` turns wrk's argv into the one to spawn (e.g. joining a front end's cgroup first)."""
+        argv = self.argv(addr, host_header, duration_s)
+        child = self.supervisor.spawn("wrk", wrap(argv) if wrap else argv, stdin=subprocess.DEVNULL,
                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         try:
             out = asyncio.ensure_future(asyncio.to_thread(child.popen.communicate))
             await asyncio.sleep(duration_s)
+            cpu_s = proctree.tree_cpu_s(child.pid) or 0.0  # before it exits and is reaped
             child.signal(signal.SIGINT)
             stdout, _ = await asyncio.wait_for(out, _EXIT_GRACE_S)
         finally:
             await _forget(self.supervisor, child)
-        return parse_wrk_report(stdout.decode(errors="replace"))
+        return dataclasses.replace(parse_wrk_report(stdout.decode(errors="replace")), client_cpu_s=cpu_s)
 
 
 async def _forget(sup: Supervisor, child: Child) -> None:

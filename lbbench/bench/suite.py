@@ -8,6 +8,7 @@ dies with the run.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import platform
 import sys
 import tempfile
@@ -41,11 +42,18 @@ RPS_RATIOS: dict[str, tuple[str, str, str]] = {
     "dnat_vs_haproxy_tcp": ("l4", "userspace-dnat", "haproxy-tcp"),
     "dnat_vs_kernel_nftables": ("l4", "userspace-dnat", "kernel-nftables"),
     "dnat_vs_direct": ("l4", "userspace-dnat", "direct"),
+    "ebpf_vs_direct": ("l4", "ebpf-socketlb", "direct"),
+    "kernel_nftables_vs_direct": ("l4", "kernel-nftables", "direct"),
+    "ebpf_new_conns_vs_direct": ("l4_close", "ebpf-socketlb", "direct"),
+    "kernel_nftables_new_conns_vs_direct": ("l4_close", "kernel-nftables", "direct"),
+    "dnat_new_conns_vs_direct": ("l4_close", "userspace-dnat", "direct"),
     "l7_vs_haproxy_http": ("l7", "l7-proxy", "haproxy"),
     "l7_vs_nginx": ("l7", "l7-proxy", "nginx"),
     "l7_vs_httpd": ("l7", "l7-proxy", "httpd"),
 }
-HAPROXY_OF = {"l4": "haproxy-tcp", "l7": "haproxy"}
+HAPROXY_OF = {"l4": "haproxy-tcp", "l4_close": "haproxy-tcp", "l7": "haproxy"}
+# the L4 peers twice: keep-alive requests/s ("l4") and new connections/s with Connection: close ("l4_close")
+LAYERS_OF = {"l4": ("l4", "l4_close"), "l7": ("l7",)}
 
 
 @dataclass(frozen=True)
@@ -74,7 +82,7 @@ class BenchSettings:
     @property
     def layers(self) -> tuple[str, ...]:
         """Throughput groups to run: cost is derived from them, so it needs both."""
-        return tuple(g for g in ("l4", "l7") if g in self.groups or "cost" in self.groups)
+        return tuple(lay for g in ("l4", "l7") if g in self.groups or "cost" in self.groups for lay in LAYERS_OF[g])
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -121,11 +129,12 @@ async def start_backend(sup: Supervisor, kind: Backend) -> BackendProc:
 # -- groups -----------------------------------------------------------------------------------------
 async def run_layer(state: SuiteState, layer: str, sup: Supervisor, wrk: Wrk, backend: BackendProc,
                     settings: BenchSettings, log: Log) -> None:
-    peers = throughput.L4_PEERS if layer == "l4" else throughput.L7_PEERS
+    kind = "l7" if layer == "l7" else "l4"
+    peers = throughput.L4_PEERS if kind == "l4" else throughput.L7_PEERS
     def layer_log(msg: str) -> None:
         log(f"{layer}: {msg}")
 
-    run = await throughput.start_peers(peers, sup, backend.addr, layer, log)
+    run = await throughput.start_peers(peers, sup, backend.addr, kind, log)
     try:
         await throughput.measure(run, wrk, backend.pids, settings.duration_s, settings.repeats,
                                  settings.warmup_s, layer_log)
@@ -147,10 +156,11 @@ async def run_throughput(state: SuiteState, sup: Supervisor, workdir: Path, sett
         for layer in settings.layers:
             state.skip(layer, "all", f"--backend nginx: {why}")
         return
-    wrk = Wrk(sup, workdir, settings.client)
+    close = dataclasses.replace(settings.client, keepalive=False)
     backend = await start_backend(sup, settings.backend)
     try:
         for layer in settings.layers:
+            wrk = Wrk(sup, workdir, close if layer == "l4_close" else settings.client)
             await run_layer(state, layer, sup, wrk, backend, settings, log)
     finally:
         await backend.stop()
@@ -235,7 +245,8 @@ def cost_figures(state: SuiteState) -> dict[str, Any]:
             vs = paired_ratio(mine, _cpu_per_10k(ref)) if ref and t.name != HAPROXY_OF[layer] else None
             own = throughput.stat_or_none(mine)
             if own is not None:
-                out[t.name] = {"layer": layer, "cpu_s_per_10k": own, "vs_haproxy": vs}
+                out[t.name if layer != "l4_close" else f"{t.name} (new connections)"] = {
+                    "layer": layer, "cpu_s_per_10k": own, "vs_haproxy": vs}
     return out
 
 
@@ -313,7 +324,7 @@ def collect_warnings(doc: dict[str, Any], settings: BenchSettings) -> list[str]:
         if is_unstable(s) and path.endswith(".rps"):
             out.append(f"{path}: spread {s['spread_pct']:.0f}% over {s['n']} rounds, may be unstable "
                        "(busy machine?); rerun with more --repeats or a longer --duration")
-    for layer in ("l4", "l7"):
+    for layer in ("l4", "l4_close", "l7"):
         for name, p in doc["groups"].get(layer, {}).get("peers", {}).items():
             errors = sum(p.get("errors", {}).values())
             if errors > 0.01 * max(1, p.get("requests", 0)):

@@ -32,7 +32,7 @@ from lbbench.system import proctree
 from lbbench.system.netns import in_private_netns, netns_unavailable_reason
 from lbbench.system.procs import Supervisor
 
-L4_PEERS = ("direct", "userspace-dnat", "haproxy-tcp", "kernel-nftables")
+L4_PEERS = ("direct", "userspace-dnat", "haproxy-tcp", "kernel-nftables", "ebpf-socketlb")
 L7_PEERS = ("direct", "l7-proxy", "haproxy", "nginx", "httpd")
 SERVICE_PORT = 8080  # >= 1024: no root needed outside lbbench's namespace
 START_TIMEOUT_S = 30.0
@@ -43,6 +43,7 @@ READY_TIMEOUT_S = 10.0
 L7_SETTINGS = ProxySettings(maxconn=0)
 
 Pids = Callable[[], list[int]]
+Wrap = Callable[[list[str]], list[str]]
 
 
 async def _nothing() -> None:
@@ -64,6 +65,7 @@ class Target:
     stop: Callable[[], Awaitable[None]] = _nothing
     note: str = ""
     own_process: bool = False  # False: direct, or the kernel doing the work
+    client_wrap: Wrap | None = None  # how the client must start to be served (ebpf-socketlb: in its cgroup)
     processes: list[dict[str, int | str]] = field(default_factory=list)  # name and threads, at start
 
 
@@ -76,6 +78,7 @@ class Round:
     errors: dict[str, int]
     frontend_cpu_s: float
     backend_cpu_s: float
+    client_cpu_s: float = 0.0  # wrk's: where socket-level balancing (and the client side of NAT) is charged
 
 
 @dataclass
@@ -151,11 +154,16 @@ async def start_frontend(name: str, sup: Supervisor, backend: HostPort, layer: s
         await asyncio.wait_for(fe.update_endpoints(spec.key, (Endpoint("pod-0", backend.host, backend.port),)),
                                START_TIMEOUT_S)
         entry = fe.entrypoint(spec.key)
+        wrap = fe.client_wrap()
         note = "kernel NAT: no process of its own (its CPU is charged to client and backend)" \
             if name in KERNEL_FRONTENDS else ""
+        if wrap is not None:
+            note = ("balanced in connect() for the client's cgroup: no process of its own (its CPU is the "
+                    "client's); ready once its maps are written, so the warm-up run is its check")
         target = Target(name, entry.addr, entry.host_header, fe.pids, fe.stop, note, own_process=bool(fe.pids()),
-                        processes=proctree.shape(fe.pids()))
-        await wait_ok(target)
+                        processes=proctree.shape(fe.pids()), client_wrap=wrap)
+        if wrap is None:  # this process is outside a cgroup-scoped front end's reach
+            await wait_ok(target)
     except BaseException:
         with contextlib.suppress(Exception):
             await fe.stop()
@@ -190,10 +198,10 @@ def _one_line(e: BaseException) -> str:
 # -- measuring -----------------------------------------------------------------------------------
 async def measure_once(wrk: Wrk, target: Target, backend_pids: Pids, duration_s: float) -> Round:
     fe0, be0 = proctree.cpu_s(target.pids()), proctree.cpu_s(backend_pids())
-    result: WrkResult = await wrk.run(target.addr, target.host_header, duration_s)
+    result: WrkResult = await wrk.run(target.addr, target.host_header, duration_s, target.client_wrap)
     fe1, be1 = proctree.cpu_s(target.pids()), proctree.cpu_s(backend_pids())
     return Round(result.rps, result.p50_ms, result.p99_ms, result.requests, result.errors,
-                 proctree.used_s(fe0, fe1), proctree.used_s(be0, be1))
+                 proctree.used_s(fe0, fe1), proctree.used_s(be0, be1), result.client_cpu_s)
 
 
 async def measure(run: GroupRun, wrk: Wrk, backend_pids: Pids, duration_s: float, repeats: int,
@@ -204,7 +212,9 @@ async def measure(run: GroupRun, wrk: Wrk, backend_pids: Pids, duration_s: float
     """
     for t in list(run.targets):
         try:
-            await wrk.run(t.addr, t.host_header, warmup_s)
+            warm = await wrk.run(t.addr, t.host_header, warmup_s, t.client_wrap)
+            if warm.requests == 0 or warm.error_count >= warm.requests:
+                raise RuntimeError(f"no request succeeded ({warm.errors or 'no requests'})")
         except Exception as e:
             await _drop(run, t, f"warm-up failed: {_one_line(e)}", log)
     run.rounds = {t.name: [] for t in run.targets}
@@ -267,6 +277,7 @@ def peer_figures(target: Target, rounds: Sequence[Round]) -> dict[str, Any]:
         "errors": errors,
         "frontend_cpu_s_per_10k": stat_or_none(fe_cpu),
         "backend_cpu_s_per_10k": stat_or_none([per_10k(r.backend_cpu_s, r.requests) for r in rounds]),
+        "client_cpu_s_per_10k": stat_or_none([per_10k(r.client_cpu_s, r.requests) for r in rounds]),
         "note": target.note,
         "processes": target.processes,
     }

@@ -12,6 +12,8 @@ controller or the load generator.
 from __future__ import annotations
 
 import abc
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Literal
@@ -19,6 +21,7 @@ from typing import ClassVar, Literal
 from lbbench.model.addresses import HostPort
 from lbbench.model.proxy import ProxySettings
 from lbbench.model.service import Endpoint, IngressRule, ServiceSpec, ServiceType
+from lbbench.system.cgroup import cgroup_argv
 from lbbench.system.procs import Supervisor
 
 
@@ -86,6 +89,11 @@ class Frontend(abc.ABC):
     def client_cgroup(self) -> Path | None:
         """The cgroup a client process must join before opening sockets to be served; None: any."""
         return None
+
+    def client_wrap(self) -> Callable[[list[str]], list[str]] | None:
+        """How a client process must be started to be served (inside :meth:`client_cgroup`), or None: as is."""
+        cg = self.client_cgroup()
+        return None if cg is None else functools.partial(cgroup_argv, cg)
 
     def pids(self) -> list[int]:
         """Processes whose CPU time is this front end's (children included by the caller)."""

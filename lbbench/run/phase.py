@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,6 @@ from lbbench.load.spec import LoadSpec
 from lbbench.model.addresses import HostPort, parse_hostport
 from lbbench.model.service import ServiceSpec
 from lbbench.run.zeroload import ZeroLoad, measure_zero_load, measure_zero_load_in
-from lbbench.system.cgroup import cgroup_argv
 from lbbench.system.hoststat import read_cpu_ticks, steal_fraction
 from lbbench.system.procs import Supervisor
 from lbbench.system.proctree import tree_cpu_s
@@ -93,14 +91,6 @@ def load_spec(config: Config, fe: Frontend, rate_rps: float) -> tuple[LoadSpec, 
         record_rows=lc.record_rows,
     )
     return spec, f"{ep.addr}" + (f" (Host: {ep.host_header})" if ep.host_header else "")
-
-
-def client_wrap(fe: Frontend) -> Callable[[list[str]], list[str]] | None:
-    """How client processes must start to be served by `fe` (inside its cgroup), or None: as they are."""
-    cg = fe.client_cgroup()
-    if cg is None:
-        return None
-    return lambda argv: cgroup_argv(cg, argv)
 
 
 def lb_dns_name(svc: ServiceSpec) -> str:
@@ -215,7 +205,7 @@ class Phase:
         assert self.frontend is not None and self.dns is not None
         spec, self.record.target = await resolved_load_spec(self.config, self.frontend, plan, self.dns,
                                                            self.key.rate_rps, self.log)
-        wrap = client_wrap(self.frontend)
+        wrap = self.frontend.client_wrap()
         keepalive = spec.connections.kind == "keepalive"
         zero = self.record.zero_load = await (
             measure_zero_load_in(wrap, spec.target, spec.path, spec.host_header, keepalive) if wrap else
@@ -227,7 +217,7 @@ class Phase:
     async def _measure(self, spec: LoadSpec) -> None:
         """The load from t=0, the timeline and the sampler beside it, until the schedule is done."""
         assert self.frontend is not None and self.controller is not None
-        gen = self.generator = LoadGenerator(spec, client_wrap(self.frontend))
+        gen = self.generator = LoadGenerator(spec, self.frontend.client_wrap())
         await gen.prepare()  # workers up and holding their share of the schedule
         t0 = time.monotonic() + self.config.run.warmup_s + 0.1
         await gen.start(t0)

@@ -1,9 +1,10 @@
 """Per-run cgroup v2 directories: created and removed by lbbench, joined by an exec wrapper.
 
 A socket's cgroup is fixed when the socket is created, so a client that must be balanced
-by programs attached to a cgroup joins it *before* opening any socket: it is started as
-``python -m lbbench.system.cgroup exec PATH -- COMMAND...``, which writes its own pid to
-``PATH/cgroup.procs`` and execs the command (same pid, so the caller's Supervisor still owns it).
+by programs attached to a cgroup joins it *before* opening any socket: it is started through
+:func:`cgroup_argv`, a ``/bin/sh`` line that writes its own pid to ``PATH/cgroup.procs`` and
+execs the command (same pid, so the caller's Supervisor still owns it). A shell, not Python:
+wrk's CPU and start are measured, and an interpreter's start would be counted in them.
 
 The cgroup v2 mount is found in /proc/self/mountinfo (hybrid systems mount it at
 ``/sys/fs/cgroup/unified``, pure v2 systems at ``/sys/fs/cgroup``). A run's cgroup is
@@ -17,7 +18,6 @@ import contextlib
 import errno
 import os
 import re
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -128,34 +128,11 @@ class RunCgroup:
                 time.sleep(0.01)
 
 
+_JOIN_THEN_EXEC = 'echo $$ > "$0/cgroup.procs" || exit 126; exec "$@"'
+
+
 def cgroup_argv(path: Path, argv: Sequence[str]) -> list[str]:
-    """Wrap `argv` so that it runs inside the cgroup at `path`, joined before it starts."""
+    """Wrap `argv` so that it runs inside the cgroup at `path`, joined before it starts (exit 126 if it cannot)."""
     if not argv:
         raise ValueError("cgroup_argv needs a command")
-    return [sys.executable, "-m", "lbbench.system.cgroup", "exec", str(path), "--", *argv]
-
-
-def join(path: Path) -> None:
-    (path / "cgroup.procs").write_text(str(os.getpid()))
-
-
-def main(args: Sequence[str]) -> int:
-    if len(args) < 3 or args[0] != "exec":
-        print("usage: python -m lbbench.system.cgroup exec CGROUP_PATH -- COMMAND [ARG...]", file=sys.stderr)
-        return 2
-    path, rest = Path(args[1]), list(args[2:])
-    if rest and rest[0] == "--":
-        rest = rest[1:]
-    if not rest:
-        print("lbbench.system.cgroup: no command given", file=sys.stderr)
-        return 2
-    try:
-        join(path)
-        os.execvp(rest[0], rest)
-    except OSError as e:
-        print(f"lbbench.system.cgroup: cannot run {rest[0]!r} in {path}: {e}", file=sys.stderr)
-        return 127
-
-
-if __name__ == "__main__":
-    raise SystemExit(main(sys.argv[1:]))
+    return ["/bin/sh", "-c", _JOIN_THEN_EXEC, str(path), *argv]
