@@ -417,6 +417,76 @@ def test_faults_script_fires_at_the_offsets(tmp_path: Path) -> None:
     assert events["at_s"].between(0.3, 5.0).all() and pd.api.types.is_float_dtype(events["at_s"])
 
 
+NODE_DOWN = TIMELINE.replace('name = "timeline"', 'name = "timeline"\nnodes = 2').split("[[events]]")[0] + """
+[[events]]
+at = "200ms"
+action = "node_down"
+target = "node/node-1"
+
+[run]
+duration = "600ms"
+frontends = ["userspace-dnat"]
+"""
+
+NODE_KUBECTL = """#!/bin/sh
+echo "$(python3 -c 'import time; print(time.time())') $*" >> "$KUBECTL_LOG"
+case "$*" in *"get pods -A"*) printf 'node-b node-a node-b' ;; esac
+"""
+
+
+def _fake_kubectl(tmp_path: Path, script: str) -> tuple[dict[str, str], Path]:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / "kubectl").write_text(script)
+    (bin_dir / "kubectl").chmod(0o755)
+    log = tmp_path / "kubectl.log"
+    return {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "KUBECTL_LOG": str(log)}, log
+
+
+def test_node_down_cordons_and_drains_the_experiments_node_then_uncordons(tmp_path: Path) -> None:
+    rendered = render(_config(tmp_path, "nodes", NODE_DOWN), RenderOptions())
+    faults = next(p for p in write(rendered, tmp_path / "out") if p.name == "faults.sh")
+    env, log = _fake_kubectl(tmp_path, NODE_KUBECTL)
+    start = time.time() + 0.2
+    out = subprocess.run(["sh", str(faults), f"{start:.6f}", "kube-proxy", "10"], env=env, capture_output=True,
+                         text=True, timeout=30, check=True)
+    calls = [line.split(" ", 1) for line in log.read_text().splitlines()]
+    acts = [(float(t) - start, cmd) for t, cmd in calls if "get pods" not in cmd]
+    selector = "--pod-selector=lbbench.dev/experiment=timeline,lbbench.dev/role=pod"
+    assert [cmd for _, cmd in acts] == [  # node-1 is the second node, by name, running the experiment's pods
+        "cordon node-b", f"drain node-b {selector} --ignore-daemonsets --delete-emptydir-data --timeout=120s",
+        "uncordon node-b"]
+    assert acts[0][0] >= 0.2 and acts[2][0] >= 0.6  # down at its time, up again when the phase ends
+    assert out.stdout.splitlines()[1].split(",")[1:4] == ["event", "node/node-1", "node_down"]
+    assert "cordon + drain" in rendered.files["NOTES.md"] and "slow_pod, fail_pod" in rendered.files["NOTES.md"]
+
+
+RUN_KUBECTL = """#!/bin/sh
+echo "$*" >> "$KUBECTL_LOG"
+case "$*" in
+  *"rollout status deployment/lbbench-l7-proxy"*) exit 1 ;;
+  *"get pods -l app=lbbench-l7-proxy"*) echo "lbbench-l7-proxy-5d9f   0/1   CrashLoopBackOff   4" ;;
+  *"logs -l app=lbbench-l7-proxy"*"--previous"*) echo "[pod/lbbench-l7-proxy-5d9f/proxy] previous run" ;;
+  *"logs -l app=lbbench-l7-proxy"*) echo "[pod/p/proxy] lbbench serve: error: unrecognized arguments: --bogus" ;;
+esac
+"""
+
+
+def test_run_script_stops_at_a_deployment_that_is_not_ready_and_says_why(tmp_path: Path) -> None:
+    rendered = render(load_config(ROOT / "configs" / "quickstart.toml"), RenderOptions())
+    run = next(p for p in write(rendered, tmp_path / "out") if p.name == "run.sh")
+    env, log = _fake_kubectl(tmp_path, RUN_KUBECTL)
+    proc = subprocess.run(["sh", str(run), str(tmp_path / "parts")], env={**env, "LBBENCH_READY_S": "1"},
+                          capture_output=True, text=True, timeout=30, cwd=tmp_path)
+    assert proc.returncode == 1
+    err = proc.stderr
+    assert "deployment/lbbench-l7-proxy in namespace lbbench-quickstart is not ready after 1 s" in err
+    assert "CrashLoopBackOff" in err and "unrecognized arguments: --bogus" in err and "previous run" in err
+    assert "deployment/lbbench-l7-proxy did not become ready" in err and "nothing was measured" in err
+    assert "stopped (exit status 1) while waiting for deployment/lbbench-l7-proxy" in err
+    assert "rollout status deployment/web" in log.read_text() and "50-" not in log.read_text()  # no Job started
+
+
 @pytest.mark.slow
 def test_cli_render_and_its_errors(tmp_path: Path) -> None:
     def lbbench(*args: str) -> subprocess.CompletedProcess[str]:

@@ -21,7 +21,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                        description="Write Kubernetes manifests and scripts for CONFIG into DIR.")
     r.add_argument("config", type=Path, metavar="CONFIG", help="an lbbench config (configs/*.toml)")
     r.add_argument("-o", "--out", type=Path, required=True, metavar="DIR", help="folder to write into")
-    r.add_argument("--image", help="the lbbench container image (default: lbbench:VERSION, built from Dockerfile)")
+    r.add_argument("--image", metavar="REGISTRY/lbbench:TAG",
+                   help="the lbbench container image the cluster's nodes can pull (default: lbbench:VERSION, "
+                        "built from the Dockerfile: docker build, tag and push it to your registry, or "
+                        "'kind load docker-image' it into a kind cluster; see README)")
     r.add_argument("--namespace", help="cluster namespace for the config's 'default' (default: lbbench-CLUSTERNAME)")
     r.add_argument("-p", "--parallelism", type=int, default=3, metavar="P",
                    help="generator parts: pods of each load Job, each sending every P-th request (default 3)")

@@ -22,7 +22,7 @@ import yaml
 from lbbench import __version__
 from lbbench.config.parse import Config, ServiceConfig
 from lbbench.k8s import manifests as m
-from lbbench.k8s.scripts import fault_steps, faults_script, run_script
+from lbbench.k8s.scripts import CLUSTER_FAULTS, fault_steps, faults_script, run_script
 from lbbench.load.generator import RPS_PER_WORKER, USERS_PER_WORKER
 
 K8S_VERSION = "1.30.0"  # the Kubernetes OpenAPI schemas the manifests are validated against (tests)
@@ -269,6 +269,19 @@ def _notes(config: Config, ctx: m.Context, ingress_class: str, controllers: tupl
     return notes
 
 
+_PROXY_NOTE = """## How the l7-proxy finds its pods
+
+`lbbench serve proxy --backend-dns NAME:PORT --resolve-every 1` asks the cluster DNS for the A records of the
+headless Service `NAME` (one per ready pod) every second and applies a changed answer as an Endpoints update, as
+lbbench's controller does locally: new pods start taking requests, removed ones drain (requests in flight finish).
+DNS is the dependency-free baseline; it lags by the DNS TTL and any cache in between (CoreDNS `cache`,
+NodeLocal DNSCache), and it cannot tell a terminating pod from a gone one. A watch of the Service's EndpointSlices
+(the API server's `ready`/`serving`/`terminating` conditions, pushed at once) would be better on both counts, at
+the price of a Kubernetes client, a ServiceAccount and RBAC to read EndpointSlices.
+
+"""
+
+
 def notes_text(config: Config, ctx: m.Context, load: list[m.LoadPhase], notes: list[str]) -> str:
     ns = "\n".join(f"| `{k}` | `{v}` |" for k, v in ctx.namespaces.items())
     jobs = "\n".join(f"| `{p.job}` | {p.frontend} | {p.rate_rps:g} | {p.parallelism} | {p.workers} | `{p.url}` |"
@@ -276,6 +289,7 @@ def notes_text(config: Config, ctx: m.Context, load: list[m.LoadPhase], notes: l
     faults = "\n".join(f"| {s.at_s:g} s | {s.action} | {s.target} | {'yes' if s.lines else 'no'} |"
                        for s in fault_steps(ctx)) or "| - | - | - | - |"
     warn = "\n".join(f"- {n}" for n in notes) or "- none"
+    proxy = _PROXY_NOTE if any(p.frontend == "l7-proxy" for p in load) else ""
     return f"""# {config.name} on a real cluster
 
 Rendered by `lbbench k8s render` from `{config.path}` with image `{ctx.image}`.
@@ -303,6 +317,22 @@ Run everything with `sh run.sh PARTS_DIR`, then `lbbench merge PARTS_DIR/*.log -
 ## Differences from `lbbench run`
 
 {warn}
+
+## The failure timeline on a cluster: what it can and cannot do
+
+{CLUSTER_FAULTS}
+
+{proxy}## The image
+
+Every container runs `{ctx.image}` (`--image`; default `lbbench:VERSION`). Build it from the repository's
+Dockerfile and make it reachable from the cluster's nodes, either through a registry:
+
+    docker build -t lbbench:{__version__} .
+    docker tag lbbench:{__version__} REGISTRY/lbbench:{__version__}
+    docker push REGISTRY/lbbench:{__version__}
+    lbbench k8s render CONFIG -o DIR --image REGISTRY/lbbench:{__version__}
+
+or, for a kind cluster, straight into its nodes: `kind load docker-image lbbench:{__version__}`.
 """
 
 

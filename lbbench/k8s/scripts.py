@@ -1,7 +1,8 @@
 """The two shell scripts `lbbench k8s render` writes next to the manifests.
 
-faults.sh  the failure timeline: `kubectl delete pod` (and scale, rolling update) at the config's
-           offsets from the load's t=0; prints events.csv rows (the results folder's format)
+faults.sh  the failure timeline: `kubectl delete pod` (and scale, rolling update, cordon + drain for a
+           node going down) at the config's offsets from the load's t=0; prints events.csv rows
+           (the results folder's format)
 run.sh     every phase end to end: apply, wait for rollout, set the clock, run the load Job and the
            timeline, collect each part's `kubectl logs`, then print the `lbbench merge` command
 """
@@ -15,7 +16,16 @@ from dataclasses import dataclass
 
 from lbbench.config.parse import Config, Event, PodTemplate, Workload, parse_template
 from lbbench.config.reader import Table
-from lbbench.k8s.manifests import CLOCK_CONFIGMAP, Context, LoadPhase, pod_args, readiness_probe
+from lbbench.k8s.manifests import (
+    CLOCK_CONFIGMAP,
+    EXPERIMENT,
+    PROXY_NAME,
+    ROLE,
+    Context,
+    LoadPhase,
+    pod_args,
+    readiness_probe,
+)
 
 EVENTS_HEADER = "at_s,kind,target,detail,frontend,rate_rps,repeat"
 JOB_SLACK_S = 120
@@ -41,6 +51,13 @@ pod_at() {{
     sed -n "$(($3 + 1))p"
 }}
 skip() {{ echo "faults.sh: $1" >&2; }}
+node_at() {{  # the N-th node (0-based, by name) that runs this experiment's pods: the config's node-N
+  kubectl get pods -A -l {pods} -o jsonpath='{{.items[*].spec.nodeName}}' | tr ' ' '\\n' |
+    sort -u | sed -n "$(($1 + 1))p"
+}}
+CORDONED=""
+uncordon_all() {{ for node in $CORDONED; do kubectl uncordon "$node" >&2; done; }}
+trap uncordon_all EXIT
 echo '{header}'
 """
 
@@ -95,13 +112,28 @@ def _rolling_lines(ctx: Context, ev: Event, i: int, template: PodTemplate) -> tu
             f"-p {shlex.quote(json.dumps(patch, separators=(',', ':')))} >&2")
 
 
-UNSUPPORTED = {
-    "slow_pod": "pods take slow/fail/unready/recover faults over their control pipe, which a cluster does not have",
-    "fail_pod": "pods take slow/fail/unready/recover faults over their control pipe, which a cluster does not have",
-    "unready_pod": "pods take slow/fail/unready/recover faults over their control pipe, which a cluster does not have",
-    "recover_pod": "pods take slow/fail/unready/recover faults over their control pipe, which a cluster does not have",
-    "node_down": "taking a real node down is not something a benchmark should do to your cluster",
-}
+_CONTROL_PIPE = ("pods take slow/fail/unready/recover faults over their control pipe (stdin), which a pod on a "
+                 "cluster does not have (its containers run with --no-control); changing the fault would mean "
+                 "a new pod, which is a rolling update, not the same pod turning slow")
+UNSUPPORTED = {"slow_pod": _CONTROL_PIPE, "fail_pod": _CONTROL_PIPE, "unready_pod": _CONTROL_PIPE,
+               "recover_pod": _CONTROL_PIPE}
+NODE_DOWN_NOTE = ("cordon + drain of the node running this experiment's pods (only those are evicted; it is "
+                  "uncordoned when the phase ends): a planned maintenance, not a crash. A crash (pods gone at "
+                  "once, their Endpoints kept until the node controller's grace period) would mean stopping a "
+                  "kubelet or powering a machine off, which a benchmark must not do to your cluster; DaemonSet "
+                  "pods are not evicted by a drain")
+
+
+CLUSTER_FAULTS = "\n".join([
+    "- kill_pod: `kubectl delete pod --grace-period=0 --force`; the closest to a crash from outside (a SIGKILL "
+    "from inside the pod's namespace is ignored by PID 1); the pod is replaced by a new one, not restarted",
+    "- delete_pod: `kubectl delete pod` (graceful: the pod leaves Endpoints, then gets SIGTERM)",
+    "- scale: `kubectl scale --replicas`",
+    "- rolling_update: `kubectl patch` of the template's args and readiness probe; the rollout itself is the "
+    "cluster's (maxSurge 1, maxUnavailable 0, as lbbench's controller)",
+    f"- node_down: {NODE_DOWN_NOTE}",
+    f"- slow_pod, fail_pod, unready_pod, recover_pod: not possible: {_CONTROL_PIPE}",
+])
 
 
 def fault_steps(ctx: Context) -> list[FaultStep]:
@@ -127,29 +159,57 @@ def fault_steps(ctx: Context) -> list[FaultStep]:
             table = Table(ctx.config.path, f"events[{i}].template", dict(ev.template))
             templates[ev.target] = parse_template(table, base=templates[ev.target])
             steps.append(FaultStep(ev.at_s, ev.action, ev.target, _rolling_lines(ctx, ev, i, templates[ev.target])))
+        elif ev.action == "node_down":
+            steps.append(FaultStep(ev.at_s, ev.action, ev.target, _node_lines(ctx, ev), NODE_DOWN_NOTE))
         else:
             steps.append(FaultStep(ev.at_s, ev.action, ev.target, (), UNSUPPORTED.get(ev.action, "not supported")))
     return steps
 
 
+def _experiment_pods(ctx: Context) -> str:
+    labels = ctx.labels("pod")
+    return f"{EXPERIMENT}={labels[EXPERIMENT]},{ROLE}={labels[ROLE]}"
+
+
+def _node_lines(ctx: Context, ev: Event) -> tuple[str, ...]:
+    """node/node-N down: the N-th node of the experiment's pods, cordoned, its experiment pods evicted.
+
+    The drain runs in the background (it waits for evictions) so that later events keep their times.
+    """
+    q = shlex.quote
+    index = int(ev.target.rsplit("-", 1)[1])
+    return (f"NODE=$(node_at {index})",
+            f'if [ -n "$NODE" ]; then event {q(ev.target)} {ev.action}; CORDONED="$CORDONED $NODE"; '
+            f'kubectl cordon "$NODE" >&2; kubectl drain "$NODE" --pod-selector={q(_experiment_pods(ctx))} '
+            f"--ignore-daemonsets --delete-emptydir-data --timeout=120s >&2 & "
+            f"else skip {q(f'{ev.action} {ev.target}: the experiment runs on fewer than {index + 1} node(s)')}; fi")
+
+
 def faults_script(ctx: Context) -> str:
-    out = [_FAULTS_PRELUDE.format(config=ctx.config.path, header=EVENTS_HEADER)]
-    for s in fault_steps(ctx):
+    out = [_FAULTS_PRELUDE.format(config=ctx.config.path, header=EVENTS_HEADER, pods=_experiment_pods(ctx))]
+    steps = fault_steps(ctx)
+    for s in steps:
         out.append(f"\n# {s.at_s:g} s: {s.action} {s.target}" + (f" ({s.note})" if s.note else "") + "\n")
         out.append(f"sleep_until {s.at_s:.9g}\n")
         if s.lines:
             out += [line + "\n" for line in s.lines]
         else:
             out.append(f"skip {shlex.quote(f'{s.action} {s.target} at {s.at_s:g} s skipped: {s.note}')}\n")
+    if any(s.action == "node_down" and s.lines for s in steps):
+        # a node stays down for the rest of the phase, as in `lbbench run`; the EXIT trap uncordons it
+        out.append(f"\n# the phase ends: wait for the drains, then uncordon\nsleep_until "
+                   f"{ctx.config.run.duration_s:.9g}\nwait\n")
     return "".join(out)
 
 
 def _rollouts(ctx: Context, with_proxy: bool) -> list[str]:
-    lines = [f"kubectl -n {ctx.ns(w.namespace)} rollout status {w.kind.lower()}/{w.name} --timeout=600s"
+    """One `ready` line per workload: namespace, kind/name and the pods' label selector."""
+    q = shlex.quote
+    lines = [f"ready {ctx.ns(w.namespace)} {w.kind.lower()}/{w.name} {q(_selector(w))}"
              for w in ctx.config.workloads]
     if with_proxy:
         svc = ctx.config.service(ctx.config.load.service)
-        lines.append(f"kubectl -n {ctx.ns(svc.namespace)} rollout status deployment/lbbench-l7-proxy --timeout=600s")
+        lines.append(f"ready {ctx.ns(svc.namespace)} deployment/{PROXY_NAME} app={PROXY_NAME}")
     return lines
 
 
@@ -161,6 +221,7 @@ def _phase_block(ctx: Context, phase: LoadPhase, job_file: str) -> str:
 # -- {phase.frontend} @ {phase.rate_rps:g} rps: {phase.parallelism} part(s) --
 r=0
 while [ "$r" -lt "$REPEATS" ]; do
+  STEP="running job {job} (repeat $r)"
   START=$(( $(date +%s) + LEAD_S ))
   kubectl -n {ns} create configmap {CLOCK_CONFIGMAP} --from-literal=start_at="$START" --from-literal=repeat="$r" \\
     --dry-run=client -o yaml | kubectl apply -f -
@@ -185,14 +246,33 @@ def run_script(ctx: Context, phases: list[tuple[LoadPhase, str]], files: list[st
     blocks = "".join(_phase_block(ctx, p, f) for p, f in phases)
     return f"""#!/bin/sh
 # Run {ctx.config.path} on the cluster of the current kubectl context (rendered by `lbbench k8s render`).
-# usage: sh run.sh [PARTS_DIR]     (env LBBENCH_LEAD_S: seconds between creating a Job and its t=0)
+# usage: sh run.sh [PARTS_DIR]
+#   env LBBENCH_LEAD_S: seconds between creating a Job and its t=0 (default 45)
+#   env LBBENCH_READY_S: how long each workload may take to become ready (default 300)
 set -eu
 DIR=$(cd "$(dirname "$0")" && pwd)
 OUT=${{1:-lbbench-parts}}
 LEAD_S=${{LBBENCH_LEAD_S:-45}}
+READY_S=${{LBBENCH_READY_S:-300}}
 REPEATS={ctx.config.run.repeat}
 RESULTS=results/k8s-{ctx.config.name}
+STEP="starting"
+trap 'rc=$?; [ "$rc" -eq 0 ] || echo "run.sh: stopped (exit status $rc) while $STEP" >&2' EXIT
+fail() {{ echo "run.sh: $*" >&2; exit 1; }}
+ready() {{  # NAMESPACE KIND/NAME SELECTOR: wait for the rollout; if it does not come, say why and stop
+  STEP="waiting for $2 in namespace $1"
+  if ! kubectl -n "$1" rollout status "$2" --timeout="${{READY_S}}s"; then
+    echo "run.sh: $2 in namespace $1 is not ready after $READY_S s; its pods:" >&2
+    kubectl -n "$1" get pods -l "$3" -o wide >&2 || true
+    echo "run.sh: the last log lines of $2 (kubectl logs):" >&2
+    kubectl -n "$1" logs -l "$3" --all-containers --prefix --tail=20 >&2 || true
+    kubectl -n "$1" logs -l "$3" --all-containers --prefix --tail=20 --previous >&2 2>/dev/null || true
+    fail "$2 did not become ready: see its pods and log lines above (image pulled? arguments accepted? \
+readiness probe answering?); nothing was measured"
+  fi
+}}
 mkdir -p "$OUT"
+STEP="applying the manifests"
 {applies}
 {rollouts}
 {blocks}

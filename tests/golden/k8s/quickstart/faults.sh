@@ -18,6 +18,13 @@ pod_at() {
     sed -n "$(($3 + 1))p"
 }
 skip() { echo "faults.sh: $1" >&2; }
+node_at() {  # the N-th node (0-based, by name) that runs this experiment's pods: the config's node-N
+  kubectl get pods -A -l lbbench.dev/experiment=quickstart,lbbench.dev/role=pod -o jsonpath='{.items[*].spec.nodeName}' | tr ' ' '\n' |
+    sort -u | sed -n "$(($1 + 1))p"
+}
+CORDONED=""
+uncordon_all() { for node in $CORDONED; do kubectl uncordon "$node" >&2; done; }
+trap uncordon_all EXIT
 echo 'at_s,kind,target,detail,frontend,rate_rps,repeat'
 
 # 5 s: kill_pod deployment/web (forced delete (grace 0): the crash is a new pod, not a container restart)

@@ -1,24 +1,43 @@
 #!/bin/sh
 # Run configs/quickstart.toml on the cluster of the current kubectl context (rendered by `lbbench k8s render`).
-# usage: sh run.sh [PARTS_DIR]     (env LBBENCH_LEAD_S: seconds between creating a Job and its t=0)
+# usage: sh run.sh [PARTS_DIR]
+#   env LBBENCH_LEAD_S: seconds between creating a Job and its t=0 (default 45)
+#   env LBBENCH_READY_S: how long each workload may take to become ready (default 300)
 set -eu
 DIR=$(cd "$(dirname "$0")" && pwd)
 OUT=${1:-lbbench-parts}
 LEAD_S=${LBBENCH_LEAD_S:-45}
+READY_S=${LBBENCH_READY_S:-300}
 REPEATS=1
 RESULTS=results/k8s-quickstart
+STEP="starting"
+trap 'rc=$?; [ "$rc" -eq 0 ] || echo "run.sh: stopped (exit status $rc) while $STEP" >&2' EXIT
+fail() { echo "run.sh: $*" >&2; exit 1; }
+ready() {  # NAMESPACE KIND/NAME SELECTOR: wait for the rollout; if it does not come, say why and stop
+  STEP="waiting for $2 in namespace $1"
+  if ! kubectl -n "$1" rollout status "$2" --timeout="${READY_S}s"; then
+    echo "run.sh: $2 in namespace $1 is not ready after $READY_S s; its pods:" >&2
+    kubectl -n "$1" get pods -l "$3" -o wide >&2 || true
+    echo "run.sh: the last log lines of $2 (kubectl logs):" >&2
+    kubectl -n "$1" logs -l "$3" --all-containers --prefix --tail=20 >&2 || true
+    kubectl -n "$1" logs -l "$3" --all-containers --prefix --tail=20 --previous >&2 2>/dev/null || true
+    fail "$2 did not become ready: see its pods and log lines above (image pulled? arguments accepted? readiness probe answering?); nothing was measured"
+  fi
+}
 mkdir -p "$OUT"
+STEP="applying the manifests"
 kubectl apply -f "$DIR/00-namespaces.yaml"
 kubectl apply -f "$DIR/10-workloads.yaml"
 kubectl apply -f "$DIR/20-services.yaml"
 kubectl apply -f "$DIR/30-ingress.yaml"
 kubectl apply -f "$DIR/40-l7-proxy.yaml"
-kubectl -n lbbench-quickstart rollout status deployment/web --timeout=600s
-kubectl -n lbbench-quickstart rollout status deployment/lbbench-l7-proxy --timeout=600s
+ready lbbench-quickstart deployment/web app=web
+ready lbbench-quickstart deployment/lbbench-l7-proxy app=lbbench-l7-proxy
 
 # -- kube-proxy @ 280 rps: 3 part(s) --
 r=0
 while [ "$r" -lt "$REPEATS" ]; do
+  STEP="running job lbbench-load-kube-proxy-0 (repeat $r)"
   START=$(( $(date +%s) + LEAD_S ))
   kubectl -n lbbench-quickstart create configmap lbbench-clock --from-literal=start_at="$START" --from-literal=repeat="$r" \
     --dry-run=client -o yaml | kubectl apply -f -
@@ -38,6 +57,7 @@ done
 # -- l7-proxy @ 280 rps: 3 part(s) --
 r=0
 while [ "$r" -lt "$REPEATS" ]; do
+  STEP="running job lbbench-load-l7-proxy-0 (repeat $r)"
   START=$(( $(date +%s) + LEAD_S ))
   kubectl -n lbbench-quickstart create configmap lbbench-clock --from-literal=start_at="$START" --from-literal=repeat="$r" \
     --dry-run=client -o yaml | kubectl apply -f -
