@@ -16,7 +16,7 @@ import pytest
 from dns_thread import DnsThread
 
 from lbbench.cli import build_parser
-from lbbench.cluster.standalone import fresh_ip, start_pod, wait_port
+from lbbench.cluster.standalone import fresh_ip, wait_http_ok, wait_port
 from lbbench.commands.serve.proxy import proxy_config
 from lbbench.frontends.proxy.discovery import BackendDns, parse_backend_dns
 from lbbench.model.addresses import HostPort
@@ -26,6 +26,15 @@ NAME = "web-pods.lbbench-t.svc.cluster.local"
 RESOLVE_EVERY_S = 1.0
 
 
+def _pod(sup: Supervisor, name: str) -> tuple[Child, HostPort]:
+    """`lbbench serve pod` on a fresh IP, ready (a generous bound: the test machine is shared)."""
+    addr = HostPort(fresh_ip(), 8080)
+    child = sup.spawn(name, lbbench_argv("serve", "pod", "--listen", str(addr), "--name", name,
+                                         "--service", "const:0ms"))
+    wait_http_ok(f"http://{addr}/healthz", 60.0)
+    return child, addr
+
+
 def _proxy(sup: Supervisor, dns: HostPort, *extra: str) -> tuple[Child, HostPort, HostPort]:
     ip = fresh_ip()
     listen, stats = HostPort(ip, 8080), HostPort(ip, 9901)
@@ -33,7 +42,7 @@ def _proxy(sup: Supervisor, dns: HostPort, *extra: str) -> tuple[Child, HostPort
                         f"{NAME}:8080", "--resolve-every", f"{RESOLVE_EVERY_S:g}", "--dns", str(dns),
                         "--health-interval", "0", "--no-control", *extra)
     child = sup.spawn("l7-proxy", argv)
-    wait_port(listen)
+    wait_port(listen, 60.0)
     return child, listen, stats
 
 
@@ -87,7 +96,7 @@ def _wait_backends(stats: HostPort, want: set[str], timeout_s: float) -> float:
 
 def test_proxy_follows_a_pod_replaced_under_the_headless_name(supervisor: Supervisor) -> None:
     with DnsThread() as dns:
-        (a, a_addr), (b, b_addr) = start_pod(supervisor, "web-a"), start_pod(supervisor, "web-b")
+        (a, a_addr), (b, b_addr) = _pod(supervisor, "web-a"), _pod(supervisor, "web-b")
         dns.set(NAME, (a_addr.host, b_addr.host))
         _, listen, stats = _proxy(supervisor, dns.addr)
         assert _backends(stats) == {str(a_addr), str(b_addr)}  # resolved before it listened
@@ -97,7 +106,7 @@ def test_proxy_follows_a_pod_replaced_under_the_headless_name(supervisor: Superv
             while traffic.pods.keys() < {"web-a", "web-b"}:
                 time.sleep(0.02)
             # the Deployment replaces web-a: web-c comes up, then web-a leaves Endpoints (and DNS)
-            _, c_addr = start_pod(supervisor, "web-c")
+            _, c_addr = _pod(supervisor, "web-c")
             dns.set(NAME, (b_addr.host, c_addr.host))
             followed_s = _wait_backends(stats, {str(b_addr), str(c_addr)}, 10.0)
             assert followed_s <= RESOLVE_EVERY_S + 1.0  # the issue's bound: one period, plus the lookup
@@ -119,7 +128,7 @@ def test_no_pods_is_an_empty_pool_and_pods_coming_back_are_found(supervisor: Sup
         _, listen, stats = _proxy(supervisor, dns.addr, "--queue-timeout", "0.2")
         assert _backends(stats) == set()  # NXDOMAIN: a headless Service without ready pods
         assert _get(f"http://{listen}/")[0] == 503
-        _, pod = start_pod(supervisor, "web-0")
+        _, pod = _pod(supervisor, "web-0")
         dns.set(NAME, (pod.host,))
         _wait_backends(stats, {str(pod)}, 10.0)
         assert _get(f"http://{listen}/") == (200, "web-0")
@@ -127,7 +136,7 @@ def test_no_pods_is_an_empty_pool_and_pods_coming_back_are_found(supervisor: Sup
 
 def test_a_dns_outage_keeps_the_backends_it_had(supervisor: Supervisor) -> None:
     with DnsThread() as dns:
-        _, pod = start_pod(supervisor, "web-0")
+        _, pod = _pod(supervisor, "web-0")
         dns.set(NAME, (pod.host,))
         _, listen, stats = _proxy(supervisor, dns.addr)
     # the DNS server is gone now: the proxy keeps its one backend and keeps serving
