@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shlex
 import subprocess
@@ -14,11 +15,19 @@ import pandas as pd
 import pytest
 from test_merge import CONFIG as MERGE_CONFIG
 from test_merge import _three, merge_args
-from test_report import make_folder
+from test_report import CONFIG as REPORT_CONFIG
+from test_report import _summary, make_folder
 from test_run import write_config
 
 from lbbench.commands import merge as merge_cmd
+from lbbench.config.parse import load_config
+from lbbench.load.generator import ROW_COLUMNS, LoadResult
+from lbbench.load.histogram import LogHistogram
+from lbbench.report import load_results
+from lbbench.report.verify import check
 from lbbench.results.writer import FolderContents, summary_document, write_folder
+from lbbench.run.collect import write_results
+from lbbench.run.phase import PhaseKey, PhaseRecord
 from lbbench.system.procs import lbbench_argv
 
 FILES = ("summary.json", "events.csv", "timeseries.parquet", "requests.parquet", "config.toml")
@@ -104,3 +113,27 @@ def test_a_full_disk_mid_run_keeps_the_rows_measured_before(tmp_path: Path) -> N
     assert set(rows["frontend"]) == {"userspace-dnat"} and len(rows) > 100
     assert [p["frontend"] for p in summary["phases"]] == ["userspace-dnat"]
     assert not [p for p in saved.iterdir() if p.name.endswith(".tmp")]
+
+
+# -- rates of a phase cut short ----------------------------------------------------------------------------
+def test_achieved_rps_of_a_phase_cut_short_is_over_the_time_it_ran(tmp_path: Path) -> None:
+    """The issue's numbers: SIGINT 6.65 s into a 20 s phase, 1,890 requests sent: ~284 rps, not 94.5."""
+    cfg = tmp_path / "cut.toml"
+    cfg.write_text(REPORT_CONFIG.format(rates="[300]", duration=20, seed=1, repeat=1, frontends='"l7-proxy"',
+                                        events=""))
+    n, ran_s = 1890, 6.65
+    intended = np.linspace(0.0, ran_s - 0.01, n)
+    rows = pd.DataFrame({c: 0 for c in ROW_COLUMNS}, index=range(n)).assign(
+        intended_s=intended, sent_s=intended, done_s=intended + 0.002, latency_s=0.002, status=200, error="",
+        pod="web-a", pod_ip="127.10.0.2", queue_ms=np.nan, service_ms=1.0, proxy_queue_ms=np.nan,
+        proxy_upstream_ms=np.nan)[list(ROW_COLUMNS)]
+    summary = dataclasses.replace(_summary(rows, 300.0, False), stopped=True, complete=False,
+                                  actual_duration_s=ran_s)
+    record = PhaseRecord(PhaseKey("l7-proxy", 300.0, 0), load=LoadResult(rows, LogHistogram(), summary, False, ()))
+    assert write_results(tmp_path, load_config(cfg), [record], {}, False, {}) == []
+    written = json.loads((tmp_path / "summary.json").read_text())
+    for entry in (written["phases"][0], written["frontends"]["l7-proxy"]):
+        assert entry["ran_s"] == ran_s
+        assert entry["achieved_rps"] == pytest.approx(n / ran_s) and entry["ok_rps"] == pytest.approx(n / ran_s)
+    _fresh, problems = check(load_results(tmp_path))  # `lbbench report` recomputes the same from the rows
+    assert problems == []

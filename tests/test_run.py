@@ -136,6 +136,9 @@ def test_abort_writes_partial_results(tmp_path: Path, sig: int) -> None:
     rows = pd.read_parquet(out / "requests.parquet")
     assert len(rows) > 100  # what was measured before the signal is kept
     assert rows["intended_s"].max() < 30.0
+    entry = summary["frontends"]["userspace-dnat"]
+    assert rows["intended_s"].max() <= entry["ran_s"] < 30.0  # rates over the time the load ran, not 30 s
+    assert entry["achieved_rps"] == pytest.approx(len(rows) / entry["ran_s"])
 
 
 def descendants(pid: int) -> list[int]:

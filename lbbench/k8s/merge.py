@@ -33,7 +33,7 @@ from lbbench.load.histogram import LogHistogram
 from lbbench.load.schedule import build_schedule
 from lbbench.load.spec import LoadSpec
 from lbbench.load.summary import latency_stats, short_stats
-from lbbench.results.files import buckets, frontend_summary, merge_repeats, metadata
+from lbbench.results.files import buckets, frontend_summary, load_ran_s, merge_repeats, metadata
 from lbbench.results.writer import FolderContents, summary_document
 
 SCHEDULE_KEYS = ("rate_rps", "duration_s", "arrivals", "steps", "seed", "closed_loop_users", "think_time_s")
@@ -319,11 +319,19 @@ def phase_entry(ph: MergedPhase, events: pd.DataFrame, duration_s: float, config
     targets = sorted({str(p.spec.get("target")) for p in ph.parts})
     entry: dict[str, Any] = {"frontend": ph.frontend, "rate_rps": ph.rate_rps, "repeat": ph.repeat,
                              "target": ", ".join(targets), "complete": ph.complete, "error": None, "counters": {}}
-    entry.update(frontend_summary(ph.rows, phase_events(events, ph), duration_s, cpu, gen))
+    entry.update(frontend_summary(ph.rows, phase_events(events, ph), duration_s, cpu, gen,
+                                  ran_s=_ran_s(ph, duration_s)))
     entry["generator"] = gen
     entry.update(NOT_MEASURED_HERE)
     entry["theory"] = _theory(config, ph.frontend, ph.rate_rps, entry["latency_s"])
     return entry
+
+
+def _ran_s(ph: MergedPhase, duration_s: float) -> float:
+    """A phase whose parts were stopped ran until its last part's last send."""
+    stopped = any(bool(p.summary.get("stopped")) for p in ph.parts)
+    actual = max(float(p.summary.get("actual_duration_s") or 0.0) for p in ph.parts)
+    return load_ran_s(duration_s, stopped, actual)
 
 
 def frontend_entry(name: str, mine: list[MergedPhase], events: pd.DataFrame, duration_s: float,
@@ -336,7 +344,7 @@ def frontend_entry(name: str, mine: list[MergedPhase], events: pd.DataFrame, dur
     gen = {"generator_saturated": any(p["generator_saturated"] for p in per),
            "saturation_reason": "; ".join(p["saturation_reason"] for p in per if p["saturation_reason"]) or None,
            "lateness_s": per[0]["lateness_s"]}
-    entry = frontend_summary(rows, evs, duration_s * len(mine), cpu, gen)
+    entry = frontend_summary(rows, evs, duration_s * len(mine), cpu, gen, ran_s=sum(p["ran_s"] for p in per))
     merge_repeats(entry, per)
     entry["complete"] = all(ph.complete for ph in mine)
     entry.update(NOT_MEASURED_HERE)

@@ -68,6 +68,7 @@ class FrontendStats:
     spread: dict[str, Any] = field(default_factory=dict)
     zero_load: dict[str, Any] = field(default_factory=dict)  # the path's cost at zero load (lbbench.run.zeroload)
     host_cpu: dict[str, float] = field(default_factory=dict)  # hypervisor steal (lbbench.system.hoststat)
+    ran_s: float | None = None  # seconds the load ran (less than the duration if cut short); None: older folder
 
     @property
     def error_count(self) -> int:
@@ -252,6 +253,7 @@ def frontend_stats(name: str, d: dict[str, Any]) -> FrontendStats:
         spread=dict(d.get("spread") or {}),
         zero_load=dict(d.get("zero_load") or {}),
         host_cpu={str(k): float(v) for k, v in (d.get("host_cpu") or {}).items() if _num(v) is not None},
+        ran_s=_num(d.get("ran_s")),
     )
 
 

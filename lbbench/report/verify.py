@@ -51,15 +51,17 @@ def recompute_frontend(r: Results, f: FrontendStats) -> FrontendStats | None:
             pod_share={},
             latency_s={k: None for k in f.latency_s},
         )
+    ran = {rep: _ran_s(r, f.name, rep) for rep in repeats}
     entry = frontend_summary(
-        mine, _events_of(events, f.name, r.first_rate, None), duration * len(repeats), {}, {}
+        mine, _events_of(events, f.name, r.first_rate, None), duration * len(repeats), {}, {},
+        ran_s=sum(ran.values()),
     )
     fail: list[dict[str, Any]] = []
     rates = []
     for rep in repeats:
         rep_rows = mine.loc[mine["repeat"].astype(int) == rep]
         fail += failover(rep_rows, _events_of(events, f.name, r.first_rate, rep), duration)
-        rates.append(len(rep_rows) / duration if duration > 0 else 0.0)
+        rates.append(len(rep_rows) / ran[rep] if ran[rep] > 0 else 0.0)
     entry["failover"] = fail
     entry["achieved_rps"] = sum(rates) / len(rates)
     fresh = frontend_stats(f.name, entry)
@@ -74,6 +76,13 @@ def recompute_frontend(r: Results, f: FrontendStats) -> FrontendStats | None:
         theory=f.theory,
         spread=f.spread,
     )
+
+
+def _ran_s(r: Results, name: str, repeat: int) -> float:
+    """Seconds this phase's load ran, as summary.json says (folders before `ran_s`: the duration)."""
+    phase = next(p for p in r.phases if p.frontend == name and p.rate_rps == r.first_rate and p.repeat == repeat)
+    ran = phase.stats.ran_s if phase.stats is not None else None
+    return r.duration_s if ran is None else ran
 
 
 def _events_of(events: pd.DataFrame, name: str, rate: float, repeat: int | None) -> pd.DataFrame:

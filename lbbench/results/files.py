@@ -142,16 +142,24 @@ def failover(rows: pd.DataFrame, events: pd.DataFrame, duration_s: float) -> lis
     return out
 
 
+def load_ran_s(duration_s: float, stopped: bool, actual_s: float) -> float:
+    """Seconds the load ran: the configured duration, or until its last send when a stop cut it short."""
+    return actual_s if stopped else duration_s
+
+
 def frontend_summary(rows: pd.DataFrame, events: pd.DataFrame, duration_s: float,
-                     cpu_s: dict[str, float], generator: dict[str, Any]) -> dict[str, Any]:
+                     cpu_s: dict[str, float], generator: dict[str, Any], ran_s: float | None = None) -> dict[str, Any]:
+    """The numbers of one phase (or of merged repeats); rates are over `ran_s` (default `duration_s`)."""
     ok = is_ok(rows)
     pods = rows.loc[ok & (rows["pod"] != ""), "pod"].value_counts(normalize=True).sort_index()
+    ran = duration_s if ran_s is None else ran_s
     return {
         "requests": len(rows),
         "ok": int(ok.sum()),
         "errors": error_kinds(rows),
-        "achieved_rps": float(len(rows) / duration_s) if duration_s > 0 else 0.0,
-        "ok_rps": float(ok.sum() / duration_s) if duration_s > 0 else 0.0,
+        "ran_s": round(ran, 6),
+        "achieved_rps": float(len(rows) / ran) if ran > 0 else 0.0,
+        "ok_rps": float(ok.sum() / ran) if ran > 0 else 0.0,
         "latency_s": latency_stats(rows.loc[ok, "latency_s"]),
         "latency_all_s": latency_stats(rows["latency_s"]),
         # 95% intervals by batch means over the requests in send order (lbbench.results.uncertainty)

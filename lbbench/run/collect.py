@@ -8,7 +8,7 @@ from typing import Any
 import pandas as pd
 
 from lbbench.config.parse import Config
-from lbbench.results.files import buckets, frontend_summary, merge_repeats, metadata
+from lbbench.results.files import buckets, frontend_summary, load_ran_s, merge_repeats, metadata
 from lbbench.results.theory_fit import theory_inputs, theory_section
 from lbbench.results.writer import FolderContents, WriteFailure, summary_document, write_folder
 from lbbench.run.phase import PhaseRecord
@@ -72,7 +72,8 @@ def _phase_entry(r: PhaseRecord, config: Config) -> dict[str, Any]:
                              "counters": r.counters}
     if r.load is not None:
         gen = r.load.summary.to_dict()
-        entry.update(frontend_summary(r.load.rows, phase_events(r), config.run.duration_s, r.cpu_s, gen))
+        entry.update(frontend_summary(r.load.rows, phase_events(r), config.run.duration_s, r.cpu_s, gen,
+                                      ran_s=_ran_s(r, config)))
         entry["generator"] = gen
         entry["zero_load"] = r.zero_load
         entry["host_cpu"] = _host_cpu([r])
@@ -98,7 +99,8 @@ def _by_frontend(records: list[PhaseRecord], config: Config) -> dict[str, Any]:
                 cpu[k] = cpu.get(k, 0.0) + v / len(mine)
         gen = mine[0].load.summary.to_dict() if mine[0].load is not None else {}
         gen["generator_saturated"] = any(r.load.summary.generator_saturated for r in mine if r.load)
-        entry = frontend_summary(rows, events, config.run.duration_s * len(mine), cpu, gen)
+        entry = frontend_summary(rows, events, config.run.duration_s * len(mine), cpu, gen,
+                                 ran_s=sum(_ran_s(r, config) for r in mine))
         merge_repeats(entry, [_phase_entry(r, config) for r in mine])
         entry["complete"] = all(r.complete for r in mine)
         zl = [r.zero_load for r in mine if r.zero_load and r.zero_load["overhead_mean_s"] is not None]
@@ -107,6 +109,11 @@ def _by_frontend(records: list[PhaseRecord], config: Config) -> dict[str, Any]:
         entry["theory"] = theory_section(config, name, first_rate, entry["latency_s"], rows, entry["zero_load"])
         out[name] = entry
     return out
+
+
+def _ran_s(r: PhaseRecord, config: Config) -> float:
+    s = r.load.summary if r.load is not None else None
+    return load_ran_s(config.run.duration_s, s is not None and s.stopped, s.actual_duration_s if s else 0.0)
 
 
 def _host_cpu(records: list[PhaseRecord]) -> HostCpu | None:
