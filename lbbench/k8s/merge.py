@@ -353,7 +353,7 @@ def frontend_entry(name: str, mine: list[MergedPhase], events: pd.DataFrame, dur
 
 
 def _config_section(phases: list[MergedPhase], config: Config | None, name: str, duration_s: float) -> dict[str, Any]:
-    from lbbench.results.theory_fit import theory_inputs
+    from lbbench.results.theory_fit import judging, theory_inputs
 
     spec = phases[0].parts[0].spec
     return {
@@ -364,6 +364,7 @@ def _config_section(phases: list[MergedPhase], config: Config | None, name: str,
         "endpoint_sync_delay_s": None,  # the cluster's own, not lbbench's
         "restart_delay_s": None,
         "theory_inputs": theory_inputs(config) if config is not None else None,
+        "report": judging(config) if config is not None else None,
     }
 
 

@@ -54,6 +54,12 @@ def matching_model(config: Config, frontend: str) -> tuple[str | None, str]:
     return None, f"{frontend} has no request queue model (requests beyond max_conns are not queued centrally)"
 
 
+def judging(config: Config) -> dict[str, Any]:
+    """How the report judges the run ([report] slo, [theory] tolerance, [[checks]]), for re-reporting."""
+    rc = config.report
+    return {"slo_s": rc.slo_s, "theory_tolerance": rc.theory_tolerance, "checks": [c.text for c in rc.checks]}
+
+
 def theory_inputs(config: Config) -> dict[str, Any] | None:
     """What the models need, kept in summary.json so reports can draw theory curves from files alone."""
     workloads = config.backing_workloads(config.service(config.load.service))

@@ -9,7 +9,7 @@ import pandas as pd
 
 from lbbench.config.parse import Config
 from lbbench.results.files import buckets, frontend_summary, load_ran_s, merge_repeats, metadata
-from lbbench.results.theory_fit import theory_inputs, theory_section
+from lbbench.results.theory_fit import judging, theory_inputs, theory_section
 from lbbench.results.writer import FolderContents, WriteFailure, summary_document, write_folder
 from lbbench.run.phase import PhaseRecord
 from lbbench.system.hoststat import HostCpu, host_cpu
@@ -57,13 +57,7 @@ def _config_section(config: Config) -> dict[str, Any]:
             "repeat": config.run.repeat, "cluster": "lbbench",
             "endpoint_sync_delay_s": config.run.endpoint_sync_delay_s,
             "restart_delay_s": config.run.restart_delay_s, "theory_inputs": theory_inputs(config),
-            "report": _judging(config)}
-
-
-def _judging(config: Config) -> dict[str, Any]:
-    """How the report judges the run ([report] slo, [theory] tolerance, [[checks]]), for re-reporting."""
-    rc = config.report
-    return {"slo_s": rc.slo_s, "theory_tolerance": rc.theory_tolerance, "checks": [c.text for c in rc.checks]}
+            "report": judging(config)}
 
 
 def _phase_entry(r: PhaseRecord, config: Config) -> dict[str, Any]:
