@@ -70,8 +70,6 @@ _HOSTS_MAX = 4096
 
 
 def _check_host(value: bytes) -> None:
-    if value in _valid_hosts:
-        return
     if _HOST.fullmatch(value.strip(b" \t")) is None:  # llhttp keeps trailing whitespace
         raise Reject(400, f"invalid Host {value.decode('latin-1')!r}")
     if len(_valid_hosts) >= _HOSTS_MAX:
@@ -201,7 +199,8 @@ class RequestReader:
         elif role == HOST:
             if self.host is not None:
                 raise Reject(400, "more than one Host header field")
-            _check_host(value)
+            if value not in _valid_hosts:  # the common case inline: a Host seen before
+                _check_host(value)
             self.fields += (name, b": ", value, CRLF)
             self.host = value
         else:
