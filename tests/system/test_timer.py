@@ -19,6 +19,7 @@ def cpu_s() -> float:
     return ru.ru_utime + ru.ru_stime
 
 
+@pytest.mark.perf  # its precision bound is a timing figure: a starved machine can miss it
 @pytest.mark.parametrize("new_loop", [uvloop.new_event_loop, asyncio.new_event_loop])
 def test_callbacks_run_in_deadline_order_close_to_their_deadlines(new_loop: object) -> None:
     async def go() -> list[tuple[float, float]]:

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 import uvloop
+from helpers.proxy import keepalive_load, parse_responses, raw_exchange, request_bytes
 
 from lbbench.cluster.standalone import fresh_ip, start_pod
 from lbbench.frontends.base import FrontendPlan
 from lbbench.frontends.proxy.config import plan_from_json, plan_to_json
 from lbbench.frontends.proxy.frontend import L7Proxy
-from lbbench.frontends.proxy.testing import keepalive_load, parse_responses, raw_exchange, request_bytes
 from lbbench.model.addresses import HostPort
 from lbbench.model.proxy import HealthCheck, ProxySettings
 from lbbench.model.service import Endpoint, IngressRule, ServiceSpec

@@ -15,13 +15,13 @@ import threading
 from collections.abc import Iterator
 
 import pytest
+from helpers.proxy import get_stats, parse_responses, start_proxy
 
 from lbbench.cluster.standalone import fresh_ip
 from lbbench.frontends.proxy import route as proxy_route
 from lbbench.frontends.proxy.backend import Backend
 from lbbench.frontends.proxy.balance import RoundRobin
 from lbbench.frontends.proxy.route import Router
-from lbbench.frontends.proxy.testing import get_stats, parse_responses, start_proxy
 from lbbench.model.addresses import HostPort
 from lbbench.model.service import Endpoint
 from lbbench.system.procs import Supervisor

@@ -133,9 +133,9 @@ def test_request_stop_ends_early_with_the_rows_so_far(pod: HostPort) -> None:
 
     res, seen, took = uvloop.run(go())
     s = res.summary
-    assert took < 5
+    assert took < spec.duration_s / 2  # it ended at the stop (after the 1 s grace), not at the configured end
     assert s.stopped and not res.complete and not s.complete
-    assert 150 < s.requests < 800 and s.actual_duration_s < 5
+    assert 150 < s.requests < 800 and s.actual_duration_s < spec.duration_s / 2
     assert s.aborted > 0  # the 3 s delayed ones were cut off after the 1 s grace
     assert len(res.rows) == s.completed == s.requests - s.aborted
     assert seen[-1].issued > seen[0].issued and seen[-1].done > 0 and seen[-1].ok > 0, seen

@@ -21,6 +21,7 @@ import kubernetes_validate  # type: ignore[import-untyped]
 import pandas as pd
 import pytest
 import yaml
+from helpers.paths import REPO
 
 from lbbench.cli import build_parser
 from lbbench.config.parse import Config, load_config
@@ -28,7 +29,7 @@ from lbbench.k8s import manifests as m
 from lbbench.k8s.merge import read_events
 from lbbench.k8s.render import K8S_VERSION, Rendered, RenderOptions, render, write
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = REPO
 GOLDEN = ROOT / "tests" / "golden" / "k8s" / "quickstart"
 SHIPPED = sorted(ROOT.glob("configs/*.toml"))
 

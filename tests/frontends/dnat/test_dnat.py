@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import psutil
 import pytest
-from l4_scenarios import http_conn, run_scenario
+from helpers.l4_scenarios import http_conn, run_scenario
 from scipy.stats import chisquare
 
 from lbbench.cluster.standalone import fresh_ip, start_pod, wait_port

@@ -9,9 +9,9 @@ import struct
 import time
 
 import pytest
+from helpers.proxy import get_stats, parse_responses, raw_exchange, request_bytes, start_proxy
 
 from lbbench.cluster.standalone import fresh_ip, start_pod
-from lbbench.frontends.proxy.testing import get_stats, parse_responses, raw_exchange, request_bytes, start_proxy
 from lbbench.model.addresses import HostPort
 from lbbench.system.control import send
 from lbbench.system.procs import Supervisor

@@ -7,10 +7,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from helpers.paths import REPO
 
 from lbbench.system.procs import lbbench_argv
 
-QUICKSTART = Path(__file__).resolve().parent.parent / "configs" / "quickstart.toml"
+QUICKSTART = REPO / "configs" / "quickstart.toml"
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:

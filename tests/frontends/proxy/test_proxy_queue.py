@@ -10,9 +10,7 @@ import time
 
 import pytest
 import uvloop
-
-from lbbench.cluster.standalone import start_pod
-from lbbench.frontends.proxy.testing import (
+from helpers.proxy import (
     Reply,
     get_stats,
     keepalive_load,
@@ -21,6 +19,8 @@ from lbbench.frontends.proxy.testing import (
     request_bytes,
     start_proxy,
 )
+
+from lbbench.cluster.standalone import start_pod
 from lbbench.model.addresses import HostPort
 from lbbench.system.procs import Supervisor
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers.paths import L4_SCENARIOS
 from scipy.stats import chisquare
 from test_nftables import golden_services, run_in_netns
 
@@ -15,7 +16,7 @@ from lbbench.frontends.kernel.iptables import render_iptables, sep_chain, svc_ch
 from lbbench.system.netns import find_tool, netns_unavailable_reason
 from lbbench.system.procs import Supervisor
 
-SCENARIOS = Path(__file__).parent / "l4_scenarios.py"
+SCENARIOS = L4_SCENARIOS
 FRONTEND = "kernel-iptables"
 
 pytestmark = pytest.mark.skipif(

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers.paths import L4_SCENARIOS, TESTS
 from scipy.stats import chisquare
 
 from lbbench.errors import UserError
@@ -35,8 +36,8 @@ from lbbench.system.netns import netns_argv, netns_unavailable_reason
 from lbbench.system.procs import Supervisor
 
 HERE = Path(__file__).parent
-GOLDEN = HERE / "golden" / "nftables_3x4.nft"
-SCENARIOS = HERE / "l4_scenarios.py"
+GOLDEN = TESTS / "golden" / "nftables_3x4.nft"
+SCENARIOS = L4_SCENARIOS
 FRONTEND = "kernel-nftables"
 
 needs_netns = pytest.mark.skipif(netns_unavailable_reason() is not None,
@@ -333,7 +334,7 @@ asyncio.run(main())
 
 _SCALE_CODE = """
 import asyncio, json, subprocess, sys
-sys.path.insert(0, {tests!r})
+sys.path[:0] = [{tests!r}, {root!r}]
 from test_nftables import many_services
 from lbbench.frontends.base import FrontendPlan
 from lbbench.frontends.kernel.applier import RulesApplier
@@ -378,7 +379,7 @@ asyncio.run(main())
 @needs_netns
 def test_1000_services_apply_inside_the_namespace(supervisor: Supervisor) -> None:
     """More than nft's netlink buffer takes in one transaction inside a user namespace (~130 Services)."""
-    r = run_in_netns(supervisor, [sys.executable, "-c", _SCALE_CODE.format(tests=str(HERE))])
+    r = run_in_netns(supervisor, [sys.executable, "-c", _SCALE_CODE.format(tests=str(HERE), root=str(TESTS))])
     assert r.returncode == 0, r.stderr[-3000:]
     out = json.loads(r.stdout)
     helpers = 8  # 5 base chains, reject-chain, service-endpoints-check, services

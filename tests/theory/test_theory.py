@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 import pytest
-from des import Policy, simulate
+from helpers.des import Policy, simulate
 from scipy.integrate import quad
 
 from lbbench.model.servicetime import ServiceTime

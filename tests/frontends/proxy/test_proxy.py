@@ -15,18 +15,18 @@ from collections.abc import Iterator
 import psutil
 import pytest
 from aiohttp import web
-
-from lbbench.cluster.standalone import fresh_ip, start_pod
-from lbbench.frontends.proxy.backend import Backend
-from lbbench.frontends.proxy.balance import make_balancer
-from lbbench.frontends.proxy.route import Router, normalize_host
-from lbbench.frontends.proxy.testing import (
+from helpers.proxy import (
     get_stats,
     parse_responses,
     raw_exchange,
     request_bytes,
     start_proxy,
 )
+
+from lbbench.cluster.standalone import fresh_ip, start_pod
+from lbbench.frontends.proxy.backend import Backend
+from lbbench.frontends.proxy.balance import make_balancer
+from lbbench.frontends.proxy.route import Router, normalize_host
 from lbbench.model.addresses import HostPort
 from lbbench.model.service import Endpoint
 from lbbench.system.procs import Supervisor

@@ -1,7 +1,7 @@
 """The raw-request corpus: request bytes -> the statuses the client gets and what reaches the backend.
 
 Each case is sent on its own connection to one l7-proxy whose only backend parses with llhttp
-and records every request it receives (lbbench.frontends.proxy.testing.RecordingBackend). A
+and records every request it receives (helpers.proxy.RecordingBackend). A
 desync shows up as a difference between the two columns: a request the proxy answered once but
 the backend read twice (smuggled), or one the proxy refused that still reached the backend.
 
@@ -19,8 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
-
-from lbbench.frontends.proxy.testing import (
+from helpers.proxy import (
     ProxyProcess,
     RecordingBackend,
     parse_responses,
@@ -28,6 +27,7 @@ from lbbench.frontends.proxy.testing import (
     request_bytes,
     start_proxy,
 )
+
 from lbbench.system.procs import Supervisor
 
 LIMITS = ("--max-header-bytes", "4096", "--max-headers", "20", "--max-body-bytes", "10000",

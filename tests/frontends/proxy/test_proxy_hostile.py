@@ -18,13 +18,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-
-from lbbench.cluster.standalone import start_pod
-from lbbench.frontends.base import FrontendPlan
-from lbbench.frontends.proxy.config import plan_to_json
-from lbbench.frontends.proxy.testing import (
+from helpers.proxy import (
     ProxyProcess,
     get_stats,
     parse_responses,
@@ -33,6 +27,12 @@ from lbbench.frontends.proxy.testing import (
     request_bytes,
     start_proxy,
 )
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from lbbench.cluster.standalone import start_pod
+from lbbench.frontends.base import FrontendPlan
+from lbbench.frontends.proxy.config import plan_to_json
 from lbbench.model.service import IngressRule, ServiceSpec
 from lbbench.system.procs import Supervisor
 
