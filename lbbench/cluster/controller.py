@@ -221,7 +221,7 @@ class Controller:
         r = pod.template.readiness
         await asyncio.sleep(r.initial_delay_s)
         while not pod.dead and not self._stopping:
-            ok = await http_probe(pod.ip, pod.port, r.path, r.timeout_s)
+            ok = await http_probe(pod.ip, pod.port, r.path, r.timeout_s, expect_pod=pod.name)
             if pod.frozen or pod.dead:
                 return
             if ok:

@@ -115,9 +115,11 @@ class Pod:
             self.faults = self.faults.updated(msg["faults"])
 
     async def healthz(self, request: web.Request) -> web.Response:
+        # The pod's name goes with every answer: a readiness probe must know who answered it.
+        headers = {"x-pod": self.spec.name}
         if self.faults.ready:
-            return web.Response(text="ok\n")
-        return web.Response(status=503, text="not ready\n")
+            return web.Response(text="ok\n", headers=headers)
+        return web.Response(status=503, text="not ready\n", headers=headers)
 
     async def stats(self, request: web.Request) -> web.Response:
         return web.json_response(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,7 +27,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeat", type=int, help="repeats per phase, overriding [run].repeat")
     p.add_argument("--quiet", action="store_true", help="no live progress (for CI)")
     p.add_argument("--no-netns", action="store_true", help="do not enter a private network namespace "
-                   "(kernel front ends are then skipped)")
+                   "(kernel front ends and network-fault events are then skipped; the run claims its address "
+                   "blocks with a lock instead, so two runs never share a pod address)")
 
 
 # options that override the [run] key of the same name; each is validated as the config's own value
@@ -62,18 +64,25 @@ def run(args: argparse.Namespace) -> int:
 
     import uvloop
 
-    from lbbench.model.names import KERNEL_FRONTENDS
     from lbbench.results.files import new_results_dir
     from lbbench.results.writer import writable_folder
-    from lbbench.run.experiment import RunOptions, run_experiment
-    from lbbench.system.netns import in_private_netns, netns_unavailable_reason
+    from lbbench.run.experiment import RunOptions, address_blocks, run_experiment
+    from lbbench.system.addrlock import claim_blocks
+    from lbbench.system.netns import in_private_netns, namespace_unavailable_reason
 
     out = writable_folder(args.out or new_results_dir(DEFAULT_RESULTS, config.name))
-    wants_kernel = any(f in KERNEL_FRONTENDS for f in config.run.frontends)
-    if wants_kernel and not args.no_netns and not in_private_netns() and netns_unavailable_reason() is None:
-        return _reexec_in_netns(args, out)
-    folder, complete, unwritten = uvloop.run(run_experiment(config, RunOptions(out, config.run.frontends,
-                                                                               args.quiet)))
+    if not args.no_netns and not in_private_netns() and namespace_unavailable_reason() is None:
+        return _reexec_in_netns(args, out)  # every run in its own namespace: isolated, faults on its netfilter
+    opts = RunOptions(out, config.run.frontends, args.quiet)
+    if in_private_netns():
+        folder, complete, unwritten = uvloop.run(run_experiment(config, opts))
+    else:  # the host's namespace: claim the run's address blocks so no other run binds them meanwhile
+        def waiting(block: str, holder: str) -> None:
+            print(f"waiting for address block {block}, held by {holder}", file=sys.stderr, flush=True)
+
+        with claim_blocks(address_blocks(config), waiting) as blocks:
+            opts = dataclasses.replace(opts, address_blocks=tuple(blocks))
+            folder, complete, unwritten = uvloop.run(run_experiment(config, opts))
     for failure in unwritten:  # said even with --quiet: these results are not (all) on disk
         print(f"lbbench run: error: could not write {failure} (the files that fit were written, "
               "summary.json first; complete: false)", file=sys.stderr)

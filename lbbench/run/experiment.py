@@ -24,7 +24,13 @@ from lbbench.results.writer import WriteFailure
 from lbbench.run.collect import write_results
 from lbbench.run.live import LiveView
 from lbbench.run.phase import Phase, PhaseKey, PhaseRecord, phase_rates
-from lbbench.system.netns import in_private_netns, netns_unavailable_reason
+from lbbench.system.addrlock import blocks_of
+from lbbench.system.netns import (
+    find_tool,
+    in_private_netns,
+    namespace_unavailable_reason,
+    netns_unavailable_reason,
+)
 
 
 @dataclass(frozen=True)
@@ -32,6 +38,30 @@ class RunOptions:
     out: Path
     frontends: tuple[str, ...]
     quiet: bool = False
+    address_blocks: tuple[str, ...] = ()  # claimed with a lock when the run shares the host's namespace
+
+
+def address_blocks(config: Config) -> list[str]:
+    """The /16 blocks a run binds addresses in: nodes' pods, Service and LB IPs, Ingress, DNS."""
+    c = config.cluster
+    addrs = [c.node_network(n) for n in range(c.nodes)]
+    addrs += [c.service_cidr, c.lb_cidr, c.ingress_ip, c.dns.rpartition(":")[0]]
+    addrs += [s.cluster_ip for s in config.services if s.cluster_ip is not None]
+    return blocks_of(addrs)
+
+
+def isolation(opts: RunOptions) -> dict[str, Any]:
+    """How this run is kept apart from others, and why network faults cannot play if they cannot."""
+    if in_private_netns():
+        return {"isolation": "private network namespace", "network_faults_unavailable": nft_unavailable_reason()}
+    why = namespace_unavailable_reason() or "--no-netns was given"
+    return {"isolation": f"address blocks claimed with a lock: {', '.join(opts.address_blocks)}",
+            "network_faults_unavailable": f"the run is not in a private network namespace ({why}); "
+                                          "nft rules are never written to the host's netfilter"}
+
+
+def nft_unavailable_reason() -> str | None:
+    return None if find_tool("nft") is not None else "nft (nftables) is not installed"
 
 
 def skip_reason(name: str) -> str | None:
@@ -72,7 +102,7 @@ class Experiment:
         self.unwritten: list[WriteFailure] = []
         # started_utc: the run's start, not the time of the last rewrite of the folder
         self.meta: dict[str, Any] = {"config_file": config.path, "in_netns": in_private_netns(),
-                                     "frontends_requested": list(opts.frontends),
+                                     "frontends_requested": list(opts.frontends), **isolation(opts),
                                      "started_utc": datetime.now(UTC).isoformat(timespec="seconds")}
         self.skipped = {n: r for n in opts.frontends if (r := skip_reason(n)) is not None}
         runnable = [n for n in opts.frontends if n not in self.skipped]
@@ -117,7 +147,8 @@ class Experiment:
             cls = frontend_class(key.frontend)
             assert not isinstance(cls, str)
             self.current = Phase(self.config, key, cls, self.opts.out / "frontends" / key.frontend,
-                                 in_private_netns(), on_progress=self.live.on_progress)
+                                 in_private_netns(), on_progress=self.live.on_progress,
+                                 no_network_faults=self.meta["network_faults_unavailable"])
             self.records.append(await _run_phase(self.current, self.live, i, len(self.keys), self.config))
             self._write(False)
 

@@ -153,13 +153,14 @@ class Phase:
     """One front end under the load: bring up, aim, measure, tear down. `run` reads as those steps."""
 
     def __init__(self, config: Config, key: PhaseKey, fe_class: type[Frontend], artifacts: Path,
-                 in_netns: bool, on_progress: Any = None) -> None:
+                 in_netns: bool, on_progress: Any = None, no_network_faults: str | None = None) -> None:
         self.config = config
         self.key = key
         self.fe_class = fe_class
         self.artifacts = artifacts
         self.in_netns = in_netns
         self.on_progress = on_progress
+        self.no_network_faults = no_network_faults  # why nft fault rules cannot be written, if they cannot
         self.record = PhaseRecord(key, artifacts=artifacts)
         self.generator: LoadGenerator | None = None
         self.controller: Controller | None = None

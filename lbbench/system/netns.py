@@ -51,28 +51,46 @@ def in_private_netns() -> bool:
 
 
 @functools.cache
-def netns_unavailable_reason() -> str | None:
-    """None if a private user+net namespace with nftables works here, else why not (probed once)."""
+def namespace_unavailable_reason() -> str | None:
+    """None if a private user+net namespace can be made here, else why not (probed once).
+
+    Every `lbbench run` phase runs in one when it can: runs never see each other's pods, and
+    network faults live (and die) with the namespace's own netfilter.
+    """
     unshare = find_tool("unshare")
     if unshare is None:
         return "unshare (util-linux) is not installed"
+    return _probe([unshare, *unshare_flags(), "--", sys.executable, "-c", ""])
+
+
+@functools.cache
+def netns_unavailable_reason() -> str | None:
+    """None if a private user+net namespace with nftables works here, else why not (probed once)."""
+    if (why := namespace_unavailable_reason()) is not None:
+        return why
     nft = find_tool("nft")
     if nft is None:
         return "nft (nftables) is not installed"
+    unshare = find_tool("unshare")
+    assert unshare is not None
+    return _probe([unshare, *unshare_flags(), "--", nft, "list", "ruleset"])
+
+
+def _probe(argv: list[str]) -> str | None:
     from lbbench.system.procs import Supervisor
 
-    argv = [unshare, *unshare_flags(), "--", nft, "list", "ruleset"]
+    what = " ".join(os.path.basename(a) for a in argv[:5])
     with Supervisor() as sup:
         child = sup.spawn("netns-probe", argv, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
             _, err = child.popen.communicate(timeout=10)
         except subprocess.TimeoutExpired:
             child.stop_sync(0.5)
-            return f"probing 'unshare {' '.join(unshare_flags())} nft list ruleset' timed out"
+            return f"probing '{what}' timed out"
     if child.popen.returncode != 0:
         detail = err.decode(errors="replace").strip().splitlines()
         why = detail[-1] if detail else f"exit status {child.popen.returncode}"
-        return f"'unshare {' '.join(unshare_flags())}' with nft failed (user namespaces disabled?): {why}"
+        return f"'{what}' failed (user namespaces disabled?): {why}"
     return None
 
 

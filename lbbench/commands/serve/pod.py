@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import zlib
 from typing import TYPE_CHECKING
 
@@ -37,7 +38,12 @@ def run(args: argparse.Namespace) -> int:
     from lbbench.system.procs import die_with_parent
 
     die_with_parent()
-    uvloop.run(serve_pod(pod_spec(args), control=not args.no_control))
+    spec = pod_spec(args)
+    try:
+        uvloop.run(serve_pod(spec, control=not args.no_control))
+    except OSError as e:  # its address taken: a fact of the run (the pod dies and is replaced), not a crash
+        print(f"pod {spec.name}: cannot listen on {spec.host}:{spec.port}: {e.strerror or e}", file=sys.stderr)
+        return 3
     return 0
 
 
