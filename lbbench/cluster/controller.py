@@ -293,7 +293,14 @@ class Controller:
         mine = [p for p in live if p.workload.key == target]
         if not mine:
             return []
-        return [mine[index % len(mine)] if index is not None else self.rng.choice(mine)]
+        if index is None:
+            return [self.rng.choice(mine)]
+        if index >= len(mine):
+            # The config checks index against the replicas; fewer are alive now (one is being
+            # replaced): acting on another pod instead would be a silent wrap.
+            self.log.log("event_missed", target, f"index={index} live_pods={len(mine)}")
+            return []
+        return [mine[index]]
 
     async def kill_pod(self, pod: PodState) -> None:
         """SIGKILL: a crash. The kubelet notices the exit; the pod is replaced after restart_delay."""

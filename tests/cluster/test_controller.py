@@ -206,3 +206,21 @@ def test_endpoint_updates_reach_a_slow_front_end_in_order_one_at_a_time() -> Non
             await ctl.stop()
 
     run(scenario())
+
+
+def test_an_index_past_the_live_pods_acts_on_none_and_says_so() -> None:
+    async def scenario() -> None:
+        config = make_config(replicas=2)
+        with Supervisor() as sup:
+            log = EventLog()
+            ctl = Controller(config, sup, log)
+            await ctl.start()
+            await ctl.wait_synced()
+            names = sorted(p.name for p in ctl.pods.values())
+            assert [p.name for p in ctl.resolve("deployment/web", 1)] == names[1:]
+            assert ctl.resolve("deployment/web", 2) == []  # not pod 0: no wrap
+            (missed,) = log.of_kind("event_missed")
+            assert (missed.target, missed.detail) == ("deployment/web", "index=2 live_pods=2")
+            await ctl.stop()
+
+    run(scenario())
