@@ -34,6 +34,11 @@ REQUEST_COLUMNS = (
 )
 EVENT_COLUMNS = ("at_s", "kind", "target", "detail", "frontend", "rate_rps", "repeat")
 PHASE_COLUMNS = ("frontend", "rate_rps", "repeat")
+REQUIRED_EVENT_COLUMNS = ("at_s", "kind", "target", "detail")  # written by every lbbench that wrote events.csv
+# summary.json's sections and their JSON kind (older folders may lack some; none may be of another kind)
+OBJECT, LIST = (dict, "an object"), (list, "a list")
+SUMMARY_SECTIONS: dict[str, tuple[type, str]] = {"metadata": OBJECT, "config": OBJECT, "frontends": OBJECT,
+                                                 "phases": LIST, "skipped": OBJECT}
 
 
 @dataclass(frozen=True)
@@ -133,8 +138,11 @@ def load_results(folder: Path | str) -> Results:
     path = Path(folder)
     summary = _summary(path)
     notes: list[str] = []
-    frontends = tuple(frontend_stats(name, d) for name, d in (summary.get("frontends") or {}).items())
-    phases = tuple(_phase(d) for d in summary.get("phases") or [])
+    try:
+        frontends = tuple(frontend_stats(name, d) for name, d in (summary.get("frontends") or {}).items())
+        phases = tuple(_phase(d) for d in summary.get("phases") or [])
+    except (TypeError, ValueError, AttributeError) as e:
+        raise UserError(f"{path}/summary.json: a value of an unexpected type ({e})") from None
     return Results(
         folder=path,
         summary=summary,
@@ -159,14 +167,20 @@ def _summary(path: Path) -> dict[str, Any]:
     if not (path / "summary.json").is_file():
         raise UserError(f"{path}: not a results folder (no summary.json)")
     try:
-        return read_summary(path)
+        summary = read_summary(path)
     except json.JSONDecodeError as e:
         raise UserError(f"{path}/summary.json: not valid JSON ({e})") from None
-    except ValueError as e:
-        raise UserError(str(e)) from None
+    except (ValueError, OSError) as e:  # UnicodeDecodeError is a ValueError
+        raise UserError(f"{path}/summary.json: {e}" if "summary.json" not in str(e) else str(e)) from None
+    for key, (kind, name) in SUMMARY_SECTIONS.items():
+        if summary.get(key) is not None and not isinstance(summary[key], kind):
+            raise UserError(f"{path}/summary.json: {key!r} should be {name}, got {type(summary[key]).__name__}")
+    return summary
 
 
 def _parquet(path: Path, columns: tuple[str, ...], notes: list[str]) -> pd.DataFrame:
+    """A missing file is a note (a run that failed to write it says so in summary.json); an unreadable
+    one is an error: reporting zeros over it would overwrite a good report with a wrong one."""
     if not path.is_file():
         notes.append(f"{path.name} is missing")
         return pd.DataFrame(columns=list(columns))
@@ -176,9 +190,8 @@ def _parquet(path: Path, columns: tuple[str, ...], notes: list[str]) -> pd.DataF
         present = set(pq.read_schema(path).names)
         wanted = [c for c in columns if c in present] if columns else None
         df = pd.read_parquet(path, columns=wanted)
-    except Exception as e:  # a truncated or foreign file: report without it rather than fail
-        notes.append(f"{path.name} could not be read: {e}")
-        return pd.DataFrame(columns=list(columns))
+    except Exception as e:  # pyarrow raises its own kinds for a truncated or foreign file
+        raise UserError(f"{path}: not a readable parquet file (truncated or damaged?): {_first_line(e)}") from None
     for c in columns:
         if c not in df.columns:
             df[c] = pd.Series(dtype=float if c.endswith(("_s", "_ms", "_rps")) else object)
@@ -191,16 +204,32 @@ def _events(path: Path, notes: list[str]) -> pd.DataFrame:
         return pd.DataFrame(columns=list(EVENT_COLUMNS))
     # keep "" as "" (not NaN): event labels are built from `detail` and `target`
     text_cols = {c: str for c in ("kind", "target", "detail", "frontend")}
-    df = pd.read_csv(path, keep_default_na=False, na_values=[], dtype=text_cols)
+    try:
+        df = pd.read_csv(path, keep_default_na=False, na_values=[], dtype=text_cols)
+    except (ValueError, OSError) as e:  # pandas' parser and decoding errors are ValueErrors
+        raise UserError(f"{path}: not a readable events CSV: {_first_line(e)}") from None
+    missing = [c for c in REQUIRED_EVENT_COLUMNS if c not in df.columns]
+    if missing:
+        raise UserError(f"{path}: not an events CSV: expected the columns {', '.join(REQUIRED_EVENT_COLUMNS)}; "
+                        f"missing {', '.join(missing)}")
     for c in EVENT_COLUMNS:
         if c not in df.columns:
             df[c] = ""
-    df["at_s"] = pd.to_numeric(df["at_s"], errors="coerce")
+    at_s = pd.to_numeric(df["at_s"], errors="coerce")
+    if at_s.isna().any():
+        bad = df["at_s"][at_s.isna()].iloc[0]
+        raise UserError(f"{path}: at_s must be seconds; row {int(at_s.isna().to_numpy().argmax()) + 2} has {bad!r}")
+    df["at_s"] = at_s
     df["rate_rps"] = pd.to_numeric(df["rate_rps"], errors="coerce")
     df["repeat"] = pd.to_numeric(df["repeat"], errors="coerce").fillna(0).astype(int)
     for c in ("kind", "target", "detail", "frontend"):
         df[c] = df[c].astype(str)
     return df
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 def _num(x: Any) -> float | None:

@@ -212,7 +212,11 @@ def _json_default(o: Any) -> Any:
 
 
 def read_summary(folder: Path) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads((folder / "summary.json").read_text())
+    """summary.json as a dict; ValueError (naming the file) if it is not a summary of this schema."""
+    data = json.loads((folder / "summary.json").read_text())
+    if not isinstance(data, dict):
+        raise ValueError(f"{folder}/summary.json: expected a JSON object (a results summary), "
+                         f"got {type(data).__name__} {json.dumps(data)[:40]}")
     if data.get("schema") != SCHEMA:
         raise ValueError(f"{folder}/summary.json has schema {data.get('schema')!r}; this lbbench reads {SCHEMA}")
     return data
