@@ -136,6 +136,12 @@ def test_scale_delete_and_unready() -> None:
             ctl = Controller(config, sup, log)
             await ctl.start()
             await ctl.wait_synced()
+            # An index past the live pods acts on none and says so (no wrap to pod 0).
+            names = sorted(p.name for p in ctl.pods.values())
+            assert [p.name for p in ctl.resolve("deployment/web", 1)] == names[1:]
+            assert ctl.resolve("deployment/web", 2) == []
+            (missed,) = log.of_kind("event_missed")
+            assert (missed.target, missed.detail) == ("deployment/web", "index=2 live_pods=2")
             await ctl.scale("deployment/web", 4)
             await ctl.wait_synced()
             assert len(ctl.synced["default/web"]) == 4
@@ -207,20 +213,3 @@ def test_endpoint_updates_reach_a_slow_front_end_in_order_one_at_a_time() -> Non
 
     run(scenario())
 
-
-def test_an_index_past_the_live_pods_acts_on_none_and_says_so() -> None:
-    async def scenario() -> None:
-        config = make_config(replicas=2)
-        with Supervisor() as sup:
-            log = EventLog()
-            ctl = Controller(config, sup, log)
-            await ctl.start()
-            await ctl.wait_synced()
-            names = sorted(p.name for p in ctl.pods.values())
-            assert [p.name for p in ctl.resolve("deployment/web", 1)] == names[1:]
-            assert ctl.resolve("deployment/web", 2) == []  # not pod 0: no wrap
-            (missed,) = log.of_kind("event_missed")
-            assert (missed.target, missed.detail) == ("deployment/web", "index=2 live_pods=2")
-            await ctl.stop()
-
-    run(scenario())

@@ -27,6 +27,7 @@ from lbbench.system.procs import Supervisor
 from lbbench.system.scratch import owner_pid, private_dir, sweep_stale, write_private
 from lbbench.system.users import unprivileged_identity
 
+ROOT = Path(__file__).resolve().parents[2]  # the checkout whose lbbench the run must import
 CLASSES = [pytest.param(c, id=c.name, marks=pytest.mark.skipif(c.unavailable_reason() is not None,
                                                                 reason=c.unavailable_reason() or ""))
            for c in (HaproxyHttp, Nginx, Httpd)]
@@ -65,7 +66,7 @@ def _mode(path: Path) -> int:
 def _killed_run(name: str) -> tuple[Path, int]:
     """Start a run with front end `name`, SIGKILL it once serving: (its folder, the proxy's pid)."""
     proc = subprocess.Popen([sys.executable, "-c", _RUN, name, fresh_ip(), fresh_ip()],
-                            stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": os.getcwd()})
+                            stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(ROOT)})
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline().decode().split()
