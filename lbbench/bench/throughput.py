@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import math
 import os
+import subprocess
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -29,7 +30,7 @@ from lbbench.model.names import KERNEL_FRONTENDS
 from lbbench.model.proxy import ProxySettings
 from lbbench.model.service import Endpoint, ServiceSpec
 from lbbench.system import proctree
-from lbbench.system.netns import in_private_netns, netns_unavailable_reason
+from lbbench.system.netns import find_tool, in_private_netns, netns_unavailable_reason
 from lbbench.system.procs import Supervisor
 
 L4_PEERS = ("direct", "userspace-dnat", "haproxy-tcp", "kernel-nftables", "ebpf-socketlb")
@@ -66,6 +67,7 @@ class Target:
     note: str = ""
     own_process: bool = False  # False: direct, or the kernel doing the work
     client_wrap: Wrap | None = None  # how the client must start to be served (ebpf-socketlb: in its cgroup)
+    client_source: str | None = None  # the client's own source address toward this peer (see own_source)
     processes: list[dict[str, int | str]] = field(default_factory=list)  # name and threads, at start
 
 
@@ -159,7 +161,8 @@ async def start_frontend(name: str, sup: Supervisor, backend: HostPort, layer: s
             if name in KERNEL_FRONTENDS else ""
         if wrap is not None:
             note = ("balanced in connect() for the client's cgroup: no process of its own (its CPU is the "
-                    "client's); ready once its maps are written, so the warm-up run is its check")
+                    "client's); the client connects to the pod itself, so it shares direct's source address (no "
+                    "NAT, no conntrack tuple to clash); ready once its maps are written: the warm-up is its check")
         target = Target(name, entry.addr, entry.host_header, fe.pids, fe.stop, note, own_process=bool(fe.pids()),
                         processes=proctree.shape(fe.pids()), client_wrap=wrap)
         if wrap is None:  # this process is outside a cgroup-scoped front end's reach
@@ -187,7 +190,28 @@ async def start_peers(names: Sequence[str], sup: Supervisor, backend: HostPort, 
         except Exception as e:  # any failure of one peer must not take the others down
             run.skipped[name] = f"failed to start: {_one_line(e)}"
             log(f"{layer}: {name} skipped: {run.skipped[name]}")
+    for t in run.targets:
+        if t.client_wrap is None:  # a socket-level balancer's client connects to the pod itself: no route of its own
+            t.client_source = await own_source(sup, t.addr)
     return run
+
+
+async def own_source(sup: Supervisor, addr: HostPort) -> str | None:
+    """A source address of its own for connections to `addr`: a local route with ``src``.
+
+    With new connections at full speed, a client reaching one pod directly and through a
+    DNATed VIP from one source address makes conntrack/TIME_WAIT tuples clash (the DNATed
+    connection's reply tuple is the direct one's), and SYNs are dropped. Each peer's client
+    gets its own source, so one peer's churn does not cost another. Only inside lbbench's
+    private namespace (routes are never touched on the host); None elsewhere or without ``ip``.
+    """
+    ip = find_tool("ip")
+    if not in_private_netns() or ip is None:
+        return None
+    src = fresh_ip()
+    child = sup.spawn("ip-route", [ip, "route", "replace", "local", f"{addr.host}/32", "dev", "lo", "src", src,
+                                   "table", "local"], stdin=subprocess.DEVNULL)
+    return src if await child.wait() == 0 else None
 
 
 def _one_line(e: BaseException) -> str:
@@ -279,6 +303,7 @@ def peer_figures(target: Target, rounds: Sequence[Round]) -> dict[str, Any]:
         "backend_cpu_s_per_10k": stat_or_none([per_10k(r.backend_cpu_s, r.requests) for r in rounds]),
         "client_cpu_s_per_10k": stat_or_none([per_10k(r.client_cpu_s, r.requests) for r in rounds]),
         "note": target.note,
+        "client_source": target.client_source,
         "processes": target.processes,
     }
 

@@ -128,6 +128,22 @@ class RunCgroup:
                 time.sleep(0.01)
 
 
+def current() -> Path | None:
+    """This process's cgroup v2 directory, or None."""
+    mount = cgroup2_mount()
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    rel = next((line[3:] for line in lines if line.startswith("0::")), None)
+    return None if mount is None or rel is None else mount / rel.lstrip("/")
+
+
+def move_self(path: Path) -> None:
+    """Move this whole process into the cgroup at `path`: sockets it opens from now on belong there."""
+    (path / "cgroup.procs").write_text("0")
+
+
 _JOIN_THEN_EXEC = 'echo $$ > "$0/cgroup.procs" || exit 126; exec "$@"'
 
 

@@ -19,15 +19,18 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from lbbench.cluster.standalone import fresh_ip, start_pod
 from lbbench.frontends.base import Frontend, FrontendPlan
 from lbbench.model.addresses import HostPort
 from lbbench.model.service import Endpoint, ServiceSpec, ServiceType
+from lbbench.system import cgroup
 from lbbench.system.procs import Child, Supervisor
 
 Result = dict[str, Any]
+cluster_home: dict[int, Path | None] = {}  # front end -> the cgroup this process left to be its client
 
 
 # ---------------------------------------------------------------------------------------
@@ -112,6 +115,10 @@ def frontend_class(name: str) -> type[Frontend]:
         from lbbench.frontends.kernel.nftables import KernelNftables
 
         return KernelNftables
+    if name == "ebpf-socketlb":
+        from lbbench.frontends.kernel.ebpf import EbpfSocketLb
+
+        return EbpfSocketLb
     if name == "kernel-iptables":
         from lbbench.frontends.kernel.iptables import KernelIptables
 
@@ -144,6 +151,9 @@ async def start_cluster(sup: Supervisor, frontend: str, n_pods: int = 4, slots: 
     in_netns = frontend.startswith("kernel-")
     fe = frontend_class(frontend)(FrontendPlan((spec,), seed=seed, in_netns=in_netns), sup)
     await fe.start()
+    if (cg := fe.client_cgroup()) is not None:  # ebpf-socketlb serves its cgroup: this process becomes a client
+        cluster_home[id(fe)] = cgroup.current()
+        cgroup.move_self(cg)
     cluster = Cluster(sup, list(pods), spec, fe)
     await fe.update_endpoints(spec.key, cluster.endpoints())
     return cluster
@@ -171,6 +181,8 @@ async def _with_cluster(frontend: str, body: Callable[[Cluster], Awaitable[Resul
         return result
     finally:
         if cluster is not None:
+            if (home := cluster_home.pop(id(cluster.fe), None)) is not None:
+                cgroup.move_self(home)  # out before the front end removes (and kills what is in) its cgroup
             await cluster.fe.stop()
         await sup.aclose()
 

@@ -31,6 +31,7 @@ from lbbench.frontends.dnat.plan import (
     forwarder_plan,
     lb_table,
     node_port_addrs,
+    service_entrypoint,
     validate_service,
 )
 from lbbench.frontends.dnat.worker import ForwarderPool, ForwarderProcess, endpoints_message
@@ -80,10 +81,7 @@ class UserspaceDnat(Frontend):
             await pool.stop()
 
     def entrypoint(self, service_key: str, via: ServiceType = "ClusterIP") -> Entrypoint:
-        spec = self.services.get(service_key)
-        if spec is None:
-            raise ValueError(f"unknown service {service_key!r}")
-        return entrypoint_of(spec, via)
+        return service_entrypoint(self.services, service_key, via)
 
     async def counters(self) -> dict[str, float]:
         return await self.pool.counters() if self.pool is not None else {}

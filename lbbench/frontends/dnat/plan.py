@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, cast
 
@@ -61,6 +61,14 @@ def entrypoint_of(spec: ServiceSpec, via: ServiceType) -> Entrypoint:
     if spec.type != "LoadBalancer" or spec.lb_ip is None:
         raise ValueError(f"service {spec.key} is {spec.type}: it has no LoadBalancer address")
     return Entrypoint(HostPort(spec.lb_ip, spec.port))
+
+
+def service_entrypoint(services: Mapping[str, ServiceSpec], service_key: str, via: ServiceType) -> Entrypoint:
+    """:func:`entrypoint_of` the Service called `service_key` (ValueError if there is none)."""
+    spec = services.get(service_key)
+    if spec is None:
+        raise ValueError(f"unknown service {service_key!r}")
+    return entrypoint_of(spec, via)
 
 
 def lb_table(spec: ServiceSpec) -> str:

@@ -34,7 +34,7 @@ from pathlib import Path
 
 from lbbench.errors import UserError
 from lbbench.frontends.base import Entrypoint, Frontend, FrontendPlan
-from lbbench.frontends.dnat.plan import entrypoint_of, node_port_addrs, validate_service
+from lbbench.frontends.dnat.plan import node_port_addrs, service_entrypoint, validate_service
 from lbbench.model.addresses import HostPort
 from lbbench.model.service import Endpoint, ServiceSpec, ServiceType
 from lbbench.system import cgroup, libbpf
@@ -246,10 +246,7 @@ class EbpfSocketLb(Frontend):
                 cg.remove()
 
     def entrypoint(self, service_key: str, via: ServiceType = "ClusterIP") -> Entrypoint:
-        spec = self.services.get(service_key)
-        if spec is None:
-            raise ValueError(f"unknown service {service_key!r}")
-        return entrypoint_of(spec, via)
+        return service_entrypoint(self.services, service_key, via)
 
     def client_cgroup(self) -> Path | None:
         return self.cgroup.path if self.cgroup is not None else None

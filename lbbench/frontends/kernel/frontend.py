@@ -22,7 +22,7 @@ from pathlib import Path
 
 from lbbench.errors import UserError
 from lbbench.frontends.base import Entrypoint, Frontend, FrontendPlan
-from lbbench.frontends.dnat.plan import entrypoint_of, forwarder_plan
+from lbbench.frontends.dnat.plan import forwarder_plan, service_entrypoint
 from lbbench.frontends.dnat.worker import ForwarderProcess
 from lbbench.frontends.kernel.applier import RulesApplier
 from lbbench.model.service import Endpoint, ServiceSpec, ServiceType
@@ -175,10 +175,7 @@ class KernelFrontend(Frontend, abc.ABC):
             applier.close()
 
     def entrypoint(self, service_key: str, via: ServiceType = "ClusterIP") -> Entrypoint:
-        spec = self.services.get(service_key)
-        if spec is None:
-            raise ValueError(f"unknown service {service_key!r}")
-        return entrypoint_of(spec, via)
+        return service_entrypoint(self.services, service_key, via)
 
     async def counters(self) -> dict[str, float]:
         out = self.applier.counters() if self.applier is not None else {}

@@ -19,6 +19,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from scipy.stats import chisquare
@@ -235,3 +236,39 @@ def test_sigkill_leaves_no_program_attached_and_no_cgroup_with_processes() -> No
     assert _attached(path) == []
     assert path in cgroup.sweep_stale()  # empty, its lbbench dead: the next run removes it
     assert not path.exists()
+
+
+SCENARIOS = Path(__file__).parent / "l4_scenarios.py"
+
+
+def scenario(name: str) -> dict[str, Any]:
+    """One of the L4 scenarios the DNAT front ends play, with ebpf-socketlb (its process joins the cgroup)."""
+    out = subprocess.run([sys.executable, str(SCENARIOS), name, "ebpf-socketlb"], capture_output=True, text=True,
+                         timeout=180, env={**os.environ, "PYTHONPATH": os.getcwd()})
+    assert out.returncode == 0, out.stderr[-3000:]
+    result: dict[str, Any] = json.loads(out.stdout)
+    return result
+
+
+@pytest.mark.slow
+def test_dead_endpoint_loses_new_connections_until_the_sync_like_the_dnats() -> None:
+    r = scenario("dead_endpoint")
+    flight, before, after = r["in_flight"], r["before_sync"], r["after_sync"]
+    assert "pod-0" not in flight["served"] and sum(flight["errors"].values()) >= 1  # no retry, no queue
+    assert set(before["errors"]) <= {"refused", "reset"}
+    assert 0.12 < sum(before["errors"].values()) / 400 < 0.40  # about 1 in 4 picks the dead pod
+    assert after["errors"] == {} and sorted(after["served"]) == ["pod-1", "pod-2", "pod-3"]
+
+
+def test_established_connection_keeps_its_pod() -> None:
+    r = scenario("conntrack")
+    assert len(r["sticky"]) == 3 and len(set(r["sticky"])) == 1  # the socket is connected to the pod itself
+    assert r["sticky"][0] not in r["after"]["served"] and r["after"]["errors"] == {}
+
+
+def test_cluster_ip_node_ports_and_load_balancer_ip_are_all_balanced() -> None:
+    r = scenario("service_types")
+    assert len(r["NodePort"]) == 2
+    for res in [r["ClusterIP"], *r["NodePort"].values(), r["LoadBalancer"]]:
+        assert res["errors"] == {} and len(res["served"]) >= 2
+    assert r["counters"]["bpf_balanced_total"] == 40 + 2 * 40 + 80  # the LB IP too: no userspace hop
