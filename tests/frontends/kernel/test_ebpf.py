@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers.paths import L4_SCENARIOS, REPO
 from scipy.stats import chisquare
 
 from lbbench.frontends.base import FrontendPlan
@@ -208,7 +209,7 @@ def _attached(path: Path) -> list[dict[str, object]]:
 def _hold_frontend_then_sigkill() -> tuple[Path, int, set[object]]:
     """A process running the front end with a client in its cgroup, SIGKILLed: (cgroup, its id, programs seen)."""
     with subprocess.Popen([sys.executable, "-c", HOLDER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                          text=True, env={**os.environ, "PYTHONPATH": os.getcwd()}) as holder:
+                          text=True, env={**os.environ, "PYTHONPATH": str(REPO)}) as holder:
         assert holder.stdout is not None
         path = Path(holder.stdout.readline().strip())
         try:
@@ -238,13 +239,12 @@ def test_sigkill_leaves_no_program_attached_and_no_cgroup_with_processes() -> No
     assert not path.exists()
 
 
-SCENARIOS = Path(__file__).parent / "l4_scenarios.py"
 
 
 def scenario(name: str) -> dict[str, Any]:
     """One of the L4 scenarios the DNAT front ends play, with ebpf-socketlb (its process joins the cgroup)."""
-    out = subprocess.run([sys.executable, str(SCENARIOS), name, "ebpf-socketlb"], capture_output=True, text=True,
-                         timeout=180, env={**os.environ, "PYTHONPATH": os.getcwd()})
+    out = subprocess.run([sys.executable, str(L4_SCENARIOS), name, "ebpf-socketlb"], capture_output=True, text=True,
+                         timeout=180, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert out.returncode == 0, out.stderr[-3000:]
     result: dict[str, Any] = json.loads(out.stdout)
     return result
