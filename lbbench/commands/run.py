@@ -18,12 +18,14 @@ DEFAULT_RESULTS = Path("results")
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", help="experiment config (TOML); see configs/README.md")
-    p.add_argument("--out", type=Path, help="results folder (default: results/<UTC time>-<config name>/)")
+    p.add_argument("--out", type=Path, help="results folder, checked writable before anything starts "
+                   "(default: results/<UTC time>-<config name>/)")
     p.add_argument("--frontends", help="comma-separated front ends, overriding [run].frontends "
                    "(userspace-dnat, kernel-nftables, kernel-iptables, ebpf-socketlb, haproxy-tcp, l7-proxy, "
                    "haproxy, nginx, httpd)")
     p.add_argument("--duration", help="load duration per phase, overriding [run].duration (e.g. 10s)")
-    p.add_argument("--seed", type=int, help="seed, overriding [run].seed")
+    p.add_argument("--seed", type=int, help="seed, overriding [run].seed (every override is validated as "
+                   "the config's own value)")
     p.add_argument("--repeat", type=int, help="repeats per phase, overriding [run].repeat")
     p.add_argument("--quiet", action="store_true", help="no live progress (for CI)")
     p.add_argument("--no-netns", action="store_true", help="do not enter a private network namespace "
