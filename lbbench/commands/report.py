@@ -2,6 +2,7 @@
 
 The per-front-end numbers are recomputed from requests.parquet + events.csv with the functions
 `lbbench run` used and printed; any disagreement with summary.json is a warning and exit code 1.
+A failed check (the run's [[checks]] and --check) is exit code 3.
 """
 
 from __future__ import annotations
@@ -20,14 +21,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="do not recompute the summary from requests.parquet + events.csv",
     )
+    p.add_argument("--check", action="append", default=[], metavar="EXPR",
+                   help="a pass/fail threshold, repeatable, evaluated with the run's [[checks]], e.g. "
+                   "'*.errors_pct < 1' or 'l7-proxy.p99 < 200ms'; exit code 3 when one fails")
 
 
 def run(args: argparse.Namespace) -> int:
     from lbbench.report import load_results, write_report
+    from lbbench.report.checks import parse_all, say
     from lbbench.report.markdown import plain_table
     from lbbench.report.tables import frontend_table
     from lbbench.report.verify import check
 
+    extra = parse_all(args.check, "--check")
     results = load_results(args.folder)
     if not results.complete:
         print(
@@ -45,9 +51,9 @@ def run(args: argparse.Namespace) -> int:
     for name, reason in results.skipped.items():
         print(f"skipped {name}: {reason}")
     try:
-        paths = write_report(results.folder, results)
+        paths = write_report(results.folder, results, extra)
     except OSError as e:  # a read-only copy, a full disk: say so in one line
         raise UserError(f"cannot write the report into {results.folder}: {e}") from None
     print(f"markdown: {paths.markdown}")
     print(paths.html)
-    return 1 if problems else 0
+    return say(paths.checks, "report") or (1 if problems else 0)

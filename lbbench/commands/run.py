@@ -28,6 +28,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "the config's own value)")
     p.add_argument("--repeat", type=int, help="repeats per phase, overriding [run].repeat")
     p.add_argument("--quiet", action="store_true", help="no live progress (for CI)")
+    p.add_argument("--check", action="append", default=[], metavar="EXPR",
+                   help="a pass/fail threshold, repeatable, added to the config's [[checks]]: e.g. "
+                   "'l7-proxy.lost == 0', '*.errors_pct < 1', 'userspace-dnat.p99 < 200ms', "
+                   "'l7-proxy.theory.mean within 10%%'; exit code 3 when one fails (see configs/README.md)")
     p.add_argument("--no-netns", action="store_true", help="do not enter a private network namespace "
                    "(kernel front ends and network-fault events are then skipped; the run claims its address "
                    "blocks with a lock instead, so two runs never share a pod address)")
@@ -61,8 +65,19 @@ def load_with_overrides(args: argparse.Namespace) -> Config:
         raise UserError(f"--{key}: {e.expected}") from None
 
 
+def with_checks(config: Config, texts: list[str]) -> Config:
+    """The config with the command line's --check expressions after its own [[checks]]."""
+    import dataclasses
+
+    from lbbench.report.checks import parse_all
+
+    extra = tuple(parse_all(texts, "--check"))
+    return dataclasses.replace(config, report=dataclasses.replace(config.report,
+                                                                  checks=config.report.checks + extra))
+
+
 def run(args: argparse.Namespace) -> int:
-    config = load_with_overrides(args)
+    config = with_checks(load_with_overrides(args), args.check)
 
     import uvloop
 
@@ -89,7 +104,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"lbbench run: error: could not write {failure} (the files that fit were written, "
               "summary.json first; complete: false)", file=sys.stderr)
     print(folder)
-    return 0 if complete else 1
+    from lbbench.report.checks import recorded, say
+
+    failed_check = say(recorded(folder), "run")
+    return failed_check or (0 if complete else 1)
 
 
 def _reexec_in_netns(args: argparse.Namespace, out: Path) -> int:

@@ -25,6 +25,7 @@ class Table:
 @dataclass(frozen=True)
 class Paragraph:
     text: str
+    verdict: bool = False  # the report's answer, set apart
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,7 @@ Block = Table | Paragraph | Bullets | Banner | Image
 class Section:
     title: str
     blocks: tuple[Block, ...]
+    folded: bool = False  # details a reader opens on demand (HTML <details>; also in GitHub Markdown)
 
 
 @dataclass(frozen=True)

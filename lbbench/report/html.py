@@ -32,6 +32,10 @@ figure { margin: 18px 0; }
 figure img { max-width: 100%; border: 1px solid #e6e9ee; }
 figcaption { color: #5b6475; font-size: 13px; }
 ul { margin: 6px 0; padding-left: 22px; }
+.verdict { font-size: 16px; background: #eef6ee; border-left: 5px solid #2a7d2a; padding: 10px 14px; margin: 8px 0; }
+details { margin: 10px 0; border: 1px solid #dde1e7; border-radius: 6px; padding: 4px 12px; }
+summary { font-size: 17px; font-weight: 600; cursor: pointer; padding: 6px 0; }
+.scroll { overflow-x: auto; max-width: 100%; }
 li { margin: 3px 0; }
 """
 
@@ -50,14 +54,16 @@ def table(t: Table) -> str:
         for row in t.rows
     )
     caption = f'<div class="caption">{escape(t.caption)}</div>' if t.caption else ""
-    return f"<table><thead><tr>{head}</tr></thead>\n<tbody>\n{body}</tbody></table>{caption}"
+    # a wide table scrolls inside its own box: the page never scrolls sideways
+    return f'<div class="scroll"><table><thead><tr>{head}</tr></thead>\n<tbody>\n{body}</tbody></table></div>{caption}'
+
 
 
 def _block(b: Block) -> str:
     if isinstance(b, Table):
         return table(b)
     if isinstance(b, Paragraph):
-        return f"<p>{escape(b.text)}</p>"
+        return f'<p class="verdict">{escape(b.text)}</p>' if b.verdict else f"<p>{escape(b.text)}</p>"
     if isinstance(b, Bullets):
         return "<ul>" + "".join(f"<li>{escape(i)}</li>" for i in b.items) + "</ul>"
     if isinstance(b, Banner):
@@ -82,6 +88,11 @@ def render(doc: Document) -> str:
     ]
     parts += [_block(b) for b in doc.banners]
     for section in doc.sections:
+        if section.folded:
+            parts.append(f"<details><summary>{escape(section.title)}</summary>")
+            parts += [_block(b) for b in section.blocks]
+            parts.append("</details>")
+            continue
         parts.append(f"<h2>{escape(section.title)}</h2>")
         parts += [_block(b) for b in section.blocks]
     parts.append("</main></body></html>")

@@ -27,7 +27,7 @@ def _block(b: Block, base: Path) -> str:
     if isinstance(b, Table):
         return table(b)
     if isinstance(b, Paragraph):
-        return b.text
+        return f"**{b.text}**" if b.verdict else b.text
     if isinstance(b, Bullets):
         return "\n".join(f"- {item}" for item in b.items)
     if isinstance(b, Banner):
@@ -45,9 +45,13 @@ def render(doc: Document, base: Path) -> str:
     for banner in doc.banners:
         out += [_block(banner, base), ""]
     for section in doc.sections:
-        out += [f"## {section.title}", ""]
+        # GitHub renders <details> in Markdown; the blank lines let the Markdown inside render too
+        out += [f"<details><summary><b>{section.title}</b></summary>", ""] if section.folded else [
+            f"## {section.title}", ""]
         for b in section.blocks:
             out += [_block(b, base), ""]
+        if section.folded:
+            out += ["</details>", ""]
     return "\n".join(out).rstrip() + "\n"
 
 

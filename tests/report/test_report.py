@@ -31,6 +31,7 @@ from lbbench.run.phase import PhaseKey, PhaseRecord
 from lbbench.system.procs import lbbench_argv
 
 PLOTS = {
+    "headline",
     "latency_over_time",
     "errors_over_time",
     "latency_cdf",
@@ -141,7 +142,7 @@ def _summary(rows: pd.DataFrame, rate: float, saturated: bool) -> LoadSummary:
         errors={"reset": len(rows) - ok},
         statuses={"200": ok},
         latency_s=stats,
-        lateness_s={"p50": 0.0, "p99": 0.0005, "max": 0.001},
+        lateness_s={"p50": 0.0, "p99": 0.02 if saturated else 0.0005, "max": 0.03 if saturated else 0.001},
         pool_wait_s=None,
         worker_cpu_s=(0.5,),
         worker_cpu_fraction=(0.1,),
@@ -312,11 +313,11 @@ def test_sweep_with_repeats(tmp_path: Path) -> None:
                                                      "theory_p99_vs_utilisation"}
     md = paths.markdown.read_text()
     assert "first rate, 80 rps (also measured: 160 rps)" in md
-    assert "## Phases" in md and "across repeats" in md
+    assert "<b>Phases</b>" in md and "across repeats" in md
     lost = [f["lost"] for f in summary_of(folder)["frontends"]["userspace-dnat"]["failover"]]  # type: ignore[index]
     assert len(lost) == 2  # one per repeat, listed rather than averaged
     assert f"userspace-dnat lost {lost[0]}, {lost[1]} requests over" in md and "in its 2 repeats" in md
-    phases = md[md.index("## Phases") :].split("\n## ")[0]
+    phases = md[md.index("<b>Phases</b>") :].split("</details>")[0]
     assert phases.count("| userspace-dnat | 160 |") == 2  # one row per repeat
     _, problems = check(load_results(folder))
     assert problems == []
@@ -336,15 +337,17 @@ def test_only_skipped_front_ends(tmp_path: Path) -> None:
     paths = write_report(folder)
     assert paths.plots == ()
     md = paths.markdown.read_text()
-    assert "## Skipped front ends" in md and "| kernel-nftables | needs a namespace |" in md
+    assert "<b>Skipped front ends</b>" in md and "| kernel-nftables | needs a namespace |" in md
     assert "No front end measured anything." in md
 
 
-def test_generator_saturation_is_a_banner(tmp_path: Path) -> None:
+def test_generator_lateness_is_a_banner_only_when_large_against_the_latency(tmp_path: Path) -> None:
     folder = make_folder(tmp_path, saturated=("l7-proxy",))
     md = write_report(folder).markdown.read_text()
-    banner = next(line for line in md.splitlines() if line.startswith("> **"))
-    assert "saturated during l7-proxy" in banner and "send lateness p99 3 ms" in banner
+    banners = [line for line in md.splitlines() if line.startswith("> **")]
+    # l7-proxy sent 20 ms late (p99) against latencies of a few ms: a banner; userspace-dnat's 0.5 ms is not
+    assert len(banners) == 1, banners
+    assert "sent late during l7-proxy" in banners[0] and "send lateness p99 20 ms" in banners[0]
 
 
 def test_theory_as_lbbench_run_writes_it(reported: tuple[Path, ReportPaths]) -> None:
