@@ -13,7 +13,7 @@ from collections import Counter
 from typing import Any
 
 import pytest
-from dns_thread import DnsThread
+from helpers.dns_thread import DnsThread
 
 from lbbench.cli import build_parser
 from lbbench.cluster.standalone import fresh_ip, wait_http_ok, wait_port

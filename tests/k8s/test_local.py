@@ -1,6 +1,6 @@
 """The Kubernetes path runs as rendered: every container of every shipped config's manifests (Deployments,
 StatefulSets, DaemonSets, the l7-proxy, the load Jobs, and the pods faults.sh rolls out) is started here with
-loopback substitutes (tests/k8s_local.py) until its readiness probe answers, or, for a Job, until it has run
+loopback substitutes (tests/helpers/k8s_local.py) until its readiness probe answers, or, for a Job, until it has run
 a short load and printed its part. An argument the program does not have makes the process exit 2 with
 "unrecognized arguments", and that fails the test: there is no allowlist of flags.
 """
@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from dns_thread import DnsThread
-from k8s_local import WORKLOADS, ContainerFailed, LocalCluster, Manifests, container, rolled_templates
+from helpers.dns_thread import DnsThread
+from helpers.k8s_local import WORKLOADS, ContainerFailed, LocalCluster, Manifests, container, rolled_templates
+from helpers.paths import REPO
 from test_k8s import KINDS
 
 from lbbench.cli import build_parser
@@ -23,7 +24,7 @@ from lbbench.config.parse import load_config
 from lbbench.k8s.render import RenderOptions, render
 from lbbench.system.procs import Supervisor
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = REPO
 SHIPPED = sorted(ROOT.glob("configs/*.toml"))
 INGRESS_URL = "http://ingress.lbbench-local.svc.cluster.local"
 JOB_ENV = {"JOB_COMPLETION_INDEX": "1", "LBBENCH_START_AT": "1700000000", "LBBENCH_REPEAT": "0", "NODE_IP": "10.0.0.5"}

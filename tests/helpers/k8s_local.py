@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from dns_thread import DnsThread
 
+from helpers.dns_thread import DnsThread
 from lbbench.cluster.standalone import fresh_ip, wait_port
 from lbbench.k8s.parts import read_parts
 from lbbench.model.addresses import HostPort
