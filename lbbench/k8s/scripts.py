@@ -228,8 +228,8 @@ while [ "$r" -lt "$REPEATS" ]; do
   kubectl apply -f "$DIR/{job_file}"
   sh "$DIR/faults.sh" "$START" {q(phase.frontend)} {phase.rate_rps:.9g} "$r" > "$OUT/events-{tag}-$r.csv" &
   FAULTS=$!
-  kubectl -n {ns} wait --for=condition=complete job/{job} --timeout=$(( LEAD_S + {wait_s} ))s \\
-    || echo "run.sh: job {job} did not complete; collecting what is there" >&2
+  wait_job {ns} {job} {phase.parallelism} $(( LEAD_S + {wait_s} )) \\
+    || echo "run.sh: job {job} (repeat $r) is incomplete; collecting what is there (merge refuses a missing part)" >&2
   wait "$FAULTS" || true
   for pod in $(kubectl -n {ns} get pods -l job-name={job} -o name); do
     kubectl -n {ns} logs "$pod" --tail=-1 > "$OUT/{tag}-$r-${{pod#pod/}}.log" || echo "run.sh: no log of $pod" >&2
@@ -270,6 +270,25 @@ ready() {{  # NAMESPACE KIND/NAME SELECTOR: wait for the rollout; if it does not
     fail "$2 did not become ready: see its pods and log lines above (image pulled? arguments accepted? \
 readiness probe answering?); nothing was measured"
   fi
+}}
+wait_job() {{  # NAMESPACE JOB PARTS TIMEOUT_S: until every part succeeded, or one failed (backoffLimit 0: the
+  end=$(( $(date +%s) + $4 ))  # Job fails with it), or the time is up; a failed part's log lines are shown
+  while :; do
+    ok=$(kubectl -n "$1" get job "$2" -o jsonpath='{{.status.succeeded}}')
+    failed=$(kubectl -n "$1" get job "$2" -o jsonpath='{{.status.failed}}')
+    [ "${{ok:-0}}" -ge "$3" ] || [ "${{failed:-0}}" -gt 0 ] && break
+    if [ "$(date +%s)" -ge "$end" ]; then
+      echo "run.sh: job $2: ${{ok:-0}} of $3 part(s) done after $4 s" >&2
+      return 1
+    fi
+    sleep 2
+  done
+  [ "${{failed:-0}}" -eq 0 ] && return 0
+  echo "run.sh: job $2: $failed of $3 part(s) failed; their last log lines:" >&2
+  for pod in $(kubectl -n "$1" get pods -l job-name="$2" --field-selector=status.phase=Failed -o name); do
+    kubectl -n "$1" logs "$pod" --prefix --tail=20 >&2 || true
+  done
+  return 1
 }}
 mkdir -p "$OUT"
 STEP="applying the manifests"

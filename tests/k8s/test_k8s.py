@@ -488,6 +488,31 @@ def test_run_script_stops_at_a_deployment_that_is_not_ready_and_says_why(tmp_pat
     assert "rollout status deployment/web" in log.read_text() and "50-" not in log.read_text()  # no Job started
 
 
+JOB_KUBECTL = """#!/bin/sh
+echo "$*" >> "$KUBECTL_LOG"
+case "$*" in
+  *"{.status.succeeded}"*) echo 1 ;;
+  *"{.status.failed}"*) echo 1 ;;
+  *"status.phase=Failed"*) echo "pod/lbbench-load-kube-proxy-0-1-x7k" ;;
+  *"logs pod/lbbench-load-kube-proxy-0-1-x7k --prefix"*) echo "[pod/x/load] lbbench load: cannot resolve" ;;
+esac
+"""
+
+
+def test_run_script_shows_a_failed_load_part_and_goes_on(tmp_path: Path) -> None:
+    """A part that fails ends the wait at once (backoffLimit 0 fails the Job), with its last log lines."""
+    rendered = render(_config(tmp_path, "timeline", TIMELINE), RenderOptions())
+    run = next(p for p in write(rendered, tmp_path / "out") if p.name == "run.sh")
+    env, log = _fake_kubectl(tmp_path, JOB_KUBECTL)
+    proc = subprocess.run(["sh", str(run), str(tmp_path / "parts")], env={**env, "LBBENCH_LEAD_S": "0"},
+                          capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "job lbbench-load-kube-proxy-0: 1 of 3 part(s) failed" in proc.stderr
+    assert "lbbench load: cannot resolve" in proc.stderr and "is incomplete" in proc.stderr
+    assert log.read_text().count("{.status.failed}") == 1  # no waiting for the Job's timeout
+    assert "delete job lbbench-load-kube-proxy-0" in log.read_text()
+
+
 @pytest.mark.slow
 def test_cli_render_and_its_errors(tmp_path: Path) -> None:
     def lbbench(*args: str) -> subprocess.CompletedProcess[str]:

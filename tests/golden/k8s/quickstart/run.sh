@@ -24,6 +24,25 @@ ready() {  # NAMESPACE KIND/NAME SELECTOR: wait for the rollout; if it does not 
     fail "$2 did not become ready: see its pods and log lines above (image pulled? arguments accepted? readiness probe answering?); nothing was measured"
   fi
 }
+wait_job() {  # NAMESPACE JOB PARTS TIMEOUT_S: until every part succeeded, or one failed (backoffLimit 0: the
+  end=$(( $(date +%s) + $4 ))  # Job fails with it), or the time is up; a failed part's log lines are shown
+  while :; do
+    ok=$(kubectl -n "$1" get job "$2" -o jsonpath='{.status.succeeded}')
+    failed=$(kubectl -n "$1" get job "$2" -o jsonpath='{.status.failed}')
+    [ "${ok:-0}" -ge "$3" ] || [ "${failed:-0}" -gt 0 ] && break
+    if [ "$(date +%s)" -ge "$end" ]; then
+      echo "run.sh: job $2: ${ok:-0} of $3 part(s) done after $4 s" >&2
+      return 1
+    fi
+    sleep 2
+  done
+  [ "${failed:-0}" -eq 0 ] && return 0
+  echo "run.sh: job $2: $failed of $3 part(s) failed; their last log lines:" >&2
+  for pod in $(kubectl -n "$1" get pods -l job-name="$2" --field-selector=status.phase=Failed -o name); do
+    kubectl -n "$1" logs "$pod" --prefix --tail=20 >&2 || true
+  done
+  return 1
+}
 mkdir -p "$OUT"
 STEP="applying the manifests"
 kubectl apply -f "$DIR/00-namespaces.yaml"
@@ -44,8 +63,8 @@ while [ "$r" -lt "$REPEATS" ]; do
   kubectl apply -f "$DIR/50-load-kube-proxy-0.yaml"
   sh "$DIR/faults.sh" "$START" kube-proxy 280 "$r" > "$OUT/events-kube-proxy-280rps-$r.csv" &
   FAULTS=$!
-  kubectl -n lbbench-quickstart wait --for=condition=complete job/lbbench-load-kube-proxy-0 --timeout=$(( LEAD_S + 140 ))s \
-    || echo "run.sh: job lbbench-load-kube-proxy-0 did not complete; collecting what is there" >&2
+  wait_job lbbench-quickstart lbbench-load-kube-proxy-0 3 $(( LEAD_S + 140 )) \
+    || echo "run.sh: job lbbench-load-kube-proxy-0 (repeat $r) is incomplete; collecting what is there (merge refuses a missing part)" >&2
   wait "$FAULTS" || true
   for pod in $(kubectl -n lbbench-quickstart get pods -l job-name=lbbench-load-kube-proxy-0 -o name); do
     kubectl -n lbbench-quickstart logs "$pod" --tail=-1 > "$OUT/kube-proxy-280rps-$r-${pod#pod/}.log" || echo "run.sh: no log of $pod" >&2
@@ -64,8 +83,8 @@ while [ "$r" -lt "$REPEATS" ]; do
   kubectl apply -f "$DIR/50-load-l7-proxy-0.yaml"
   sh "$DIR/faults.sh" "$START" l7-proxy 280 "$r" > "$OUT/events-l7-proxy-280rps-$r.csv" &
   FAULTS=$!
-  kubectl -n lbbench-quickstart wait --for=condition=complete job/lbbench-load-l7-proxy-0 --timeout=$(( LEAD_S + 140 ))s \
-    || echo "run.sh: job lbbench-load-l7-proxy-0 did not complete; collecting what is there" >&2
+  wait_job lbbench-quickstart lbbench-load-l7-proxy-0 3 $(( LEAD_S + 140 )) \
+    || echo "run.sh: job lbbench-load-l7-proxy-0 (repeat $r) is incomplete; collecting what is there (merge refuses a missing part)" >&2
   wait "$FAULTS" || true
   for pod in $(kubectl -n lbbench-quickstart get pods -l job-name=lbbench-load-l7-proxy-0 -o name); do
     kubectl -n lbbench-quickstart logs "$pod" --tail=-1 > "$OUT/l7-proxy-280rps-$r-${pod#pod/}.log" || echo "run.sh: no log of $pod" >&2
