@@ -58,16 +58,15 @@ def procs(path: Path) -> list[int]:
 
 
 def _owner_alive(name: str) -> bool:
+    """Whether the lbbench named in ``lbbench-<run>-<pid>`` still runs (a zombie does not)."""
     pid = name.rsplit("-", 1)[-1]
     if not pid.isdigit():
         return False
     try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
         return False
-    except PermissionError:
-        return True
-    return True
+    return stat.rpartition(")")[2].split()[:1] != ["Z"]
 
 
 def sweep_stale(mount: Path | None = None) -> list[Path]:

@@ -206,6 +206,13 @@ def _attached(path: Path) -> list[dict[str, object]]:
     return listing
 
 
+def _links_on(cgroup_ids: set[int]) -> list[dict[str, object]]:
+    """bpf_links the kernel lists on these cgroups (by id)."""
+    out = subprocess.run(["bpftool", "-j", "link", "show"], capture_output=True, text=True)
+    links: list[dict[str, object]] = json.loads(out.stdout.strip() or "[]")
+    return [ln for ln in links if ln.get("cgroup_id") in cgroup_ids]
+
+
 def _hold_frontend_then_sigkill() -> tuple[Path, int, set[object]]:
     """A process running the front end with a client in its cgroup, SIGKILLed: (cgroup, its id, programs seen)."""
     with subprocess.Popen([sys.executable, "-c", HOLDER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -231,9 +238,7 @@ def test_sigkill_leaves_no_program_attached_and_no_cgroup_with_processes() -> No
     while cgroup.procs(path) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert cgroup.procs(path) == []  # the guarded process group took the client down too
-    links = json.loads(subprocess.run(["bpftool", "-j", "link", "show"], capture_output=True,
-                                      text=True).stdout.strip() or "[]")
-    assert [ln for ln in links if ln.get("cgroup_id") == cg_id] == []
+    assert _links_on({cg_id}) == []
     assert _attached(path) == []
     assert path in cgroup.sweep_stale()  # empty, its lbbench dead: the next run removes it
     assert not path.exists()
@@ -272,3 +277,35 @@ def test_cluster_ip_node_ports_and_load_balancer_ip_are_all_balanced() -> None:
     for res in [r["ClusterIP"], *r["NodePort"].values(), r["LoadBalancer"]]:
         assert res["errors"] == {} and len(res["served"]) >= 2
     assert r["counters"]["bpf_balanced_total"] == 40 + 2 * 40 + 80  # the LB IP too: no userspace hop
+
+
+@pytest.mark.slow
+def test_sigkill_of_lbbench_run_detaches_the_programs_and_empties_the_cgroup(tmp_path: Path) -> None:
+    """The real thing: `lbbench run` with its load going, SIGKILLed; the kernel's listing is the judge."""
+    from test_run import start_run
+
+    mount = cgroup.cgroup2_mount()
+    assert mount is not None
+    before = set(mount.glob(cgroup.PREFIX + "*"))
+    proc, _ = start_run(tmp_path, ["ebpf-socketlb"], base=56)
+    try:
+        ours = [p for p in mount.glob(cgroup.PREFIX + "*") if p not in before]
+        assert ours and any(cgroup.procs(p) for p in ours)  # the generator's workers are inside
+        assert any({a["name"] for a in _attached(p)} == {"connect4", "getpeername4", "recvmsg4"} for p in ours)
+        ids = {os.stat(p).st_ino for p in ours}
+    finally:
+        proc.kill()
+        proc.wait(10)
+        for pipe in (proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
+    deadline = time.monotonic() + 10  # the guard takes the inner (namespaced) lbbench down, then its fds close
+    while (any(cgroup.procs(p) for p in ours) or _links_on(ids)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert [p for p in ours if cgroup.procs(p)] == []
+    assert _links_on(ids) == []
+    assert all(_attached(p) == [] for p in ours)
+    while any(p.exists() for p in ours) and time.monotonic() < deadline + 5:
+        cgroup.sweep_stale(mount)  # once its lbbench is reaped, the next run's sweep removes it
+        time.sleep(0.1)
+    assert not any(p.exists() for p in ours)
