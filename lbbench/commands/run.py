@@ -60,9 +60,12 @@ def load_with_overrides(args: argparse.Namespace) -> Config:
         return load_config(args.config, run)
     except ConfigError as e:
         key = e.key_path.removeprefix("run.").split("[")[0] if e.key_path.startswith("run.") else None
-        if key not in run:
-            raise
-        raise UserError(f"--{key}: {e.expected}") from None
+        if key in run:
+            raise UserError(f"--{key}: {e.expected}") from None
+        if run:  # the file's value may be fine on its own and clash with an override (an event past --duration)
+            given = " ".join(f"--{k} {getattr(args, k)}" for k in run)
+            raise UserError(f"{e} (with {given})") from None
+        raise
 
 
 def with_checks(config: Config, texts: list[str]) -> Config:

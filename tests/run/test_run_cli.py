@@ -54,6 +54,12 @@ def test_the_config_file_itself_is_checked_the_same_way(tmp_path: Path) -> None:
     assert_one_line(proc, str(config), "run.frontends[1]", "listed twice")
 
 
+def test_a_clash_of_the_file_with_an_override_names_both(tmp_path: Path) -> None:
+    """quickstart's first event is at 5 s: --duration 1s leaves it past the end of the run."""
+    proc = run_cli("--out", str(tmp_path / "out"), "--duration", "1s")
+    assert_one_line(proc, str(QUICKSTART), "events[0].at", "(with --duration 1s)")
+
+
 def test_out_that_is_a_file_or_unwritable_is_refused(tmp_path: Path) -> None:
     a_file = tmp_path / "file"
     a_file.write_text("not a folder")
