@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from lbbench.errors import UserError
 from lbbench.results.atomic import replace_atomically, write_text_atomically
+from lbbench.results.writer import writable_folder
 
 if TYPE_CHECKING:
     from lbbench.load.generator import LoadResult
@@ -62,17 +63,16 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--start-at must be a unix time in seconds, got {args.start_at}")
     except ValueError as e:
         raise UserError(str(e)) from None
+    out = writable_folder(Path(args.out)) if args.out else None  # before any request is sent
 
     result = run_load(spec, start_at_unix=args.start_at)
     document = result_document(spec, result)
-    if args.out:
-        write_out(Path(args.out), result, document)
-    if args.json:
-        print(json.dumps(document["summary"], indent=2))
-    else:
-        print(result.summary.format_text())
-        if args.out:
-            print(f"rows and summary written to {args.out}")
+    # the summary first: a failure to write the files must not lose what was measured
+    print(json.dumps(document["summary"], indent=2) if args.json else result.summary.format_text())
+    if out is not None:
+        write_out(out, result, document)
+        if not args.json:
+            print(f"rows and summary written to {out}")
     if result.summary.generator_saturated:
         print(f"lbbench load: warning: generator saturated: {result.summary.saturation_reason}", file=sys.stderr)
     return 130 if result.summary.stopped else 0
@@ -134,14 +134,11 @@ def result_document(spec: LoadSpec, result: LoadResult) -> dict[str, Any]:
 
 
 def write_out(out: Path, result: LoadResult, document: dict[str, Any]) -> None:
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot create --out directory {out}: {e}") from None
     summary = {**document["summary"], "spec": document["spec"],
                "latency_histogram": document["latency_histogram"],
                "lateness_histogram": document["lateness_histogram"]}
     try:  # each file whole or not at all (a part merged later must never be a truncated one)
+        out.mkdir(parents=True, exist_ok=True)
         write_text_atomically(out / "summary.json", json.dumps(summary, indent=2) + "\n")
         replace_atomically(out / "requests.parquet", lambda tmp: result.rows.to_parquet(tmp, index=False))
     except OSError as e:

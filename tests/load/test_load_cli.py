@@ -150,3 +150,14 @@ def test_ctrl_c_stops_early_and_still_reports(pod: HostPort) -> None:
     assert cli.returncode == 130, err
     assert time.monotonic() - t0 < 10
     assert "STOPPED" in out and "stopping" in err
+
+
+def test_unwritable_out_is_refused_before_any_request(tmp_path: Path) -> None:
+    a_file = tmp_path / "file"
+    a_file.write_text("")
+    for out, expected in ((a_file, "not a folder"), (Path("/proc/lbbench-load"), "cannot write")):
+        proc = load("http://127.0.0.1:9/", "--rate", "10", "--duration", "1s", "--out", str(out))
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr
+        [line] = proc.stderr.strip().splitlines()
+        assert f"--out {out}" in line and expected in line
+        assert proc.stdout == ""  # no load ran, so no summary
