@@ -48,6 +48,7 @@ class PodState:
     terminating: bool = False
     dead: bool = False
     frozen: bool = False  # on a down node: status no longer reported
+    evicted: bool = False  # by the node controller after the grace period; its process may still run
     successes: int = 0
     failures: int = 0
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -342,10 +343,38 @@ class Controller:
 
     async def _node_grace(self, node: int, victims: list[PodState]) -> None:
         await asyncio.sleep(self.config.run.node_grace_period_s)
+        if node not in self.nodes_down:
+            return  # back in time (a partition healed): its kubelet reports again, nothing is evicted
         self.log.log("node_not_ready", f"node-{node}", "grace period over: pods evicted")
         for p in victims:
             p.dead = True
+            p.evicted = True
             self._set_ready(p, False)
+        for w in self.config.workloads:
+            await self._reconcile(w)
+
+    async def partition(self, node: int) -> None:
+        """The node is cut off: its pods run on, but its kubelet's reports stop reaching the cluster."""
+        self.nodes_down.add(node)
+        self.log.log("node_partitioned", f"node-{node}")
+        victims = [p for p in self.pods.values() if p.node == node and not p.dead]
+        for p in victims:
+            p.frozen = True  # status frozen as last reported: endpoints stay until the grace period
+        self._spawn_bg(self._node_grace(node, victims))
+
+    async def reconnect(self, node: int) -> None:
+        """A partition heals: evicted pods found on the node are deleted (as its kubelet does when it
+        reconnects), the others report again."""
+        self.nodes_down.discard(node)
+        self.log.log("node_reconnected", f"node-{node}")
+        for p in [p for p in self.pods.values() if p.node == node]:
+            if p.evicted and p.child is not None and p.child.alive():
+                p.terminating = True
+                self.log.log("pod_deleted_stale", p.name, f"ip={p.ip} evicted while the node was cut off")
+                p.child.signal(signal.SIGKILL)
+            elif p.frozen:
+                p.frozen = False
+                p.tasks.append(asyncio.create_task(self._probe_loop(p)))
         for w in self.config.workloads:
             await self._reconcile(w)
 

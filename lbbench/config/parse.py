@@ -26,7 +26,7 @@ from lbbench.model.servicetime import ServiceTime
 
 WorkloadKind = Literal["Deployment", "StatefulSet", "DaemonSet"]
 ACTIONS = ("kill_pod", "delete_pod", "scale", "slow_pod", "fail_pod", "unready_pod", "recover_pod",
-           "node_down", "rolling_update")
+           "node_down", "rolling_update", "partition", "packet_loss", "pod_unreachable")
 
 
 @dataclass(frozen=True)
@@ -115,6 +115,8 @@ class Event:
     slow_factor: float = 1.0
     error_rate: float = 0.0
     template: dict[str, object] = field(default_factory=dict)
+    duration_s: float | None = None  # network faults: heal after this long (None: until the phase ends)
+    percent: float = 0.0  # packet_loss: share of packets dropped
 
 
 @dataclass(frozen=True)
@@ -126,7 +128,7 @@ class RunConfig:
     frontends: tuple[str, ...] = ("userspace-dnat", "l7-proxy")
     endpoint_sync_delay_s: float = 1.0
     restart_delay_s: float = 0.5
-    node_grace_period_s: float = 2.0
+    node_grace_period_s: float = 40.0  # Kubernetes' node-monitor-grace-period
     repeat: int = 1
 
 
@@ -518,11 +520,15 @@ def _event(t: Table) -> Event:
     action = t.text("action", choices=ACTIONS)
     target = t.text("target")
     kind, _, name = target.partition("/")
-    if kind not in ("deployment", "statefulset", "daemonset", "pod", "node") or not name:
-        raise t.fail("target", f"expected deployment/NAME, statefulset/NAME, daemonset/NAME, pod/NAME or "
-                               f"node/NAME, got {target!r}")
-    if action == "node_down" and kind != "node":
-        raise t.fail("target", f"node_down takes node/NAME, got {target!r}")
+    if kind not in ("deployment", "statefulset", "daemonset", "pod", "node", "service") or not name:
+        raise t.fail("target", f"expected deployment/NAME, statefulset/NAME, daemonset/NAME, pod/NAME, "
+                               f"node/NAME or service/NAME, got {target!r}")
+    if action in ("node_down", "partition") and kind != "node":
+        raise t.fail("target", f"{action} takes node/NAME, got {target!r}")
+    if kind == "service" and action != "packet_loss":
+        raise t.fail("target", f"service/NAME is a target of packet_loss only, got {action} {target!r}")
+    if action == "pod_unreachable" and kind == "node":
+        raise t.fail("target", f"pod_unreachable takes a pod or a workload's pod, got {target!r}")
     if action == "scale" and kind not in ("deployment", "statefulset"):
         raise t.fail("target", f"scale takes deployment/NAME or statefulset/NAME, got {target!r}")
     replicas = t.integer("replicas", None, 0, 256)
@@ -535,7 +541,8 @@ def _event(t: Table) -> Event:
         at_s=t.duration("at", hi=3600), action=action, target=target, index=t.integer("index", None, 0, 10_000),
         replicas=replicas, slow_factor=t.number("slow_factor", 5.0 if action == "slow_pod" else 1.0, 0.0, 1000.0),
         error_rate=t.number("error_rate", 1.0 if action == "fail_pod" else 0.0, 0.0, 1.0),
-        template=dict(template.data),
+        template=dict(template.data), duration_s=t.duration("duration", None, lo=0.001, hi=3600),
+        percent=t.number("percent", 2.0 if action == "packet_loss" else 0.0, 0.0, 100.0),
     )
     t.done()
     return ev
@@ -569,6 +576,9 @@ def _cross_check(config: Config, top: Table) -> None:
         kind, _, name = ev.target.partition("/")
         if kind in ("deployment", "statefulset", "daemonset") and ev.target not in workloads:
             raise ConfigError(f, f"events[{i}].target", f"no {kind} named {name!r}; defined: {sorted(workloads)}")
+        if kind == "service" and not any(s.name == name for s in config.services):
+            raise ConfigError(f, f"events[{i}].target", f"no Service named {name!r}; defined: "
+                                                        f"{sorted(s.name for s in config.services)}")
         if kind == "node" and name not in nodes:
             raise ConfigError(f, f"events[{i}].target", f"no node named {name!r}; nodes are {sorted(nodes)}")
         if ev.at_s > config.run.duration_s:

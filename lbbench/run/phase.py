@@ -17,10 +17,13 @@ from typing import Any
 from lbbench.cluster.controller import Controller
 from lbbench.cluster.dns import ClusterDns, aresolve_a
 from lbbench.cluster.events import EventLog, LoggedEvent
+from lbbench.cluster.netfaults import NetworkFaults
+from lbbench.cluster.network_events import NetworkEvents
 from lbbench.cluster.services import offered_capacity_rps, service_specs
 from lbbench.config.parse import Config, Event, parse_template
 from lbbench.config.reader import Table
 from lbbench.frontends.base import Frontend, FrontendPlan
+from lbbench.frontends.kernel.applier import RulesApplier
 from lbbench.load.generator import LoadGenerator, LoadResult
 from lbbench.load.spec import LoadSpec
 from lbbench.model.addresses import HostPort, parse_hostport
@@ -119,15 +122,24 @@ def phase_rates(config: Config) -> tuple[float, ...]:
     return tuple(round(u * capacity, 3) for u in config.load.utilisations)
 
 
-async def apply_event(config: Config, controller: Controller, ev: Event, index: int) -> None:
-    """Fire one timeline event against the live cluster."""
+async def apply_event(config: Config, controller: Controller, ev: Event, index: int,
+                      network: NetworkEvents | None = None) -> None:
+    """Fire one timeline event against the live cluster (network events through `network`)."""
     _kind, _, name = ev.target.partition("/")
     controller.log.log("event", ev.target, ev.action)
+    net = network or NetworkEvents(controller, None, "no network namespace given")
     if ev.action == "scale":
         await controller.scale(ev.target, ev.replicas or 0)
         return
-    if ev.action == "node_down":
-        await controller.node_down(int(name.rsplit("-", 1)[1]))
+    if ev.action in ("node_down", "partition"):
+        node = int(name.rsplit("-", 1)[1])
+        await (net.node_down(node) if ev.action == "node_down" else net.partition(node, ev.duration_s))
+        return
+    if ev.action == "packet_loss":
+        await net.packet_loss(ev.target, ev.index, ev.percent, ev.duration_s)
+        return
+    if ev.action == "pod_unreachable":
+        await net.pod_unreachable(ev.target, ev.index, ev.duration_s)
         return
     if ev.action == "rolling_update":
         table = Table(config.path, f"events[{index}].template", dict(ev.template))
@@ -164,6 +176,7 @@ class Phase:
         self.record = PhaseRecord(key, artifacts=artifacts)
         self.generator: LoadGenerator | None = None
         self.controller: Controller | None = None
+        self.network: NetworkEvents | None = None
         self._stopping = False
         self.dns: tuple[ClusterDns, HostPort] | None = None
         self.frontend: Frontend | None = None
@@ -194,6 +207,11 @@ class Phase:
         plan = self._plan()
         fe = self.frontend = self.fe_class(plan, sup)
         controller = self.controller = Controller(self.config, sup, self.log)
+        faults = None
+        if self.no_network_faults is None:  # nft in this run's own namespace; each file kept with its time
+            faults = NetworkFaults(RulesApplier(sup, self.artifacts / "netfaults", "nft", ["-f"], ".nft",
+                                                "netfault").apply)
+        self.network = NetworkEvents(controller, faults, self.no_network_faults)
         await fe.start()
         controller.subscribers.append(fe.update_endpoints)
         await self._start_dns(plan, self.log)
@@ -241,6 +259,11 @@ class Phase:
         if self.generator is not None:
             await self.generator.aclose()
         self._count_cpu()
+        if self.network is not None:
+            try:
+                await self.network.stop()
+            except Exception as e:  # logged; the namespace, and its rules, die with the run anyway
+                self.log.log("network_fault_error", "stop", f"{type(e).__name__}: {str(e)[:300]}")
         if self.controller is not None:
             await self.controller.stop()
         if self.frontend is not None:
@@ -288,9 +311,15 @@ class Phase:
             due = [(i, ev) for i, ev in enumerate(self.config.events) if ev.at_s < self.config.run.duration_s]
             for i, ev in sorted(due, key=lambda p: p[1].at_s):
                 await timer.sleep_until(t0 + ev.at_s)
-                asyncio.create_task(apply_event(self.config, controller, ev, i))  # noqa: RUF006
+                asyncio.create_task(self._fire(controller, ev, i))  # noqa: RUF006
         finally:
             timer.close()
+
+    async def _fire(self, controller: Controller, ev: Event, index: int) -> None:
+        try:
+            await apply_event(self.config, controller, ev, index, self.network)
+        except Exception as e:  # an event that cannot be played is a fact of the run, not a crash
+            self.log.log("event_failed", ev.target, f"{ev.action}: {type(e).__name__}: {str(e)[:300]}")
 
     async def _sample(self, fe: Frontend, controller: Controller, cpu: CpuMeter, t0: float) -> None:
         next_at = time.monotonic()

@@ -75,6 +75,14 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
          "events[2].index", "(deployment/web has 1 replicas at 1.5s), got 1"),
         ("[run]", "[[events]]\nat = \"1s\"\naction = \"kill_pod\"\ntarget = \"pod/web-0\"\nindex = 0\n[run]",
          "events[0].index", "takes none"),
+        ("[run]", "[[events]]\nat = \"1s\"\naction = \"partition\"\ntarget = \"deployment/web\"\n[run]",
+         "events[0].target", "partition takes node/NAME"),
+        ("[run]", "[[events]]\nat = \"1s\"\naction = \"packet_loss\"\ntarget = \"service/api\"\n[run]",
+         "events[0].target", "no Service named 'api'"),
+        ("[run]", "[[events]]\nat = \"1s\"\naction = \"packet_loss\"\ntarget = \"service/web\"\n"
+                  "percent = 150\n[run]", "events[0].percent", "100"),
+        ("[run]", "[[events]]\nat = \"1s\"\naction = \"partition\"\ntarget = \"node/node-1\"\n"
+                  "duration = \"soon\"\n[run]", "events[0].duration", "expected a duration"),
     ],
 )
 def test_bad_config_exits_2_with_key_path(tmp_path: Path, old: str, new: str, key_path: str,
