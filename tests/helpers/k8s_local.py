@@ -185,6 +185,15 @@ class LocalCluster:
         if ingress_url is not None:
             self.start_ingress(manifests, ingress_url)
         self.run_jobs([o for _, o in manifests.objects("Job")])
+        self.check_alive()
+
+    def check_alive(self) -> None:
+        """A serving container that exits after it became ready is an early exit too."""
+        for pod in self.pods:
+            code = pod.child.poll()
+            if code is not None:
+                raise ContainerFailed(f"{pod.name} exited with {code} after it was ready: "
+                                      f"{_tail(self.work / f'{pod.name}.stderr')}")
 
     # pods ------------------------------------------------------------------------------------------
     def start_workload(self, obj: Obj, *, args: list[str] | None = None, probe: Obj | None = None,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import re
 import shlex
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -104,7 +105,8 @@ def _with_flag(manifests: Manifests, kind: str, name: str, flag: str) -> Manifes
 
 
 def test_a_flag_the_program_lacks_fails_both_checks(supervisor: Supervisor, tmp_path: Path) -> None:
-    """The checks above can fail: one made-up flag in the l7-proxy Deployment, or in a load Job."""
+    """The checks above can fail: one made-up flag in the l7-proxy Deployment, or in a load Job; a pod that
+    dies after it was ready."""
     manifests = _manifests(ROOT / "configs" / "quickstart.toml")
     job = next(o["metadata"]["name"] for _, o in manifests.objects("Job"))
     broken_proxy = _with_flag(manifests, "Deployment", "lbbench-l7-proxy", "--no-such-flag")
@@ -119,3 +121,8 @@ def test_a_flag_the_program_lacks_fails_both_checks(supervisor: Supervisor, tmp_
         jobs = [o for _, o in broken_job.objects("Job") if o["metadata"]["name"] == job]
         with pytest.raises(ContainerFailed, match=rf"Job/{job}: .*unrecognized arguments: --no-such-flag"):
             cluster.run_jobs(jobs)
+        cluster.check_alive()  # the web pods started before the broken proxy are still serving
+        cluster.pods[0].child.signal(signal.SIGKILL)
+        cluster.pods[0].child.popen.wait(10)
+        with pytest.raises(ContainerFailed, match="exited with -9 after it was ready"):
+            cluster.check_alive()
