@@ -21,14 +21,17 @@ if TYPE_CHECKING:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("url", metavar="URL", help="http://IP:PORT/path on 127.0.0.0/8, or http://NAME:PORT/path with --dns")
-    p.add_argument("--rate", type=float, default=100.0, metavar="R", help="requests per second (open loop)")
-    p.add_argument("--duration", default="10s", metavar="S", help="how long to send, e.g. 8s or 500ms")
+    p.add_argument("-R", "--rate", default="100", metavar="R",
+                   help="requests per second (open loop): 200, 200/s or 200rps (wrk2's -R)")
+    p.add_argument("-d", "--duration", default="10s", metavar="S", help="how long to send, e.g. 8s or 500ms")
     p.add_argument("--arrivals", choices=("poisson", "constant"), default="poisson",
                    help="gaps between intended sends: exponential (default) or even")
     p.add_argument("--step", action="append", default=[], metavar="AT:RATE[:ramp]",
                    help="change the rate at time AT (jump, or linear ramp to it with ':ramp'); repeatable")
     p.add_argument("--connections", default="close", metavar="close|keepalive:K",
                    help="a new TCP connection per request (default), or a pool of K persistent ones")
+    p.add_argument("-c", dest="pool", type=int, metavar="K",
+                   help="wrk2's -c: a pool of K persistent connections (the same as --connections keepalive:K)")
     p.add_argument("--workers", type=int, default=0, metavar="W", help="worker processes (default: auto)")
     p.add_argument("--closed-loop", type=int, default=0, metavar="N",
                    help="closed loop with N users instead of open-loop arrivals")
@@ -51,11 +54,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dns", metavar="IP:PORT", help="DNS server to resolve a name in URL (the cluster DNS)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the text summary")
     p.add_argument("--out", metavar="DIR", help="write requests.parquet and summary.json into DIR")
+    p.add_argument("--check", action="append", default=[], metavar="EXPR",
+                   help="a pass/fail threshold on the target, repeatable: e.g. '*.p99 < 200ms', '*.errors_pct < 1' "
+                   "(metrics as in configs/README.md); exit code 3 when one fails")
+
+
+def parse_rate(text: str) -> float:
+    """'200', '200/s', '200rps' -> 200.0 (requests per second); the range is the spec's to check."""
+    value = str(text).strip().removesuffix("/s").removesuffix("rps").strip()
+    try:
+        return float(value)
+    except ValueError:
+        raise ValueError(f"--rate: expected requests per second such as 200 or 200/s, got {text!r}") from None
 
 
 def run(args: argparse.Namespace) -> int:
     from lbbench.load.generator import resolve_workers, run_load
+    from lbbench.report.checks import parse_all
 
+    checks = parse_all(args.check, "--check")
     try:
         spec = build_spec(args)
         resolve_workers(spec)  # refuses impossible combinations before any process starts
@@ -75,7 +92,15 @@ def run(args: argparse.Namespace) -> int:
             print(f"rows and summary written to {out}")
     if result.summary.generator_saturated:
         print(f"lbbench load: warning: generator saturated: {result.summary.saturation_reason}", file=sys.stderr)
-    return 130 if result.summary.stopped else 0
+    if result.summary.stopped:
+        return 130
+    from lbbench.report.checks import check_rows, say
+
+    failed = say(check_rows(result.rows, checks, args.url), "load") if checks else 0
+    if result.summary.ok == 0:
+        print(f"lbbench load: error: no request succeeded ({result.summary.requests} sent)", file=sys.stderr)
+        return 1
+    return failed
 
 
 def build_spec(args: argparse.Namespace) -> LoadSpec:
@@ -90,8 +115,9 @@ def build_spec(args: argparse.Namespace) -> LoadSpec:
     target = parse_url(args.url, dns, allow_remote=args.allow_remote)
     return LoadSpec(
         target=target.addr, path=target.path, host_header=target.host_header,
-        rate_rps=args.rate, duration_s=parse_duration(args.duration), arrivals=args.arrivals,
-        steps=tuple(parse_step(s) for s in args.step), connections=ConnectionMode.parse(args.connections),
+        rate_rps=parse_rate(args.rate), duration_s=parse_duration(args.duration), arrivals=args.arrivals,
+        steps=tuple(parse_step(s) for s in args.step),
+        connections=ConnectionMode.parse(f"keepalive:{args.pool}" if args.pool else args.connections),
         workers=args.workers, closed_loop_users=args.closed_loop, think_time_s=parse_duration(args.think_time),
         connect_timeout_s=parse_duration(args.connect_timeout), timeout_s=parse_duration(args.timeout),
         seed=args.seed, record_rows=not args.no_rows, lateness_threshold_s=parse_duration(args.max_lateness),

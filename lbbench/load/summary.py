@@ -148,7 +148,15 @@ def _text_lines(s: LoadSummary) -> list[str]:
     for w in s.warnings:
         lines.append(f"WARNING: {w}")
     if s.generator_saturated:
-        lines.append(f"WARNING: the load generator was saturated ({s.saturation_reason}); "
-                     "latencies above may be the generator's, not the target's. "
-                     "Use more --workers or a lower --rate.")
+        lines.append(f"WARNING: the load generator was saturated ({s.saturation_reason}); " + _advice(s))
     return lines
+
+
+def _advice(s: LoadSummary) -> str:
+    """What to do about it: more workers only help when a worker ran out of CPU."""
+    if any(frac > CPU_SATURATED for frac in s.worker_cpu_fraction):
+        return "latencies above may be the generator's, not the target's. Use more --workers or a lower --rate."
+    late, p50 = s.lateness_s.get("p99"), s.latency_s.get("p50")
+    share = f" ({late / p50:.0%} of the p50 latency)" if late and p50 else ""
+    return (f"its workers had CPU to spare, so the machine woke them late{share}: the latencies include that "
+            "delay (they are measured from the intended send time); more --workers would not help.")

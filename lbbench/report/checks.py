@@ -15,9 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from lbbench.errors import UserError
 from lbbench.model.checks import Check, parse_check
-from lbbench.report.headline import ClientView, ranked
+from lbbench.report.headline import SLO_FALLBACK_S, ClientView, ranked, view_of_rows
 from lbbench.report.loader import Results
 from lbbench.report.steady import SteadyRow, steady_rows
 from lbbench.results.atomic import write_text_atomically
@@ -115,6 +117,17 @@ def evaluate(r: Results, checks: Sequence[Check]) -> list[CheckResult]:
                 value = GETTERS[c.metric](views[name])
             passed = value is not None and c.passes(value)
             out.append(CheckResult(c.text, name, value, passed, f"{name}.{c.metric} = {_fmt(c.metric, value)}"))
+    return out
+
+
+def check_rows(rows: pd.DataFrame, checks: Sequence[Check], target: str) -> list[CheckResult]:
+    """`lbbench load`: checks on one target's rows; `*` or any name stands for it (SLO: SLO_FALLBACK_S)."""
+    view = view_of_rows(target, None, rows, SLO_FALLBACK_S)
+    out = []
+    for c in checks:
+        value = None if c.is_theory or c.metric == "achieved_rps" else GETTERS[c.metric](view)
+        passed = value is not None and c.passes(value)
+        out.append(CheckResult(c.text, target, value, passed, f"{c.metric} = {_fmt(c.metric, value)}"))
     return out
 
 

@@ -9,7 +9,7 @@ Every latency carries a 95% batch-means interval (lbbench.results.uncertainty).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -86,22 +86,31 @@ def _stats(values: np.ndarray) -> tuple[dict[str, float | None], dict[str, Inter
 
 def client_view(r: Results, f: FrontendStats, rate: float | None, rows: pd.DataFrame | None = None) -> ClientView:
     """`f`'s stats at `rate` (repeats merged), recomputed from the rows in send order."""
-    limit, _ = slo(r)
     if rows is None:
         rows = r.requests.loc[phase_mask(r.requests, f.name, rate)] if len(r.requests) else r.requests
-    rows = rows.sort_values(["repeat", "intended_s"], kind="stable") if len(rows) else rows
+    view = view_of_rows(f.name, rate, rows, slo(r)[0])
+    if len(rows):
+        return replace(view, lost=lost(f), recovery_s=recovery(f), error_window_s=error_window(f))
+    # no rows file: what summary.json says, without intervals
+    return replace(view, requests=f.requests, ok=f.ok, errors=f.errors, lost=lost(f), recovery_s=recovery(f),
+                   error_window_s=error_window(f), ok_latency={k: f.latency_s.get(k) for k in view.ok_latency})
+
+
+def view_of_rows(name: str, rate: float | None, rows: pd.DataFrame, slo_s: float) -> ClientView:
+    """What the clients of one target got, from its request rows (any order; sorted into send order)."""
+    if len(rows):
+        keys = [k for k in ("repeat", "intended_s") if k in rows.columns]
+        rows = rows.sort_values(keys, kind="stable")
     ok = is_ok(rows) if len(rows) else pd.Series(dtype=bool)
     lat = rows["latency_s"].to_numpy(dtype=float) if len(rows) else np.array([])
     ok_lat = rows.loc[ok, "latency_s"].to_numpy(dtype=float) if len(rows) else np.array([])
     all_stats, all_ci = _stats(lat[~np.isnan(lat)])
     ok_stats, ok_ci = _stats(ok_lat[~np.isnan(ok_lat)])
-    if not len(rows):  # no rows file: what summary.json says, without intervals
-        ok_stats = {k: f.latency_s.get(k) for k in ok_stats}
     return ClientView(
-        frontend=f.name, rate_rps=rate, requests=len(rows) or f.requests, ok=int(ok.sum()) if len(rows) else f.ok,
-        errors=f.errors if not len(rows) else _errors(rows, ok), slo_s=limit,
-        within_slo=int((ok_lat <= limit).sum()), all_ci=all_ci, ok_ci=ok_ci, all_latency=all_stats,
-        ok_latency=ok_stats, lost=lost(f), recovery_s=recovery(f), error_window_s=error_window(f),
+        frontend=name, rate_rps=rate, requests=len(rows), ok=int(ok.sum()) if len(rows) else 0,
+        errors=_errors(rows, ok) if len(rows) else {}, slo_s=slo_s, within_slo=int((ok_lat <= slo_s).sum()),
+        all_ci=all_ci, ok_ci=ok_ci, all_latency=all_stats, ok_latency=ok_stats, lost=None, recovery_s=None,
+        error_window_s=None,
     )
 
 

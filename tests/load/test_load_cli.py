@@ -161,3 +161,21 @@ def test_unwritable_out_is_refused_before_any_request(tmp_path: Path) -> None:
         [line] = proc.stderr.strip().splitlines()
         assert f"--out {out}" in line and expected in line
         assert proc.stdout == ""  # no load ran, so no summary
+
+
+def test_wrk2_flags_rate_per_second_and_checks(pod: HostPort) -> None:
+    """-R 200/s -d 1s -c 4 as wrk2 users type them; a passing and a failing check; exit 3 on failure."""
+    proc = load(f"http://{pod}/?status=503:10", "-R", "200/s", "-d", "1s", "-c", "4", "--json", "--seed", "3",
+                "--check", "*.requests == 200", "--check", "*.errors_pct < 0.5")
+    assert proc.returncode == 3, proc.stderr
+    out = json.loads(proc.stdout.split("\ncheck passed")[0])
+    assert out["requested_rps"] == 200 and out["connections"] == "keepalive:4"
+    assert "check passed: *.requests == 200" in proc.stdout
+    assert "check failed: *.errors_pct < 0.5" in proc.stderr
+
+
+def test_no_request_succeeded_is_a_failure(supervisor: Supervisor) -> None:
+    port = _free_port("127.0.0.1")  # nothing listens: every request is refused
+    proc = load(f"http://127.0.0.1:{port}/", "--rate", "50", "--duration", "500ms")
+    assert proc.returncode == 1, proc.stdout
+    assert "no request succeeded (25 sent)" in proc.stderr
