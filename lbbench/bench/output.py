@@ -18,6 +18,7 @@ RATIO_GOALS = {  # the issue's goals, shown next to what was reached (None: no g
     "l7_vs_nginx": 1.0,
     "generator_vs_wrk": 0.6,
 }
+CPU_GOALS = {"userspace-dnat": 1.0, "l7-proxy": 1.2}  # front-end CPU per 10k requests / HAProxy's, at most
 
 
 def write_json(doc: dict[str, Any], path: Path) -> None:
@@ -38,19 +39,25 @@ def _spread(s: dict[str, Any] | None) -> str:
 def throughput_table(title: str, group: dict[str, Any]) -> Table:
     """Medians over the rounds; range = (max - min) / median."""
     t = Table(title=f"{title}  (backend: {group.get('backend', '?')})", title_justify="left")
-    for col in ("peer", "req/s", "range", "p50 ms", "p99 ms", "CPU s/10k req", "backend CPU s/10k",
-                "client CPU s/10k", "errors"):
+    # CPU per request first: req/s compares cores as much as code (HAProxy runs a thread per CPU).
+    for col in ("peer", "CPU s/10k req", "req/s", "range", "p50 ms", "p99 ms", "backend CPU s/10k",
+                "client CPU s/10k", "SYN retrans", "errors"):
         t.add_column(col, justify="left" if col == "peer" else "right")
     for name, p in group.get("peers", {}).items():
         if p.get("status") != "ok":
-            t.add_row(name, f"[dim]skipped: {p.get('reason', '')}[/dim]", "", "", "", "", "", "", "")
+            t.add_row(name, f"[dim]skipped: {p.get('reason', '')}[/dim]", "", "", "", "", "", "", "", "")
             continue
         cpu = p.get("frontend_cpu_s_per_10k")
-        t.add_row(name, _med(p["rps"]), _spread(p["rps"]), _med(p.get("p50_ms"), "{:.2f}"),
-                  _med(p.get("p99_ms"), "{:.2f}"), _med(cpu, "{:.3f}") if cpu else "n/a",
+        t.add_row(name, _med(cpu, "{:.3f}") if cpu else "n/a", _med(p["rps"]), _spread(p["rps"]),
+                  _med(p.get("p50_ms"), "{:.2f}"), _med(p.get("p99_ms"), "{:.2f}"),
                   _med(p.get("backend_cpu_s_per_10k"), "{:.3f}"), _med(p.get("client_cpu_s_per_10k"), "{:.3f}"),
-                  str(sum(p.get("errors", {}).values())))
+                  _syn_retrans(p.get("tcp")), str(sum(p.get("errors", {}).values())))
     return t
+
+
+def _syn_retrans(tcp: dict[str, int] | None) -> str:
+    """SYNs sent again over all rounds (TcpExt TCPSynRetrans of the namespace): dropped connection attempts."""
+    return "-" if not tcp else f"{tcp.get('syn_retransmits', 0):,}"
 
 
 def generator_table(group: dict[str, Any]) -> Table:
@@ -96,6 +103,7 @@ def ratio_table(doc: dict[str, Any]) -> Table:
     for col in ("ratio", "median", "min", "max", "goal"):
         t.add_column(col, justify="left" if col == "ratio" else "right")
     notes = doc.get("ratio_notes", {})
+    _cpu_ratio_rows(t, doc)  # the first figure: CPU per request against HAProxy's
     for name, r in doc.get("ratios", {}).items():
         if name == "cpu_per_10k_vs_haproxy":
             continue
@@ -106,16 +114,29 @@ def ratio_table(doc: dict[str, Any]) -> Table:
         else:
             mark = "" if goal is None else (" [green]ok[/green]" if r["median"] >= goal else " [red]below[/red]")
             t.add_row(name, f"{r['median']:.2f}{mark}", f"{r['min']:.2f}", f"{r['max']:.2f}", goal_s)
-    cost = doc["groups"].get("cost", {}).get("peers", {})
-    for fe, r in doc.get("ratios", {}).get("cpu_per_10k_vs_haproxy", {}).items():
-        ref = "haproxy-tcp" if str(cost.get(fe, {}).get("layer", "")).startswith("l4") else "haproxy"
-        t.add_row(f"CPU per 10k req: {fe} / {ref} (< 1 = cheaper)", f"{r['median']:.2f}", f"{r['min']:.2f}",
-                  f"{r['max']:.2f}", "report")
     return t
+
+
+def _cpu_ratio_rows(t: Table, doc: dict[str, Any]) -> None:
+    for fe, r in doc.get("ratios", {}).get("cpu_per_10k_vs_haproxy", {}).items():
+        ref = "haproxy-tcp" if fe in _l4_peers(doc) else "haproxy"
+        goal = CPU_GOALS.get(fe)
+        goal_s = "report" if goal is None else f"<= {goal:g}"
+        mark = "" if goal is None else (" [green]ok[/green]" if r["median"] <= goal else " [red]above[/red]")
+        t.add_row(f"CPU per 10k req: {fe} / {ref} (< 1 = cheaper)", f"{r['median']:.2f}{mark}", f"{r['min']:.2f}",
+                  f"{r['max']:.2f}", goal_s)
+
+
+def _l4_peers(doc: dict[str, Any]) -> set[str]:
+    """Names as cost figures spell them: L4 peers, and "(new connections)" for the Connection: close layer."""
+    groups = doc["groups"]
+    return ({n for n in groups.get("l4", {}).get("peers", {})}
+            | {f"{n} (new connections)" for n in groups.get("l4_close", {}).get("peers", {})})
 
 
 def print_report(doc: dict[str, Any], console: Console) -> None:
     groups = doc["groups"]
+    console.print(ratio_table(doc))  # the headline first: CPU per request, then req/s, against the peers
     if "l4" in groups:
         console.print(throughput_table("L4: max keep-alive requests/s (wrk)", groups["l4"]))
     if "l4_close" in groups:
@@ -127,7 +148,6 @@ def print_report(doc: dict[str, Any], console: Console) -> None:
         console.print(generator_table(groups["generator"]))
     if "scale" in groups:
         console.print(scale_table(groups["scale"]))
-    console.print(ratio_table(doc))
     for s in doc["skipped"]:
         console.print(f"[yellow]skipped[/yellow] {s['group']}/{s['what']}: {s['reason']}")
     for w in doc["warnings"]:

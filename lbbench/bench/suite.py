@@ -329,6 +329,9 @@ def collect_warnings(doc: dict[str, Any], settings: BenchSettings) -> list[str]:
             errors = sum(p.get("errors", {}).values())
             if errors > 0.01 * max(1, p.get("requests", 0)):
                 out.append(f"{layer} {name}: {errors} of {p['requests']} requests failed ({p['errors']})")
+            if (syn := p.get("tcp", {}).get("syn_retransmits", 0)) > 0:
+                out.append(f"{layer} {name}: the kernel dropped {syn} SYNs and they were sent again (1 s later "
+                           "each): its req/s is lowered by the namespace, not only by the peer")
     return out
 
 

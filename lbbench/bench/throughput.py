@@ -3,8 +3,10 @@
 Rounds are interleaved (every peer once per round, the order rotated each round) so that a
 neighbour's burst on a shared machine hits all peers alike; each round records requests/s,
 wrk's p50/p99, and the CPU seconds of the peer's processes (children included) and of the
-backend. A peer that cannot run here is skipped with the reason; one that starts but does
-not answer 200 is skipped too, with what it said.
+backend, and the namespace's TCP counters around it (SYN retransmits: connection attempts the
+kernel dropped and the client had to repeat, which make a peer look slower without an error).
+A peer that cannot run here is skipped with the reason; one that starts but does not answer
+200 is skipped too, with what it said.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from lbbench.model.addresses import HostPort
 from lbbench.model.names import KERNEL_FRONTENDS
 from lbbench.model.proxy import ProxySettings
 from lbbench.model.service import Endpoint, ServiceSpec
-from lbbench.system import proctree
+from lbbench.system import proctree, tcpstat
 from lbbench.system.netns import find_tool, in_private_netns, netns_unavailable_reason
 from lbbench.system.procs import Supervisor
 
@@ -81,6 +83,7 @@ class Round:
     frontend_cpu_s: float
     backend_cpu_s: float
     client_cpu_s: float = 0.0  # wrk's: where socket-level balancing (and the client side of NAT) is charged
+    tcp: dict[str, int] = field(default_factory=dict)  # the namespace's TCP counters over the round (tcpstat)
 
 
 @dataclass
@@ -222,10 +225,13 @@ def _one_line(e: BaseException) -> str:
 # -- measuring -----------------------------------------------------------------------------------
 async def measure_once(wrk: Wrk, target: Target, backend_pids: Pids, duration_s: float) -> Round:
     fe0, be0 = proctree.cpu_s(target.pids()), proctree.cpu_s(backend_pids())
+    tcp0 = tcpstat.read_tcp_counters()
     result: WrkResult = await wrk.run(target.addr, target.host_header, duration_s, target.client_wrap)
+    tcp1 = tcpstat.read_tcp_counters()
     fe1, be1 = proctree.cpu_s(target.pids()), proctree.cpu_s(backend_pids())
     return Round(result.rps, result.p50_ms, result.p99_ms, result.requests, result.errors,
-                 proctree.used_s(fe0, fe1), proctree.used_s(be0, be1), result.client_cpu_s)
+                 proctree.used_s(fe0, fe1), proctree.used_s(be0, be1), result.client_cpu_s,
+                 tcpstat.delta(tcp0, tcp1))
 
 
 async def measure(run: GroupRun, wrk: Wrk, backend_pids: Pids, duration_s: float, repeats: int,
@@ -289,6 +295,10 @@ def peer_figures(target: Target, rounds: Sequence[Round]) -> dict[str, Any]:
     for r in rounds:
         for k, v in r.errors.items():
             errors[k] = errors.get(k, 0) + v
+    tcp: dict[str, int] = {}
+    for r in rounds:
+        for k, v in r.tcp.items():
+            tcp[k] = tcp.get(k, 0) + v
     fe_cpu = [per_10k(r.frontend_cpu_s, r.requests) for r in rounds] if target.own_process else []
     return {
         "status": "ok",
@@ -299,6 +309,7 @@ def peer_figures(target: Target, rounds: Sequence[Round]) -> dict[str, Any]:
         "p99_ms": stat_or_none([r.p99_ms for r in rounds]),
         "requests": sum(r.requests for r in rounds),
         "errors": errors,
+        "tcp": tcp,  # summed over the rounds; {} where /proc/net cannot be read
         "frontend_cpu_s_per_10k": stat_or_none(fe_cpu),
         "backend_cpu_s_per_10k": stat_or_none([per_10k(r.backend_cpu_s, r.requests) for r in rounds]),
         "client_cpu_s_per_10k": stat_or_none([per_10k(r.client_cpu_s, r.requests) for r in rounds]),
