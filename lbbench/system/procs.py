@@ -185,6 +185,7 @@ class Supervisor:
         stderr: int | IO[bytes] | None = None,
         env: Mapping[str, str] | None = None,
         cwd: str | None = None,
+        pass_fds: Sequence[int] = (),
     ) -> Child:
         if self._closed:
             raise RuntimeError("supervisor is closed")
@@ -197,6 +198,7 @@ class Supervisor:
             cwd=cwd,
             process_group=self.pgid,
             close_fds=True,
+            pass_fds=tuple(pass_fds),  # e.g. a listening socket shared by worker processes
         )
         child = Child(name, popen)
         self.children.append(child)

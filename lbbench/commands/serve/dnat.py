@@ -18,8 +18,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="choice per new connection: uniform random (kube-proxy) or round robin (IPVS rr)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random choice (worker i uses seed + i)")
     p.add_argument("--workers", type=int, default=1, metavar="N",
-                   help="forwarder processes sharing each listener with SO_REUSEPORT (default 1); "
-                        "with N > 1 this process only relays control messages, and rr is per worker")
+                   help="forwarder processes sharing each listener (default 1); with N > 1 this process "
+                        "only relays control messages, and rr is per worker")
+    p.add_argument("--accept", choices=("shared", "reuseport"), default="shared",
+                   help="with --workers N: one listening socket inherited by all workers, accepted by whichever "
+                        "is free, like HAProxy's threads (shared, default); or a socket each with SO_REUSEPORT, "
+                        "the kernel hashing connections over them (reuseport)")
     p.add_argument("--plan-json", help=argparse.SUPPRESS)  # lbbench's own use: several Services at once
 
 
@@ -30,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     die_with_parent()
     plan = forwarder_plan_of(args)
     try:
-        run_forwarder(plan, args.workers)
+        run_forwarder(plan, args.workers, args.accept)
     except ForwarderFailed as e:  # e.g. address in use: one clear line
         if args.plan_json:  # lbbench drives this process: say it on the control pipe, where it waits
             send_reply({"failed": str(e)})

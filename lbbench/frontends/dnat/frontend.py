@@ -11,8 +11,9 @@ kernel rules it imitates, it knows only what the last Endpoints sync told it.
 - removing an endpoint leaves established connections on it (conntrack keeps them).
 
 It runs as its own process (``lbbench serve dnat``) so its CPU is measured apart from the
-generator's and the pods'; with ``workers=N`` as N processes sharing every listener
-(SO_REUSEPORT), for a like-for-like comparison with a multi-threaded HAProxy. Experiments
+generator's and the pods'; with ``workers=N`` as N processes sharing every listener (one
+inherited socket by default, or SO_REUSEPORT; see .worker), for a like-for-like comparison
+with a multi-threaded HAProxy. Experiments
 keep one worker: one process's CPU, one seeded sequence of choices.
 
 The parts: :mod:`.plan` (addresses, listeners), :mod:`.relay` (the data path, in the child),
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 from lbbench.frontends.base import Entrypoint, Frontend, FrontendPlan
 from lbbench.frontends.dnat.plan import (
+    Accept,
     ForwarderPlan,
     Listener,
     Mode,
@@ -50,12 +52,14 @@ class UserspaceDnat(Frontend):
     name = "userspace-dnat"
     layer = "l4"
 
-    def __init__(self, plan: FrontendPlan, supervisor: Supervisor, mode: Mode = "random", workers: int = 1) -> None:
+    def __init__(self, plan: FrontendPlan, supervisor: Supervisor, mode: Mode = "random", workers: int = 1,
+                 accept: Accept = "shared") -> None:
         super().__init__(plan, supervisor)
         if workers < 1:
             raise ValueError(f"userspace-dnat: workers must be >= 1, got {workers}")
         self.mode: Mode = mode
         self.workers = workers
+        self.accept: Accept = accept
         self.services = {s.key: s for s in plan.services}
         self.pool: ForwarderPool | None = None
 
@@ -64,7 +68,7 @@ class UserspaceDnat(Frontend):
         if self.plan.artifacts_dir is not None:
             self.plan.artifacts_dir.mkdir(parents=True, exist_ok=True)
             (self.plan.artifacts_dir / "userspace-dnat.json").write_text(fplan.to_json() + "\n")
-        pool = ForwarderPool(self.supervisor, fplan, self.workers, self.name)
+        pool = ForwarderPool(self.supervisor, fplan, self.workers, self.name, self.accept)
         await pool.start()
         self.pool = pool
 

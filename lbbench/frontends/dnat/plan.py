@@ -17,6 +17,10 @@ from lbbench.model.addresses import HostPort, parse_hostport, require_loopback
 from lbbench.model.service import ServiceSpec, ServiceType
 
 Mode = Literal["random", "rr"]
+# How N workers share a listener: one listening socket inherited by all, accepted from by whichever
+# is free (HAProxy's threads); or a socket each with SO_REUSEPORT, the kernel hashing the 4-tuple.
+Accept = Literal["shared", "reuseport"]
+ACCEPTS: tuple[Accept, ...] = ("shared", "reuseport")
 
 
 # ---------------------------------------------------------------------------------------
@@ -92,10 +96,15 @@ class ForwarderPlan:
     mode: Mode = "random"
     seed: int = 0
     reuse_port: bool = False  # SO_REUSEPORT: several worker processes share each listener
+    listen_fds: tuple[int, ...] = ()  # inherited listening sockets, one per listener (accept "shared")
+    loads_fd: int = -1  # with listen_fds: the workers' shared connection counts (see .accept)
+    worker: int = 0  # this worker's index, and how many there are
+    workers: int = 1
 
     def to_json(self) -> str:
         return json.dumps({
-            "mode": self.mode, "seed": self.seed, "reuse_port": self.reuse_port,
+            "mode": self.mode, "seed": self.seed, "reuse_port": self.reuse_port, "listen_fds": list(self.listen_fds),
+            "loads_fd": self.loads_fd, "worker": self.worker, "workers": self.workers,
             "listeners": [{"addr": str(lst.addr), "table": lst.table} for lst in self.listeners],
             "tables": {name: [str(b) for b in backends] for name, backends in self.tables},
         })
@@ -108,7 +117,9 @@ class ForwarderPlan:
             raise ValueError(f"mode must be 'random' or 'rr', got {mode!r}")
         listeners = tuple(Listener(parse_hostport(x["addr"]), str(x["table"])) for x in raw["listeners"])
         tables = tuple((str(k), tuple(parse_hostport(b) for b in v)) for k, v in raw["tables"].items())
-        plan = cls(listeners, tables, cast(Mode, mode), int(raw.get("seed", 0)), bool(raw.get("reuse_port", False)))
+        plan = cls(listeners, tables, cast(Mode, mode), int(raw.get("seed", 0)), bool(raw.get("reuse_port", False)),
+                   tuple(int(fd) for fd in raw.get("listen_fds", ())), int(raw.get("loads_fd", -1)),
+                   int(raw.get("worker", 0)), int(raw.get("workers", 1)))
         plan.check()
         return plan
 
@@ -120,10 +131,19 @@ class ForwarderPlan:
         addrs = [lst.addr for lst in self.listeners]
         if len(set(addrs)) != len(addrs):
             raise ValueError("two listeners on the same address")
+        if self.listen_fds and len(self.listen_fds) != len(self.listeners):
+            raise ValueError(f"{len(self.listen_fds)} listening sockets for {len(self.listeners)} listeners")
 
-    def for_worker(self, index: int, workers: int) -> ForwarderPlan:
-        """Worker `index` of `workers`: its own seed (seed + index); listeners shared if several."""
-        return dataclasses.replace(self, seed=self.seed + index, reuse_port=workers > 1)
+    def for_worker(self, index: int, workers: int, listen_fds: Sequence[int] = (), loads_fd: int = -1
+                   ) -> ForwarderPlan:
+        """Worker `index` of `workers`: its own seed (seed + index); listeners shared if several.
+
+        With `listen_fds` (sockets the pool bound and the worker inherits) they are shared as
+        they are, accepted least-loaded first by the counts at `loads_fd`; otherwise each worker
+        binds its own with SO_REUSEPORT.
+        """
+        return dataclasses.replace(self, seed=self.seed + index, reuse_port=workers > 1 and not listen_fds,
+                                   listen_fds=tuple(listen_fds), loads_fd=loads_fd, worker=index, workers=workers)
 
     def bound_to(self, bound: Sequence[HostPort]) -> ForwarderPlan:
         """The same plan with each listener at the address it got (port 0 -> the port the kernel chose)."""

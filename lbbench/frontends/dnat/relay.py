@@ -21,10 +21,13 @@ import random
 import socket
 import struct
 from collections.abc import Iterable, Sequence
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 from lbbench.frontends.dnat.plan import ForwarderPlan
 from lbbench.model.addresses import HostPort
+
+if TYPE_CHECKING:
+    from lbbench.frontends.dnat.accept import SharedAcceptor
 
 PENDING_MAX = 64 * 1024  # client bytes held while the pod connection is being set up
 _LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST
@@ -232,6 +235,7 @@ class Forwarder:
         self.round_robin = plan.mode == "rr"
         self.counters = Counters()
         self.servers: list[asyncio.Server] = []
+        self.acceptors: list[SharedAcceptor] = []
 
     def pick(self, table: Table) -> HostPort | None:
         backends = table.backends
@@ -256,10 +260,11 @@ class Forwarder:
     async def start(self) -> list[HostPort]:
         loop = asyncio.get_running_loop()
         bound: list[HostPort] = []
+        if self.plan.listen_fds:
+            return self._accept_shared()
         for lst in self.plan.listeners:
-            table = self.tables[lst.table]
             server = await loop.create_server(
-                functools.partial(self.client_protocol, table),
+                functools.partial(self.client_protocol, self.tables[lst.table]),
                 lst.addr.host, lst.addr.port, reuse_address=True, backlog=4096,
                 reuse_port=self.plan.reuse_port or None,
             )
@@ -268,6 +273,22 @@ class Forwarder:
             bound.append(HostPort(host, port))
         return bound
 
+    def _accept_shared(self) -> list[HostPort]:
+        """Listening sockets inherited from the pool, shared with the other workers (see .accept)."""
+        from lbbench.frontends.dnat.accept import Loads, SharedAcceptor, SharedCounters  # it builds on Counters
+
+        loads = Loads(self.plan.loads_fd, self.plan.workers, self.plan.worker)
+        self.counters = SharedCounters(loads)
+        bound = []
+        for fd, lst in zip(self.plan.listen_fds, self.plan.listeners, strict=True):
+            sock = socket.socket(fileno=fd)
+            factory = functools.partial(self.client_protocol, self.tables[lst.table])
+            self.acceptors.append(SharedAcceptor(sock, loads, factory))
+            bound.append(HostPort(*sock.getsockname()[:2]))
+        return bound
+
     def close(self) -> None:
         for server in self.servers:
             server.close()
+        for acceptor in self.acceptors:
+            acceptor.close()

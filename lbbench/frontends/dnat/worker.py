@@ -5,12 +5,15 @@ pipe (JSON lines on stdin, replies as JSON lines on stdout): ``{"id": n, "endpoi
 {...}}`` and ``{"id": n, "stats": true}``; its first stdout line is ``{"ready":
 [addresses]}``.
 
-With N workers (:class:`ForwarderPool`) every worker listens on every address with
-SO_REUSEPORT, so the kernel spreads new connections over them by a hash of the 4-tuple:
-even on average, uneven for few connections (wrk's 16 over 2 workers: from 8/9 to 13/4
-seen; HAProxy's threads, sharing one listener, are balanced at accept). Worker i seeds its
-choice with seed + i. Endpoint updates go to every worker, counters are summed (an update
-counted once), and every worker's pid is the front end's.
+With N workers (:class:`ForwarderPool`) the workers share every listener, in one of two ways:
+- ``shared`` (default): the pool binds each listening socket once and every worker inherits
+  it; the least loaded worker accepts, as HAProxy hands a connection to its least loaded
+  thread (see .accept: 16 simultaneous connections over 2 workers split 8/8, 12 bursts of 12).
+- ``reuseport``: each worker binds its own socket with SO_REUSEPORT and the kernel hashes
+  the 4-tuple: even on average, uneven for few connections (16 over 2 workers: from 8/8 to
+  4/12 in the same 12 bursts).
+Worker i seeds its choice with seed + i. Endpoint updates go to every worker, counters are
+summed (an update counted once), and every worker's pid is the front end's.
 """
 
 from __future__ import annotations
@@ -19,12 +22,13 @@ import asyncio
 import contextlib
 import json
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from lbbench.frontends.dnat.plan import ForwarderPlan
+from lbbench.frontends.dnat.plan import Accept, ForwarderPlan
 from lbbench.frontends.dnat.relay import Forwarder
 from lbbench.model.addresses import HostPort, parse_hostport, require_loopback
 from lbbench.model.service import Endpoint
@@ -92,7 +96,7 @@ async def serve_forwarder(plan: ForwarderPlan) -> None:
         fwd.close()
 
 
-def run_forwarder(plan: ForwarderPlan, workers: int = 1) -> None:
+def run_forwarder(plan: ForwarderPlan, workers: int = 1, accept: Accept = "shared") -> None:
     """Serve `plan` in the foreground until a signal or stdin EOF (``lbbench serve dnat``).
 
     Raises ForwarderFailed with one clear line when it cannot start (e.g. the address is in use).
@@ -100,15 +104,15 @@ def run_forwarder(plan: ForwarderPlan, workers: int = 1) -> None:
     import uvloop
 
     try:
-        uvloop.run(serve_forwarder(plan) if workers == 1 else serve_pool(plan, workers))
+        uvloop.run(serve_forwarder(plan) if workers == 1 else serve_pool(plan, workers, accept))
     except OSError as e:
         raise ForwarderFailed(f"cannot listen: {e}") from None
 
 
-async def serve_pool(plan: ForwarderPlan, workers: int) -> None:
+async def serve_pool(plan: ForwarderPlan, workers: int, accept: Accept = "shared") -> None:
     """Child main of ``serve dnat --workers N``: N worker processes, this one relays control messages."""
     sup = Supervisor()
-    pool = ForwarderPool(sup, plan, workers)
+    pool = ForwarderPool(sup, plan, workers, accept=accept)
     tasks: set[asyncio.Task[None]] = set()
 
     async def handle(msg: dict[str, Any]) -> None:
@@ -179,7 +183,8 @@ class _ReplyReader(asyncio.Protocol):
 class ForwarderProcess:
     """`lbbench serve dnat --plan-json ...` under the supervisor, with its control pipe."""
 
-    def __init__(self, supervisor: Supervisor, plan: ForwarderPlan, name: str = "userspace-dnat") -> None:
+    def __init__(self, supervisor: Supervisor, plan: ForwarderPlan, name: str = "userspace-dnat",
+                 ) -> None:
         self.supervisor = supervisor
         self.plan = plan
         self.name = name
@@ -196,7 +201,8 @@ class ForwarderProcess:
         """Spawn; return the bound listener addresses once every listener accepts."""
         loop = asyncio.get_running_loop()
         argv = lbbench_argv("serve", "dnat", "--plan-json", self.plan.to_json())
-        self.child = self.supervisor.spawn(self.name, argv, stdout=subprocess.PIPE)
+        fds = (*self.plan.listen_fds, self.plan.loads_fd) if self.plan.listen_fds else ()
+        self.child = self.supervisor.spawn(self.name, argv, stdout=subprocess.PIPE, pass_fds=fds)
         assert self.child.popen.stdout is not None
         # Own a dup of the pipe: the transport closes its file, the Popen keeps its own.
         pipe = os.fdopen(os.dup(self.child.popen.stdout.fileno()), "rb", buffering=0)
@@ -267,26 +273,31 @@ def merge_counters(parts: Sequence[Mapping[str, float]]) -> dict[str, float]:
 
 
 class ForwarderPool:
-    """N forwarder processes sharing every listener (SO_REUSEPORT when N > 1)."""
+    """N forwarder processes sharing every listener (one inherited socket, or SO_REUSEPORT; see above)."""
 
     def __init__(self, supervisor: Supervisor, plan: ForwarderPlan, workers: int = 1,
-                 name: str = "userspace-dnat") -> None:
+                 name: str = "userspace-dnat", accept: Accept = "shared") -> None:
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
         self.supervisor = supervisor
         self.plan = plan
         self.workers = workers
         self.name = name
+        self.accept: Accept = accept
         self.processes: list[ForwarderProcess] = []
 
-    def _spawn(self, index: int, plan: ForwarderPlan) -> ForwarderProcess:
+    def _spawn(self, index: int, plan: ForwarderPlan, fds: tuple[int, ...] = (), loads_fd: int = -1
+               ) -> ForwarderProcess:
         name = self.name if self.workers == 1 else f"{self.name}-{index}"
-        process = ForwarderProcess(self.supervisor, plan.for_worker(index, self.workers), name)
+        process = ForwarderProcess(self.supervisor, plan.for_worker(index, self.workers, fds, loads_fd), name)
         self.processes.append(process)
         return process
 
     async def start(self, timeout_s: float = 20.0) -> list[str]:
-        """Worker 0 binds first; the others join on the very ports it got (port 0 in the plan)."""
+        """Shared: bind here, hand every worker the sockets. Reuseport: worker 0 binds first, the
+        others join on the very ports it got (port 0 in the plan)."""
+        if self.workers > 1 and self.accept == "shared":
+            return await self._start_shared(timeout_s)
         try:
             bound = await self._spawn(0, self.plan).start(timeout_s)
             shared = self.plan.bound_to([parse_hostport(b) for b in bound])
@@ -296,6 +307,26 @@ class ForwarderPool:
             await self.stop()
             raise
         return bound
+
+    async def _start_shared(self, timeout_s: float) -> list[str]:
+        from lbbench.frontends.dnat.accept import create_loads
+
+        socks = _listen(self.plan, self.name)
+        loads_fd = create_loads(self.workers)
+        try:
+            bound = [HostPort(*s.getsockname()[:2]) for s in socks]
+            plan = self.plan.bound_to(bound)
+            fds = tuple(s.fileno() for s in socks)
+            await asyncio.gather(*(self._spawn(i, plan, fds, loads_fd).start(timeout_s)
+                                   for i in range(self.workers)))
+        except BaseException:
+            await self.stop()
+            raise
+        finally:
+            for s in socks:  # the workers hold their own copies
+                s.close()
+            os.close(loads_fd)
+        return [str(b) for b in bound]
 
     async def request(self, message: dict[str, Any], timeout_s: float = 5.0) -> list[Reply]:
         if not self.processes:
@@ -318,3 +349,23 @@ class ForwarderPool:
     async def stop(self) -> None:
         processes, self.processes = self.processes, []
         await asyncio.gather(*(p.stop() for p in processes))
+
+
+def _listen(plan: ForwarderPlan, name: str) -> list[socket.socket]:
+    """One listening socket per listener of `plan`, for the workers to inherit (ForwarderFailed if one is taken)."""
+    socks: list[socket.socket] = []
+    lst = None
+    try:
+        for lst in plan.listeners:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            socks.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((lst.addr.host, lst.addr.port))
+            sock.listen(4096)
+            sock.set_inheritable(True)
+    except OSError as e:
+        for s in socks:
+            s.close()
+        where = f" on {lst.addr}" if lst is not None else ""
+        raise ForwarderFailed(f"{name}: cannot listen{where}: {(e.strerror or str(e)).lower()}") from None
+    return socks

@@ -21,7 +21,7 @@ from scipy.stats import chisquare
 from lbbench.cluster.standalone import fresh_ip, start_pod, wait_port
 from lbbench.frontends.base import FrontendPlan
 from lbbench.frontends.dnat.frontend import ForwarderPlan, UserspaceDnat, entrypoint_of, forwarder_plan
-from lbbench.frontends.dnat.plan import Listener
+from lbbench.frontends.dnat.plan import Accept, Listener
 from lbbench.frontends.dnat.relay import Forwarder, Table, _ClientSide
 from lbbench.frontends.dnat.worker import ForwarderFailed, ForwarderPool, merge_counters
 from lbbench.model.addresses import HostPort, parse_hostport
@@ -342,11 +342,12 @@ def _echo_round_trips(addr: HostPort, n: int) -> int:
     return ok
 
 
-def test_workers_share_a_port_zero_listener(echo_backend: HostPort) -> None:
+@pytest.mark.parametrize("accept", ["shared", "reuseport"])
+def test_workers_share_a_port_zero_listener(echo_backend: HostPort, accept: Accept) -> None:
     async def body() -> tuple[HostPort, int, list[dict[str, float]], dict[str, float], list[int]]:
         sup = Supervisor()
         plan = ForwarderPlan((Listener(HostPort(fresh_ip(), 0), "t"),), (("t", (echo_backend,)),), seed=5)
-        pool = ForwarderPool(sup, plan, workers=2)
+        pool = ForwarderPool(sup, plan, workers=2, accept=accept)
         try:
             addr = parse_hostport((await pool.start())[0])
             ok = await asyncio.to_thread(_echo_round_trips, addr, 60)
@@ -359,9 +360,49 @@ def test_workers_share_a_port_zero_listener(echo_backend: HostPort) -> None:
     addr, ok, per_worker, total, pids = asyncio.run(body())
     assert addr.port != 0 and ok == 60
     assert len(set(pids)) == 2
-    # the kernel hashes each new connection to one of the two sockets: both get some
+    # reuseport: the kernel hashes each new connection to one of the two sockets; shared: the
+    # least loaded accepts (both at 0 between these one-at-a-time connections): both get some
     assert all(w["connections_total"] > 0 for w in per_worker), per_worker
     assert total["connections_total"] == 60 and total["workers"] == 2
+
+
+def test_shared_listener_spreads_a_burst_evenly(echo_backend: HostPort) -> None:
+    """16 connections at once (wrk's start) over 2 workers: the least loaded accepts each, so 8/8.
+
+    SO_REUSEPORT's hash split the same bursts from 8/8 to 4/12, and a plain shared socket (the
+    first woken worker takes the whole queue) up to 16/0. Slack of 2 for a worker not scheduled
+    within the 20 ms it is waited for on a loaded machine.
+    """
+    async def body() -> list[list[float]]:
+        sup = Supervisor()
+        plan = ForwarderPlan((Listener(HostPort(fresh_ip(), 0), "t"),), (("t", (echo_backend,)),))
+        pool = ForwarderPool(sup, plan, workers=2, accept="shared")
+        splits = []
+        try:
+            addr = parse_hostport((await pool.start())[0])
+            for _ in range(3):
+                conns = [socket.socket() for _ in range(16)]
+                for c in conns:
+                    c.setblocking(False)
+                    c.connect_ex((addr.host, addr.port))
+                deadline = time.monotonic() + 10
+                while True:
+                    active = [(await p.counters())["connections_active"] for p in pool.processes]
+                    if sum(active) == 16 or time.monotonic() > deadline:
+                        break
+                    await asyncio.sleep(0.05)
+                splits.append(active)
+                for c in conns:
+                    c.close()
+                while sum([(await p.counters())["connections_active"] for p in pool.processes]) > 0:
+                    await asyncio.sleep(0.05)
+        finally:
+            await pool.stop()
+            await sup.aclose()
+        return splits
+
+    splits = asyncio.run(body())
+    assert all(sum(s) == 16 and abs(s[0] - s[1]) <= 2 for s in splits), splits
 
 
 def test_frontend_with_workers_sends_updates_to_all(echo_backend: HostPort) -> None:
@@ -445,7 +486,7 @@ def test_frontend_start_says_why_its_forwarder_failed() -> None:
 
     with socket.create_server((fresh_ip(), 0)) as taken:
         host, port = taken.getsockname()[:2]
-        with pytest.raises(ForwarderFailed, match=r"userspace-dnat-0: cannot listen.*address already in use"):
+        with pytest.raises(ForwarderFailed, match=r"userspace-dnat: cannot listen.*address already in use"):
             asyncio.run(body(HostPort(host, port)))
 
 
