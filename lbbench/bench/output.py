@@ -99,7 +99,8 @@ def scale_table(group: dict[str, Any]) -> Table:
 
 
 def ratio_table(doc: dict[str, Any]) -> Table:
-    t = Table(title="ratios (paired round by round; > 1 = lbbench faster)", title_justify="left")
+    t = Table(title="ratios, paired round by round: CPU per request first (< 1 = cheaper), then req/s (> 1 = faster)",
+              title_justify="left")
     for col in ("ratio", "median", "min", "max", "goal"):
         t.add_column(col, justify="left" if col == "ratio" else "right")
     notes = doc.get("ratio_notes", {})
