@@ -11,10 +11,13 @@ def test_doctor_reports_every_front_end_with_a_reason() -> None:
     proc = subprocess.run(lbbench_argv("doctor", "--json"), capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
-    for name in ("userspace-dnat", "kernel-nftables", "l7-proxy", "haproxy", "haproxy-tcp", "nginx", "httpd"):
+    for name in ("userspace-dnat", "kernel-nftables", "ebpf-socketlb", "l7-proxy", "haproxy", "haproxy-tcp", "nginx",
+                 "httpd"):
         entry = result[f"frontend {name}"]
         assert isinstance(entry["ok"], bool) and entry["detail"]
     assert result["uvloop"]["ok"] is True
+    ebpf = result["ebpf (root, libbpf, cgroup v2)"]  # what ebpf-socketlb needs, or which of it is missing
+    assert ebpf["ok"] == result["frontend ebpf-socketlb"]["ok"] and ebpf["detail"]
     # what doctor says about a peer agrees with what is on PATH
     has_haproxy = shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin")
     assert result["haproxy"]["ok"] == bool(has_haproxy)
