@@ -17,10 +17,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=Path,
         help="where to write compare.md, compare.json, latency_cdf.png (default: ./compare-<A>-vs-<B>/)",
     )
+    p.add_argument("--fail-if-worse", type=float, metavar="PCT",
+                   help="regression gate: exit 3 when B is worse than A by more than PCT percent on a latency, "
+                   "error or failover metric (beyond both 95%% intervals when known), or has errors where A had none")
 
 
 def run(args: argparse.Namespace) -> int:
-    from lbbench.report.compare import compare, default_out, table, write_compare
+    from lbbench.report.compare import compare, default_out, table, worse, write_compare
     from lbbench.report.markdown import plain_table
 
     c = compare(args.a, args.b)
@@ -41,4 +44,9 @@ def run(args: argparse.Namespace) -> int:
     if paths.cdf is not None:
         print(f"plot: {paths.cdf}")
     print(paths.markdown)
-    return 0
+    if args.fail_if_worse is None:
+        return 0
+    regressions = worse(c, args.fail_if_worse)
+    for line in regressions:
+        print(f"lbbench compare: worse by more than {args.fail_if_worse:g}%: {line}", file=sys.stderr)
+    return 3 if regressions else 0

@@ -18,6 +18,7 @@ from lbbench.report.doc import Table
 from lbbench.report.loader import FrontendStats, Results, load_results
 from lbbench.report.metrics import Metric, Value, frontend_metrics
 from lbbench.results.atomic import replace_atomically, write_text_atomically
+from lbbench.results.uncertainty import Interval
 
 # (label, how to read it) of what should match for a like-for-like comparison
 LIKE_FOR_LIKE: tuple[tuple[str, Callable[[Results], object]], ...] = (
@@ -25,7 +26,6 @@ LIKE_FOR_LIKE: tuple[tuple[str, Callable[[Results], object]], ...] = (
     ("seed", lambda r: r.metadata.get("seed")),
     ("duration per phase (s)", lambda r: r.duration_s),
     ("rates (rps)", lambda r: list(r.rates)),
-    ("load", lambda r: r.config.get("load")),
     ("host", lambda r: r.metadata.get("hostname")),
     ("CPUs", lambda r: r.metadata.get("cpu_count")),
     ("lbbench version", lambda r: r.metadata.get("lbbench_version")),
@@ -99,12 +99,29 @@ def _frontend(name: str, fa: FrontendStats | None, fb: FrontendStats | None) -> 
     return FrontendComparison(name, fa, fb, rows)
 
 
+def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, dict):
+        return {prefix: d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def config_differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    """'config load.arrivals differs: A poisson, B constant', one per resolved config key that differs."""
+    fa, fb = _flat(a), _flat(b)
+    keys = [k for k in dict.fromkeys([*fa, *fb]) if k != "name" and fa.get(k) != fb.get(k)]
+    return [f"config {k} differs: A {fa.get(k, 'absent')}, B {fb.get(k, 'absent')}" for k in keys]
+
+
 def notes(a: Results, b: Results) -> list[str]:
     out = []
     for label, get in LIKE_FOR_LIKE:
         va, vb = get(a), get(b)
         if va != vb:
             out.append(f"{label} differs: A {va}, B {vb}")
+    out += config_differences(a.config, b.config)
     for r, tag in ((a, "A"), (b, "B")):
         if not r.complete:
             out.append(f"{tag} ({r.folder.name}) was cut short (complete: false)")
@@ -129,12 +146,46 @@ def _pct(p: Value) -> str:
     return "–" if p is None else f"{p:+.1f}%".replace("-", "−")
 
 
+def _ci(f: FrontendStats | None, key: str) -> Interval | None:
+    stat = key.removeprefix("latency_s.")
+    return f.latency_ci.get(stat) if f is not None and key.startswith("latency_s.") else None
+
+
+def _cell(r: Row, f: FrontendStats | None, v: Value) -> str:
+    if f is None:
+        return "absent"
+    iv = _ci(f, r.metric.key)
+    return r.metric.fmt(v) + (f" [{r.metric.fmt(max(0.0, iv.lo))}, {r.metric.fmt(iv.hi)}]" if iv else "")
+
+
+def worse(c: Comparison, pct: float) -> list[str]:
+    """Metrics where B is worse than A by more than `pct` percent, beyond their 95% intervals when known.
+
+    A lower-is-better metric that was 0 in A and is not in B (errors, lost) is worse whatever `pct`.
+    """
+    out = []
+    for fc in c.frontends:
+        if fc.a is None or fc.b is None:
+            continue
+        for r in fc.rows:
+            if r.metric.lower_is_better is not True or r.a is None or r.b is None or r.metric.key.startswith("cpu_s"):
+                continue
+            ia, ib = _ci(fc.a, r.metric.key), _ci(fc.b, r.metric.key)
+            if ia is not None and ib is not None and ib.lo <= ia.hi:
+                continue  # the intervals overlap: not a difference this run length can show
+            grew = r.a == 0 and r.b > 0 and r.metric.key.startswith(("errors", "lost"))
+            if grew or (r.delta_pct is not None and r.delta_pct > pct):
+                out.append(f"{fc.name} {r.metric.label}: {r.metric.fmt(r.a)} -> {r.metric.fmt(r.b)} "
+                           f"({_pct(r.delta_pct)})")
+    return out
+
+
 def table(fc: FrontendComparison) -> Table:
     rows = tuple(
         (
             r.metric.label,
-            r.metric.fmt(r.a) if fc.a else "absent",
-            r.metric.fmt(r.b) if fc.b else "absent",
+            _cell(r, fc.a, r.a),
+            _cell(r, fc.b, r.b),
             _signed(r.metric, r.delta),
             _pct(r.delta_pct),
         )
@@ -143,7 +194,8 @@ def table(fc: FrontendComparison) -> Table:
     return Table(
         (fc.name, "A", "B", "Δ (B − A)", "Δ %"),
         rows,
-        caption="Latency in ms (successful requests, from the intended send time); Δ % relative to A.",
+        caption="Latency in ms (successful requests, from the intended send time) [95% interval, batch means]; "
+        "Δ % relative to A.",
     )
 
 

@@ -16,6 +16,7 @@ import pandas as pd
 
 from lbbench.errors import UserError
 from lbbench.results.files import read_summary
+from lbbench.results.uncertainty import STATS, Interval, from_json
 
 # requests.parquet columns the report uses (read only these: a long run has millions of rows)
 REQUEST_COLUMNS = (
@@ -73,6 +74,7 @@ class FrontendStats:
     spread: dict[str, Any] = field(default_factory=dict)
     zero_load: dict[str, Any] = field(default_factory=dict)  # the path's cost at zero load (lbbench.run.zeroload)
     host_cpu: dict[str, float] = field(default_factory=dict)  # hypervisor steal (lbbench.system.hoststat)
+    latency_ci: dict[str, Interval | None] = field(default_factory=dict)  # 2xx, 95% batch means (latency_ci_s)
     ran_s: float | None = None  # seconds the load ran (less than the duration if cut short); None: older folder
 
     @property
@@ -283,6 +285,7 @@ def frontend_stats(name: str, d: dict[str, Any]) -> FrontendStats:
         zero_load=dict(d.get("zero_load") or {}),
         host_cpu={str(k): float(v) for k, v in (d.get("host_cpu") or {}).items() if _num(v) is not None},
         ran_s=_num(d.get("ran_s")),
+        latency_ci={k: from_json(v) for k, v in (d.get("latency_ci_s") or {}).items() if k in STATS},
     )
 
 

@@ -96,3 +96,27 @@ def test_bad_folder_exits_2(
     assert main(["compare", str(a), str(tmp_path / "missing"), "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err
     assert "no such folder" in err and len(err.strip().splitlines()) == 1
+
+
+def test_fail_if_worse_is_a_regression_gate_and_differing_keys_are_named(
+    pair: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    a, _ = pair
+    same, slower = tmp_path / "same", tmp_path / "slower"
+    shutil.copytree(a, same)
+    shutil.copytree(a, slower)
+    assert main(["compare", str(a), str(same), "--out", str(tmp_path / "o1"), "--fail-if-worse", "10"]) == 0
+    data = json.loads((slower / "summary.json").read_text())
+    fe = data["frontends"]["l7-proxy"]
+    fe["latency_s"]["p99"] *= 2  # twice as slow, the interval moved with it: a real regression
+    if fe["latency_ci_s"]["p99"] is not None:
+        fe["latency_ci_s"]["p99"] = {k: v * 2 if k != "batches" else v for k, v in fe["latency_ci_s"]["p99"].items()}
+    fe["errors"] = {"refused": 5}  # errors where A had none
+    data["config"]["load"]["arrivals"] = "constant"
+    (slower / "summary.json").write_text(json.dumps(data))
+    capsys.readouterr()
+    assert main(["compare", str(a), str(slower), "--out", str(tmp_path / "o2"), "--fail-if-worse", "10"]) == 3
+    err = capsys.readouterr().err
+    assert "note: config load.arrivals differs: A poisson, B constant" in err
+    assert "worse by more than 10%: l7-proxy latency p99 (ms)" in err and "+100.0%" in err
+    assert "worse by more than 10%: l7-proxy errors" in err
