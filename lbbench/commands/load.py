@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING, Any
 
 from lbbench.errors import UserError
 from lbbench.results.atomic import replace_atomically, write_text_atomically
-from lbbench.results.writer import writable_folder
 
 if TYPE_CHECKING:
     from lbbench.load.generator import LoadResult
@@ -80,6 +79,8 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--start-at must be a unix time in seconds, got {args.start_at}")
     except ValueError as e:
         raise UserError(str(e)) from None
+    from lbbench.results.writer import writable_folder  # pandas: only when a command runs, not for every child
+
     out = writable_folder(Path(args.out)) if args.out else None  # before any request is sent
 
     result = run_load(spec, start_at_unix=args.start_at)
