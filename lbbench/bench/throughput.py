@@ -194,8 +194,12 @@ async def start_peers(names: Sequence[str], sup: Supervisor, backend: HostPort, 
             run.skipped[name] = f"failed to start: {_one_line(e)}"
             log(f"{layer}: {name} skipped: {run.skipped[name]}")
     for t in run.targets:
-        if t.client_wrap is None:  # a socket-level balancer's client connects to the pod itself: no route of its own
+        if t.client_wrap is None:
             t.client_source = await own_source(sup, t.addr)
+    direct = next((t.client_source for t in run.targets if t.addr == backend), None)
+    for t in run.targets:
+        if t.client_wrap is not None:  # a socket-level balancer's client connects to the pod itself: the pod's route
+            t.client_source = direct
     return run
 
 

@@ -80,8 +80,11 @@ def test_bench_runs_and_writes_bench_json(tmp_path: Path) -> None:
     l4 = assert_peers(doc["groups"]["l4"], L4_PEERS, "l4")
     close = assert_peers(doc["groups"]["l4_close"], L4_PEERS, "l4_close")
     if m["in_private_netns"] and shutil.which("ip", path="/usr/sbin:/usr/bin:/sbin:/bin"):
-        sources = [doc["groups"]["l4_close"]["peers"][n]["client_source"] for n in close if n != "ebpf-socketlb"]
+        peers = doc["groups"]["l4_close"]["peers"]
+        sources = [peers[n]["client_source"] for n in close if n != "ebpf-socketlb"]
         assert None not in sources and len(set(sources)) == len(sources)  # each peer's client its own source
+        if "ebpf-socketlb" in close and "direct" in close:  # it connects to the pod itself, as direct does
+            assert peers["ebpf-socketlb"]["client_source"] == peers["direct"]["client_source"]
     assert "ebpf-socketlb" in L4_PEERS  # measured, or skipped with the reason (not root, no libbpf, ...)
     l7 = assert_peers(doc["groups"]["l7"], L7_PEERS, "l7")
     assert "direct" in l4 and "direct" in l7 and "userspace-dnat" in l4 and "l7-proxy" in l7
