@@ -39,11 +39,13 @@ L4_PEERS = ("direct", "userspace-dnat", "haproxy-tcp", "kernel-nftables", "ebpf-
 L7_PEERS = ("direct", "l7-proxy", "haproxy", "nginx", "httpd")
 SERVICE_PORT = 8080  # >= 1024: no root needed outside lbbench's namespace
 START_TIMEOUT_S = 30.0
-# userspace-dnat worker processes: one per usable CPU, as HAProxy 2.6's default nbthread (like for like)
+# userspace-dnat and l7-proxy worker processes: one per usable CPU, as HAProxy 2.6's default nbthread
+# (like for like: cores against cores)
 DNAT_WORKERS = len(os.sched_getaffinity(0))
 READY_TIMEOUT_S = 10.0
-# Throughput, not queueing, is measured: no per-backend limit, so nothing waits in a proxy's queue.
-L7_SETTINGS = ProxySettings(maxconn=0)
+# Throughput, not queueing, is measured: no per-backend limit, so nothing waits in a proxy's queue,
+# and one queue per worker changes nothing (see lbbench.frontends.proxy.workers).
+L7_SETTINGS = ProxySettings(maxconn=0, workers=DNAT_WORKERS)
 
 Pids = Callable[[], list[int]]
 Wrap = Callable[[list[str]], list[str]]

@@ -438,6 +438,7 @@ def _proxy(t: Table) -> ProxySettings:
         server_timeout_s=t.duration("server_timeout", d.server_timeout_s, lo=0.001, hi=3600),
         client_timeout_s=t.duration("client_timeout", d.client_timeout_s, lo=0.001, hi=3600),
         health=health,
+        workers=t.integer("workers", d.workers, 1, 64),
     )
     t.done()
     return p

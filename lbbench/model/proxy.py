@@ -33,3 +33,6 @@ class ProxySettings:
     server_timeout_s: float = 30.0
     client_timeout_s: float = 30.0
     health: HealthCheck = HealthCheck()
+    # Proxy processes (l7-proxy only). N > 1: one queue per worker (N whole proxies on one listening
+    # socket), not M/M/c; for throughput benchmarks. Theory models the single central queue (1).
+    workers: int = 1

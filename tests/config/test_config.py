@@ -83,6 +83,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
                   "percent = 150\n[run]", "events[0].percent", "100"),
         ("[run]", "[[events]]\nat = \"1s\"\naction = \"partition\"\ntarget = \"node/node-1\"\n"
                   "duration = \"soon\"\n[run]", "events[0].duration", "expected a duration"),
+        ("[run]", "[proxy]\nworkers = 0\n[run]", "proxy.workers", ">= 1"),
     ],
 )
 def test_bad_config_exits_2_with_key_path(tmp_path: Path, old: str, new: str, key_path: str,
@@ -116,6 +117,7 @@ def test_defaults_filled_in(tmp_path: Path) -> None:
     assert c.services[0].target_port == 8080
     assert c.run.endpoint_sync_delay_s == 1.0
     assert c.load.rates_rps == (50.0,)
+    assert c.proxy.workers == 1  # the single central queue the theory models
 
 
 @pytest.mark.parametrize("config", sorted(Path("configs").glob("*.toml")), ids=lambda p: p.name)

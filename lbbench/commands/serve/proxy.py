@@ -7,6 +7,7 @@ The flags override a plan's ProxySettings field by field; the proxy itself
 from __future__ import annotations
 
 import argparse
+import socket
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -17,13 +18,14 @@ from lbbench.model.proxy import BALANCES
 if TYPE_CHECKING:
     from lbbench.frontends.proxy.config import ProxyConfig
     from lbbench.frontends.proxy.discovery import DiscoverySettings
+    from lbbench.system.sharedaccept import Loads
 
 # Flags that override ProxySettings (None: keep the plan's or the default value).
 _SETTING_FLAGS = {
     "maxconn": "maxconn", "max_queue": "max_queue", "queue_timeout": "queue_timeout_s", "balance": "balance",
     "retries": "retries", "retry_idempotent": "retry_idempotent", "eject_after": "eject_after",
     "connect_timeout": "connect_timeout_s", "server_timeout": "server_timeout_s",
-    "client_timeout": "client_timeout_s",
+    "client_timeout": "client_timeout_s", "workers": "workers",
 }
 _HEALTH_FLAGS = {"health_interval": "interval_s", "health_timeout": "timeout_s", "health_fall": "fall",
                  "health_rise": "rise", "health_path": "path"}
@@ -68,7 +70,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-remote", action="store_true",
                    help="accept a --listen address and backends outside 127.0.0.0/8 (only in a container on a "
                         "real cluster; lbbench is loopback-only otherwise)")
+    p.add_argument("--workers", type=int, metavar="N",
+                   help="proxy processes sharing the listening socket, the least loaded accepting (default 1). "
+                        "Each is a whole proxy with its own queue and maxconn slots: one queue per worker, not "
+                        "M/M/c; for throughput benchmarks (lbbench's theory models one central queue)")
     p.add_argument("--no-control", action="store_true", help="do not read control messages from stdin")
+    p.add_argument("--worker-of", help=argparse.SUPPRESS)  # set by the --workers manager for its workers
 
 
 def run(args: argparse.Namespace) -> int:
@@ -80,10 +87,39 @@ def run(args: argparse.Namespace) -> int:
     die_with_parent()
     config = proxy_config(args)
     try:
-        uvloop.run(serve(config, control=not args.no_control))
+        if args.worker_of is not None:
+            uvloop.run(serve(config, control=not args.no_control, shared=_shared(args.worker_of)))
+        elif config.settings.workers > 1:
+            from lbbench.frontends.proxy.workers import serve_workers
+
+            uvloop.run(serve_workers(config, config.settings.workers, _worker_argv(),
+                                     control=not args.no_control))
+        else:
+            uvloop.run(serve(config, control=not args.no_control))
     except OSError as e:
         raise UserError(f"cannot listen on {config.listen} / {config.stats}: {e.strerror or e}") from None
     return 0
+
+
+def _worker_argv() -> list[str]:
+    """This very command line, for the workers (they add the socket they inherit and their stats port)."""
+    import sys
+
+    from lbbench.system.procs import lbbench_argv
+
+    args = sys.argv[1:]
+    if args[:2] != ["serve", "proxy"]:
+        raise UserError("--workers: run as `lbbench serve proxy ...`")
+    return lbbench_argv(*args)
+
+
+def _shared(worker_of: str) -> tuple[socket.socket, Loads]:
+    """The listening socket and the loads array a worker inherits from its manager."""
+    from lbbench.frontends.proxy.workers import parse_worker_of
+    from lbbench.system.sharedaccept import Loads
+
+    listen_fd, loads_fd, index, workers = parse_worker_of(worker_of)
+    return socket.socket(fileno=listen_fd), Loads(loads_fd, workers, index)
 
 
 def proxy_config(args: argparse.Namespace) -> ProxyConfig:

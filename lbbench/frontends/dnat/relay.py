@@ -27,7 +27,7 @@ from lbbench.frontends.dnat.plan import ForwarderPlan
 from lbbench.model.addresses import HostPort
 
 if TYPE_CHECKING:
-    from lbbench.frontends.dnat.accept import SharedAcceptor
+    from lbbench.system.sharedaccept import SharedAcceptor
 
 PENDING_MAX = 64 * 1024  # client bytes held while the pod connection is being set up
 _LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST
@@ -275,7 +275,8 @@ class Forwarder:
 
     def _accept_shared(self) -> list[HostPort]:
         """Listening sockets inherited from the pool, shared with the other workers (see .accept)."""
-        from lbbench.frontends.dnat.accept import Loads, SharedAcceptor, SharedCounters  # it builds on Counters
+        from lbbench.frontends.dnat.accept import SharedCounters  # it builds on Counters
+        from lbbench.system.sharedaccept import Loads, SharedAcceptor
 
         loads = Loads(self.plan.loads_fd, self.plan.workers, self.plan.worker)
         self.counters = SharedCounters(loads)

@@ -33,6 +33,7 @@ from lbbench.frontends.dnat.relay import Forwarder
 from lbbench.model.addresses import HostPort, parse_hostport, require_loopback
 from lbbench.model.service import Endpoint
 from lbbench.system.procs import Child, Supervisor, lbbench_argv
+from lbbench.system.sharedaccept import listen_socket
 
 Reply = dict[str, Any]
 _MIN_KEYS = ("endpoint_updates_total",)  # every worker applies each update: count it once
@@ -309,7 +310,7 @@ class ForwarderPool:
         return bound
 
     async def _start_shared(self, timeout_s: float) -> list[str]:
-        from lbbench.frontends.dnat.accept import create_loads
+        from lbbench.system.sharedaccept import create_loads
 
         socks = _listen(self.plan, self.name)
         loads_fd = create_loads(self.workers)
@@ -357,12 +358,7 @@ def _listen(plan: ForwarderPlan, name: str) -> list[socket.socket]:
     lst = None
     try:
         for lst in plan.listeners:
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            socks.append(sock)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((lst.addr.host, lst.addr.port))
-            sock.listen(4096)
-            sock.set_inheritable(True)
+            socks.append(listen_socket(lst.addr.host, lst.addr.port))
     except OSError as e:
         for s in socks:
             s.close()

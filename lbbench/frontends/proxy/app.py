@@ -13,6 +13,7 @@ import contextlib
 import json
 import random
 import signal
+import socket
 import sys
 import time
 from typing import Any
@@ -26,14 +27,38 @@ from lbbench.frontends.proxy.route import Router
 from lbbench.frontends.proxy.stats import StatsProtocol, document
 from lbbench.frontends.proxy.upstream import UpstreamConnection
 from lbbench.system.control import Message, attach_stdin_control
+from lbbench.system.sharedaccept import Loads, SharedAcceptor
 
 _CLASSES = ("responses_other", "responses_1xx", "responses_2xx", "responses_3xx", "responses_4xx",
             "responses_5xx")
 
 
+class CountedClients(set[ClientConnection]):
+    """The open client connections, their number published to the sibling workers (sharedaccept)."""
+
+    def __init__(self, loads: Loads) -> None:
+        super().__init__()
+        self.loads = loads
+
+    def add(self, c: ClientConnection) -> None:
+        if c not in self:
+            super().add(c)
+            self.loads.mine += 1
+
+    def discard(self, c: object) -> None:
+        if c in self:
+            super().discard(c)
+            self.loads.mine -= 1
+
+
 class ProxyApp:
-    def __init__(self, config: ProxyConfig) -> None:
+    """One proxy process. With `shared` (a listening socket and the workers' loads) it is one of
+    `lbbench serve proxy --workers N`'s workers, accepting while it is the least loaded."""
+
+    def __init__(self, config: ProxyConfig, shared: tuple[socket.socket, Loads] | None = None) -> None:
         self.config = config
+        self.shared = shared
+        self._acceptor: SharedAcceptor | None = None
         self.c: collections.Counter[str] = collections.Counter()  # rare events; the hot ones are plain ints:
         self.client_requests = 0
         self.responses = [0] * 10  # by status // 100 (statuses have 3 digits); 0 and 6-9 are "other"
@@ -83,10 +108,17 @@ class ProxyApp:
             default = self.pools[cfg.default_service] if cfg.default_service else None
             self.router = Router([(s.dns_name, "/", self.pools[s.key]) for s in cfg.services], default)
         loop = asyncio.get_running_loop()
-        server = await loop.create_server(lambda: ClientConnection(self), cfg.listen.host, cfg.listen.port,
-                                          backlog=4096, reuse_address=True)
-        self._servers.append(server)
-        self.listen = _bound(server)
+        if self.shared is not None:
+            sock, loads = self.shared
+            self.clients = CountedClients(loads)
+            self._acceptor = SharedAcceptor(sock, loads, lambda: ClientConnection(self))
+            host, port = sock.getsockname()[:2]
+            self.listen = f"{host}:{port}"
+        else:
+            server = await loop.create_server(lambda: ClientConnection(self), cfg.listen.host, cfg.listen.port,
+                                              backlog=4096, reuse_address=True)
+            self._servers.append(server)
+            self.listen = _bound(server)
         if cfg.stats is not None:
             stats = await loop.create_server(lambda: StatsProtocol(self.snapshot), cfg.stats.host, cfg.stats.port,
                                              reuse_address=True)
@@ -135,6 +167,8 @@ class ProxyApp:
         """Stop accepting, let requests in progress finish (up to `grace_s`), then close everything."""
         for server in self._servers:
             server.close()
+        if self._acceptor is not None:
+            self._acceptor.close()
         if self.discovery is not None:
             await self.discovery.stop()
         deadline = time.monotonic() + grace_s
@@ -165,10 +199,11 @@ def _bound(server: asyncio.Server) -> str:
     return f"{host}:{port}"
 
 
-async def serve(config: ProxyConfig, *, control: bool = True) -> None:
+async def serve(config: ProxyConfig, *, control: bool = True,
+                shared: tuple[socket.socket, Loads] | None = None) -> None:
     """Run the proxy until SIGTERM/SIGINT; announce readiness as one JSON line on stdout."""
     loop = asyncio.get_running_loop()
-    app = ProxyApp(config)
+    app = ProxyApp(config, shared)
     await app.start()
     if control:
         attach_stdin_control(loop, app.on_control)

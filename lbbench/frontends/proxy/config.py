@@ -113,6 +113,7 @@ def validate_settings(s: ProxySettings) -> None:
         _positive(name, getattr(s, name), zero_ok=True)
     for name in ("queue_timeout_s", "connect_timeout_s", "server_timeout_s", "client_timeout_s"):
         _positive(name.removesuffix("_s"), getattr(s, name))
+    _positive("workers", s.workers)
     _positive("health_interval", s.health.interval_s, zero_ok=True)
     _positive("health_timeout", s.health.timeout_s)
     _positive("health_fall", s.health.fall)

@@ -73,7 +73,7 @@ class L7Proxy(Frontend):
         write_private(self.plan_file, plan_to_json(self.plan))
         argv = lbbench_argv("serve", "proxy", "--plan", str(self.plan_file), "--stats", f"{self.plan.ingress_ip}:0")
         self.child = self.supervisor.spawn("l7-proxy", argv, stdout=subprocess.PIPE)
-        ready = await _read_ready(self.child, READY_TIMEOUT_S)
+        ready = await read_ready(self.child, READY_TIMEOUT_S)
         self.listen = parse_hostport(ready["listen"])
         self.stats_addr = parse_hostport(ready["stats"])
 
@@ -133,21 +133,12 @@ class L7Proxy(Frontend):
     async def _get_stats(self, addr: HostPort) -> dict[str, Any]:
         if self._stats_conn is None:
             self._stats_conn = await asyncio.open_connection(addr.host, addr.port)
-        reader, writer = self._stats_conn
-        writer.write(b"GET /stats HTTP/1.1\r\nHost: stats\r\n\r\n")
-        head = await reader.readuntil(b"\r\n\r\n")
-        length = 0
-        for line in head.split(b"\r\n")[1:]:
-            name, _, value = line.partition(b":")
-            if name.strip().lower() == b"content-length":
-                length = int(value)
-        doc = json.loads(await reader.readexactly(length))
-        if not isinstance(doc, dict):
-            raise ValueError("stats document is not an object")
-        return doc
+        from lbbench.frontends.proxy.stats import fetch
+
+        return await fetch(*self._stats_conn)
 
 
-async def _read_ready(child: Child, timeout_s: float) -> dict[str, Any]:
+async def read_ready(child: Child, timeout_s: float, name: str = "l7-proxy") -> dict[str, Any]:
     """Wait for the proxy's one-line JSON readiness announcement on its stdout."""
     pipe = child.popen.stdout
     assert pipe is not None
@@ -170,7 +161,7 @@ async def _read_ready(child: Child, timeout_s: float) -> dict[str, Any]:
     try:
         line = await asyncio.wait_for(done, timeout_s)
     except TimeoutError:
-        raise RuntimeError(f"l7-proxy did not become ready within {timeout_s:g} s") from None
+        raise RuntimeError(f"{name} did not become ready within {timeout_s:g} s") from None
     finally:
         loop.remove_reader(fd)
         with contextlib.suppress(OSError):
@@ -181,5 +172,5 @@ async def _read_ready(child: Child, timeout_s: float) -> dict[str, Any]:
         ready = None
     if not isinstance(ready, dict) or ready.get("event") != "ready":
         code = child.poll()
-        raise RuntimeError(f"l7-proxy failed to start (exit code {code}); see its stderr above")
+        raise RuntimeError(f"{name} failed to start (exit code {code}); see its stderr above")
     return ready

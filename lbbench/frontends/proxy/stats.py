@@ -112,11 +112,13 @@ class StatsProtocol(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         path, self.url = self.url.split(b"?", 1)[0], b""
-        keep = self.parser.should_keep_alive()
+        self.reply(path, self.parser.should_keep_alive(), self.snapshot)
+
+    def reply(self, path: bytes, keep: bool, snapshot: Callable[[], dict[str, Any]]) -> None:
         if path == b"/stats":
-            body, ctype = json.dumps(self.snapshot()).encode(), b"application/json"
+            body, ctype = json.dumps(snapshot()).encode(), b"application/json"
         elif path == b"/metrics":
-            body, ctype = prometheus(self.snapshot()).encode(), b"text/plain; version=0.0.4"
+            body, ctype = prometheus(snapshot()).encode(), b"text/plain; version=0.0.4"
         else:
             if self.transport is not None:
                 self.transport.write(error_response(404, "try /stats or /metrics", keep_alive=keep))
@@ -137,3 +139,47 @@ def document(app_counters: dict[str, int], services: dict[str, dict[str, Any]], 
         "uptime_s": round(time.monotonic() - started_s, 3), "client_connections": client_connections,
         "totals": totals(app_counters, services), "client": dict(app_counters), "services": services,
     }
+
+
+async def fetch(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> dict[str, Any]:
+    """GET /stats over a kept-alive connection to a proxy's stats port; its document."""
+    writer.write(b"GET /stats HTTP/1.1\r\nHost: stats\r\n\r\n")
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    doc = json.loads(await reader.readexactly(length))
+    if not isinstance(doc, dict):
+        raise ValueError("stats document is not an object")
+    return doc
+
+
+def merge(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The documents of N workers as one proxy's: counts and gauges summed, maxima kept the largest.
+
+    Every worker serves the same Services and backends in the same order (one plan, the same
+    Endpoints updates), so lists (a Service's backends) merge element by element; text (an
+    address, a state) is the first worker's. A backend's state can differ between workers (each
+    checks health on its own): the first worker's is shown.
+    """
+    out = _merge_values(docs)
+    out["pid"] = os.getpid()
+    out["workers"] = [{"pid": d.get("pid"), "client_connections": d.get("client_connections", 0),
+                       "client_requests": d.get("totals", {}).get("client_requests", 0)} for d in docs]
+    return cast(dict[str, Any], out)
+
+
+def _merge_values(values: list[Any]) -> Any:
+    first = values[0]
+    if isinstance(first, dict):
+        keys = list(dict.fromkeys(k for v in values if isinstance(v, dict) for k in v))
+        return {k: (max(vs) if k.endswith("_max_s") or k == "uptime_s" else _merge_values(vs))
+                for k in keys if (vs := [v[k] for v in values if isinstance(v, dict) and k in v])}
+    if isinstance(first, list):
+        return [_merge_values([v[i] for v in values if isinstance(v, list) and i < len(v)])
+                for i in range(len(first))]
+    if isinstance(first, bool) or not isinstance(first, int | float):
+        return first
+    return sum(v for v in values if isinstance(v, int | float))
