@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Literal
 
 from lbbench.config.reader import Table
+from lbbench.config.scale import ScaleConfig, parse_scale
 from lbbench.errors import ConfigError
 from lbbench.model.addresses import LOOPBACK, is_loopback, parse_hostport
 from lbbench.model.checks import Check, parse_check
@@ -173,6 +174,7 @@ class Config:
     run: RunConfig
     proxy: ProxySettings
     report: ReportConfig = ReportConfig()
+    scale: ScaleConfig | None = None  # [scale]: a Service-count sweep instead of the load phases
 
     @property
     def name(self) -> str:
@@ -225,8 +227,9 @@ def parse_config(file: str, raw: dict[str, object]) -> Config:
     load = _load(top.table("load"), services)
     events = tuple(_event(t) for t in top.tables("events"))
     report = _report(top.table("report"), top.table("theory"), top)
+    scale = parse_scale(top.table("scale"))
     top.done()
-    config = Config(file, cluster, workloads, services, ingresses, load, events, run, proxy, report)
+    config = Config(file, cluster, workloads, services, ingresses, load, events, run, proxy, report, scale)
     _cross_check(config, top)
     return config
 

@@ -18,6 +18,7 @@ from lbbench.report.headline import ClientView, per_rate, slo
 from lbbench.report.loader import Results
 from lbbench.report.narrative import answers
 from lbbench.report.plotkit import Plot, PlotSet
+from lbbench.report.scale import scale_sections
 from lbbench.report.steady import steady_rows, tolerance
 from lbbench.report.tables import (
     failover_table,
@@ -139,6 +140,7 @@ def build_document(r: Results, plots: PlotSet, views: Sequence[ClientView] = (),
                    checks: Sequence[CheckResult] = ()) -> Document:
     sections = [Section("Verdict", (Paragraph(" ".join(verdict(views, r.duration_s)), verdict=True),
                                     *_lead(r, views, plots, headline)))]
+    sections += scale_sections(r)  # a Service-count sweep's own section, when the run was one
     if checks:
         sections.append(Section("Checks", (checks_table(checks),)))
     rows, reasons = steady_rows(r)

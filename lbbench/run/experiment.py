@@ -129,7 +129,7 @@ class Experiment:
             self.live.stop()
         self._write(self.complete)
         if not self.unwritten:
-            _report(self.opts.out, self.live)
+            report_folder(self.opts.out, self.live)
         return self.complete
 
     def _warn_before_start(self) -> None:
@@ -164,12 +164,16 @@ class Experiment:
 
 async def run_experiment(config: Config, opts: RunOptions) -> tuple[Path, bool, list[WriteFailure]]:
     """Run every phase; returns the folder, whether the run is complete, and the files not written."""
+    if config.scale is not None:  # a Service-count sweep instead of the load phases
+        from lbbench.run.scale_run import run_scale_experiment
+
+        return await run_scale_experiment(config, opts)
     experiment = Experiment(config, opts)
     complete = await experiment.run()
     return opts.out, complete, experiment.unwritten
 
 
-def _report(out: Path, live: LiveView) -> None:
+def report_folder(out: Path, live: LiveView) -> None:
     """The report is derived from the files; failing to draw must never lose a run's results."""
     from lbbench.report import write_report
 

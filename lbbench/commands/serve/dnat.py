@@ -43,6 +43,18 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _plan_text(value: str) -> str:
+    """The plan itself, or ``@FILE``: the parent's file for a plan too big for one argument (read, removed)."""
+    if not value.startswith("@"):
+        return value
+    from pathlib import Path
+
+    path = Path(value[1:])
+    text = path.read_text()
+    path.unlink(missing_ok=True)
+    return text
+
+
 def forwarder_plan_of(args: argparse.Namespace) -> ForwarderPlan:
     from lbbench.frontends.dnat.plan import ForwarderPlan, Listener
     from lbbench.model.addresses import parse_hostport
@@ -50,7 +62,7 @@ def forwarder_plan_of(args: argparse.Namespace) -> ForwarderPlan:
     if args.workers < 1:
         raise ValueError(f"--workers must be >= 1, got {args.workers}")
     if args.plan_json:
-        return ForwarderPlan.from_json(args.plan_json)
+        return ForwarderPlan.from_json(_plan_text(args.plan_json))
     if not args.listen:
         raise ValueError("--listen VIP:PORT is required")
     listeners = tuple(Listener(parse_hostport(x), "service") for x in args.listen)

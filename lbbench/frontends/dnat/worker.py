@@ -25,6 +25,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -36,6 +37,7 @@ from lbbench.system.procs import Child, Supervisor, lbbench_argv
 from lbbench.system.sharedaccept import listen_socket
 
 Reply = dict[str, Any]
+PLAN_ARG_MAX = 100_000
 _MIN_KEYS = ("endpoint_updates_total",)  # every worker applies each update: count it once
 
 
@@ -201,7 +203,12 @@ class ForwarderProcess:
     async def start(self, timeout_s: float = 20.0) -> list[str]:
         """Spawn; return the bound listener addresses once every listener accepts."""
         loop = asyncio.get_running_loop()
-        argv = lbbench_argv("serve", "dnat", "--plan-json", self.plan.to_json())
+        plan = self.plan.to_json()
+        if len(plan) > PLAN_ARG_MAX:  # one argv string is capped at 128 KiB: thousands of Services go in a file
+            with tempfile.NamedTemporaryFile("w", prefix="lbbench-dnat-plan-", suffix=".json", delete=False) as f:
+                f.write(plan)
+            plan = "@" + f.name  # the child reads and deletes it
+        argv = lbbench_argv("serve", "dnat", "--plan-json", plan)
         fds = (*self.plan.listen_fds, self.plan.loads_fd) if self.plan.listen_fds else ()
         self.child = self.supervisor.spawn(self.name, argv, stdout=subprocess.PIPE, pass_fds=fds)
         assert self.child.popen.stdout is not None

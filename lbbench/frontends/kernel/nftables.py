@@ -23,7 +23,12 @@ per Service new endpoint chains, the Service chain's vmap rule and its map entri
 stale endpoint chains, deleted once nothing points at them. The start is
 one transaction when small; nft cannot raise its netlink buffer inside an unprivileged user
 namespace, so a large table is built in several (the skeleton, then whole Services in
-batches). Each applied file is kept, with its apply time, under ``artifacts_dir/nftables``.
+batches). As real root lbbench's namespace has no user namespace (system.netns) and nft
+raises its buffer itself: the skeleton, then every Service in one transaction, and a sync is
+always one. (nft 1.0.6 itself is slow with tens of thousands of chains: a one-transaction
+start of 10,000 Services takes tens of seconds in the tool, and every later ``nft -f`` first
+reads the table back: that is nft's userspace, not the kernel's lookup.) Each applied file
+is kept, with its apply time, under ``artifacts_dir/nftables``.
 Rules are written only inside lbbench's private namespace.
 """
 
@@ -40,7 +45,7 @@ from lbbench.frontends.dnat.plan import node_port_addrs, validate_service
 from lbbench.frontends.kernel.applier import RulesApplier
 from lbbench.frontends.kernel.frontend import Change, KernelFrontend
 from lbbench.model.service import Endpoint, ServiceSpec
-from lbbench.system.netns import find_tool, in_private_netns, netns_unavailable_reason
+from lbbench.system.netns import find_tool, in_private_netns, netns_unavailable_reason, real_root
 
 TABLE = "lbbench"
 FAMILY = "ip"
@@ -88,6 +93,7 @@ _T = f"{FAMILY} {TABLE}"
 # Measured netlink bytes per byte of text (shortest names, the densest): <= 2.1 in the
 # one-command-per-line form, <= 3.0 in the block form; both bounds keep a 1.5x margin.
 COMMANDS_TEXT_MAX = 64_000  # -> <= ~135 KB of netlink
+UNLIMITED = 1 << 62  # as real root (no user namespace) nft raises its buffer itself (SO_SNDBUFFORCE)
 BLOCK_TEXT_MAX = 32_000  # the whole ruleset in block form, one transaction -> <= ~96 KB
 
 
@@ -275,9 +281,11 @@ def render_start(services: Sequence[ServiceSpec], endpoints: Mapping[str, Sequen
     chains, helper chains and empty maps; then the NodePort IPs, then each Service whole (its
     chains, then its map entries, so no Service is ever half-programmed), packed in batches.
     """
-    whole = render_full_apply(services, endpoints)  # validates
-    if len(whole) <= block_max:
-        return [whole]
+    _check(services)
+    if len(services) * 100 <= block_max:  # maybe small enough; rendering the block of thousands costs seconds
+        whole = render_full_apply(services, endpoints)
+        if len(whole) <= block_max:
+            return [whole]
     skeleton = _REPLACE_TABLE + _table_block(services, endpoints, contents=False)
     ips = nodeport_ips(services)
     units: list[Sequence[str]] = [[f"add element {_T} nodeport-ips {{ {', '.join(ips[i:i + 200])} }}"]
@@ -353,11 +361,13 @@ class KernelNftables(KernelFrontend):
         _check(services)
 
     def render_full(self, endpoints: Mapping[str, Sequence[Endpoint]]) -> list[str]:
+        if real_root():  # nft enlarges its own netlink buffer: every Service in one transaction
+            return render_start(self.plan.services, endpoints, commands_max=UNLIMITED)
         return render_start(self.plan.services, endpoints)
 
     def render_sync(self, changes: Mapping[ServiceSpec, Change],
                     proposed: Mapping[str, Sequence[Endpoint]]) -> list[str]:
-        return render_sync(changes)
+        return render_sync(changes, commands_max=UNLIMITED if real_root() else COMMANDS_TEXT_MAX)
 
     def render_stop(self) -> str:
         return f"delete table {FAMILY} {TABLE}\n"
