@@ -2,6 +2,7 @@
 
     python tests/kernel_sync_scenarios.py iptables legacy|nft|auto [COUNT]
     python tests/kernel_sync_scenarios.py nftables
+    python tests/kernel_sync_scenarios.py positions
 
 Fake endpoints (nothing connects): the kernel's own listing is what the tests assert on.
 """
@@ -103,8 +104,28 @@ async def nftables() -> dict[str, Any]:
             "syncs": syncs}
 
 
+
+
+async def positions() -> dict[str, Any]:
+    """The sweep's layout at 2000 Services in kernel-iptables: where each Service under test's rule sits."""
+    from lbbench.model.addresses import HostPort
+    from lbbench.run.scale_layout import build_layout
+
+    sup = Supervisor()
+    layout = build_layout(COUNT, 2, 5, 7, [HostPort("127.200.0.1", 8080), HostPort("127.200.0.2", 8080)])
+    fe = KernelIptables(FrontendPlan(layout.services, in_netns=True), sup, backend="legacy")
+    await fe.start()
+    await fe.update_many(layout.endpoints)
+    rules = iptables_save("iptables-legacy-save")["KUBE-SERVICES"]
+    await fe.stop()
+    await sup.aclose()
+    by_ip = {rule.split()[3].removesuffix("/32"): i for i, rule in enumerate(rules)}
+    return {"layout": layout.positions,
+            "kernel": {key: by_ip[layout.services[pos].cluster_ip] for key, pos in layout.positions.items()}}
+
+
 if __name__ == "__main__":
     which = sys.argv[1]
     count = int(sys.argv[3]) if len(sys.argv) > 3 else COUNT
-    result = asyncio.run(iptables(sys.argv[2], count) if which == "iptables" else nftables())
-    print(json.dumps(result))
+    runs = {"iptables": lambda: iptables(sys.argv[2], count), "nftables": nftables, "positions": positions}
+    print(json.dumps(asyncio.run(runs[which]())))

@@ -93,6 +93,9 @@ def scale_table(group: dict[str, Any]) -> Table:
             label = (f"nft apply {f['services']} services (one transaction of {f['requested_services']} was "
                      "refused: Message too long)")
         t.add_row(label, f"{f['seconds']['median'] * 1e3:,.1f} ms", _spread(f["seconds"]))
+        for count, ratio in f.get("connect_p50_iptables_vs_nftables", {}).items():
+            t.add_row(f"  connect p50 iptables / nftables at {int(count):,} Services",
+                      "-" if ratio is None else f"{ratio:.2f}x", "")
     for key, why in group.get("skipped", {}).items():
         t.add_row(key.replace("_", " "), f"[dim]skipped: {why}[/dim]", "")
     return t

@@ -1,9 +1,12 @@
-"""Scale figures: pods started per second, Endpoints sync of 64 pods, nft apply of 1000 Services.
+"""Scale figures: pods started per second, Endpoints sync of 64 pods, nft apply of 1000 Services, a sweep.
 
 - pods/s: a batch of pods (`lbbench serve pod`) started at once, until every /healthz answers.
 - Endpoints sync: time from `update_endpoints` to applied (the forwarder's acknowledgement,
   `nft -f` exiting) for a 64-pod Endpoints list that replaces another 64-pod list entirely.
   The endpoints need no live pods: nothing connects to them while syncing.
+- service sweep: first-packet latency and sync time at 10 and 1000 Services, kernel-iptables
+  (legacy) against kernel-nftables (lbbench.run.scale); the ratio iptables/nftables of the
+  connect p50 per count is the figure (the full sweep: configs/service-scale.toml).
 - nft apply: render kube-proxy's nftables layout for 1000 Services with 2 endpoints each,
   then one `nft -f` transaction, only inside lbbench's private namespace.
 """
@@ -20,6 +23,7 @@ from typing import Any
 from lbbench.bench.stats import stat
 from lbbench.bench.throughput import l4_plan, skip_reason
 from lbbench.cluster.standalone import start_pod
+from lbbench.config.scale import ScaleConfig
 from lbbench.frontends.registry import frontend_class
 from lbbench.model.addresses import HostPort
 from lbbench.model.service import Endpoint, ServiceSpec
@@ -152,6 +156,33 @@ async def nft_apply(sup: Supervisor, repeats: int, n: int = NFT_SERVICES) -> dic
             "refused": refused}
 
 
+SWEEP = ScaleConfig(services=(10, 1000), endpoints_per_service=2, under_test=3, connections=600, rate_rps=400.0,
+                    endpoint_changes=3, full_resyncs=1, iptables_backends=("legacy",))
+SWEEP_FRONTENDS = ("kernel-iptables", "kernel-nftables")
+
+
+async def service_sweep(sup: Supervisor, log: Callable[[str], None]) -> dict[str, Any]:
+    """A short Service-count sweep (lbbench.run.scale) and its iptables/nftables ratios, count by count.
+
+    The full sweep is `lbbench run configs/service-scale.toml`; this one keeps to two counts.
+    """
+    from lbbench.run.scale import run_sweep
+
+    pods = [start_pod(sup, f"sweep-{i}", slots=8) for i in range(SWEEP.endpoints_per_service)]
+    section, _ = await run_sweep(SWEEP, 1, SWEEP_FRONTENDS, sup, [addr for _, addr in pods], log)
+    for child, _ in pods:
+        await child.stop(2.0)
+    cells = section["frontends"]
+    ipt, nft = cells.get("kernel-iptables-legacy", {}).get("counts", {}), cells.get("kernel-nftables", {}).get(
+        "counts", {})
+    ratios = {}
+    for count in sorted(set(ipt) & set(nft), key=int):
+        a, b = ipt[count]["pooled"]["connect_us"]["p50"], nft[count]["pooled"]["connect_us"]["p50"]
+        ratios[count] = round(a / b, 3) if a and b else None
+    took = [e["sync"]["endpoint_change"]["p50_ms"] / 1e3 for fe in cells.values() for e in fe["counts"].values()]
+    return {"seconds": stat(took), "connect_p50_iptables_vs_nftables": ratios, "sweep": section}
+
+
 def nft_skip_reason() -> str | None:
     from lbbench.system.netns import find_tool
 
@@ -183,6 +214,11 @@ async def run_scale(sup: Supervisor, repeats: int, log: Callable[[str], None]) -
             skipped[key] = why
             continue
         await attempt(key, functools.partial(endpoint_sync, sup, name, repeats))
+    key = "service_sweep"
+    if (why := nft_skip_reason()) is not None:
+        skipped[key] = why
+    else:
+        await attempt(key, lambda: service_sweep(sup, log))
     key = f"nft_apply_{NFT_SERVICES}_services"
     if (why := nft_skip_reason()) is not None:
         skipped[key] = why

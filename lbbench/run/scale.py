@@ -25,7 +25,6 @@ import numpy as np
 import pandas as pd
 import psutil
 
-from lbbench.config.parse import Config
 from lbbench.config.scale import ScaleConfig
 from lbbench.frontends.base import Frontend, FrontendPlan
 from lbbench.frontends.kernel.frontend import KernelFrontend
@@ -217,17 +216,15 @@ def rows_frame(label: str, count: int, keys: list[str], positions: dict[str, int
     })
 
 
-async def run_sweep(config: Config, frontends: tuple[str, ...], sup: Supervisor, pods: list[HostPort],
-                    log: Log) -> tuple[dict[str, Any], pd.DataFrame]:
+async def run_sweep(scale: ScaleConfig, seed: int, frontends: tuple[str, ...], sup: Supervisor,
+                    pods: list[HostPort], log: Log) -> tuple[dict[str, Any], pd.DataFrame]:
     """The `scale` section of the summary, and one row per probe connection."""
-    scale = config.scale
-    assert scale is not None
     targets, skipped = sweep_targets(frontends, scale)
     section: dict[str, Any] = {
         "config": {"services": list(scale.services), "endpoints_per_service": scale.endpoints_per_service,
                    "under_test": scale.under_test, "connections": scale.connections, "rate_rps": scale.rate_rps,
                    "endpoint_changes": scale.endpoint_changes, "full_resyncs": scale.full_resyncs,
-                   "iptables_backends": list(scale.iptables_backends), "seed": config.run.seed},
+                   "iptables_backends": list(scale.iptables_backends), "seed": seed},
         "frontends": {}, "skipped": skipped,
     }
     frames: list[pd.DataFrame] = []
@@ -239,10 +236,10 @@ async def run_sweep(config: Config, frontends: tuple[str, ...], sup: Supervisor,
                 skipped[where] = f"needs {count + FD_MARGIN} file descriptors (one listener per Service), " \
                                  f"the limit is {fd_limit()}"
                 continue
-            layout = build_layout(count, scale.endpoints_per_service, scale.under_test, config.run.seed, pods)
+            layout = build_layout(count, scale.endpoints_per_service, scale.under_test, seed, pods)
             log(f"scale: {where}")
             try:
-                entry, rows = await measure_count(target, layout, scale, sup, config.run.seed)
+                entry, rows = await measure_count(target, layout, scale, sup, seed)
             except Exception as e:  # one cell failing (e.g. a netlink limit) must not lose the others
                 last = str(e).strip().splitlines()[-1][:300] if str(e).strip() else ""
                 skipped[where] = f"failed: {type(e).__name__}: {last}"

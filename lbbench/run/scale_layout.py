@@ -20,7 +20,7 @@ NAMESPACE = "scale"
 SERVICE_PORT = 80
 _CLUSTER_IPS = int(ipaddress.IPv4Address("127.32.0.0"))  # 127.32.0.1 .. (ClusterIPs, by position)
 _FAKE_ENDPOINTS = int(ipaddress.IPv4Address("127.64.0.0"))  # 127.64.0.1 .. (never bound)
-_CHANGED_ENDPOINTS = int(ipaddress.IPv4Address("127.96.128.0"))  # the sync probe's alternative endpoints
+_CHANGED_ENDPOINTS = int(ipaddress.IPv4Address("127.80.0.0"))  # the sync probe's alternative endpoints
 
 
 def _ip(base: int, n: int) -> str:

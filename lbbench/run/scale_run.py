@@ -80,7 +80,7 @@ async def _sweep(config: Config, frontends: tuple[str, ...], live: LiveView) -> 
     with Supervisor() as sup:
         pods = await _start_pods(sup, config, config.scale.endpoints_per_service)
         try:
-            return await run_sweep(config, frontends, sup, [addr for _, addr in pods], live.say)
+            return await run_sweep(config.scale, config.run.seed, frontends, sup, [addr for _, addr in pods], live.say)
         finally:
             await asyncio.gather(*(child.stop(2.0) for child, _ in pods))
             await sup.aclose()
