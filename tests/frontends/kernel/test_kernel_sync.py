@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kernel_sync_scenarios import COUNT, endpoints, services
+from helpers.kernel_sync_scenarios import COUNT, endpoints, services
+from helpers.paths import KERNEL_SYNC_SCENARIOS
 from test_nftables import run_in_netns
 
 from lbbench.frontends.base import FrontendPlan
@@ -20,7 +21,7 @@ from lbbench.model.service import ServiceSpec
 from lbbench.system.netns import find_tool, netns_unavailable_reason
 from lbbench.system.procs import Supervisor
 
-SCENARIOS = Path(__file__).parent / "kernel_sync_scenarios.py"
+SCENARIOS = KERNEL_SYNC_SCENARIOS
 needs_netns = pytest.mark.skipif(netns_unavailable_reason() is not None,
                                  reason=f"no private user+net namespace: {netns_unavailable_reason()}")
 

@@ -1,8 +1,8 @@
 """Kernel front ends at 2000 Services, run inside lbbench's private namespace; prints JSON.
 
-    python tests/kernel_sync_scenarios.py iptables legacy|nft|auto [COUNT]
-    python tests/kernel_sync_scenarios.py nftables
-    python tests/kernel_sync_scenarios.py positions
+    python tests/helpers/kernel_sync_scenarios.py iptables legacy|nft|auto [COUNT]
+    python tests/helpers/kernel_sync_scenarios.py nftables
+    python tests/helpers/kernel_sync_scenarios.py positions
 
 Fake endpoints (nothing connects): the kernel's own listing is what the tests assert on.
 """

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers.paths import KERNEL_SYNC_SCENARIOS
 from test_nftables import run_in_netns
 
 from lbbench.config.parse import parse_config
@@ -24,7 +25,7 @@ from lbbench.run.scale_probe import probe, response_state
 from lbbench.system.netns import netns_unavailable_reason
 from lbbench.system.procs import Supervisor, lbbench_argv
 
-SCENARIOS = Path(__file__).parent / "kernel_sync_scenarios.py"
+SCENARIOS = KERNEL_SYNC_SCENARIOS
 needs_netns = pytest.mark.skipif(netns_unavailable_reason() is not None,
                                  reason=f"no private network namespace: {netns_unavailable_reason()}")
 BASE = {
