@@ -6,15 +6,13 @@ import http.server
 import json
 import socket
 import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers.paths import KERNEL_SYNC_SCENARIOS
-from test_nftables import run_in_netns
+from test_kernel_sync import sync_scenario
 
 from lbbench.config.parse import parse_config
 from lbbench.errors import ConfigError
@@ -25,7 +23,6 @@ from lbbench.run.scale_probe import probe, response_state
 from lbbench.system.netns import netns_unavailable_reason
 from lbbench.system.procs import Supervisor, lbbench_argv
 
-SCENARIOS = KERNEL_SYNC_SCENARIOS
 needs_netns = pytest.mark.skipif(netns_unavailable_reason() is not None,
                                  reason=f"no private network namespace: {netns_unavailable_reason()}")
 BASE = {
@@ -68,9 +65,7 @@ def test_services_under_test_sit_where_the_seed_put_them() -> None:
 @pytest.mark.netns
 @needs_netns
 def test_kube_services_order_in_the_kernel_follows_the_seeded_positions(supervisor: Supervisor) -> None:
-    r = run_in_netns(supervisor, [sys.executable, str(SCENARIOS), "positions"], timeout_s=300)
-    assert r.returncode == 0, r.stderr[-3000:]
-    out = json.loads(r.stdout)
+    out = sync_scenario(supervisor, "positions")
     assert out["kernel"] == out["layout"] and out["layout"] == dict(
         zip(out["layout"], positions_for(2000, 5, 7), strict=True))
 

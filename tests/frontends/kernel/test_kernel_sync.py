@@ -82,6 +82,14 @@ def test_one_nft_sync_across_services_is_one_transaction_touching_only_them() ->
     assert "flush chain ip lbbench services\n" not in text  # the lookup chain is not rewritten
 
 
+def sync_scenario(sup: Supervisor, *args: str) -> dict[str, Any]:
+    """Run tests/helpers/kernel_sync_scenarios.py in a private namespace; its JSON."""
+    r = run_in_netns(sup, [sys.executable, str(SCENARIOS), *args], timeout_s=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    result: dict[str, Any] = json.loads(r.stdout)
+    return result
+
+
 class _Recorder(KernelFrontend):
     """The sync loop alone: renders are recorded, the applier is a stub that sleeps."""
 
@@ -157,9 +165,7 @@ def test_a_failed_sync_fails_every_caller_and_keeps_the_old_endpoints(supervisor
 def test_iptables_partial_sync_in_the_kernel(supervisor: Supervisor, backend: str, count: int) -> None:
     if find_tool(f"iptables-{backend}-restore") is None:
         pytest.skip(f"iptables-{backend}-restore not installed")
-    r = run_in_netns(supervisor, [sys.executable, str(SCENARIOS), "iptables", backend, str(count)], timeout_s=300)
-    assert r.returncode == 0, r.stderr[-3000:]
-    out = json.loads(r.stdout)
+    out = sync_scenario(supervisor, "iptables", backend, str(count))
     assert out["backend"] == {"legacy": "legacy", "nft": "nf_tables"}[backend]
     before, after = out["before"], out["after"]
     svcs = services(count)
@@ -186,9 +192,7 @@ def test_iptables_partial_sync_in_the_kernel(supervisor: Supervisor, backend: st
 @pytest.mark.netns
 @needs_netns
 def test_nftables_sync_at_2000_services_is_one_transaction(supervisor: Supervisor) -> None:
-    r = run_in_netns(supervisor, [sys.executable, str(SCENARIOS), "nftables"], timeout_s=300)
-    assert r.returncode == 0, r.stderr[-3000:]
-    out = json.loads(r.stdout)
+    out = sync_scenario(supervisor, "nftables")
     helpers = 8  # 5 base chains, reject-chain, service-endpoints-check, services
     assert out["installed"]["service-ips"] == COUNT
     assert out["installed"]["chains"] == helpers + COUNT * 3
