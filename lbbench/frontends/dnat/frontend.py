@@ -69,7 +69,7 @@ class UserspaceDnat(Frontend):
             self.plan.artifacts_dir.mkdir(parents=True, exist_ok=True)
             (self.plan.artifacts_dir / "userspace-dnat.json").write_text(fplan.to_json() + "\n")
         pool = ForwarderPool(self.supervisor, fplan, self.workers, self.name, self.accept)
-        await pool.start()
+        await pool.start(20.0 + len(fplan.listeners) / 200)  # thousands of Services: binding takes seconds
         self.pool = pool
 
     async def update_endpoints(self, service_key: str, endpoints: tuple[Endpoint, ...]) -> None:
