@@ -168,7 +168,7 @@ async def service_sweep(sup: Supervisor, log: Callable[[str], None]) -> dict[str
     """
     from lbbench.run.scale import run_sweep
 
-    pods = [start_pod(sup, f"sweep-{i}", slots=8) for i in range(SWEEP.endpoints_per_service)]
+    pods = [start_pod(sup, f"sweep-{i}", slots=8, ready_timeout_s=60.0) for i in range(SWEEP.endpoints_per_service)]
     section, _ = await run_sweep(SWEEP, 1, SWEEP_FRONTENDS, sup, [addr for _, addr in pods], log)
     for child, _ in pods:
         await child.stop(2.0)

@@ -63,12 +63,13 @@ def start_pod(
     service: str = "const:0ms",
     slots: int = 1,
     extra: tuple[str, ...] = (),
+    ready_timeout_s: float = 10.0,
 ) -> tuple[Child, HostPort]:
-    """Start `lbbench serve pod` under `sup` and wait until /healthz answers."""
+    """Start `lbbench serve pod` under `sup` and wait (up to `ready_timeout_s`) until /healthz answers."""
     addr = HostPort(ip or fresh_ip(), port)
     argv = lbbench_argv(
         "serve", "pod", "--listen", str(addr), "--name", name, "--service", service, "--slots", str(slots), *extra
     )
     child = sup.spawn(f"pod/{name}", argv)
-    wait_http_ok(f"http://{addr}/healthz")
+    wait_http_ok(f"http://{addr}/healthz", ready_timeout_s)
     return child, addr

@@ -24,6 +24,8 @@ from lbbench.run.scale import run_sweep
 from lbbench.system.netns import in_private_netns
 from lbbench.system.procs import Child, Supervisor
 
+POD_READY_S = 90.0
+
 if TYPE_CHECKING:
     from lbbench.run.experiment import RunOptions
 
@@ -39,8 +41,9 @@ async def _start_pods(sup: Supervisor, config: Config, n: int) -> list[tuple[Chi
     from lbbench.cluster.standalone import start_pod
 
     service, slots = _pod_args(config)
-    start = functools.partial(start_pod, sup, service=service, slots=slots)
-    return list(await asyncio.gather(*(asyncio.to_thread(start, f"scale-pod-{i}") for i in range(n))))
+    # a busy machine can take many seconds to import a pod: the sweep waits for them, once
+    start = functools.partial(start_pod, sup, service=service, slots=slots, ready_timeout_s=POD_READY_S)
+    return [await asyncio.to_thread(start, f"scale-pod-{i}") for i in range(n)]
 
 
 async def run_scale_experiment(config: Config, opts: RunOptions) -> tuple[Path, bool, list[WriteFailure]]:
