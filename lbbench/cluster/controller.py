@@ -54,6 +54,16 @@ class PodState:
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
 
+def synced_detail(eps: tuple[Endpoint, ...]) -> str:
+    """events.csv's detail of an Endpoints sync: the ready count, then each pod=ip, a terminating
+    one marked [terminating,serving] or [terminating,not-serving]."""
+    def one(e: Endpoint) -> str:
+        mark = f"[terminating,{'serving' if e.serving else 'not-serving'}]" if e.terminating else ""
+        return f"{e.pod}={e.ip}{mark}"
+
+    return f"{sum(e.ready for e in eps)} " + " ".join(one(e) for e in eps)
+
+
 class Controller:
     def __init__(self, config: Config, supervisor: Supervisor, log: EventLog) -> None:
         self.config = config
@@ -176,6 +186,7 @@ class Controller:
         self.log.log("pod_deleted" if was_terminating else "pod_died", pod.name, f"exit={rc}")
         if not pod.frozen:
             self._set_ready(pod, False)
+            self._endpoints_maybe_changed()  # a terminating pod leaves the slice only now
         if not was_terminating and not pod.frozen:
             self._spawn_bg(self._replace_later(pod.workload))
 
@@ -251,8 +262,12 @@ class Controller:
     def _compute(self, svc: ServiceConfig) -> tuple[Endpoint, ...]:
         selected = [p for p in self.pods.values() if p.workload.namespace == svc.namespace
                     and all(p.workload.labels.get(k) == v for k, v in svc.selector.items())]
-        eps = [Endpoint(p.name, p.ip, svc.target_port, f"node-{p.node}") for p in selected
-               if p.ready and not p.terminating]
+        # A terminating pod stays in the slice (ready=false) until its process is gone; it is
+        # serving while its readiness probe passes (the kubelet keeps probing it).
+        # (A pod on a down node keeps its last reported state, ready, until it is evicted.)
+        eps = [Endpoint(p.name, p.ip, svc.target_port, f"node-{p.node}", ready=not p.terminating,
+                        serving=p.ready, terminating=p.terminating)
+               for p in selected if p.ready or (p.terminating and not p.dead)]
         return tuple(sorted(eps, key=lambda e: e.pod))
 
     def _endpoints_maybe_changed(self) -> None:
@@ -269,7 +284,7 @@ class Controller:
         # previous table must never see two updates of the same Service interleave.
         async with self._sync_locks.setdefault(key, asyncio.Lock()):
             self.synced[key] = eps
-            self.log.log("endpoints_synced", key, f"{len(eps)} " + " ".join(f"{e.pod}={e.ip}" for e in eps))
+            self.log.log("endpoints_synced", key, synced_detail(eps))
             for sub in self.subscribers:
                 try:
                     await sub(key, eps)
@@ -310,14 +325,35 @@ class Controller:
             pod.child.signal(signal.SIGKILL)
 
     async def delete_pod(self, pod: PodState, replace: bool = True) -> None:
-        """Graceful deletion: out of Endpoints at once, SIGTERM at the same time (the k8s race)."""
+        """Graceful deletion, the Kubernetes way: the pod is marked terminating (its endpoint turns
+        ready=false, serving while its probe passes), the preStop delay runs, then SIGTERM (in-flight
+        work finishes), and SIGKILL once terminationGracePeriod has passed since the deletion."""
+        t = pod.template
         pod.terminating = True
-        self.log.log("pod_terminating", pod.name, f"ip={pod.ip} signal=SIGTERM")
+        self.log.log("pod_terminating", pod.name, f"ip={pod.ip} preStop={t.pre_stop_delay_s:g}s "
+                                                  f"grace={t.termination_grace_period_s:g}s")
         self._endpoints_maybe_changed()
-        if pod.child is not None:
-            pod.child.signal(signal.SIGTERM)
+        self._spawn_bg(self._terminate(pod))
         if replace and not self._stopping and self._replicas(pod.workload) > len(self._live(pod.workload)):
             self._spawn_bg(self._replace_later(pod.workload))
+
+    async def _terminate(self, pod: PodState) -> None:
+        child, t = pod.child, pod.template
+        if child is None:
+            return
+        grace_s = t.termination_grace_period_s
+        pre_stop_s = min(t.pre_stop_delay_s, grace_s)
+        await asyncio.sleep(pre_stop_s)
+        if not child.alive():
+            return
+        self.log.log("pod_sigterm", pod.name, f"ip={pod.ip}")
+        child.signal(signal.SIGTERM)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(grace_s - pre_stop_s):
+                await child.wait()
+                return
+        self.log.log("pod_sigkill", pod.name, f"ip={pod.ip} terminationGracePeriod {grace_s:g}s over")
+        child.signal(signal.SIGKILL)
 
     def set_faults(self, pod: PodState, **faults: object) -> None:
         if pod.child is not None:

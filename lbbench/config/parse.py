@@ -48,6 +48,8 @@ class PodTemplate:
     port: int = 8080
     faults: Faults = Faults()
     readiness: Readiness = Readiness()
+    pre_stop_delay_s: float = 0.0  # a preStop hook that sleeps: the pod serves on while terminating
+    termination_grace_period_s: float = 30.0  # terminationGracePeriodSeconds: then SIGKILL
 
 
 @dataclass(frozen=True)
@@ -130,6 +132,7 @@ class RunConfig:
     endpoint_sync_delay_s: float = 1.0
     restart_delay_s: float = 0.5
     node_grace_period_s: float = 40.0  # Kubernetes' node-monitor-grace-period
+    terminating_fallback: bool = True  # DNAT front ends use serving terminating endpoints when none is ready
     repeat: int = 1
 
 
@@ -314,6 +317,8 @@ def parse_template(t: Table, base: PodTemplate | None = None) -> PodTemplate:
         port=t.integer("port", d.port, 1, 65535),
         faults=_faults(t.table("faults"), d.faults),
         readiness=_readiness(t.table("readiness"), d.readiness),
+        pre_stop_delay_s=t.duration("pre_stop_delay", d.pre_stop_delay_s, hi=3600),
+        termination_grace_period_s=t.duration("termination_grace_period", d.termination_grace_period_s, hi=3600),
     )
     t.done()
     return tpl
@@ -407,6 +412,7 @@ def _run(t: Table) -> RunConfig:
         endpoint_sync_delay_s=t.duration("endpoint_sync_delay", d.endpoint_sync_delay_s, hi=600),
         restart_delay_s=t.duration("restart_delay", d.restart_delay_s, hi=600),
         node_grace_period_s=t.duration("node_grace_period", d.node_grace_period_s, hi=600),
+        terminating_fallback=t.flag("terminating_fallback", d.terminating_fallback),
         repeat=t.integer("repeat", d.repeat, 1, 100),
     )
     if not r.frontends:

@@ -20,7 +20,7 @@ from typing import ClassVar, Literal
 
 from lbbench.model.addresses import HostPort
 from lbbench.model.proxy import ProxySettings
-from lbbench.model.service import Endpoint, IngressRule, ServiceSpec, ServiceType
+from lbbench.model.service import Endpoint, IngressRule, ServiceSpec, ServiceType, usable_endpoints
 from lbbench.system.cgroup import cgroup_argv
 from lbbench.system.procs import Supervisor
 
@@ -37,6 +37,7 @@ class FrontendPlan:
     seed: int = 0
     artifacts_dir: Path | None = None  # rendered configs / rulesets are saved here
     in_netns: bool = False  # True inside lbbench's private user+net namespace
+    terminating_fallback: bool = True  # DNAT front ends: serving terminating endpoints when none is ready
     socket_lb_reverse: bool = True  # ebpf-socketlb: getpeername() answers the Service address
 
 
@@ -53,6 +54,9 @@ class Frontend(abc.ABC):
 
     name: ClassVar[str]
     layer: ClassVar[Literal["l4", "l7"]]
+    # kube-proxy's data planes fall back to serving terminating endpoints when none is ready;
+    # proxies drain instead: a terminating backend gets no new request, in-flight ones finish.
+    falls_back_to_terminating: ClassVar[bool] = False
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
@@ -66,6 +70,11 @@ class Frontend(abc.ABC):
     @abc.abstractmethod
     async def start(self) -> None:
         """Bring the data plane up, with empty Endpoints; return when it accepts connections."""
+
+    def programmed(self, endpoints: tuple[Endpoint, ...]) -> tuple[Endpoint, ...]:
+        """Of a Service's EndpointSlice, the endpoints this front end sends new connections to."""
+        fallback = self.falls_back_to_terminating and self.plan.terminating_fallback
+        return usable_endpoints(endpoints, fallback)
 
     @abc.abstractmethod
     async def update_endpoints(self, service_key: str, endpoints: tuple[Endpoint, ...]) -> None:

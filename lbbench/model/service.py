@@ -12,12 +12,19 @@ ServiceType = Literal["ClusterIP", "NodePort", "LoadBalancer"]
 
 @dataclass(frozen=True)
 class Endpoint:
-    """One ready pod behind a Service (an entry of the Endpoints object)."""
+    """One pod behind a Service: an entry of its EndpointSlice, with the slice's conditions.
+
+    A terminating pod stays listed (ready=False, terminating=True) while it may still serve
+    (serving = its readiness probe still passes), as Kubernetes does since 1.26.
+    """
 
     pod: str
     ip: str
     port: int
     node: str = ""
+    ready: bool = True
+    serving: bool = True
+    terminating: bool = False
 
     @property
     def addr(self) -> HostPort:
@@ -52,3 +59,12 @@ class IngressRule:
     host: str  # "*" matches any Host header
     path: str  # path prefix
     service: str  # "namespace/name" key of a ServiceSpec
+
+
+def usable_endpoints(eps: tuple[Endpoint, ...], terminating_fallback: bool) -> tuple[Endpoint, ...]:
+    """The endpoints a data plane sends new connections to: the ready ones; with none ready and
+    `terminating_fallback`, the serving terminating ones (kube-proxy's KEP-1669 fallback, GA in 1.28)."""
+    ready = tuple(e for e in eps if e.ready)
+    if ready or not terminating_fallback:
+        return ready
+    return tuple(e for e in eps if e.serving and e.terminating)

@@ -213,7 +213,7 @@ class Phase:
                                                 "netfault").apply)
         self.network = NetworkEvents(controller, faults, self.no_network_faults)
         await fe.start()
-        controller.subscribers.append(fe.update_endpoints)
+        controller.subscribers.append(lambda key, eps: fe.update_endpoints(key, fe.programmed(eps)))
         await self._start_dns(plan, self.log)
         await controller.start()
         await controller.wait_synced()
@@ -302,6 +302,7 @@ class Phase:
         return FrontendPlan(
             services=service_specs(c), ingress_ip=c.cluster.ingress_ip, ingress_port=c.cluster.ingress_port,
             ingress_rules=rules, proxy=c.proxy, seed=c.run.seed, artifacts_dir=self.artifacts, in_netns=self.in_netns,
+            terminating_fallback=c.run.terminating_fallback,
             socket_lb_reverse=c.cluster.socket_lb_reverse,
         )
 
@@ -329,8 +330,8 @@ class Phase:
             key = self.config.load.service
             sample: dict[str, float] = {
                 "t_s": time.monotonic() - t0,
-                "ready_endpoints": float(len(controller.endpoints.get(key, ()))),
-                "synced_endpoints": float(len(controller.synced.get(key, ()))),
+                "ready_endpoints": float(sum(e.ready for e in controller.endpoints.get(key, ()))),
+                "synced_endpoints": float(sum(e.ready for e in controller.synced.get(key, ()))),
                 "queue_len": float(counters.get("queue_len", 0.0)),
                 "in_flight": float(counters.get("in_flight_total", 0.0)),
             }

@@ -213,3 +213,35 @@ def test_endpoint_updates_reach_a_slow_front_end_in_order_one_at_a_time() -> Non
 
     run(scenario())
 
+
+
+def test_delete_is_graceful_prestop_then_sigterm() -> None:
+    """Deletion: the endpoint stays, terminating and serving, through the preStop delay; then SIGTERM."""
+    import dataclasses
+
+    async def scenario() -> None:
+        config = make_config(replicas=1)
+        w = config.workloads[0]
+        tpl = dataclasses.replace(w.template, pre_stop_delay_s=1.0, termination_grace_period_s=10.0)
+        config = dataclasses.replace(config, workloads=(dataclasses.replace(w, template=tpl),))
+        with Supervisor() as sup:
+            log = EventLog()
+            ctl = Controller(config, sup, log)
+            rec = Recorder()
+            ctl.subscribers.append(rec)
+            await ctl.start()
+            await ctl.wait_synced()
+            victim = ctl.resolve("deployment/web", 0)[0]
+            await ctl.delete_pod(victim)
+            await wait_for(lambda: log.of_kind("pod_deleted"), timeout_s=30)
+            (terminating,) = log.of_kind("pod_terminating")
+            (sigterm,) = log.of_kind("pod_sigterm")
+            assert sigterm.at_s - terminating.at_s >= 1.0 - 0.01  # the preStop delay ran first
+            assert log.of_kind("pod_deleted")[0].at_s >= sigterm.at_s
+            during = [eps for t, _, eps in rec.updates if terminating.at_s + log.t0 <= t < sigterm.at_s + log.t0]
+            assert any(e.pod == victim.name and e.terminating and e.serving and not e.ready
+                       for eps in during for e in eps)
+            assert not log.of_kind("pod_sigkill")  # it exited in time
+            await ctl.stop()
+
+    run(scenario())

@@ -49,6 +49,8 @@ __all__ = [
 class UserspaceDnat(Frontend):
     """kube-proxy-style random DNAT in a userspace L4 forwarder process (or `workers` of them)."""
 
+    falls_back_to_terminating = True  # kube-proxy's terminating-endpoint fallback (KEP-1669)
+
     name = "userspace-dnat"
     layer = "l4"
 

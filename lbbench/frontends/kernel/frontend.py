@@ -47,6 +47,8 @@ class SyncRecord:
 class KernelFrontend(Frontend, abc.ABC):
     """A kernel data plane driven like kube-proxy: batched partial syncs, full resyncs."""
 
+    falls_back_to_terminating = True  # kube-proxy's terminating-endpoint fallback (KEP-1669)
+
     layer = "l4"
     tool = "nft"
 
