@@ -18,12 +18,13 @@ import ipaddress
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import dns.asyncresolver
-import dns.exception
-import dns.name
-import dns.rdatatype
-import dns.resolver
+if TYPE_CHECKING:
+    import dns.asyncresolver
+
+# dnspython is imported where a name is resolved, not at module level: every `lbbench` command builds the
+# `serve proxy` parser, which reads this module's settings, and a pod must not pay ~0.5 s to start for it
 
 from lbbench.model.addresses import HostPort, require_loopback
 from lbbench.model.service import Endpoint
@@ -55,6 +56,9 @@ def parse_backend_dns(text: str) -> BackendDns:
     if not sep or not name or not port_s.isdigit() or not 0 < int(port_s) < 65536:
         raise ValueError(f"--backend-dns expects NAME:PORT (e.g. web-pods.ns.svc.cluster.local:8080), got {text!r}")
     try:
+        import dns.exception
+        import dns.name
+
         dns.name.from_text(name)
     except dns.exception.DNSException as e:
         raise ValueError(f"--backend-dns: {name!r} is not a DNS name ({e})") from None
@@ -63,6 +67,8 @@ def parse_backend_dns(text: str) -> BackendDns:
 
 def make_resolver(server: HostPort | None, timeout_s: float) -> dns.asyncresolver.Resolver:
     """The system's resolver (/etc/resolv.conf, as in a pod), or one DNS server (`--dns`, lbbench's own)."""
+    import dns.asyncresolver
+
     resolver = dns.asyncresolver.Resolver(configure=server is None)
     if server is not None:
         resolver.nameservers = [server.host]
@@ -79,6 +85,9 @@ async def resolve_endpoints(target: BackendDns, resolver: dns.asyncresolver.Reso
     A headless Service without ready pods has no A record (NXDOMAIN or an empty answer): that is an
     empty Endpoints, not an error. A timeout or a server failure raises (the caller keeps what it had).
     """
+    import dns.rdatatype
+    import dns.resolver
+
     try:
         answer = await resolver.resolve(target.name, dns.rdatatype.A, search=False)
     except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
@@ -107,6 +116,8 @@ class DnsDiscovery:
         self._task: asyncio.Task[None] | None = None
 
     async def resolve_once(self) -> None:
+        import dns.exception
+
         try:
             endpoints = await resolve_endpoints(self.target, self.resolver, allow_remote=self.allow_remote)
         except (dns.exception.DNSException, OSError, ValueError) as e:
