@@ -54,22 +54,23 @@ def banners(r: Results) -> tuple[Banner, ...]:
     out += [Banner(f"Phase {p.frontend} @ {p.rate_rps:g} rps #{p.repeat} failed: {p.error}") for p in r.phases
             if p.error]
     several = any(p.repeat > 0 for p in r.phases)
+    late_phases = []
     for i, p in enumerate(r.phases):
         if p.stats is None:
             continue
         label = f"{p.frontend} @ {p.rate_rps:g} rps" + (f" #{p.repeat}" if several else "")
         late, p50 = _lateness_p99(r, i), p.stats.latency_s.get("p50")
         if late is not None and p50 and late > LATENESS_SHARE * p50:
-            out.append(Banner(
-                f"The load generator sent late during {label}: send lateness p99 {late * 1e3:.3g} ms is "
-                f"{late / p50:.0%} of the p50 latency {p50 * 1e3:.3g} ms, so the generator's own delay is "
-                "a visible part of these latencies."))
+            late_phases.append(f"{label} {late * 1e3:.3g} ms ({late / p50:.0%} of its p50 latency)")
         worst = p.stats.host_cpu.get("steal_max_1s", 0.0)
         if worst >= STEAL_WARN:
             out.append(Banner(
                 f"The hypervisor stole {worst:.0%} of this machine's CPU in the worst second of {label} "
                 f"({p.stats.host_cpu.get('steal_fraction', 0.0):.1%} on average): latencies from that "
                 "second are the host's, not the front end's."))
+    if late_phases:
+        out.append(Banner("The load generator sent late (p99 send lateness): " + "; ".join(late_phases)
+                          + ". Latencies are measured from the intended send time, so they include that delay."))
     out += overload_banners(r)
     out += [Banner(f"Results folder: {note}.") for note in r.notes]
     return tuple(out)

@@ -20,7 +20,7 @@ def headline_figure(views: Sequence[ClientView], out_dir: Path, name: str = "hea
     order = list(reversed(views))  # best at the top
     y = list(range(len(order)))
     labels = [v.frontend for v in order]
-    fig, axes = new_figure(1, 3, height=max(1.6, 0.45 * len(order) + 0.6), sharex=False, sharey=True,
+    fig, axes = new_figure(1, 3, height=max(1.4, 0.3 * len(order) + 0.5), sharex=False, sharey=True,
                            left_in=1.5, wspace=0.12, bottom_in=0.55)
     fail, slo, lat = axes
     _failed(fail, order, y)

@@ -14,13 +14,13 @@ from lbbench.report.doc import Banner, Block, Bullets, Document, Image, Paragrap
 CSS = """
 body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; color: #1d2330; margin: 0;
        background: #f6f7f9; }
-main { max-width: 1100px; margin: 0 auto; padding: 24px 28px 60px; background: #fff; }
+main { max-width: 1100px; margin: 0 auto; padding: 14px 28px 60px; background: #fff; }
 h1 { font-size: 26px; margin: 0 0 4px; }
-h2 { font-size: 20px; margin: 34px 0 10px; border-bottom: 1px solid #dde1e7; padding-bottom: 4px; }
+h2 { font-size: 20px; margin: 22px 0 8px; border-bottom: 1px solid #dde1e7; padding-bottom: 4px; }
 h3 { font-size: 16px; margin: 22px 0 6px; }
 .sub { color: #5b6475; margin: 0 0 16px; }
 .banner { background: #fff3cd; border: 2px solid #e0a800; color: #5c4400; padding: 10px 14px;
-          border-radius: 6px; font-weight: 600; margin: 12px 0; }
+          border-radius: 6px; font-weight: 600; margin: 8px 0; font-size: 14px; }
 table { border-collapse: collapse; margin: 8px 0 4px; font-variant-numeric: tabular-nums; }
 th, td { padding: 4px 10px; border-bottom: 1px solid #e6e9ee; }
 th { background: #eef1f5; text-align: left; }
@@ -32,7 +32,7 @@ figure { margin: 18px 0; }
 figure img { max-width: 100%; border: 1px solid #e6e9ee; }
 figcaption { color: #5b6475; font-size: 13px; }
 ul { margin: 6px 0; padding-left: 22px; }
-.verdict { font-size: 16px; background: #eef6ee; border-left: 5px solid #2a7d2a; padding: 10px 14px; margin: 8px 0; }
+.verdict { font-size: 15px; background: #eef6ee; border-left: 5px solid #2a7d2a; padding: 10px 14px; margin: 8px 0; }
 details { margin: 10px 0; border: 1px solid #dde1e7; border-radius: 6px; padding: 4px 12px; }
 summary { font-size: 17px; font-weight: 600; cursor: pointer; padding: 6px 0; }
 .scroll { overflow-x: auto; max-width: 100%; }

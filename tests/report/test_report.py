@@ -347,7 +347,8 @@ def test_generator_lateness_is_a_banner_only_when_large_against_the_latency(tmp_
     banners = [line for line in md.splitlines() if line.startswith("> **")]
     # l7-proxy sent 20 ms late (p99) against latencies of a few ms: a banner; userspace-dnat's 0.5 ms is not
     assert len(banners) == 1, banners
-    assert "sent late during l7-proxy" in banners[0] and "send lateness p99 20 ms" in banners[0]
+    assert "sent late" in banners[0] and "l7-proxy @ 100 rps 20 ms" in banners[0]
+    assert "userspace-dnat" not in banners[0]
 
 
 def test_theory_as_lbbench_run_writes_it(reported: tuple[Path, ReportPaths]) -> None:
