@@ -59,13 +59,15 @@ def assert_peers(group: dict[str, Any], names: tuple[str, ...], where: str) -> l
 
 # -- end to end ---------------------------------------------------------------------------------------
 @pytest.mark.slow
+@pytest.mark.timeout(300)  # every group, the L4 peers twice; a busy 2-core machine needs more than the default
 def test_bench_runs_and_writes_bench_json(tmp_path: Path) -> None:
     """Every group with tiny durations: bench.json has every figure, ratio and skip reason; a PNG."""
     for why in (wrk_unavailable_reason(), StaticNginx.unavailable_reason()):
         if why is not None:
             pytest.skip(f"the client groups need it: {why}")  # test_missing_tools_* covers that case
     out = tmp_path / "bench"
-    rc, stdout, stderr = run_bench(["--duration", "0.5", "--repeats", "1", "--out", str(out), "--json"])
+    rc, stdout, stderr = run_bench(["--duration", "500ms", "--repeats", "1", "--out", str(out), "--json"],
+                                  timeout_s=240)  # every group, l4 twice (keep-alive, Connection: close)
     assert rc == 0, stderr[-2000:]
     doc = json.loads((out / "bench.json").read_text())
     assert json.loads(stdout) == doc  # --json prints the very document it wrote
@@ -128,7 +130,7 @@ def test_missing_tools_are_skipped_with_reasons(tmp_path: Path) -> None:
     """No wrk, no unshare on PATH: the client groups and the kernel figures are skipped, the rest measured."""
     out = tmp_path / "bench"
     env = {"PATH": str(tmp_path / "empty-bin")}  # nothing there; the interpreter is called by its full path
-    rc, _, stderr = run_bench(["--duration", "0.3", "--repeats", "1", "--only", "l4,generator,scale", "--out",
+    rc, _, stderr = run_bench(["--duration", "300ms", "--repeats", "1", "--only", "l4,generator,scale", "--out",
                                str(out)], env={**os.environ, **env})
     assert rc == 0, stderr[-2000:]
     doc = json.loads((out / "bench.json").read_text())
@@ -148,7 +150,7 @@ def test_missing_tools_are_skipped_with_reasons(tmp_path: Path) -> None:
     (["--repeats", "0"], "repeats must be >= 1"),
     (["--only", "l4,bogus"], "unknown group 'bogus'"),
     (["--duration", "fast"], "--duration"),
-    (["--duration", "0"], "duration must be > 0"),
+    (["--duration", "0s"], "duration must be > 0"),
     (["--connections", "0"], "--connections must be >= 1"),
 ])
 def test_bad_options_are_one_line_errors(args: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
