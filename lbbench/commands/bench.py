@@ -1,7 +1,10 @@
 """`lbbench bench`: lbbench's own speed against HAProxy, nginx, httpd, wrk and the kernel, in one run.
 
-Each group's peers are measured side by side, in interleaved rounds, with the same client;
-the output is a table, `bench.json` (schema lbbench.bench/1: every figure with its spread,
+Each group's peers are measured side by side, in interleaved rounds, with the same client.
+The first figure is CPU seconds per 10k requests against HAProxy's (req/s compares cores as
+much as code), the req/s ratios the second; each peer's row counts the SYN retransmits of the
+namespace during its rounds. userspace-dnat and l7-proxy run one worker process per CPU, like
+HAProxy's threads. The output is a table, `bench.json` (schema lbbench.bench/1: every figure with its spread,
 the ratios, machine metadata) and `bench.png`. Peers that cannot run here are skipped with
 the reason. When kernel front ends are wanted, the run re-executes itself inside lbbench's
 private user+net namespace (as `lbbench run` does), so every peer shares that loopback.
