@@ -8,7 +8,7 @@ pipe (JSON lines on stdin, replies as JSON lines on stdout): ``{"id": n, "endpoi
 With N workers (:class:`ForwarderPool`) the workers share every listener, in one of two ways:
 - ``shared`` (default): the pool binds each listening socket once and every worker inherits
   it; the least loaded worker accepts, as HAProxy hands a connection to its least loaded
-  thread (see .accept: 16 simultaneous connections over 2 workers split 8/8, 12 bursts of 12).
+  thread (lbbench.system.sharedaccept: 16 simultaneous connections over 2 workers split 8/8 to 6/10).
 - ``reuseport``: each worker binds its own socket with SO_REUSEPORT and the kernel hashes
   the 4-tuple: even on average, uneven for few connections (16 over 2 workers: from 8/8 to
   4/12 in the same 12 bursts).

@@ -367,11 +367,11 @@ def test_workers_share_a_port_zero_listener(echo_backend: HostPort, accept: Acce
 
 
 def test_shared_listener_spreads_a_burst_evenly(echo_backend: HostPort) -> None:
-    """16 connections at once (wrk's start) over 2 workers: the least loaded accepts each, so 8/8.
+    """16 connections at once (wrk's start) over 2 workers: the least loaded accepts each (within 1).
 
-    SO_REUSEPORT's hash split the same bursts from 8/8 to 4/12, and a plain shared socket (the
-    first woken worker takes the whole queue) up to 16/0. Slack of 2 for a worker not scheduled
-    within the 20 ms it is waited for on a loaded machine.
+    A plain shared socket (the first woken worker takes the whole queue) split such bursts up to
+    16/0, SO_REUSEPORT's hash from 8/8 to 4/12. Allowed: 2 apart by the acceptor's slack, 2 more
+    for a worker not scheduled within the 20 ms it is waited for on a loaded machine.
     """
     async def body() -> list[list[float]]:
         sup = Supervisor()
@@ -402,7 +402,7 @@ def test_shared_listener_spreads_a_burst_evenly(echo_backend: HostPort) -> None:
         return splits
 
     splits = asyncio.run(body())
-    assert all(sum(s) == 16 and abs(s[0] - s[1]) <= 2 for s in splits), splits
+    assert all(sum(s) == 16 and abs(s[0] - s[1]) <= 4 for s in splits), splits
 
 
 def test_frontend_with_workers_sends_updates_to_all(echo_backend: HostPort) -> None:
