@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
 
+from lbbench.report.client_plots import latency_over_time, per_pod_latency, throughput_over_time
 from lbbench.report.loader import FrontendStats, Results, phase_mask
 from lbbench.report.plotkit import (
     ERROR_COLORS,
@@ -44,9 +45,11 @@ def make_plots(results: Results, out_dir: Path) -> PlotSet:
     notes: list[str] = []
     makers: tuple[Callable[[Results, Path], Plot | str], ...] = (
         latency_over_time,
+        throughput_over_time,
         errors_over_time,
         latency_cdf,
         pod_share,
+        per_pod_latency,
         queue_and_endpoints,
         failover_bars,
         latency_vs_rate,
@@ -66,31 +69,6 @@ def make_plots(results: Results, out_dir: Path) -> PlotSet:
 
 
 # -- the figures --------------------------------------------------------------------------------------
-def latency_over_time(results: Results, out_dir: Path) -> Plot | str:
-    names = shown_frontends(results)
-    if not names or "p99_s" not in results.timeseries.columns:
-        return "latency over time: no time series in this results folder"
-    fig, axes = new_figure(len(names), sharey=True)
-    color = colors(results.frontend_names)
-    for ax, name in zip(axes, names, strict=True):
-        ts, ev = phase_frames(results, name)
-        style(ax, name)
-        if ts["p99_s"].notna().any():
-            ax.plot(ts["t_s"], ts["p99_s"] * 1e3, color=color[name], label="p99", linewidth=1.4)
-            ax.plot(ts["t_s"], ts["p50_s"] * 1e3, color=color[name], label="p50", linewidth=1, alpha=0.55)
-            log_ms(ax)
-            ax.legend(loc="upper left", fontsize=8)
-        else:
-            empty(ax, "no requests")
-        ax.set_ylabel("latency (ms)")
-        mark_events(ax, timeline_events(ev))
-    axes[-1].set_xlabel("time since load start (s), by intended send time; 100 ms buckets")
-    caption = (
-        "p50 and p99 of every request (ok or failed) in each 100 ms bucket; dashed lines: timeline events. "
-    )
-    return save(fig, out_dir, "latency_over_time", "Latency over time", caption + scope_note(results))
-
-
 def errors_over_time(results: Results, out_dir: Path) -> Plot | str:
     names = shown_frontends(results)
     if not names or "errors" not in results.timeseries.columns:
@@ -174,7 +152,8 @@ def pod_share(results: Results, out_dir: Path) -> Plot | str:
     )
     color = colors(results.frontend_names)
     for ax, fe in zip(axes, fes, strict=True):
-        shares = sorted(fe.pod_share.items(), key=lambda kv: kv[1])
+        shares = sorted(with_idle_pods(fe.pod_share, phase_frames(results, fe.name)[1]).items(),
+                        key=lambda kv: kv[1])
         labels = [_short_pod(p) for p, _ in shares]
         values = [100 * s for _, s in shares]
         ax.barh(labels, values, color=color[fe.name])
@@ -186,7 +165,7 @@ def pod_share(results: Results, out_dir: Path) -> Plot | str:
         if n:
             ax.axvline(100 / n, color="#444", linestyle="--", linewidth=1)
         style(ax, fe.name)
-        ax.set_xlim(0, max(values) * 1.3)
+        ax.set_xlim(0, max(1.0, max(values)) * 1.3)
         ax.set_xlabel("share of ok responses (%)" + (f"\ndashed: equal share of {n} pods" if n else ""))
         ax.tick_params(axis="y", labelsize=8)
     return save(
@@ -195,8 +174,19 @@ def pod_share(results: Results, out_dir: Path) -> Plot | str:
         "pod_share",
         "Request share per pod",
         "Share of successful responses served by each pod (x-pod header), all repeats at the first rate. "
+        "Pods that were ready but served nothing are shown at 0%. "
         "Pods started during the run (replacements) naturally have smaller shares.",
     )
+
+
+def with_idle_pods(share: dict[str, float], ev: pd.DataFrame) -> dict[str, float]:
+    """The pods that served, plus every pod that was ready during the phase and served nothing (0%):
+    with keep-alive through DNAT, a pod that got no connection is the finding, not a gap."""
+    out = dict(share)
+    if len(ev):
+        for pod in ev.loc[ev["kind"] == "pod_ready", "target"].astype(str):
+            out.setdefault(pod, 0.0)
+    return out
 
 
 def _short_pod(name: str) -> str:
@@ -218,9 +208,13 @@ def queue_and_endpoints(results: Results, out_dir: Path) -> Plot | str:
     for ax, name in zip(axes, names, strict=True):
         ts, ev = phase_frames(results, name)
         style(ax, name)
-        _queue_lines(ax, ts, queue_cols)
-        if ep_cols:
-            _endpoint_lines(ax.twinx(), ts, ep_cols)
+        has_queue = bool(queue_cols) and len(ts) > 0 and bool((ts[queue_cols].fillna(0) > 0).any().any())
+        if has_queue:
+            _queue_lines(ax, ts, queue_cols)
+        if ep_cols:  # a front end with no queue of its own (random DNAT): endpoints on the main axis
+            _endpoint_lines(ax.twinx() if has_queue else ax, ts, ep_cols)
+        if not has_queue and not ep_cols:
+            empty(ax, "no queue of its own and no endpoints sampled")
         mark_events(ax, timeline_events(ev), label=False)
     axes[-1].set_xlabel("time since load start (s)")
     missing = {"queue_len", "in_flight", "ready_endpoints", "synced_endpoints"} - ts_cols

@@ -32,6 +32,8 @@ from lbbench.system.procs import lbbench_argv
 
 PLOTS = {
     "headline",
+    "throughput_over_time",
+    "per_pod_latency",
     "latency_over_time",
     "errors_over_time",
     "latency_cdf",
@@ -520,3 +522,10 @@ def test_real_run_report(real_run: Path, tmp_path: Path, capsys: pytest.CaptureF
     assert lost > 0  # random DNAT sends to the killed pod until the endpoints sync
     md = (copy / "report.md").read_text()
     assert f"During kill_pod deployment/web at 1.5 s, userspace-dnat lost {lost} requests" in md
+
+
+def test_pod_share_includes_pods_that_served_nothing() -> None:
+    from lbbench.report.plots import with_idle_pods
+
+    ev = pd.DataFrame({"kind": ["pod_ready", "pod_ready", "event"], "target": ["web-a", "web-idle", "x"]})
+    assert with_idle_pods({"web-a": 1.0}, ev) == {"web-a": 1.0, "web-idle": 0.0}
