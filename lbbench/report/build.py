@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from lbbench.report.analysis import queue_stats
 from lbbench.report.checks import CheckResult
 from lbbench.report.doc import Banner, Block, Bullets, Document, Image, Paragraph, Section, Table
+from lbbench.report.failures import failure_sections
 from lbbench.report.headline import ClientView, per_rate, slo
 from lbbench.report.loader import Results
 from lbbench.report.narrative import answers
@@ -157,6 +158,7 @@ def build_document(r: Results, plots: PlotSet, views: Sequence[ClientView] = (),
         blocks: list[Block] = [frontend_table(r)]
         blocks += [t for t in (spread_table(r), failover_table(r)) if t is not None]
         sections.append(Section("Every metric, side by side", tuple(blocks), folded=True))
+    sections += failure_sections(r)  # per event: errors by kind, detection, window, recovery
     sections += _optional("Where requests waited", queue_table(queues))
     sections += _optional("Theory details (every model variant)", *theory_blocks(r))
     if needs_phases_table(r):
