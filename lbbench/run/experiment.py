@@ -50,6 +50,19 @@ def address_blocks(config: Config) -> list[str]:
     return blocks_of(addrs)
 
 
+def overloaded_rates(config: Config) -> list[tuple[float, float]]:
+    """(rate, utilisation) of every phase rate at or above the backing pods' capacity."""
+    from lbbench.model.servicetime import ServiceTime
+    from lbbench.results.theory_fit import theory_inputs
+
+    ti = theory_inputs(config)
+    if ti is None:
+        return []
+    mean_s = ServiceTime.parse(str(ti["service"])).mean_s
+    capacity = ti["pods"] * ti["slots"] / mean_s if mean_s > 0 else float("inf")
+    return [(rate, rate / capacity) for rate in phase_rates(config) if rate / capacity >= 1]
+
+
 def isolation(opts: RunOptions) -> dict[str, Any]:
     """How this run is kept apart from others, and why network faults cannot play if they cannot."""
     if in_private_netns():
@@ -133,6 +146,10 @@ class Experiment:
         return self.complete
 
     def _warn_before_start(self) -> None:
+        for rate, rho in overloaded_rates(self.config):
+            self.live.say(f"[yellow]warning[/]: {rate:g} rps is utilisation {rho:.2f} >= 1 of the pods' capacity: "
+                          "queues grow for as long as the run lasts (latencies depend on the run length, and no "
+                          "queueing model applies)")
         for ev in self.config.events:
             if ev.at_s >= self.config.run.duration_s:
                 self.live.say(f"[yellow]warning[/]: event {ev.action} {ev.target} at {ev.at_s:g}s is after the "

@@ -19,7 +19,8 @@ SHOWN_EVENTS = ("event", "load_started", "pod_started", "pod_ready", "pod_killed
 class LiveView:
     def __init__(self, quiet: bool = False) -> None:
         self.quiet = quiet
-        self.console = Console(file=sys.stderr)
+        # soft_wrap: in a pipe or CI log rich would hard-wrap at 80 columns; long lines stay whole
+        self.console = Console(file=sys.stderr, soft_wrap=True)
         self.interactive = self.console.is_terminal and not quiet
         self.live: Live | None = None
         self.phase_label = ""
@@ -29,15 +30,31 @@ class LiveView:
         self.recent: list[str] = []
         self.controller: Any = None
         self._last_draw = 0.0
+        self._run_started = time.monotonic()
+        self._phase_started = self._run_started
+        self._phase_walls: list[float] = []
 
     def start_phase(self, index: int, total: int, label: str, duration_s: float, controller: Any) -> None:
+        now = time.monotonic()
+        if index > 1:
+            self._phase_walls.append(now - self._phase_started)
+        self._phase_started = now
         self.phase_index, self.phase_label, self.duration_s = (index, total), label, duration_s
         self.controller = controller
         self.recent = []
-        self.say(f"[bold]phase {index}/{total}[/]: {label}")
+        self.say(f"[bold]phase {index}/{total}[/]: {label}; run ETA {self.eta()}")
         if self.interactive and self.live is None:
             self.live = Live(self._render(), console=self.console, refresh_per_second=4, transient=True)
             self.live.start()
+
+    def eta(self) -> str:
+        """The whole run's remaining time: phases left x the mean wall time of a phase so far (set-up,
+        load, teardown); before the first phase ends, its load duration plus a guess of 10 s for the rest."""
+        index, total = self.phase_index
+        per_phase = (sum(self._phase_walls) / len(self._phase_walls)) if self._phase_walls else self.duration_s + 10
+        left = max(0.0, per_phase * (total - index + 1) - (time.monotonic() - self._phase_started))
+        minutes, seconds = divmod(int(left), 60)
+        return f"~{minutes}m{seconds:02d}s" if minutes else f"~{seconds}s"
 
     def end_phase(self, summary: str) -> None:
         self.say(summary)
@@ -74,7 +91,8 @@ class LiveView:
             self.live.update(self._render())
 
     def _render(self) -> Table:
-        t = Table(title=f"phase {self.phase_index[0]}/{self.phase_index[1]}: {self.phase_label}", expand=False)
+        t = Table(title=f"phase {self.phase_index[0]}/{self.phase_index[1]}: {self.phase_label} "
+                  f"(run ETA {self.eta()})", expand=False)
         for col in ("elapsed", "requests", "ok", "errors", "p99 (last s)", "proxy queue", "endpoints"):
             t.add_column(col)
         last = self.last
