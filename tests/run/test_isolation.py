@@ -20,7 +20,7 @@ import pytest
 from lbbench.system.netns import namespace_unavailable_reason
 from lbbench.system.procs import lbbench_argv
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]  # two runs, one after the other (the lock)
 
 BASE = 79  # pods in 127.79.0.0/16; the first pod's address is 127.79.0.2
 CONFIG = f"""
@@ -131,3 +131,21 @@ def test_two_runs_in_namespaces_never_meet(tmp_path: Path) -> None:
         summary = json.loads((out / "summary.json").read_text())
         assert summary["metadata"]["isolation"] == "private network namespace"
         assert summary["metadata"]["in_netns"] is True
+
+
+def test_network_faults_are_skipped_with_the_reason_without_a_namespace(tmp_path: Path) -> None:
+    config = tmp_path / "iso.toml"
+    config.write_text(CONFIG + '\n[[events]]\nat = "1s"\naction = "packet_loss"\ntarget = "service/web"\n')
+    out = tmp_path / "skip"
+    proc = subprocess.run(lbbench_argv("run", str(config), "--out", str(out), "--quiet", "--no-netns"),
+                          capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]  # the rest of the run goes on
+    summary = json.loads((out / "summary.json").read_text())
+    why = summary["metadata"]["network_faults_unavailable"]
+    assert "not in a private network namespace" in why and "--no-netns" in why
+    events = pd.read_csv(out / "events.csv", keep_default_na=False)
+    skipped = events[events["kind"] == "network_fault_skipped"]
+    assert len(skipped) == 1 and "packet_loss" in skipped["detail"].iloc[0]
+    assert "network_fault" not in set(events["kind"])
+    assert "not played (packet_loss: the run is not in a private network namespace" in \
+        (out / "report.md").read_text()
