@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from collections.abc import Iterable
+from dataclasses import dataclass, fields
+from typing import Any, Literal
 
-from lbbench.model.addresses import HostPort
+from lbbench.model.addresses import HostPort, require_loopback
 
 ServiceType = Literal["ClusterIP", "NodePort", "LoadBalancer"]
 
@@ -29,6 +30,33 @@ class Endpoint:
     @property
     def addr(self) -> HostPort:
         return HostPort(self.ip, self.port)
+
+    def to_wire(self) -> dict[str, Any]:
+        """The Endpoint as it travels in a control message (JSON)."""
+        return {"pod": self.pod, "ip": self.ip, "port": self.port, "node": self.node,
+                "ready": self.ready, "serving": self.serving, "terminating": self.terminating}
+
+    @classmethod
+    def from_wire(cls, item: object) -> Endpoint:
+        """An Endpoint from a control message, validated: a loopback IP and a port 1-65535.
+
+        Raises ValueError saying what is wrong: a child must refuse (and say why) rather than
+        route to a half-read address.
+        """
+        if not isinstance(item, dict):
+            raise ValueError(f"endpoint must be an object, got {item!r}")
+        unknown = set(item) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"endpoint has unknown key {sorted(unknown)[0]!r}")
+        pod, ip, port, node = item.get("pod"), item.get("ip"), item.get("port"), item.get("node", "")
+        if not isinstance(pod, str) or not isinstance(ip, str) or not isinstance(node, str):
+            raise ValueError(f"endpoint needs string pod, ip and node, got {item!r}")
+        if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+            raise ValueError(f"endpoint {pod} port {port!r} out of range 1-65535")
+        conditions = {k: item.get(k, getattr(cls, k)) for k in ("ready", "serving", "terminating")}
+        if not all(isinstance(v, bool) for v in conditions.values()):
+            raise ValueError(f"endpoint {pod} conditions ready, serving, terminating must be true or false")
+        return cls(pod, require_loopback(ip, f"endpoint {pod} IP"), port, node, **conditions)
 
 
 @dataclass(frozen=True)
@@ -68,3 +96,18 @@ def usable_endpoints(eps: tuple[Endpoint, ...], terminating_fallback: bool) -> t
     if ready or not terminating_fallback:
         return ready
     return tuple(e for e in eps if e.serving and e.terminating)
+
+
+def endpoints_update(service_key: str, endpoints: Iterable[Endpoint]) -> dict[str, Any]:
+    """The control message of one Endpoints sync, the same for every front end's child."""
+    return {"service": service_key, "endpoints": [e.to_wire() for e in endpoints]}
+
+
+def read_endpoints_update(body: object) -> tuple[str, tuple[Endpoint, ...]]:
+    """(Service key, Endpoints) of an `endpoints_update` message; ValueError if malformed."""
+    if not isinstance(body, dict) or not isinstance(body.get("service"), str):
+        raise ValueError("endpoints update must be an object with a string 'service'")
+    items = body.get("endpoints")
+    if not isinstance(items, list):
+        raise ValueError("endpoints must be a list")
+    return body["service"], tuple(Endpoint.from_wire(item) for item in items)

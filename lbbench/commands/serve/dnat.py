@@ -28,7 +28,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lbbench.frontends.dnat.worker import ForwarderFailed, run_forwarder, send_reply
+    from lbbench.frontends.dnat.worker import ForwarderFailed, run_forwarder
+    from lbbench.system.control import reply
     from lbbench.system.procs import die_with_parent
 
     die_with_parent()
@@ -37,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
         run_forwarder(plan, args.workers, args.accept)
     except ForwarderFailed as e:  # e.g. address in use: one clear line
         if args.plan_json:  # lbbench drives this process: say it on the control pipe, where it waits
-            send_reply({"failed": str(e)})
+            reply({"failed": str(e)})
             return 2
         raise ValueError(str(e)) from None
     return 0

@@ -36,12 +36,12 @@ from lbbench.frontends.dnat.plan import (
     service_entrypoint,
     validate_service,
 )
-from lbbench.frontends.dnat.worker import ForwarderPool, ForwarderProcess, endpoints_message
+from lbbench.frontends.dnat.worker import ForwarderPool, ForwarderProcess
 from lbbench.model.service import Endpoint, ServiceType
 from lbbench.system.procs import Supervisor
 
 __all__ = [
-    "ForwarderPlan", "ForwarderPool", "ForwarderProcess", "Listener", "Mode", "UserspaceDnat", "endpoints_message",
+    "ForwarderPlan", "ForwarderPool", "ForwarderProcess", "Listener", "Mode", "UserspaceDnat",
     "entrypoint_of", "forwarder_plan", "lb_table", "node_port_addrs", "validate_service",
 ]
 

@@ -1,9 +1,9 @@
 """Forwarder processes: the child's main loop, and the parent's handle on one or N of them.
 
 A forwarder process (``lbbench serve dnat --plan-json ...``) is driven over its control
-pipe (JSON lines on stdin, replies as JSON lines on stdout): ``{"id": n, "endpoints":
-{...}}`` and ``{"id": n, "stats": true}``; its first stdout line is ``{"ready":
-[addresses]}``.
+pipe (lbbench.system.control): requests ``{"id": n, "endpoints": {...}}`` (the one
+Endpoints message, lbbench.model.service.endpoints_update) and ``{"id": n, "stats": true}``;
+its announcement is ``{"ready": [addresses]}`` or ``{"failed": reason}``.
 
 With N workers (:class:`ForwarderPool`) the workers share every listener, in one of two ways:
 - ``shared`` (default): the pool binds each listening socket once and every worker inherits
@@ -20,23 +20,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import socket
 import subprocess
-import sys
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from lbbench.frontends.dnat.plan import Accept, ForwarderPlan
 from lbbench.frontends.dnat.relay import Forwarder
-from lbbench.model.addresses import HostPort, parse_hostport, require_loopback
-from lbbench.model.service import Endpoint
+from lbbench.model.addresses import HostPort, parse_hostport
+from lbbench.model.service import Endpoint, endpoints_update, read_endpoints_update
+from lbbench.system.control import ChildChannel, ChildGone, Message, attach_requests, reply
 from lbbench.system.procs import Child, Supervisor, lbbench_argv
 from lbbench.system.sharedaccept import listen_socket
 
-Reply = dict[str, Any]
 PLAN_ARG_MAX = 100_000
 _MIN_KEYS = ("endpoint_updates_total",)  # every worker applies each update: count it once
 
@@ -45,34 +43,16 @@ class ForwarderFailed(RuntimeError):
     """A forwarder process could not start (what it said, e.g. the address is in use)."""
 
 
-def endpoints_message(service_key: str, endpoints: Sequence[Endpoint]) -> dict[str, Any]:
-    return {"service": service_key,
-            "endpoints": [{"pod": e.pod, "ip": e.ip, "port": e.port, "node": e.node} for e in endpoints]}
-
-
-def _parse_endpoints(body: Mapping[str, Any]) -> tuple[str, list[HostPort]]:
-    backends = [HostPort(require_loopback(str(e["ip"]), "endpoint IP"), int(e["port"]))
-                for e in body["endpoints"]]
-    return str(body["service"]), backends
-
-
-def send_reply(message: Reply) -> None:
-    sys.stdout.buffer.write(json.dumps(message, separators=(",", ":")).encode() + b"\n")
-    sys.stdout.buffer.flush()
-
-
-async def _serve_until_stopped(on_message: Callable[[dict[str, Any]], None], ready: Reply) -> None:
-    """Attach the control pipe, announce readiness, wait for SIGTERM/SIGINT (stdin EOF exits)."""
+async def _serve_until_stopped(handle: Callable[[Message], Awaitable[Message]], ready: Message) -> None:
+    """Answer control requests, announce readiness, wait for SIGTERM/SIGINT (stdin EOF exits)."""
     import signal
 
-    from lbbench.system.control import attach_stdin_control
-
     loop = asyncio.get_running_loop()
-    attach_stdin_control(loop, on_message)
+    attach_requests(loop, handle)
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    send_reply(ready)
+    reply(ready)
     await stop.wait()
 
 
@@ -80,21 +60,18 @@ async def serve_forwarder(plan: ForwarderPlan) -> None:
     """Child main of one worker: listen, answer control messages, exit on a signal or stdin EOF."""
     fwd = Forwarder(plan)
 
-    def on_message(msg: dict[str, Any]) -> None:
-        out: Reply = {"id": msg.get("id")}
-        try:
-            if isinstance(msg.get("endpoints"), dict):
-                fwd.set_endpoints(*_parse_endpoints(msg["endpoints"]))
-                out["ok"] = True
-            elif msg.get("stats"):
-                out["counters"] = fwd.counters.snapshot()
-        except (ValueError, KeyError, TypeError) as e:
-            out["error"] = str(e)
-        send_reply(out)
+    async def handle(msg: Message) -> Message:
+        if "endpoints" in msg:
+            table, endpoints = read_endpoints_update(msg["endpoints"])
+            fwd.set_endpoints(table, (e.addr for e in endpoints))
+            return {"ok": True}
+        if msg.get("stats"):
+            return {"counters": fwd.counters.snapshot()}
+        return {}
 
     bound = await fwd.start()
     try:
-        await _serve_until_stopped(on_message, {"ready": [str(b) for b in bound]})
+        await _serve_until_stopped(handle, {"ready": [str(b) for b in bound]})
     finally:
         fwd.close()
 
@@ -116,28 +93,19 @@ async def serve_pool(plan: ForwarderPlan, workers: int, accept: Accept = "shared
     """Child main of ``serve dnat --workers N``: N worker processes, this one relays control messages."""
     sup = Supervisor()
     pool = ForwarderPool(sup, plan, workers, accept=accept)
-    tasks: set[asyncio.Task[None]] = set()
 
-    async def handle(msg: dict[str, Any]) -> None:
-        out: Reply = {"id": msg.get("id")}
-        try:
-            if isinstance(msg.get("endpoints"), dict):
-                await pool.request({"endpoints": msg["endpoints"]})
-                out["ok"] = True
-            elif msg.get("stats"):
-                out["counters"] = await pool.counters()
-        except (ValueError, RuntimeError, TimeoutError) as e:
-            out["error"] = str(e)
-        send_reply(out)
-
-    def on_message(msg: dict[str, Any]) -> None:
-        task = asyncio.get_running_loop().create_task(handle(msg))  # sent to the workers in arrival order
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
+    async def handle(msg: Message) -> Message:
+        if "endpoints" in msg:
+            read_endpoints_update(msg["endpoints"])  # refused here, once, rather than by every worker
+            await pool.request({"endpoints": msg["endpoints"]})
+            return {"ok": True}
+        if msg.get("stats"):
+            return {"counters": await pool.counters()}
+        return {}
 
     try:
         bound = await pool.start()
-        await _serve_until_stopped(on_message, {"ready": bound, "workers": pool.pids()})
+        await _serve_until_stopped(handle, {"ready": bound, "workers": pool.pids()})
     finally:
         await pool.stop()
         await sup.aclose()
@@ -147,54 +115,15 @@ async def serve_pool(plan: ForwarderPlan, workers: int, accept: Accept = "shared
 # Parent side
 
 
-class _ReplyReader(asyncio.Protocol):
-    """Reads the child's JSON reply lines and resolves the matching futures."""
-
-    def __init__(self, ready: asyncio.Future[list[str]]) -> None:
-        self.ready = ready
-        self.waiting: dict[int, asyncio.Future[Reply]] = {}
-        self.buf = bytearray()
-        self.closed = False
-
-    def data_received(self, data: bytes) -> None:
-        self.buf += data
-        while (nl := self.buf.find(b"\n")) >= 0:
-            line = bytes(self.buf[:nl])
-            del self.buf[: nl + 1]
-            with contextlib.suppress(ValueError):
-                self._dispatch(json.loads(line))
-
-    def _dispatch(self, msg: Reply) -> None:
-        if "ready" in msg and not self.ready.done():
-            self.ready.set_result(list(msg["ready"]))
-        if "failed" in msg and not self.ready.done():
-            self.ready.set_exception(ForwarderFailed(str(msg["failed"])))
-        fut = self.waiting.pop(msg.get("id", -1), None)
-        if fut is not None and not fut.done():
-            fut.set_result(msg)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
-        gone = RuntimeError("the forwarder process exited")
-        futures: list[asyncio.Future[Any]] = [self.ready, *self.waiting.values()]
-        for fut in futures:
-            if not fut.done():
-                fut.set_exception(gone)
-        self.waiting.clear()
-
-
 class ForwarderProcess:
-    """`lbbench serve dnat --plan-json ...` under the supervisor, with its control pipe."""
+    """`lbbench serve dnat --plan-json ...` under the supervisor, with its control channel."""
 
-    def __init__(self, supervisor: Supervisor, plan: ForwarderPlan, name: str = "userspace-dnat",
-                 ) -> None:
+    def __init__(self, supervisor: Supervisor, plan: ForwarderPlan, name: str = "userspace-dnat") -> None:
         self.supervisor = supervisor
         self.plan = plan
         self.name = name
         self.child: Child | None = None
-        self._reader: _ReplyReader | None = None
-        self._transport: asyncio.BaseTransport | None = None
-        self._next_id = 0
+        self.channel: ChildChannel | None = None
 
     @property
     def pid(self) -> int | None:
@@ -202,7 +131,6 @@ class ForwarderProcess:
 
     async def start(self, timeout_s: float = 20.0) -> list[str]:
         """Spawn; return the bound listener addresses once every listener accepts."""
-        loop = asyncio.get_running_loop()
         plan = self.plan.to_json()
         if len(plan) > PLAN_ARG_MAX:  # one argv string is capped at 128 KiB: thousands of Services go in a file
             with tempfile.NamedTemporaryFile("w", prefix="lbbench-dnat-plan-", suffix=".json", delete=False) as f:
@@ -210,48 +138,32 @@ class ForwarderProcess:
             plan = "@" + f.name  # the child reads and deletes it
         argv = lbbench_argv("serve", "dnat", "--plan-json", plan)
         fds = (*self.plan.listen_fds, self.plan.loads_fd) if self.plan.listen_fds else ()
+        fds = (*self.plan.listen_fds, self.plan.loads_fd) if self.plan.listen_fds else ()
         self.child = self.supervisor.spawn(self.name, argv, stdout=subprocess.PIPE, pass_fds=fds)
-        assert self.child.popen.stdout is not None
-        # Own a dup of the pipe: the transport closes its file, the Popen keeps its own.
-        pipe = os.fdopen(os.dup(self.child.popen.stdout.fileno()), "rb", buffering=0)
-        self.child.popen.stdout.close()
-        ready: asyncio.Future[list[str]] = loop.create_future()
-        self._transport, proto = await loop.connect_read_pipe(lambda: _ReplyReader(ready), pipe)
-        self._reader = proto
         try:
-            return await asyncio.wait_for(ready, timeout_s)
-        except ForwarderFailed as e:
-            await self.stop()
-            raise ForwarderFailed(f"{self.name}: {e}") from None
+            self.channel = await ChildChannel.open(self.child, self.name)
+            ready = await self.channel.announcement(timeout_s)
+            if "failed" in ready:
+                raise ForwarderFailed(f"{self.name}: {ready['failed']}")
+            return [str(a) for a in ready["ready"]]
         except BaseException:
             await self.stop()
             raise
 
-    async def request(self, message: dict[str, Any], timeout_s: float = 5.0) -> Reply:
-        if self.child is None or self._reader is None or self._reader.closed:
-            raise RuntimeError(f"{self.name} is not running")
-        from lbbench.system.control import send
-
-        self._next_id += 1
-        fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
-        self._reader.waiting[self._next_id] = fut
-        if not send(self.child.stdin, {"id": self._next_id, **message}):
-            self._reader.waiting.pop(self._next_id, None)
-            raise RuntimeError(f"{self.name} is gone")
-        reply = await asyncio.wait_for(fut, timeout_s)
-        if "error" in reply:
-            raise ValueError(f"{self.name}: {reply['error']}")
-        return reply
+    async def request(self, message: Message, timeout_s: float = 5.0) -> Message:
+        if self.channel is None:
+            raise ChildGone(f"{self.name} is not running")
+        return await self.channel.request(message, timeout_s)
 
     async def set_endpoints(self, table: str, endpoints: Sequence[Endpoint]) -> None:
-        await self.request({"endpoints": endpoints_message(table, endpoints)})
+        await self.request({"endpoints": endpoints_update(table, endpoints)})
 
     async def counters(self) -> dict[str, float]:
         try:
-            reply = await self.request({"stats": True}, timeout_s=2.0)
+            answer = await self.request({"stats": True}, timeout_s=2.0)
         except (RuntimeError, TimeoutError):
             return {}
-        return {k: float(v) for k, v in reply.get("counters", {}).items()}
+        return {k: float(v) for k, v in answer.get("counters", {}).items()}
 
     async def stop(self, grace_s: float = 2.0) -> None:
         child, self.child = self.child, None
@@ -263,9 +175,9 @@ class ForwarderProcess:
                 await asyncio.wait_for(child.wait(), grace_s)
             except TimeoutError:
                 await child.stop(grace_s)
-        if self._transport is not None:
-            self._transport.close()
-            self._transport = None
+        if self.channel is not None:
+            self.channel.close()
+            self.channel = None
 
 
 def merge_counters(parts: Sequence[Mapping[str, float]]) -> dict[str, float]:
@@ -336,13 +248,13 @@ class ForwarderPool:
             os.close(loads_fd)
         return [str(b) for b in bound]
 
-    async def request(self, message: dict[str, Any], timeout_s: float = 5.0) -> list[Reply]:
+    async def request(self, message: dict[str, Any], timeout_s: float = 5.0) -> list[Message]:
         if not self.processes:
             raise RuntimeError(f"{self.name} is not running")
         return list(await asyncio.gather(*(p.request(message, timeout_s) for p in self.processes)))
 
     async def set_endpoints(self, table: str, endpoints: Sequence[Endpoint]) -> None:
-        await self.request({"endpoints": endpoints_message(table, endpoints)})
+        await self.request({"endpoints": endpoints_update(table, endpoints)})
 
     async def counters(self) -> dict[str, float]:
         parts = await asyncio.gather(*(p.counters() for p in self.processes))

@@ -10,23 +10,22 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import json
 import random
 import signal
 import socket
-import sys
 import time
 from typing import Any
 
 from lbbench.frontends.proxy.client import LINGER_S, ClientConnection
-from lbbench.frontends.proxy.config import ProxyConfig, endpoints_from_message
+from lbbench.frontends.proxy.config import ProxyConfig
 from lbbench.frontends.proxy.discovery import DnsDiscovery
 from lbbench.frontends.proxy.health import HealthChecker
 from lbbench.frontends.proxy.queue import ServicePool
 from lbbench.frontends.proxy.route import Router
 from lbbench.frontends.proxy.stats import StatsProtocol, document
 from lbbench.frontends.proxy.upstream import UpstreamConnection
-from lbbench.system.control import Message, attach_stdin_control
+from lbbench.model.service import read_endpoints_update
+from lbbench.system.control import Message, attach_requests, reply
 from lbbench.system.sharedaccept import Loads, SharedAcceptor
 
 _CLASSES = ("responses_other", "responses_1xx", "responses_2xx", "responses_3xx", "responses_4xx",
@@ -144,19 +143,16 @@ class ProxyApp:
         await self.discovery.resolve_once()
         self.discovery.start()
 
-    def on_control(self, msg: Message) -> None:
-        update = msg.get("endpoints")
-        if not isinstance(update, dict):
-            return
-        pool = self.pools.get(str(update.get("service")))
+    async def on_control(self, msg: Message) -> Message:
+        """Apply one control request; the reply (or the ValueError's reason) goes back to the front end."""
+        if "endpoints" not in msg:
+            return {}
+        key, endpoints = read_endpoints_update(msg["endpoints"])
+        pool = self.pools.get(key)
         if pool is None:
-            print(f"lbbench proxy: endpoints for unknown Service {update.get('service')!r} ignored",
-                  file=sys.stderr)
-            return
-        try:
-            pool.set_endpoints(endpoints_from_message(update.get("endpoints")))
-        except ValueError as e:
-            print(f"lbbench proxy: bad endpoints update for {pool.key}: {e}", file=sys.stderr)
+            raise ValueError(f"endpoints for unknown Service {key!r}")
+        pool.set_endpoints(endpoints)
+        return {"ok": True}
 
     def snapshot(self) -> dict[str, Any]:
         services = {k: p.snapshot() for k, p in self.pools.items()}
@@ -206,10 +202,10 @@ async def serve(config: ProxyConfig, *, control: bool = True,
     app = ProxyApp(config, shared)
     await app.start()
     if control:
-        attach_stdin_control(loop, app.on_control)
+        attach_requests(loop, app.on_control)
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    print(json.dumps({"event": "ready", "listen": app.listen, "stats": app.stats or None}), flush=True)
+    reply({"event": "ready", "listen": app.listen, "stats": app.stats or None})
     await stop.wait()
     await app.stop()

@@ -89,20 +89,6 @@ def plan_from_json(text: str) -> FrontendPlan:
     return plan
 
 
-def endpoints_from_message(items: Any) -> tuple[Endpoint, ...]:
-    """Endpoints of a control message, validated (loopback only)."""
-    if not isinstance(items, list):
-        raise ValueError("endpoints must be a list")
-    out = []
-    for item in items:
-        ep = _build(Endpoint, item, "endpoint")
-        require_loopback(ep.ip, "endpoint")
-        if not isinstance(ep.port, int) or not 0 < ep.port < 65536:
-            raise ValueError(f"endpoint port {ep.port!r} out of range")
-        out.append(ep)
-    return tuple(out)
-
-
 def _positive(name: str, value: float, *, zero_ok: bool = False) -> None:
     if value < 0 or (value == 0 and not zero_ok):
         raise ValueError(f"--{name.replace('_', '-')} must be {'>= 0' if zero_ok else '> 0'}, got {value:g}")

@@ -15,10 +15,6 @@ whose flags are in lbbench.commands.serve.proxy) and talks to it over its contro
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import dataclasses
-import json
-import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -26,8 +22,8 @@ from typing import Any, ClassVar, Literal
 
 from lbbench.frontends.base import Entrypoint, Frontend, FrontendPlan
 from lbbench.model.addresses import HostPort, parse_hostport
-from lbbench.model.service import Endpoint, ServiceType
-from lbbench.system.control import send
+from lbbench.model.service import Endpoint, ServiceType, endpoints_update
+from lbbench.system.control import ChildChannel, ChildGone
 from lbbench.system.procs import Child, Supervisor, lbbench_argv
 from lbbench.system.scratch import private_dir, write_private
 
@@ -52,6 +48,7 @@ class L7Proxy(Frontend):
     def __init__(self, plan: FrontendPlan, supervisor: Supervisor) -> None:
         super().__init__(plan, supervisor)
         self.child: Child | None = None
+        self.channel: ChildChannel | None = None
         self.listen: HostPort | None = None
         self.stats_addr: HostPort | None = None
         self.plan_file: Path | None = None
@@ -73,14 +70,15 @@ class L7Proxy(Frontend):
         write_private(self.plan_file, plan_to_json(self.plan))
         argv = lbbench_argv("serve", "proxy", "--plan", str(self.plan_file), "--stats", f"{self.plan.ingress_ip}:0")
         self.child = self.supervisor.spawn("l7-proxy", argv, stdout=subprocess.PIPE)
-        ready = await read_ready(self.child, READY_TIMEOUT_S)
+        self.channel, ready = await open_proxy(self.child)
         self.listen = parse_hostport(ready["listen"])
         self.stats_addr = parse_hostport(ready["stats"])
 
     async def update_endpoints(self, service_key: str, endpoints: tuple[Endpoint, ...]) -> None:
-        if self.child is None or not send(self.child.stdin, {"endpoints": {
-                "service": service_key, "endpoints": [dataclasses.asdict(e) for e in endpoints]}}):
+        """Hand the proxy the Service's new Endpoints and wait until it applied them (or said why not)."""
+        if self.channel is None:
             raise RuntimeError("l7-proxy is not running")
+        await self.channel.request({"endpoints": endpoints_update(service_key, endpoints)})
 
     async def stop(self) -> None:
         if self._stats_conn is not None:
@@ -89,6 +87,9 @@ class L7Proxy(Frontend):
         if self.child is not None:
             await self.child.stop(8.0)  # the proxy itself gives requests in progress 5 s
             self.child.close_pipes()
+        if self.channel is not None:
+            self.channel.close()
+            self.channel = None
         if self._tmpdir is not None:
             shutil.rmtree(self._tmpdir, ignore_errors=True)
             self._tmpdir = None
@@ -138,39 +139,17 @@ class L7Proxy(Frontend):
         return await fetch(*self._stats_conn)
 
 
-async def read_ready(child: Child, timeout_s: float, name: str = "l7-proxy") -> dict[str, Any]:
-    """Wait for the proxy's one-line JSON readiness announcement on its stdout."""
-    pipe = child.popen.stdout
-    assert pipe is not None
-    fd = pipe.fileno()
-    os.set_blocking(fd, False)
-    loop = asyncio.get_running_loop()
-    done: asyncio.Future[bytes] = loop.create_future()
-    buf = bytearray()
-
-    def readable() -> None:
-        try:
-            chunk = os.read(fd, 65536)
-        except BlockingIOError:
-            return
-        buf.extend(chunk)
-        if (not chunk or b"\n" in buf) and not done.done():
-            done.set_result(bytes(buf))
-
-    loop.add_reader(fd, readable)
+async def open_proxy(child: Child, name: str = "l7-proxy") -> tuple[ChildChannel, dict[str, Any]]:
+    """The control channel of a proxy process, and its readiness announcement (listen and stats addresses)."""
+    channel = await ChildChannel.open(child, name)
     try:
-        line = await asyncio.wait_for(done, timeout_s)
-    except TimeoutError:
-        raise RuntimeError(f"{name} did not become ready within {timeout_s:g} s") from None
-    finally:
-        loop.remove_reader(fd)
-        with contextlib.suppress(OSError):
-            pipe.close()
-    try:
-        ready = json.loads(line.split(b"\n", 1)[0])
-    except json.JSONDecodeError:
-        ready = None
-    if not isinstance(ready, dict) or ready.get("event") != "ready":
-        code = child.poll()
-        raise RuntimeError(f"{name} failed to start (exit code {code}); see its stderr above")
-    return ready
+        ready = await channel.announcement(READY_TIMEOUT_S)
+    except TimeoutError as e:
+        channel.close()
+        raise RuntimeError(str(e)) from None
+    except ChildGone:
+        ready = {}
+    if ready.get("event") != "ready":
+        channel.close()
+        raise RuntimeError(f"{name} failed to start (exit code {child.poll()}); see its stderr above")
+    return channel, ready

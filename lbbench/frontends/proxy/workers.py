@@ -10,14 +10,13 @@ What it is for: comparing cores with cores against HAProxy's threads in `lbbench
 
 This process (the manager) binds the listening socket and hands it to the workers, which
 accept least-loaded first (lbbench.system.sharedaccept); it relays control messages to every
-worker and serves /stats and /metrics as the sum of the workers' documents, fetched on request.
+worker (acknowledged once all of them applied it) and serves /stats and /metrics as the sum of the workers' documents, fetched on request.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import signal
 import subprocess
@@ -25,10 +24,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from lbbench.frontends.proxy.config import ProxyConfig
-from lbbench.frontends.proxy.frontend import READY_TIMEOUT_S, read_ready
+from lbbench.frontends.proxy.frontend import open_proxy
 from lbbench.frontends.proxy.stats import StatsProtocol, fetch, merge
 from lbbench.model.addresses import HostPort, parse_hostport
-from lbbench.system.control import Message, attach_stdin_control, send
+from lbbench.model.service import read_endpoints_update
+from lbbench.system.control import ChildChannel, Message, attach_requests, reply
 from lbbench.system.procs import Child, Supervisor
 from lbbench.system.sharedaccept import create_loads, listen_socket
 
@@ -71,6 +71,7 @@ class Manager:
         self.worker_argv = list(worker_argv)
         self.sup = Supervisor()
         self.children: list[Child] = []
+        self.channels: list[ChildChannel] = []
         self.stats_addrs: list[HostPort] = []
         self.listen = ""
 
@@ -86,16 +87,21 @@ class Manager:
                         "--stats", f"{listen.host}:0"]
                 self.children.append(self.sup.spawn(f"l7-proxy-{i}", argv, stdout=subprocess.PIPE,
                                                     pass_fds=(sock.fileno(), loads_fd)))
-            readies = await asyncio.gather(*(read_ready(c, READY_TIMEOUT_S, f"l7-proxy worker {i}")
-                                             for i, c in enumerate(self.children)))
+            opened = await asyncio.gather(*(open_proxy(c, f"l7-proxy worker {i}")
+                                            for i, c in enumerate(self.children)))
         finally:
             sock.close()  # the workers hold their own copies
             os.close(loads_fd)
-        self.stats_addrs = [parse_hostport(r["stats"]) for r in readies]
+        self.channels = [channel for channel, _ in opened]
+        self.stats_addrs = [parse_hostport(ready["stats"]) for _, ready in opened]
 
-    def on_control(self, msg: Message) -> None:
-        for c in self.children:
-            send(c.stdin, msg)
+    async def on_control(self, msg: Message) -> Message:
+        """Hand a request to every worker; applied once all of them acknowledged it."""
+        if "endpoints" not in msg:
+            return {}
+        read_endpoints_update(msg["endpoints"])  # refused here, once, rather than by every worker
+        await asyncio.gather(*(c.request({"endpoints": msg["endpoints"]}) for c in self.channels))
+        return {"ok": True}
 
     async def stats(self) -> dict[str, Any]:
         docs = await asyncio.gather(*(_stats_of(a) for a in self.stats_addrs))
@@ -104,6 +110,8 @@ class Manager:
 
     async def stop(self) -> None:
         await self.sup.aclose(STOP_GRACE_S)
+        for channel in self.channels:
+            channel.close()
 
 
 async def _stats_of(addr: HostPort) -> dict[str, Any]:
@@ -131,15 +139,15 @@ async def serve_workers(config: ProxyConfig, workers: int, worker_argv: Sequence
     try:
         await manager.start()
         if control:
-            attach_stdin_control(loop, manager.on_control)
+            attach_requests(loop, manager.on_control)
         stats = ""
         if config.stats is not None:
             server = await loop.create_server(lambda: _MergedStats(manager), config.stats.host, config.stats.port,
                                               reuse_address=True)
             host, port = server.sockets[0].getsockname()[:2]
             stats = f"{host}:{port}"
-        print(json.dumps({"event": "ready", "listen": manager.listen, "stats": stats or None,
-                          "workers": [c.pid for c in manager.children]}), flush=True)
+        reply({"event": "ready", "listen": manager.listen, "stats": stats or None,
+               "workers": [c.pid for c in manager.children]})
         await stop.wait()
     finally:
         if server is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
+import random
 import signal
 import subprocess
 import time
@@ -102,6 +103,60 @@ def test_without_rules_services_are_reached_by_their_cluster_dns_name(supervisor
             assert (await loop.run_in_executor(None, _get, ep.addr, "/", ep.host_header))[1] == "pod-b"
             assert (await loop.run_in_executor(None, _get, ep.addr, "/", "who.knows"))[1] == "pod-a"  # default
         finally:
+            await fe.stop()
+
+    uvloop.run(main())
+
+
+def test_the_proxy_acknowledges_each_update_and_a_refused_one_is_sync_failed(supervisor: Supervisor) -> None:
+    """Same contract as DNAT: update_endpoints returns once the proxy applied it, or raises its reason."""
+    import tomllib
+
+    from lbbench.cluster.controller import Controller
+    from lbbench.cluster.events import EventLog
+    from lbbench.config.parse import parse_config
+
+    _, pod_a = start_pod(supervisor, "pod-a")
+    fe = L7Proxy(FrontendPlan((_svc("a"),), ingress_ip=fresh_ip()), supervisor)
+    # The cluster's Service default/web is not in the proxy's plan: the proxy must refuse its Endpoints.
+    config = parse_config("test.toml", tomllib.loads(f"""
+[cluster]
+node_ip_base = {random.randint(20, 70)}
+[[deployments]]
+name = "web"
+replicas = 1
+[deployments.template]
+service = "const:1ms"
+[[services]]
+name = "web"
+selector = {{ app = "web" }}
+[run]
+endpoint_sync_delay = "0.05s"
+"""))
+
+    async def main() -> None:
+        await fe.start()
+        log = EventLog()
+        ctl = Controller(config, supervisor, log, seed=1)
+        ctl.subscribers.append(fe.update_endpoints)
+        try:
+            await fe.update_endpoints("shop/a", (_ep("pod-a", pod_a),))  # acknowledged: serving at once
+            ep = fe.entrypoint("shop/a")
+            loop = asyncio.get_running_loop()
+            assert (await loop.run_in_executor(None, _get, ep.addr, "/", ep.host_header))[1] == "pod-a"
+            with pytest.raises(ValueError, match=r"127\.0\.0\.0/8"):
+                await fe.update_endpoints("shop/a", (Endpoint("far", "10.0.0.1", 80),))
+            assert (await loop.run_in_executor(None, _get, ep.addr, "/", ep.host_header))[1] == "pod-a"  # kept
+            await ctl.start()
+            await ctl.wait_synced()
+            async with asyncio.timeout(15):
+                while not log.of_kind("sync_failed"):
+                    await asyncio.sleep(0.02)
+            (failed,) = log.of_kind("sync_failed")
+            assert failed.target == "default/web"
+            assert "ValueError" in failed.detail and "unknown Service 'default/web'" in failed.detail
+        finally:
+            await ctl.stop()
             await fe.stop()
 
     uvloop.run(main())
