@@ -137,7 +137,7 @@ endpoint_sync_delay = "0.05s"
     async def main() -> None:
         await fe.start()
         log = EventLog()
-        ctl = Controller(config, supervisor, log, seed=1)
+        ctl = Controller(config, supervisor, log)
         ctl.subscribers.append(fe.update_endpoints)
         try:
             await fe.update_endpoints("shop/a", (_ep("pod-a", pod_a),))  # acknowledged: serving at once
