@@ -10,7 +10,8 @@ What it is for: comparing cores with cores against HAProxy's threads in `lbbench
 
 This process (the manager) binds the listening socket and hands it to the workers, which
 accept least-loaded first (lbbench.system.sharedaccept); it relays control messages to every
-worker (acknowledged once all of them applied it) and serves /stats and /metrics as the sum of the workers' documents, fetched on request.
+worker (acknowledged once all of them applied it) and serves /stats and /metrics as the sum
+of the workers' documents, fetched on request.
 """
 
 from __future__ import annotations
