@@ -11,7 +11,8 @@ from lbbench.system.control import JsonLines, encode
 
 
 def test_endpoints_update_round_trips() -> None:
-    eps = (Endpoint("web-0", "127.10.0.2", 8080, "node-0"), Endpoint("web-1", "127.10.1.2", 8081))
+    eps = (Endpoint("web-0", "127.10.0.2", 8080, "node-0"), Endpoint("web-1", "127.10.1.2", 8081),
+           Endpoint("web-2", "127.10.1.3", 8080, "node-1", ready=False, serving=True, terminating=True))
     message = json.loads(json.dumps(endpoints_update("default/web", eps)))  # as it travels
     assert read_endpoints_update(message) == ("default/web", eps)
     assert read_endpoints_update(endpoints_update("default/web", ())) == ("default/web", ())
@@ -26,6 +27,7 @@ def test_endpoints_update_round_trips() -> None:
     ({"pod": "p", "ip": "127.0.0.2"}, "out of range"),
     ({"ip": "127.0.0.2", "port": 80}, "string pod"),
     ({"pod": "p", "ip": "127.0.0.2", "port": 80, "weight": 2}, "unknown key 'weight'"),
+    ({"pod": "p", "ip": "127.0.0.2", "port": 80, "terminating": "yes"}, "true or false"),
     (["p", "127.0.0.2", 80], "must be an object"),
 ])
 def test_a_malformed_endpoint_is_refused_with_its_reason(item: object, reason: str) -> None:
