@@ -116,18 +116,6 @@ def l4_listeners(spec: ServiceSpec) -> list[HostPort]:
     return list(dict.fromkeys(out))
 
 
-def l4_entrypoint(spec: ServiceSpec, via: ServiceType) -> Entrypoint:
-    if via == "ClusterIP":
-        return Entrypoint(HostPort(spec.cluster_ip, spec.port))
-    if via == "NodePort":
-        if spec.node_port is None or not spec.node_ips:
-            raise UserError(f"Service {spec.key} has no NodePort")
-        return Entrypoint(HostPort(spec.node_ips[0], spec.node_port))
-    if spec.lb_ip is None:
-        raise UserError(f"Service {spec.key} has no LoadBalancer address")
-    return Entrypoint(HostPort(spec.lb_ip, spec.port))
-
-
 def l7_entrypoint(plan: FrontendPlan, service_key: str) -> Entrypoint:
     addr = HostPort(plan.ingress_ip, plan.ingress_port)
     for r in routes(plan):

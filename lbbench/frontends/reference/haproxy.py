@@ -59,12 +59,12 @@ from typing import ClassVar, Literal
 
 from lbbench.errors import UserError
 from lbbench.frontends.base import Entrypoint, FrontendPlan
+from lbbench.frontends.dnat.plan import entrypoint_of
 from lbbench.frontends.reference.common import (
     ReferenceFrontend,
     Route,
     binary_path,
     hosts_in_order,
-    l4_entrypoint,
     l4_listeners,
     ms,
     routes,
@@ -351,7 +351,7 @@ class HaproxyTcp(_Haproxy):
         await super().start()
 
     def entrypoint(self, service_key: str, via: ServiceType = "ClusterIP") -> Entrypoint:
-        return l4_entrypoint(self.service(service_key), via)
+        return entrypoint_of(self.service(service_key), via)
 
     def listen_addresses(self) -> list[HostPort]:
         return [a for s in self.plan.services for a in l4_listeners(s)]
