@@ -33,7 +33,7 @@ from lbbench.report.tables import (
 )
 from lbbench.report.theory import theory_blocks
 from lbbench.report.theory_table import steady_table
-from lbbench.report.verdict import fmt_ci, fmt_pct, headline_table, too_uncertain, verdict
+from lbbench.report.verdict import fmt_ci, fmt_pct, headline_table, sweep_verdict, too_uncertain, verdict
 from lbbench.system.hoststat import STEAL_WARN
 
 CUT_SHORT = (
@@ -140,12 +140,16 @@ def _lead(r: Results, views: Sequence[ClientView], plots: PlotSet, headline: Plo
 
 def build_document(r: Results, plots: PlotSet, views: Sequence[ClientView] = (), headline: Plot | None = None,
                    checks: Sequence[CheckResult] = ()) -> Document:
-    sections = [Section("Verdict", (Paragraph(" ".join(verdict(views, r.duration_s)), verdict=True),
-                                    *_lead(r, views, plots, headline)))]
+    rows, reasons = steady_rows(r)
+    if len(r.rates) > 1:
+        tol = tolerance(r)
+        answer = sweep_verdict(per_rate(r), [(s.frontend, s.verdict(tol)) for s in rows])
+    else:
+        answer = verdict(views, r.duration_s)
+    sections = [Section("Verdict", (Paragraph(" ".join(answer), verdict=True), *_lead(r, views, plots, headline)))]
     sections += scale_sections(r)  # a Service-count sweep's own section, when the run was one
     if checks:
         sections.append(Section("Checks", (checks_table(checks),)))
-    rows, reasons = steady_rows(r)
     if rows or reasons:
         table, details = steady_table(r, rows, reasons)
         sections.append(Section("Measured against theory (steady state)", tuple(b for b in (table, details) if b)))

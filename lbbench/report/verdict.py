@@ -7,7 +7,7 @@ a claim says so, with the run length that would fix it (pyperf-style).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from lbbench.report.doc import Table
 from lbbench.report.headline import ClientView
@@ -140,3 +140,28 @@ def headline_table(views: Sequence[ClientView], slo_source: str, rate: str = "")
         "client gave up, from the intended send time; [95% interval by batch means]. The 2xx-only p99 "
         "leaves failures out and can flatter a front end that drops requests.",
     )
+
+
+def sweep_verdict(by_rate: Mapping[float, Sequence[ClientView]], theory: Sequence[tuple[str, str]]) -> list[str]:
+    """A sweep's answer across its rates: who was best where, where failures began, how theory fared.
+
+    `theory`: (front end, verdict) of every steady-state row ('pass', 'FAIL', 'not compared', '–').
+    """
+    rates = [r for r, views in by_rate.items() if views]
+    if not rates:
+        return ["No front end measured anything."]
+    best = [by_rate[r][0].frontend for r in rates]
+    winner = max(set(best), key=best.count)
+    where = "at every rate" if best.count(winner) == len(rates) else f"at {best.count(winner)} of {len(rates)} rates"
+    out = [f"Across {len(rates)} rates ({rates[0]:g}-{rates[-1]:g} rps), {winner} served the clients best {where} "
+           "(ranked on failed requests, then OK within the SLO, then p99 counting failures)."]
+    failing = [(r, v) for r in rates for v in by_rate[r] if v.error_count]
+    if failing:
+        first_rate, first = failing[0]
+        out.append(f"Failures begin at {first_rate:g} rps ({first.frontend} {failed_phrase(first)}).")
+    else:
+        out.append("No front end failed a request at any rate.")
+    judged = [v for _, v in theory if v in ("pass", "FAIL")]
+    if judged:
+        out.append(f"Theory: {judged.count('pass')} of {len(judged)} steady-state rows within tolerance.")
+    return out

@@ -93,3 +93,13 @@ def test_checks_pass_fail_exit_code_and_summary(tmp_path: Path, capsys: pytest.C
 def test_check_expressions(text: str, metric: str, op: str, value: float) -> None:
     c = parse_check(text)
     assert (c.metric, c.op) == (metric, op) and c.value == pytest.approx(value)
+
+
+def test_a_sweep_answers_across_its_rates(tmp_path: Path) -> None:
+    folder = make_folder(tmp_path, rates=(80.0, 160.0))
+    md = write_report(folder).markdown.read_text()
+    verdict = md[md.index("## Verdict"):].split("\n\n")[1]
+    assert verdict.startswith("**Across 2 rates (80-160 rps), l7-proxy served the clients best at every rate")
+    # the sweep leads with its curves and a per-rate table, before anything folded
+    lead = md[md.index("## Verdict"):md.index("<details>")]
+    assert "theory_mean_vs_utilisation.png" in lead and "| rate (rps) | front end | failed |" in lead
