@@ -187,6 +187,11 @@ class LocalCluster:
         self.run_jobs([o for _, o in manifests.objects("Job")])
         self.check_alive()
 
+    def stop(self) -> None:
+        """Stop every process, reaped before the supervisor fixture's short grace (the machine may be busy)."""
+        for child in reversed(self.supervisor.children):
+            child.stop_sync(5.0)
+
     def check_alive(self) -> None:
         """A serving container that exits after it became ready is an early exit too."""
         for pod in self.pods:

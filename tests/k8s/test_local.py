@@ -71,18 +71,23 @@ def test_every_rendered_command_parses(path: Path) -> None:
 def _start_all(manifests: Manifests, supervisor: Supervisor, tmp_path: Path) -> None:
     with DnsThread() as dns:
         cluster = LocalCluster(supervisor, dns, tmp_path)
-        cluster.start_all(manifests, INGRESS_URL if any(manifests.objects("Ingress")) else None)
+        try:
+            cluster.start_all(manifests, INGRESS_URL if any(manifests.objects("Ingress")) else None)
+        finally:
+            cluster.stop()
     expected = {f"{o['kind']}/{o['metadata']['name']}" for _, o in manifests.objects(*WORKLOADS, "Job")}
     assert set(cluster.started) == expected
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # a few dozen processes started one after another on a shared machine
 @pytest.mark.parametrize("path", SHIPPED, ids=[p.name for p in SHIPPED])
 def test_every_rendered_container_starts_locally(path: Path, supervisor: Supervisor, tmp_path: Path) -> None:
     _start_all(_manifests(path), supervisor, tmp_path)
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_statefulsets_daemonsets_nodeports_and_an_ingress_start_locally(supervisor: Supervisor,
                                                                        tmp_path: Path) -> None:
     """test_k8s.py's config of every kind (its load asks for 503s: here it asks for 200s)."""
@@ -104,6 +109,7 @@ def _with_flag(manifests: Manifests, kind: str, name: str, flag: str) -> Manifes
     return Manifests(files, manifests.faults)
 
 
+@pytest.mark.timeout(600)
 def test_a_flag_the_program_lacks_fails_both_checks(supervisor: Supervisor, tmp_path: Path) -> None:
     """The checks above can fail: one made-up flag in the l7-proxy Deployment, or in a load Job; a pod that
     dies after it was ready."""
@@ -126,3 +132,4 @@ def test_a_flag_the_program_lacks_fails_both_checks(supervisor: Supervisor, tmp_
         cluster.pods[0].child.popen.wait(10)
         with pytest.raises(ContainerFailed, match="exited with -9 after it was ready"):
             cluster.check_alive()
+        cluster.stop()
