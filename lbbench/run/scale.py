@@ -36,6 +36,7 @@ from lbbench.system.netns import in_private_netns
 from lbbench.system.procs import Supervisor
 
 Log = Callable[[str], None]
+OnCell = Callable[[dict[str, Any], pd.DataFrame], object]  # the section and rows so far, after each cell
 SWEEP_FRONTENDS = ("kernel-iptables", "kernel-nftables", "userspace-dnat")
 FD_MARGIN = 200  # descriptors a forwarder needs besides its listeners
 
@@ -217,7 +218,8 @@ def rows_frame(label: str, count: int, keys: list[str], positions: dict[str, int
 
 
 async def run_sweep(scale: ScaleConfig, seed: int, frontends: tuple[str, ...], sup: Supervisor,
-                    pods: list[HostPort], log: Log) -> tuple[dict[str, Any], pd.DataFrame]:
+                    pods: list[HostPort], log: Log, on_cell: OnCell | None = None) \
+        -> tuple[dict[str, Any], pd.DataFrame]:
     """The `scale` section of the summary, and one row per probe connection."""
     targets, skipped = sweep_targets(frontends, scale)
     section: dict[str, Any] = {
@@ -247,6 +249,8 @@ async def run_sweep(scale: ScaleConfig, seed: int, frontends: tuple[str, ...], s
                 continue
             section["frontends"][target.label]["counts"][str(count)] = entry
             frames.append(rows_frame(target.label, count, list(layout.positions), layout.positions, rows))
+            if on_cell is not None:
+                on_cell(section, pd.concat(frames, ignore_index=True))
             c = entry["pooled"]["connect_us"]
             log(f"scale: {where}: connect p01/p50/p99 {c['p01']}/{c['p50']}/{c['p99']} us, "
                 f"sync p50 {entry['sync']['endpoint_change']['p50_ms']} ms, failed {entry['pooled']['failed']}")

@@ -136,6 +136,7 @@ def probe(targets: Sequence[HostPort], connections: int, rate_rps: float, timeou
     try:
         for i in range(connections):
             due = start + i * period_ns
+            reader.poll(0.0)  # responses are read even when the sends run behind schedule
             while (wait := due - time.perf_counter_ns()) > 0:
                 reader.poll(wait / 1e9)
             began = time.perf_counter_ns()

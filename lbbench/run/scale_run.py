@@ -20,7 +20,7 @@ from lbbench.model.addresses import HostPort
 from lbbench.results.writer import WriteFailure, write_folder
 from lbbench.run.collect import folder_contents
 from lbbench.run.live import LiveView
-from lbbench.run.scale import run_sweep
+from lbbench.run.scale import OnCell, run_sweep
 from lbbench.system.netns import in_private_netns
 from lbbench.system.procs import Child, Supervisor
 
@@ -47,7 +47,11 @@ async def _start_pods(sup: Supervisor, config: Config, n: int) -> list[tuple[Chi
 
 
 async def run_scale_experiment(config: Config, opts: RunOptions) -> tuple[Path, bool, list[WriteFailure]]:
-    """The sweep, then the results folder and the report; as run_experiment returns."""
+    """The sweep, then the results folder and the report; as run_experiment returns.
+
+    The folder is rewritten after every cell (front end x count) with `complete: false`, so an
+    interrupted or crashed sweep keeps every cell it finished.
+    """
     from lbbench.run.experiment import report_folder, skip_reason, stopped_by_signals
 
     assert config.scale is not None
@@ -57,7 +61,17 @@ async def run_scale_experiment(config: Config, opts: RunOptions) -> tuple[Path, 
         live.say(f"[yellow]skipping {name}[/]: {reason}")
     runnable = tuple(n for n in opts.frontends if n not in unavailable)
     meta = {"config_file": config.path, "in_netns": in_private_netns(), "frontends_requested": list(opts.frontends)}
-    sweep = asyncio.ensure_future(_sweep(config, runnable, live))
+    latest: list[tuple[dict[str, Any], pd.DataFrame]] = [({}, pd.DataFrame())]
+
+    def write(section: dict[str, Any], rows: pd.DataFrame, complete: bool) -> list[WriteFailure]:
+        latest[0] = (section, rows)
+        contents = folder_contents(config, [], unavailable, complete, meta)
+        contents.summary["scale"] = section
+        unwritten = write_folder(opts.out, contents)
+        rows.to_parquet(opts.out / "scale_connects.parquet", index=False)
+        return unwritten
+
+    sweep = asyncio.ensure_future(_sweep(config, runnable, live, lambda s, r: write(s, r, False)))
 
     def stop() -> None:
         sweep.cancel()
@@ -66,24 +80,23 @@ async def run_scale_experiment(config: Config, opts: RunOptions) -> tuple[Path, 
         try:
             section, rows = await sweep
         except asyncio.CancelledError:
-            live.say("[yellow]stopped[/]: the sweep's results are lost; nothing is written but the config")
-            section, rows = {}, pd.DataFrame()
+            live.say("[yellow]stopped[/]: writing the cells measured so far (complete: false)")
+            section, rows = latest[0]
     complete = bool(section) and not sweep.cancelled()
-    contents = folder_contents(config, [], unavailable, complete, meta)
-    contents.summary["scale"] = section
-    unwritten = write_folder(opts.out, contents)
-    rows.to_parquet(opts.out / "scale_connects.parquet", index=False)
+    unwritten = write(section, rows, complete)
     if not unwritten:
         report_folder(opts.out, live)
     return opts.out, complete and not unwritten, unwritten
 
 
-async def _sweep(config: Config, frontends: tuple[str, ...], live: LiveView) -> tuple[dict[str, Any], pd.DataFrame]:
+async def _sweep(config: Config, frontends: tuple[str, ...], live: LiveView, on_cell: OnCell) \
+        -> tuple[dict[str, Any], pd.DataFrame]:
     assert config.scale is not None
     with Supervisor() as sup:
         pods = await _start_pods(sup, config, config.scale.endpoints_per_service)
         try:
-            return await run_sweep(config.scale, config.run.seed, frontends, sup, [addr for _, addr in pods], live.say)
+            return await run_sweep(config.scale, config.run.seed, frontends, sup, [addr for _, addr in pods],
+                                   live.say, on_cell)
         finally:
             await asyncio.gather(*(child.stop(2.0) for child, _ in pods))
             await sup.aclose()
