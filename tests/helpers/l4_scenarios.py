@@ -29,6 +29,8 @@ from lbbench.model.service import Endpoint, ServiceSpec, ServiceType
 from lbbench.system import cgroup
 from lbbench.system.procs import Child, Supervisor
 
+POD_READY_TIMEOUT_S = 90.0  # as the sweep tests: a pod can take 20 s to import on a busy machine
+
 Result = dict[str, Any]
 cluster_home: dict[int, Path | None] = {}  # front end -> the cgroup this process left to be its client
 
@@ -142,8 +144,9 @@ class Cluster:
 async def start_cluster(sup: Supervisor, frontend: str, n_pods: int = 4, slots: int = 1,
                         service_type: str = "ClusterIP", seed: int = 1) -> Cluster:
     loop = asyncio.get_running_loop()
-    pods = await asyncio.gather(*(loop.run_in_executor(None, functools.partial(start_pod, sup, f"pod-{i}", slots=slots))
-                                  for i in range(n_pods)))
+    # Four pods import at once: on a busy machine that takes more than start_pod's default 10 s.
+    start = functools.partial(start_pod, sup, slots=slots, ready_timeout_s=POD_READY_TIMEOUT_S)
+    pods = await asyncio.gather(*(loop.run_in_executor(None, start, f"pod-{i}") for i in range(n_pods)))
     nodes = (fresh_ip(), fresh_ip()) if service_type != "ClusterIP" else ()
     spec = ServiceSpec("web", "default", service_type, fresh_ip(), 80, 8080,  # type: ignore[arg-type]
                        node_port=30080 if nodes else None, node_ips=nodes,
@@ -273,7 +276,8 @@ async def reject_trap(frontend: str) -> Result:
     fe: Frontend | None = None
     trap_hits = 0
     try:
-        _, pod = await asyncio.get_running_loop().run_in_executor(None, lambda: start_pod(sup, "pod-0"))
+        _, pod = await asyncio.get_running_loop().run_in_executor(
+            None, lambda: start_pod(sup, "pod-0", ready_timeout_s=POD_READY_TIMEOUT_S))
         spec = ServiceSpec("trap", "default", "ClusterIP", fresh_ip(), 80, 8080)
 
         def on_trap(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
