@@ -26,7 +26,7 @@ KINDS = ("connect_timeout", "timeout", "refused", "reset", "http_5xx")
 class EventCost:
     frontend: str
     event: str  # "node_down node/node-1"
-    at_s: float
+    at_s: float  # when it fired in this front end's phase (the timer's lateness differs a little)
     requests: int
     errors: dict[str, int]
     detect_s: float | None
@@ -96,14 +96,17 @@ def failures_table(costs: list[EventCost]) -> Table:
 
 
 def in_short(costs: list[EventCost]) -> str:
-    by_event: dict[tuple[str, float], list[EventCost]] = {}
-    for c in costs:
-        by_event.setdefault((c.event, round(c.at_s, 1)), []).append(c)
+    by_event: dict[tuple[str, int], list[EventCost]] = {}
+    seen: dict[tuple[str, str], int] = {}
+    for c in costs:  # the k-th firing of an event in each front end's phase is the same timeline entry
+        k = seen[(c.frontend, c.event)] = seen.get((c.frontend, c.event), -1) + 1
+        by_event.setdefault((c.event, k), []).append(c)
     parts = []
-    for (event, at), cs in by_event.items():
+    for (event, _), cs in by_event.items():
+        at = min(c.at_s for c in cs)
         hid = [c for c in cs if c.failed == 0]
         lost = sorted((c for c in cs if c.failed), key=lambda c: -c.failed)
-        text = f"{event} at {at:g} s: "
+        text = f"{event} at {at:.1f} s: "
         if hid:
             text += "hidden from clients by " + ", ".join(
                 f"{c.frontend} (p99 {fmt_ms(c.p99_during_s)} ms during vs {fmt_ms(c.p99_before_s)} ms before)"
