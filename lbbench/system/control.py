@@ -111,10 +111,18 @@ def attach_requests(loop: asyncio.AbstractEventLoop, handle: Callable[[Message],
     return attach_stdin_control(loop, on_message)
 
 
-def reply(message: Message) -> None:
-    """Child side: one message to the parent (the announcement, or a reply) on stdout."""
-    sys.stdout.buffer.write(encode(message))
-    sys.stdout.buffer.flush()
+def reply(message: Message) -> bool:
+    """Child side: one message to the parent (the announcement, or a reply) on stdout.
+
+    False if nobody reads any more (a parent that took only the ready line, or a closed
+    terminal): answering is a courtesy, never a reason for the child to fail.
+    """
+    try:
+        sys.stdout.buffer.write(encode(message))
+        sys.stdout.buffer.flush()
+    except (BrokenPipeError, ValueError, OSError):
+        return False
+    return True
 
 
 # -- the parent's end ------------------------------------------------------------------------

@@ -162,6 +162,29 @@ endpoint_sync_delay = "0.05s"
     uvloop.run(main())
 
 
+def test_proxy_workers_acknowledge_an_update_together_or_refuse_it(supervisor: Supervisor) -> None:
+    """With `workers = 2` the manager answers for both workers: ok once each applied it, or the reason."""
+    _, pod_a = start_pod(supervisor, "pod-a")
+    fe = L7Proxy(FrontendPlan((_svc("a"),), ingress_ip=fresh_ip(), proxy=ProxySettings(workers=2)), supervisor)
+
+    async def main() -> None:
+        await fe.start()
+        try:
+            await fe.update_endpoints("shop/a", (_ep("pod-a", pod_a),))
+            ep = fe.entrypoint("shop/a")
+            loop = asyncio.get_running_loop()
+            served = {(await loop.run_in_executor(None, _get, ep.addr, "/", ep.host_header))[1] for _ in range(8)}
+            assert served == {"pod-a"}  # whichever worker accepted, it had the update already
+            with pytest.raises(ValueError, match="unknown Service 'shop/zzz'"):
+                await fe.update_endpoints("shop/zzz", (_ep("pod-a", pod_a),))
+            with pytest.raises(ValueError, match=r"127\.0\.0\.0/8"):
+                await fe.update_endpoints("shop/a", (Endpoint("far", "10.0.0.1", 80),))
+        finally:
+            await fe.stop()
+
+    uvloop.run(main())
+
+
 def test_removed_backend_drains_its_in_flight_request(supervisor: Supervisor) -> None:
     svc = _svc("web")
     _, old = start_pod(supervisor, "old")
