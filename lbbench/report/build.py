@@ -17,6 +17,7 @@ from lbbench.report.doc import Banner, Block, Bullets, Document, Image, Paragrap
 from lbbench.report.failures import failure_sections
 from lbbench.report.headline import ClientView, per_rate, slo
 from lbbench.report.loader import Results
+from lbbench.report.metrics import fmt_ms
 from lbbench.report.narrative import answers
 from lbbench.report.plotkit import Plot, PlotSet
 from lbbench.report.scale import scale_sections
@@ -62,7 +63,7 @@ def banners(r: Results) -> tuple[Banner, ...]:
         label = f"{p.frontend} @ {p.rate_rps:g} rps" + (f" #{p.repeat}" if several else "")
         late, p50 = _lateness_p99(r, i), p.stats.latency_s.get("p50")
         if late is not None and p50 and late > LATENESS_SHARE * p50:
-            late_phases.append(f"{label} {late * 1e3:.3g} ms ({late / p50:.0%} of its p50 latency)")
+            late_phases.append(f"{label} {fmt_ms(late)} ms ({late / p50:.0%} of its p50 latency)")
         worst = p.stats.host_cpu.get("steal_max_1s", 0.0)
         if worst >= STEAL_WARN:
             out.append(Banner(
