@@ -4,15 +4,17 @@ Both build a `FolderContents` (rows, events, time series, the summary from `summ
 and hand it to `write_folder`, so the two kinds of folder hold the same files and the same keys.
 
 Nothing measured is lost to a failed write: summary.json goes first (it is small and says what
-the rest holds), every file is replaced atomically (lbbench.results.atomic), and when a file
-cannot be written the others are still tried, its previous version stays as it was, and
-summary.json is rewritten with `complete: false` and the failures in `write_errors`.
+the rest holds; it says `complete: true` only once every other file is written), every file is
+replaced atomically (lbbench.results.atomic), and when a file cannot be written the others are
+still tried, its previous version stays as it was, and summary.json is rewritten with
+`complete: false` and the failures in `write_errors`.
 """
 
 from __future__ import annotations
 
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,8 @@ import pandas as pd
 from lbbench.errors import UserError
 from lbbench.results.atomic import replace_atomically
 from lbbench.results.files import SCHEMA, json_text
+
+Writer = Callable[[Path], object]  # fills the temporary file it is given
 
 
 @dataclass(frozen=True)
@@ -69,30 +73,42 @@ def summary_document(*, complete: bool, metadata: dict[str, Any], config: dict[s
 
 
 def write_folder(out: Path, contents: FolderContents) -> list[WriteFailure]:
-    """Write the folder, summary first; returns the files that could not be written (and keeps going)."""
-    failures = [f for name, write in _files(contents) if (f := _try(out / name, write)) is not None]
+    """Write the folder, summary first; returns the files that could not be written (and keeps going).
+
+    The first summary.json says `complete: false`; only once every other file is written is it
+    rewritten with the run's own verdict, so a folder never claims to be complete over a stale file.
+    """
+    summary = contents.summary
+    first = {**summary, "complete": False}
+    failures = [f for name, write in _files(contents, first) for f in _try(out / name, write)]
     if contents.config_file is not None and not (out / "config.toml").exists():
-        failure = _try(out / "config.toml", lambda tmp: shutil.copyfile(contents.config_file or "", tmp))
-        failures += [failure] if failure is not None else []
-    if failures:
-        marked = {**contents.summary, "complete": False, "write_errors": [str(f) for f in failures]}
-        _try(out / "summary.json", lambda tmp: tmp.write_text(json_text(marked)))
+        config_file = contents.config_file
+        failures += _try(out / "config.toml", lambda tmp: shutil.copyfile(config_file, tmp))
+    final = {**summary, "complete": False, "write_errors": [str(f) for f in failures]} if failures else summary
+    if final != first:
+        late = _try(out / "summary.json", _json(final))
+        failures += late if not failures else []  # already failing: the first summary says incomplete
     return failures
 
 
-def _files(c: FolderContents) -> list[tuple[str, Any]]:
+def _files(c: FolderContents, summary: dict[str, Any]) -> list[tuple[str, Writer]]:
     """(name, write to a path), in the order they are written: small and most telling first."""
     return [
-        ("summary.json", lambda tmp: tmp.write_text(json_text(c.summary))),
+        ("summary.json", _json(summary)),
         ("events.csv", lambda tmp: c.events.to_csv(tmp, index=False, float_format="%.6f")),
         ("timeseries.parquet", lambda tmp: c.timeseries.to_parquet(tmp, index=False)),
         ("requests.parquet", lambda tmp: c.rows.to_parquet(tmp, index=False)),
     ]
 
 
-def _try(path: Path, write: Any) -> WriteFailure | None:
+def _json(data: dict[str, Any]) -> Writer:
+    return lambda tmp: tmp.write_text(json_text(data))
+
+
+def _try(path: Path, write: Writer) -> list[WriteFailure]:
+    """[] when written; else the one failure (the file's previous version is left as it was)."""
     try:
         replace_atomically(path, write)
     except OSError as e:
-        return WriteFailure(path, e.strerror or str(e))
-    return None
+        return [WriteFailure(path, e.strerror or str(e))]
+    return []

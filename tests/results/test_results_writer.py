@@ -55,6 +55,7 @@ def test_run_and_merge_write_the_same_files_and_keys(tmp_path: Path) -> None:
     for section in ka:
         assert ka[section] == kb[section], (section, ka[section] ^ kb[section])
     assert a["write_errors"] == b["write_errors"] == []
+    assert a["complete"] is True and b["complete"] is True  # the verdict, rewritten once every file was written
     assert b["notes"] == [] and a["notes"] == []
     assert a["config"]["cluster"] == "lbbench" and b["config"]["cluster"] == "kubernetes"
 
