@@ -91,8 +91,10 @@ def test_a_full_disk_mid_run_keeps_the_rows_measured_before(tmp_path: Path) -> N
     disk.mkdir()
     out = disk / "out"
     run = shlex.join(lbbench_argv("run", str(config), "--out", str(out), "--quiet", "--no-netns"))
-    one_phase = shlex.join([sys.executable, "-c", "import json, sys; "
-                            f"sys.exit(len(json.load(open('{out}/summary.json'))['phases']) < 1)"])
+    # config.toml is the last file of the first write: then every file holds the first phase
+    one_phase = shlex.join([sys.executable, "-c", "import json, os, sys; "
+                            f"sys.exit(not os.path.exists('{out}/config.toml') or "
+                            f"len(json.load(open('{out}/summary.json'))['phases']) < 1)"])
     script = f"""
         mount -t tmpfs -o size=8m tmpfs {disk} || exit 99
         {run} 2>{tmp_path}/stderr & pid=$!
