@@ -183,6 +183,10 @@ class Phase:
         self.log = EventLog()
         self.cpu = CpuMeter()
         self._tasks: list[asyncio.Task[None]] = []
+        # The sampler also stops on this flag, not on cancellation alone: Python 3.11's wait_for (under the
+        # front ends' control requests) drops a cancellation that races a reply, and the sampler then ran on
+        # while the tear-down waited for it forever (seen on a loaded machine).
+        self._sampling = True
 
     def request_stop(self) -> None:
         self._stopping = True
@@ -253,6 +257,7 @@ class Phase:
 
     async def _tear_down(self, sup: Supervisor) -> None:
         """Stop the watchers and the load, count CPU, then stop everything in reverse order of start."""
+        self._sampling = False
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -325,7 +330,7 @@ class Phase:
     async def _sample(self, fe: Frontend, controller: Controller, cpu: CpuMeter, t0: float) -> None:
         next_at = time.monotonic()
         ticks = read_cpu_ticks()
-        while True:
+        while self._sampling:
             counters = await fe.counters()
             key = self.config.load.service
             sample: dict[str, float] = {

@@ -188,7 +188,9 @@ class ChildChannel(asyncio.Protocol):
             self.waiting.pop(key, None)
             raise ChildGone(f"{self.name} is gone")
         try:
-            answer = await asyncio.wait_for(fut, timeout_s)
+            # asyncio.timeout, not wait_for: 3.11's wait_for drops a cancellation that races the reply
+            async with asyncio.timeout(timeout_s):
+                answer = await fut
         finally:
             self.waiting.pop(key, None)
         if "error" in answer:
