@@ -126,14 +126,30 @@ def pod_container(ctx: Context, t: PodTemplate) -> Obj:
         "ports": [{"name": "http", "containerPort": t.port, "protocol": "TCP"}],
         "readinessProbe": readiness_probe(t.readiness),
         "resources": {"requests": {"cpu": cpu, "memory": "64Mi"}, "limits": {"memory": "256Mi"}},
+        **_pre_stop(t),
     }
+
+
+def _pre_stop(t: PodTemplate) -> Obj:
+    """The template's preStop delay as a sleeping preStop hook (whole seconds, Kubernetes' unit)."""
+    if t.pre_stop_delay_s <= 0:
+        return {}
+    return {"lifecycle": {"preStop": {"exec": {"command": ["sleep", str(math.ceil(t.pre_stop_delay_s))]}}}}
+
+
+def _grace(t: PodTemplate) -> Obj:
+    default = PodTemplate().termination_grace_period_s
+    if t.termination_grace_period_s == default:
+        return {}
+    return {"terminationGracePeriodSeconds": math.ceil(t.termination_grace_period_s)}
 
 
 def workload(ctx: Context, w: Workload, governing_service: str | None) -> Obj:
     pod_labels = {**w.labels, **ctx.labels("pod")}
     spec: Obj = {
         "selector": {"matchLabels": dict(w.labels)},
-        "template": {"metadata": {"labels": pod_labels}, "spec": {"containers": [pod_container(ctx, w.template)]}},
+        "template": {"metadata": {"labels": pod_labels},
+                     "spec": {**_grace(w.template), "containers": [pod_container(ctx, w.template)]}},
     }
     if w.kind == "Deployment":  # surge 1, unavailable 0: how lbbench's controller rolls
         spec = {"replicas": w.replicas, "strategy": {"type": "RollingUpdate",

@@ -8,6 +8,7 @@ Regenerate the golden files after an intended change with LBBENCH_UPDATE_GOLDEN=
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 import shlex
 import stat
@@ -544,3 +545,17 @@ def test_parts_too_big_for_kubectl_logs_are_flagged(tmp_path: Path) -> None:
     config = _config(tmp_path, "timeline", TIMELINE.replace("rate = 10", "rate = 2000").replace('"1s"', '"600s"'))
     assert any("--parallelism 8 or more" in n for n in render(config, RenderOptions(parallelism=3)).notes)
     assert not any("MiB of log" in n for n in render(config, RenderOptions(parallelism=8)).notes)
+
+
+def test_graceful_termination_renders_a_prestop_hook_and_the_grace_period() -> None:
+    config = load_config(ROOT / "configs" / "graceful-shutdown.toml")
+    w = config.workloads[0]
+    tpl = dataclasses.replace(w.template, termination_grace_period_s=45.0)
+    config = dataclasses.replace(config, workloads=(dataclasses.replace(w, template=tpl),))
+    rendered = render(config, RenderOptions())
+    validate_all(rendered)
+    (deploy,) = [doc for _, doc in documents(rendered) if doc["kind"] == "Deployment" and
+                 doc["metadata"]["name"] == "web"]
+    spec = deploy["spec"]["template"]["spec"]
+    assert spec["terminationGracePeriodSeconds"] == 45
+    assert spec["containers"][0]["lifecycle"] == {"preStop": {"exec": {"command": ["sleep", "12"]}}}
