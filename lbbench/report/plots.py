@@ -139,17 +139,15 @@ def pod_share(results: Results, out_dir: Path) -> Plot | str:
     fes = [f for f in results.frontends if f.pod_share]
     if not fes:
         return "pod share: no pod names in the responses (x-pod header)"
-    rows = max(len(f.pod_share) for f in fes)
-    fig, axes = new_figure(
-        1,
-        len(fes),
-        height=max(2.0, 0.3 * rows + 0.5),
-        sharex=False,
-        sharey=False,
-        left_in=1.1,
-        bottom_in=0.85,
-        wspace=0.6,
-    )
+    pods = max(len(f.pod_share) for f in fes) + 1
+    # at most three panels a row, so pod names and titles never run into each other at six front ends
+    cols = min(3, len(fes))
+    grid = -(-len(fes) // cols)
+    fig, axes = new_figure(grid, cols, height=max(1.6, 0.28 * pods + 0.7), sharex=False, sharey=False,
+                           left_in=1.3, bottom_in=0.6, wspace=0.75)
+    fig.subplots_adjust(hspace=0.7)
+    for ax in axes[len(fes):]:
+        ax.set_visible(False)
     color = colors(results.frontend_names)
     for ax, fe in zip(axes, fes, strict=True):
         shares = sorted(with_idle_pods(fe.pod_share, phase_frames(results, fe.name)[1]).items(),
@@ -166,7 +164,7 @@ def pod_share(results: Results, out_dir: Path) -> Plot | str:
             ax.axvline(100 / n, color="#444", linestyle="--", linewidth=1)
         style(ax, fe.name)
         ax.set_xlim(0, max(1.0, max(values)) * 1.3)
-        ax.set_xlabel("share of ok responses (%)" + (f"\ndashed: equal share of {n} pods" if n else ""))
+        ax.set_xlabel("share of ok responses (%)", fontsize=8)
         ax.tick_params(axis="y", labelsize=8)
     return save(
         fig,
@@ -174,7 +172,8 @@ def pod_share(results: Results, out_dir: Path) -> Plot | str:
         "pod_share",
         "Request share per pod",
         "Share of successful responses served by each pod (x-pod header), all repeats at the first rate. "
-        "Pods that were ready but served nothing are shown at 0%. "
+        "Pods that were ready but served nothing are shown at 0%. Dashed: an equal share of the pods ready "
+        "when the load started. "
         "Pods started during the run (replacements) naturally have smaller shares.",
     )
 
