@@ -52,6 +52,22 @@ def figures_table(cells: dict[str, dict[int, dict[str, Any]]]) -> Table:
                          "(pooled); sync: one Service's endpoints changed; installed: read back from the kernel.")
 
 
+def positions_table(cells: dict[str, dict[int, dict[str, Any]]]) -> Table:
+    """At each front end's largest count: every Service under test, by its position in the rule order."""
+    rows = []
+    for label, counts in cells.items():
+        count = max(counts)
+        entry = counts[count]
+        for key, pos in sorted(entry.get("positions", {}).items(), key=lambda kv: kv[1]):
+            c = entry.get("per_service", {}).get(key, {}).get("connect_us", {})
+            rows.append((label, f"{count:,}", f"{pos:,}", _num(c.get("p01")), _num(c.get("p50")),
+                         _num(c.get("p99")), f"{c.get('n', 0):,}"))
+    return Table(("front end", "Services", "position", "connect p01 us", "p50 us", "p99 us", "samples"),
+                 tuple(rows), caption="Per Service under test at its seeded position (0 = first rule walked); "
+                                      "iptables walks KUBE-SERVICES in this order, nftables and the forwarder "
+                                      "look the address up.")
+
+
 def iptables_label(cells: dict[str, Any]) -> str | None:
     names = [n for n in cells if n.startswith("kernel-iptables")]
     return "kernel-iptables-legacy" if "kernel-iptables-legacy" in names else (names[0] if names else None)
@@ -149,6 +165,7 @@ def scale_sections(r: Results) -> list[Section]:
         blocks.append(figures_table(cells))
         if (ratios := ratio_table(cells)) is not None:
             blocks.append(ratios)
+        blocks.append(positions_table(cells))
         out_dir = r.folder / "plots"
         out_dir.mkdir(parents=True, exist_ok=True)
         blocks += [_plot_connect(cells, out_dir), _plot_sync(cells, out_dir)]

@@ -232,13 +232,16 @@ async def run_sweep(scale: ScaleConfig, seed: int, frontends: tuple[str, ...], s
     frames: list[pd.DataFrame] = []
     for target in targets:
         section["frontends"][target.label] = {"frontend": target.frontend, "backend": target.backend, "counts": {}}
-        for count in scale.services:
+    # count by count, every front end in turn: the cells compared with each other are measured
+    # minutes apart at most, not a whole sweep apart (a shared machine's load drifts)
+    for count in scale.services:
+        layout = build_layout(count, scale.endpoints_per_service, scale.under_test, seed, pods)
+        for target in targets:
             where = f"{target.label} x {count} Services"
             if target.frontend == "userspace-dnat" and count + FD_MARGIN > fd_limit():
                 skipped[where] = f"needs {count + FD_MARGIN} file descriptors (one listener per Service), " \
                                  f"the limit is {fd_limit()}"
                 continue
-            layout = build_layout(count, scale.endpoints_per_service, scale.under_test, seed, pods)
             log(f"scale: {where}")
             try:
                 entry, rows = await measure_count(target, layout, scale, sup, seed)
