@@ -22,8 +22,7 @@ from lbbench.model.checks import Check, parse_check
 from lbbench.report.headline import SLO_FALLBACK_S, ClientView, ranked, view_of_rows
 from lbbench.report.loader import Results
 from lbbench.report.steady import SteadyRow, steady_rows
-from lbbench.results.atomic import write_text_atomically
-from lbbench.results.files import json_text
+from lbbench.results.writer import record_checks
 
 CHECK_FAILED_EXIT = 3  # distinct from 1 (cut short, summary disagrees) and 2 (bad input)
 
@@ -133,10 +132,7 @@ def check_rows(rows: pd.DataFrame, checks: Sequence[Check], target: str) -> list
 
 def record(r: Results, results: Sequence[CheckResult]) -> None:
     """Add `checks` (every result, pass or fail) to summary.json, replacing any earlier evaluation."""
-    path = r.folder / "summary.json"
-    data = json.loads(path.read_text())
-    data["checks"] = [c.to_dict() for c in results]
-    write_text_atomically(path, json_text(data))
+    record_checks(r.folder, [c.to_dict() for c in results])
 
 
 def recorded(folder: Path) -> list[CheckResult]:

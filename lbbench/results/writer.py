@@ -12,6 +12,7 @@ still tried, its previous version stays as it was, and summary.json is rewritten
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -22,7 +23,7 @@ from typing import Any
 import pandas as pd
 
 from lbbench.errors import UserError
-from lbbench.results.atomic import replace_atomically
+from lbbench.results.atomic import replace_atomically, write_text_atomically
 from lbbench.results.files import SCHEMA, json_text
 
 Writer = Callable[[Path], object]  # fills the temporary file it is given
@@ -89,6 +90,17 @@ def write_folder(out: Path, contents: FolderContents) -> list[WriteFailure]:
         late = _try(out / "summary.json", _json(final))
         failures += late if not failures else []  # already failing: the first summary says incomplete
     return failures
+
+
+def record_checks(out: Path, checks: list[dict[str, Any]]) -> None:
+    """Put `checks` (every result of the latest evaluation, pass or fail) into an existing summary.json.
+
+    The report evaluates checks on a finished folder; the summary stays this module's to write, atomically.
+    """
+    path = out / "summary.json"
+    data = json.loads(path.read_text())
+    data["checks"] = checks
+    write_text_atomically(path, json_text(data))
 
 
 def _files(c: FolderContents, summary: dict[str, Any]) -> list[tuple[str, Writer]]:
