@@ -11,7 +11,7 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, cast
 
 from lbbench.config.reader import Table
 from lbbench.config.scale import ScaleConfig, parse_scale
@@ -93,7 +93,8 @@ class IngressConfig:
 @dataclass(frozen=True)
 class LoadConfig:
     service: str  # "namespace/name" key
-    via: ServiceType = "ClusterIP"
+    via: ServiceType = "ClusterIP"  # the first access path (what `k8s render` uses)
+    vias: tuple[ServiceType, ...] = ("ClusterIP",)  # every access path: more than one = a `via` sweep
     path: str = "/"
     rates_rps: tuple[float, ...] = ()  # explicit rates (a list = a sweep)
     utilisations: tuple[float, ...] = (0.7,)  # used when no rate is given
@@ -474,9 +475,11 @@ def _load(t: Table, services: tuple[ServiceConfig, ...]) -> LoadConfig:
     utils = _numbers(t, "utilisation", 0.0, 5.0) if t.has("utilisation") else d.utilisations
     if t.has("rate") and t.has("utilisation"):
         raise t.fail("utilisation", "give either rate or utilisation, not both")
+    vias = _access_paths(t)
     lc = LoadConfig(
         service=f"{ns}/{svc_name}",
-        via=t.text("via", d.via, choices=("ClusterIP", "NodePort", "LoadBalancer")),
+        via=vias[0],
+        vias=vias,
         path=_request_path(t, "path", d.path),
         rates_rps=rates,
         utilisations=() if rates else utils,
@@ -492,6 +495,17 @@ def _load(t: Table, services: tuple[ServiceConfig, ...]) -> LoadConfig:
     )
     t.done()
     return lc
+
+
+def _access_paths(t: Table) -> tuple[ServiceType, ...]:
+    """`via`: one access path, or a list of them (a sweep: each path is its own phase)."""
+    paths = t.str_list("via", LoadConfig.vias)
+    choices = ("ClusterIP", "NodePort", "LoadBalancer")
+    bad = [p for p in paths if p not in choices]
+    if not paths or bad or len(set(paths)) != len(paths):
+        got = f"{bad[0]!r}" if bad else repr(list(paths))
+        raise t.fail("via", f"expected one of {', '.join(choices)} or a list of distinct ones; got {got}")
+    return cast(tuple[ServiceType, ...], paths)
 
 
 def _request_path(t: Table, key: str, default: str) -> str:
@@ -576,10 +590,10 @@ def _cross_check(config: Config, top: Table) -> None:
         raise ConfigError(f, "load.service", f"expected the name of a defined Service; "
                                              f"{config.load.service!r} is not one of {sorted(keys)}")
     svc = config.service(config.load.service)
-    if (config.load.via != "ClusterIP" and svc.type == "ClusterIP") or \
-            (config.load.via == "LoadBalancer" and svc.type != "LoadBalancer"):
-        raise ConfigError(f, "load.via", f"Service {svc.name!r} is of type {svc.type}; it cannot be reached "
-                                         f"via {config.load.via}")
+    for via in config.load.vias:
+        if (via != "ClusterIP" and svc.type == "ClusterIP") or (via == "LoadBalancer" and svc.type != "LoadBalancer"):
+            raise ConfigError(f, "load.via", f"Service {svc.name!r} is of type {svc.type}; it cannot be reached "
+                                             f"via {via}")
     workloads = {w.key for w in config.workloads}
     nodes = {f"node-{n}" for n in range(config.cluster.nodes)}
     for i, ev in enumerate(config.events):

@@ -105,6 +105,9 @@ def targets(config: Config, ctx: m.Context, opts: RenderOptions, ingress_class: 
         notes.append("haproxy/nginx/httpd stand for your cluster's Ingress controller: pass --ingress-url "
                      "(its in-cluster address, e.g. http://ingress-nginx-controller.ingress-nginx.svc.cluster.local) "
                      "to get a load Job for it")
+    if len(lc.vias) > 1 and "kube-proxy" in out:
+        notes.append(f"load.via sweeps {', '.join(lc.vias)}: the kube-proxy Job measures the first, {lc.via}; "
+                     "render once per path (a config with that single path) to measure the others")
     if lc.via == "LoadBalancer" and not opts.lb_address and "kube-proxy" in out:
         notes.append("load.via = LoadBalancer: without --lb-address the Job uses the Service's cluster DNS name; "
                      "kube-proxy short-circuits in-cluster traffic to an LB IP anyway, so measure the cloud LB "

@@ -33,10 +33,12 @@ def _rates(r: Results) -> str:
 
 def _load(r: Results) -> str:
     load = r.config.get("load") or {}
+    via = load.get("via", "?")
+    paths = f"each of {', '.join(map(str, via))} (L7 front ends: their Ingress)" if isinstance(via, list) else via
     parts = [
         f"{load.get('arrivals', '?')} arrivals",
         f"connections {load.get('connections', '?')}",
-        f"to {load.get('service', '?')} via {load.get('via', '?')}",
+        f"to {load.get('service', '?')} via {paths}",
     ]
     return ", ".join(parts)
 

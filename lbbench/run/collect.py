@@ -18,7 +18,7 @@ PHASE_COLS = ("frontend", "rate_rps", "repeat")
 
 
 def _tag(df: pd.DataFrame, r: PhaseRecord) -> pd.DataFrame:
-    return df.assign(frontend=r.key.frontend, rate_rps=r.key.rate_rps, repeat=r.key.repeat)
+    return df.assign(frontend=r.key.series, rate_rps=r.key.rate_rps, repeat=r.key.repeat)
 
 
 def phase_rows(r: PhaseRecord) -> pd.DataFrame | None:
@@ -53,7 +53,8 @@ def folder_contents(config: Config, records: list[PhaseRecord], skipped: dict[st
 def _config_section(config: Config) -> dict[str, Any]:
     return {"name": config.name, "duration_s": config.run.duration_s, "frontends": list(config.run.frontends),
             "load": {"arrivals": config.load.arrivals, "connections": str(config.load.connections),
-                     "service": config.load.service, "via": config.load.via},
+                     "service": config.load.service,
+                     "via": list(config.load.vias) if len(config.load.vias) > 1 else config.load.via},
             "repeat": config.run.repeat, "cluster": "lbbench",
             "endpoint_sync_delay_s": config.run.endpoint_sync_delay_s,
             "restart_delay_s": config.run.restart_delay_s, "theory_inputs": theory_inputs(config),
@@ -61,9 +62,9 @@ def _config_section(config: Config) -> dict[str, Any]:
 
 
 def _phase_entry(r: PhaseRecord, config: Config) -> dict[str, Any]:
-    entry: dict[str, Any] = {"frontend": r.key.frontend, "rate_rps": r.key.rate_rps, "repeat": r.key.repeat,
-                             "target": r.target, "complete": r.complete, "error": r.error,
-                             "counters": r.counters}
+    entry: dict[str, Any] = {"frontend": r.key.series, "rate_rps": r.key.rate_rps, "repeat": r.key.repeat,
+                             **({"via": r.key.via} if r.key.via else {}), "target": r.target,
+                             "complete": r.complete, "error": r.error, "counters": r.counters}
     if r.load is not None:
         gen = r.load.summary.to_dict()
         entry.update(frontend_summary(r.load.rows, phase_events(r), config.run.duration_s, r.cpu_s, gen,
@@ -80,9 +81,9 @@ def _by_frontend(records: list[PhaseRecord], config: Config) -> dict[str, Any]:
     """Per front end, at the first rate: stats over the merged raw rows of all repeats, plus spread."""
     out: dict[str, Any] = {}
     first_rate = records[0].key.rate_rps if records else 0.0
-    names = list(dict.fromkeys(r.key.frontend for r in records))
+    names = list(dict.fromkeys(r.key.series for r in records))
     for name in names:
-        mine = [r for r in records if r.key.frontend == name and r.key.rate_rps == first_rate and r.load]
+        mine = [r for r in records if r.key.series == name and r.key.rate_rps == first_rate and r.load]
         if not mine:
             continue
         rows = pd.concat([r.load.rows for r in mine if r.load is not None], ignore_index=True)
@@ -100,7 +101,10 @@ def _by_frontend(records: list[PhaseRecord], config: Config) -> dict[str, Any]:
         zl = [r.zero_load for r in mine if r.zero_load and r.zero_load["overhead_mean_s"] is not None]
         entry["zero_load"] = zl[0] if zl else None
         entry["host_cpu"] = _host_cpu(mine)
-        entry["theory"] = theory_section(config, name, first_rate, entry["latency_s"], rows, entry["zero_load"])
+        if mine[0].key.via:
+            entry["via"] = mine[0].key.via
+        entry["theory"] = theory_section(config, mine[0].key.frontend, first_rate, entry["latency_s"], rows,
+                                         entry["zero_load"])
         out[name] = entry
     return out
 

@@ -73,6 +73,27 @@ def isolation(opts: RunOptions) -> dict[str, Any]:
                                           "nft rules are never written to the host's netfilter"}
 
 
+def phase_keys(config: Config, runnable: list[str]) -> list[PhaseKey]:
+    """Every phase in run order: rate, then access path, then front end, then repeat."""
+    return [PhaseKey(n, rate, rep, path) for rate in phase_rates(config) for via in config.load.vias
+            for n in runnable if (path := access_label(config, n, via)) is not None
+            for rep in range(config.run.repeat)]
+
+
+def access_label(config: Config, name: str, via: str) -> str | None:
+    """The phase's access path in a `via` sweep ("" without one), None to skip the phase.
+
+    An L7 front end is reached through its Ingress whatever the Service type, so a sweep runs it
+    once (at the first path's turn), labelled "Ingress", not once per path that would measure the same thing.
+    """
+    if len(config.load.vias) < 2:
+        return ""
+    cls = frontend_class(name)
+    if isinstance(cls, type) and cls.layer == "l7":
+        return "Ingress" if via == config.load.vias[0] else None
+    return via
+
+
 def nft_unavailable_reason() -> str | None:
     return None if find_tool("nft") is not None else "nft (nftables) is not installed"
 
@@ -119,8 +140,7 @@ class Experiment:
                                      "started_utc": datetime.now(UTC).isoformat(timespec="seconds")}
         self.skipped = {n: r for n in opts.frontends if (r := skip_reason(n)) is not None}
         runnable = [n for n in opts.frontends if n not in self.skipped]
-        self.keys = [PhaseKey(n, rate, rep) for rate in phase_rates(config) for n in runnable
-                     for rep in range(config.run.repeat)]
+        self.keys = phase_keys(config, runnable)
 
     def request_stop(self) -> None:
         self.live.say("[yellow]stopping: tearing down and writing what was measured[/]")

@@ -27,7 +27,7 @@ from lbbench.frontends.kernel.applier import RulesApplier
 from lbbench.load.generator import LoadGenerator, LoadResult
 from lbbench.load.spec import LoadSpec
 from lbbench.model.addresses import HostPort, parse_hostport
-from lbbench.model.service import ServiceSpec
+from lbbench.model.service import ServiceSpec, ServiceType
 from lbbench.run.zeroload import ZeroLoad, measure_zero_load, measure_zero_load_in
 from lbbench.system.hoststat import read_cpu_ticks, steal_fraction
 from lbbench.system.procs import Supervisor
@@ -42,10 +42,20 @@ class PhaseKey:
     frontend: str
     rate_rps: float
     repeat: int
+    via: str = ""  # the access path in a `via` sweep ("Ingress" for an L7 front end); "" otherwise
+
+    @property
+    def series(self) -> str:
+        """The name the results use for this phase's front end: in a `via` sweep, one per access path."""
+        return f"{self.frontend} via {self.via}" if self.via else self.frontend
 
     @property
     def label(self) -> str:
-        return f"{self.frontend} @ {self.rate_rps:g} rps #{self.repeat}"
+        return f"{self.series} @ {self.rate_rps:g} rps #{self.repeat}"
+
+    def access_path(self, config: Config) -> ServiceType:
+        """The Service type the load reaches: this phase's path in a sweep, else `[load] via`."""
+        return next((v for v in config.load.vias if v == self.via), config.load.via)
 
 
 @dataclass
@@ -83,9 +93,9 @@ class CpuMeter:
         return out
 
 
-def load_spec(config: Config, fe: Frontend, rate_rps: float) -> tuple[LoadSpec, str]:
+def load_spec(config: Config, fe: Frontend, rate_rps: float, via: ServiceType) -> tuple[LoadSpec, str]:
     lc = config.load
-    ep = fe.entrypoint(lc.service, lc.via)
+    ep = fe.entrypoint(lc.service, via)
     spec = LoadSpec(
         target=ep.addr, path=lc.path, host_header=ep.host_header, rate_rps=rate_rps,
         duration_s=config.run.duration_s, arrivals=lc.arrivals, steps=lc.steps, connections=lc.connections,
@@ -101,11 +111,11 @@ def lb_dns_name(svc: ServiceSpec) -> str:
 
 
 async def resolved_load_spec(config: Config, fe: Frontend, plan: FrontendPlan, dns: tuple[ClusterDns, HostPort],
-                             rate_rps: float, log: EventLog) -> tuple[LoadSpec, str]:
+                             rate_rps: float, log: EventLog, via: ServiceType) -> tuple[LoadSpec, str]:
     """The load spec, with a DNAT target reached as a client would: by its cluster DNS name."""
-    spec, label = load_spec(config, fe, rate_rps)
+    spec, label = load_spec(config, fe, rate_rps, via)
     svc = next(s for s in plan.services if s.key == config.load.service)
-    name = {"ClusterIP": svc.dns_name, "LoadBalancer": lb_dns_name(svc)}.get(config.load.via)
+    name = {"ClusterIP": svc.dns_name, "LoadBalancer": lb_dns_name(svc)}.get(via)
     if fe.layer == "l4" and name is not None:
         ip = await aresolve_a(name, dns[1], 1.0)
         log.log("dns_resolved", name, ip)
@@ -227,7 +237,8 @@ class Phase:
         """Where the load goes (as a client finds it), and what that path costs at zero load."""
         assert self.frontend is not None and self.dns is not None
         spec, self.record.target = await resolved_load_spec(self.config, self.frontend, plan, self.dns,
-                                                           self.key.rate_rps, self.log)
+                                                           self.key.rate_rps, self.log,
+                                                           self.key.access_path(self.config))
         wrap = self.frontend.client_wrap()
         keepalive = spec.connections.kind == "keepalive"
         zero = self.record.zero_load = await (

@@ -84,6 +84,12 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
         ("[run]", "[[events]]\nat = \"1s\"\naction = \"partition\"\ntarget = \"node/node-1\"\n"
                   "duration = \"soon\"\n[run]", "events[0].duration", "expected a duration"),
         ("[run]", "[proxy]\nworkers = 0\n[run]", "proxy.workers", ">= 1"),
+        ("rate = 50", 'rate = 50\nvia = ["ClusterIP", "Nodeport"]', "load.via", "got 'Nodeport'"),
+        ("rate = 50", "rate = 50\nvia = []", "load.via", "a list of distinct ones; got []"),
+        ("rate = 50", 'rate = 50\nvia = ["ClusterIP", "ClusterIP"]', "load.via", "distinct"),
+        ("rate = 50", "rate = 50\nvia = [1]", "load.via", "expected an array of strings"),
+        ("rate = 50", 'rate = 50\nvia = ["ClusterIP", "NodePort"]', "load.via",
+         "is of type ClusterIP; it cannot be reached via NodePort"),
     ],
 )
 def test_bad_config_exits_2_with_key_path(tmp_path: Path, old: str, new: str, key_path: str,
@@ -156,3 +162,14 @@ def test_a_byte_order_mark_elsewhere_and_other_encodings_get_one_line(tmp_path: 
         assert proc.returncode == 2, proc.stderr
         assert "Traceback" not in proc.stderr and str(path) in proc.stderr and expectation in proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_via_list_is_a_sweep_and_a_string_is_one_path(tmp_path: Path) -> None:
+    lb = GOOD.replace("port = 8080", 'port = 8080\ntype = "LoadBalancer"', 1)
+    path = tmp_path / "via.toml"
+    path.write_text(lb.replace("rate = 50", 'rate = 50\nvia = ["NodePort", "LoadBalancer"]', 1))
+    c = load_config(path)
+    assert (c.load.via, c.load.vias) == ("NodePort", ("NodePort", "LoadBalancer"))
+    path.write_text(lb.replace("rate = 50", 'rate = 50\nvia = "LoadBalancer"', 1))
+    c = load_config(path)
+    assert (c.load.via, c.load.vias) == ("LoadBalancer", ("LoadBalancer",))
