@@ -559,3 +559,15 @@ def test_graceful_termination_renders_a_prestop_hook_and_the_grace_period() -> N
     spec = deploy["spec"]["template"]["spec"]
     assert spec["terminationGracePeriodSeconds"] == 45
     assert spec["containers"][0]["lifecycle"] == {"preStop": {"exec": {"command": ["sleep", "12"]}}}
+
+
+def test_a_via_sweep_renders_its_first_path_and_says_so() -> None:
+    config = load_config(Path("configs/nodeport-loadbalancer.toml"))
+    assert config.load.vias == ("ClusterIP", "NodePort", "LoadBalancer")
+    rendered = render(config, RenderOptions())
+    docs = {(d["kind"], d["metadata"]["name"]): d for _, d in documents(rendered)}
+    load, _ = _load_argv(docs[("Job", "lbbench-load-kube-proxy-0")]["spec"]["template"]["spec"]["containers"][0]
+                         ["command"][2])
+    assert load[1] == "http://web.lbbench-nodeport-lb.svc.cluster.local:8080/"  # ClusterIP: the Service's name
+    assert any("load.via sweeps ClusterIP, NodePort, LoadBalancer: the kube-proxy Job measures the first, ClusterIP"
+               in n for n in rendered.notes)
