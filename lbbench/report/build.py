@@ -88,6 +88,12 @@ def overload_banners(r: Results) -> list[Banner]:
                    "queueing model applies (theory is not compared).")]
 
 
+def _series_noun(r: Results) -> str:
+    """A `via` sweep names a front end once per access path: count those pairs, not front ends."""
+    return "front end/access path pairs" if isinstance((r.config.get("load") or {}).get("via"), list) \
+        else "front end(s)"
+
+
 def _optional(title: str, *blocks: Block | None, folded: bool = True) -> list[Section]:
     present: tuple[Block, ...] = tuple(b for b in blocks if b is not None)
     return [Section(title, present, folded)] if any(isinstance(b, Table) for b in present) else []
@@ -178,7 +184,7 @@ def build_document(r: Results, plots: PlotSet, views: Sequence[ClientView] = (),
     sections.append(Section("Setup", (setup_table(r),), folded=True))
     started = r.metadata.get("started_utc", "")
     subtitle = (
-        f"{len(r.frontend_names)} front end(s), {r.duration_s:g} s per phase, seed {r.metadata.get('seed', '?')}"
+        f"{len(r.frontend_names)} {_series_noun(r)}, {r.duration_s:g} s per phase, seed {r.metadata.get('seed', '?')}"
         + (f", started {started}" if started else "") + f". Results folder: {r.folder.name}"
     )
     return Document(f"lbbench report: {r.name}", subtitle, banners(r), tuple(sections))

@@ -104,5 +104,6 @@ def test_via_sweep_end_to_end(tmp_path: Path) -> None:
     addrs = {t.split(" -> ")[-1] for t in targets.values()}
     assert len(addrs) == 3, targets
     report = (out / "report.md").read_text()
+    assert "3 front end/access path pairs" in report
     for via in PATHS:
         assert f"userspace-dnat via {via}" in report
