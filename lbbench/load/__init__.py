@@ -1,0 +1,1 @@
+"""The open-loop load generator: schedule, client, workers, histograms; it knows only URLs, never front ends."""

@@ -1,1 +1,1 @@
-"""lbbench's userspace random-DNAT forwarder (kube-proxy's userspace mode): plan, relay, SO_REUSEPORT workers."""
+"""lbbench's userspace random-DNAT forwarder (kube-proxy's userspace mode): plan, relay, workers sharing a listener."""
