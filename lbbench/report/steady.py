@@ -1,9 +1,11 @@
 """Theory over the steady state only: the windows of a phase that match a queueing model's assumptions.
 
-A model describes a stable queue under a constant load. So each phase is compared over its
-load (after the warm-up, which happens before t = 0) minus every timeline event's disturbance:
-from the event until its recovery (lbbench.results.files.failover: error-free and p99 back
-within 2x), or to the end of the phase when it never recovered. Not at all when the utilisation
+A model describes a stable queue under a constant load on the configured pods. So each phase is
+compared over its load (after the warm-up, which happens before t = 0) minus every timeline
+event's disturbance: from the event until the later of its recovery (lbbench.results.files.failover:
+error-free and p99 back within 2x) and the moment the Service's Endpoints are back to the count
+they had before it (until then fewer pods serve the same load: not the model's system), or to the
+end of the phase when either never happened. Not at all when the utilisation
 is >= 1: there is no steady state, and the reason is printed. The reference is the model fed the
 server time measured in that same window plus the path's zero-load cost outside the server
 (lbbench.results.theory_fit.measured_server_section); without those, the configured model.
@@ -65,9 +67,9 @@ def _windows(rows: pd.DataFrame, events: pd.DataFrame, duration_s: float) -> tup
     if len(fired):
         for f in failover(rows, fired.assign(detail=fired["detail"], target=fired["target"]), duration_s):
             end = duration_s if f["recovery_s"] is None else f["at_s"] + f["recovery_s"]
-            cuts.append((f["at_s"], end))
-            notes.append(f"{f['event']} at {f['at_s']:.1f} s" + (
-                ", never recovered" if f["recovery_s"] is None else f", recovered {f['recovery_s']:.1f} s later"))
+            restored = capacity_restored_at(events, f["at_s"], duration_s)
+            cuts.append((f["at_s"], max(end, restored)))
+            notes.append(f"{f['event']} at {f['at_s']:.1f} s" + _disturbance_note(f["recovery_s"], restored, end))
     kept, start = [], 0.0
     for a, b in sorted(cuts):
         if a - start >= MIN_WINDOW_S:
@@ -77,6 +79,48 @@ def _windows(rows: pd.DataFrame, events: pd.DataFrame, duration_s: float) -> tup
         kept.append((start, duration_s))
     text = ", ".join(f"{a:.1f}–{b:.1f} s" for a, b in kept) or "none"
     return kept, text + (f" (excluding {'; '.join(notes)})" if notes else "")
+
+
+def _synced_count(detail: object) -> int | None:
+    """Ready endpoints in an `endpoints_synced` detail ("4 web-a=127.10.0.2 ..."): its first word."""
+    head = str(detail).split(" ", 1)[0]
+    return int(head) if head.isdigit() else None
+
+
+def capacity_restored_at(events: pd.DataFrame, at_s: float, duration_s: float) -> float:
+    """When every Service's Endpoints are back to their count before `at_s`.
+
+    `at_s` itself when the event never lowered them; the end of the phase when they never came back.
+    """
+    if not len(events):
+        return at_s
+    synced = events.loc[events["kind"] == "endpoints_synced"].sort_values("at_s")
+    restored = at_s
+    for _, one in synced.groupby("target"):
+        counts = [(float(t), _synced_count(d)) for t, d in zip(one["at_s"], one["detail"], strict=True)]
+        before = [c for t, c in counts if t <= at_s and c is not None]
+        if before:
+            restored = max(restored, _back_at(counts, at_s, before[-1], duration_s))
+    return restored
+
+
+def _back_at(counts: list[tuple[float, int | None]], at_s: float, wanted: int, duration_s: float) -> float:
+    back: float | None = at_s
+    for t, c in counts:
+        if t <= at_s or c is None:
+            continue
+        if c < wanted:
+            back = None  # down: back only when a later sync says so
+        elif back is None:
+            back = t
+    return duration_s if back is None else back
+
+
+def _disturbance_note(recovery_s: float | None, restored_s: float, end_s: float) -> str:
+    if recovery_s is None:
+        return ", never recovered"
+    text = f", recovered {recovery_s:.1f} s later"
+    return text + (f", Endpoints back to full strength at {restored_s:.1f} s" if restored_s > end_s else "")
 
 
 def _in(rows: pd.DataFrame, windows: list[tuple[float, float]]) -> pd.Series:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from test_report import make_folder
 
@@ -13,6 +14,7 @@ from lbbench.model.checks import parse_check
 from lbbench.report import ReportPaths, load_results, write_report
 from lbbench.report.checks import CHECK_FAILED_EXIT
 from lbbench.report.headline import ranked
+from lbbench.report.steady import capacity_restored_at
 
 
 @pytest.fixture(scope="module")
@@ -103,3 +105,19 @@ def test_a_sweep_answers_across_its_rates(tmp_path: Path) -> None:
     # the sweep leads with its curves and a per-rate table, before anything folded
     lead = md[md.index("## Verdict"):md.index("<details>")]
     assert "theory_mean_vs_utilisation.png" in lead and "| rate (rps) | front end | failed |" in lead
+
+
+def _synced(*rows: tuple[float, str]) -> pd.DataFrame:
+    return pd.DataFrame([{"at_s": t, "kind": "endpoints_synced", "target": "default/web", "detail": d}
+                         for t, d in rows])
+
+
+def test_steady_state_resumes_only_when_endpoints_are_back_to_full_strength() -> None:
+    # quickstart's shape: 4 pods, one killed at 5 s, 3 synced at 6.0 s, the replacement synced at 6.8 s
+    ev = _synced((-1.8, "4 a=1 b=2 c=3 d=4"), (6.0, "3 a=1 b=2 c=3"), (6.8, "4 a=1 b=2 c=3 e=5"))
+    assert capacity_restored_at(ev, 5.0, 10.0) == pytest.approx(6.8)
+    # never back: the rest of the phase is a smaller system than the model's
+    assert capacity_restored_at(ev.iloc[:2], 5.0, 10.0) == 10.0
+    # an event that never lowered the Endpoints (packet loss, say) adds no cut
+    assert capacity_restored_at(ev.iloc[:1], 5.0, 10.0) == 5.0
+    assert capacity_restored_at(_synced((-1.8, "4 a"), (7.0, "5 a")), 5.0, 10.0) == 5.0
