@@ -180,14 +180,12 @@ def test_three_parts_merged_equal_one_process_run(supervisor: Supervisor, tmp_pa
     merged_hist = LogHistogram.from_dict(summary["phases"][0]["generator"]["latency_histogram"])
     assert np.array_equal(merged_hist.counts, hist_sum.counts) and merged_hist.count == len(schedule)
     assert entry["latency_s"] == pytest.approx(latency_stats(merged_rows["latency_s"]), rel=1e-12)
-    # different runs, same schedule: close. The median from the intended send time (the summary's
-    # number); the p90 from the actual send, which leaves out the generator's own lateness on a busy
-    # machine (that is the generator's, flagged as saturation, not the target's)
-    one = latency_stats(single.rows["latency_s"])
-    a, b = entry["latency_s"]["p50"], one["p50"]
-    assert abs(a - b) <= REL_TOL * max(a, b) + ABS_TOL_S, ("p50", a, b)
-    a, b = (float(np.quantile(r["done_s"] - r["sent_s"], 0.9)) for r in (merged_rows, single.rows))
-    assert abs(a - b) <= REL_TOL * max(a, b) + ABS_TOL_S, ("p90 from send", a, b)
+    # different runs, same schedule, same pod: close. From the actual send, which leaves out the
+    # generator's own lateness (on a busy machine, or with other tests running beside this one, that
+    # is the generator's, flagged as saturation, not the target's); the exactness is asserted above
+    for q in (0.5, 0.9):
+        a, b = (float(np.quantile(r["done_s"] - r["sent_s"], q)) for r in (merged_rows, single.rows))
+        assert abs(a - b) <= REL_TOL * max(a, b) + ABS_TOL_S, (f"p{q * 100:.0f} from send", a, b)
     # and `lbbench report` agrees with the folder
     _, problems = check(load_results(out))
     assert problems == []

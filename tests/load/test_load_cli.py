@@ -9,6 +9,7 @@ import socket
 import subprocess
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -135,11 +136,21 @@ def test_names_resolve_through_cluster_dns(pod: HostPort, cluster_dns: HostPort)
     assert missing.returncode == 2 and "nope.default.svc.cluster.local" in missing.stderr
 
 
+def _wait_served(pod: HostPort, n: int, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(f"http://{pod}/_lbbench/stats", timeout=5) as r:
+            if json.loads(r.read())["served"] >= n:
+                return
+        time.sleep(0.1)
+    raise AssertionError(f"the pod never served {n} requests")
+
+
 def test_ctrl_c_stops_early_and_still_reports(pod: HostPort) -> None:
     cli = subprocess.Popen(lbbench_argv("load", f"http://{pod}/", "--rate", "100", "--duration", "30s"),
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        time.sleep(3)
+        _wait_served(pod, 50)  # sending for a while: a Ctrl-C during start-up has nothing to report
         t0 = time.monotonic()
         cli.send_signal(signal.SIGINT)
         out, err = cli.communicate(timeout=15)

@@ -449,7 +449,9 @@ class ReferenceFrontend(Frontend):
 
 
 def _last_line(text: str) -> str:
+    """The line that says why: the last alert, skipping HAProxy's closing summaries ("Error(s) found...")."""
     lines = [ln for ln in text.splitlines() if ln.strip() and "syntax is ok" not in ln]
     alerts = [ln for ln in lines if re.search(r"ALERT|emerg|rror", ln)]
-    return (alerts or lines or ["(no output)"])[-1].strip()
+    reasons = [ln for ln in alerts if not re.search(r"Fatal errors found|Error\(s\) found in configuration", ln)]
+    return (reasons or alerts or lines or ["(no output)"])[-1].strip()
 

@@ -78,6 +78,7 @@ from lbbench.system.scratch import Kind
 
 MIN_SLOTS = 8
 GLOBAL_MAXCONN = 8192
+HAPROXY_SOCKET_PATH_MAX = 97  # HAProxy refuses a longer stats socket path (sun_path less its own suffix)
 _CLI_ERRORS = ("No such", "Unknown command", "Permission denied", "Require ", "'set server", "Invalid")
 _BALANCE = {"round-robin": "roundrobin", "random": "random(1)", "least-conn": "leastconn", "p2c": "random(2)",
             "peak-ewma": "leastconn"}
@@ -105,6 +106,13 @@ class _Haproxy(ReferenceFrontend):
     def socket_path(self) -> Path:
         assert self.workdir is not None
         return self.workdir / "stats.sock"
+
+    @property
+    def socket_in_config(self) -> str:
+        """The socket's path as the config names it: relative to the workdir (HAProxy's cwd) when the
+        absolute path is longer than HAProxy accepts, as it is under a deep TMPDIR."""
+        path = str(self.socket_path)
+        return path if len(path) <= HAPROXY_SOCKET_PATH_MAX else f"unix@{self.socket_path.name}"
 
     def run_argv(self, config: Path) -> list[str]:
         return [binary_path(self.binary), "-W", "-db", "-f", str(config)]
@@ -226,7 +234,7 @@ class _Haproxy(ReferenceFrontend):
             f"# lbbench {self.name}, generation {self.generation}: rendered from the run's plan",
             "global",
             f"    description lbbench-generation {self.generation}",
-            f"    stats socket {self.socket_path} mode 600 level admin expose-fd listeners",
+            f"    stats socket {self.socket_in_config} mode 600 level admin expose-fd listeners",
             "    stats timeout 10s",
             f"    hard-stop-after {hard_stop}ms",
             f"    maxconn {GLOBAL_MAXCONN}",

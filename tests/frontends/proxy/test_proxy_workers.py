@@ -25,7 +25,8 @@ GET = b"GET / HTTP/1.1\r\nHost: default\r\n\r\n"
 def test_two_workers_serve_share_connections_and_sum_their_stats() -> None:
     with Supervisor() as sup:
         _pod, backend = start_pod(sup, "pod-a", slots=64)
-        proxy = start_proxy(sup, [backend], "--workers", "2", "--maxconn", "0")
+        # a short queue timeout: with no backend left, each request waits that long in the queue before its 503
+        proxy = start_proxy(sup, [backend], "--workers", "2", "--maxconn", "0", "--queue-timeout", "0.2")
         replies = asyncio.run(keepalive_load(proxy.addr, GET, connections=16, requests=800))
         assert len(replies) >= 800 and all(r.status == 200 for r in replies)
         doc = get_stats(proxy.stats)
@@ -34,13 +35,14 @@ def test_two_workers_serve_share_connections_and_sum_their_stats() -> None:
         assert doc["totals"]["client_requests"] == sum(w["client_requests"] for w in workers) >= 800
         # each worker accepted some of the 16 connections (a burst: the least loaded takes each)
         assert all(w["client_requests"] > 0 for w in workers), workers
-        # an Endpoints update goes to every worker: the pod is removed, every request now fails with 503
+        # an Endpoints update goes to every worker: the pod is removed, every request now fails with 503 (after
+        # waiting its queue timeout: the queue absorbs a restart window, as in active-passive)
         assert send(proxy.child.stdin, {"endpoints": {"service": "default/default", "endpoints": []}})
         for _ in range(50):
             if all(s["backends"] == [] for s in get_stats(proxy.stats)["services"].values()):
                 break
             asyncio.run(asyncio.sleep(0.05))
-        replies = asyncio.run(keepalive_load(proxy.addr, GET, connections=4, requests=40))
+        replies = asyncio.run(keepalive_load(proxy.addr, GET, connections=4, requests=8))
         assert {r.status for r in replies} == {503}
         pids = [w["pid"] for w in workers]
         proxy.child.signal(signal.SIGKILL)  # no orphans: the workers go with their manager
