@@ -51,7 +51,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="client idle / header / body / write-stall timeout (default 30)")
     p.add_argument("--health-interval", type=float, metavar="S", help="active check interval, 0 = off (default 0.5)")
     p.add_argument("--health-timeout", type=float, metavar="S", help="active check timeout (default 1)")
-    p.add_argument("--health-fall", type=int, help="failed checks that mark a backend down (default 2)")
+    p.add_argument("--health-fall", type=int,
+                   help="failed checks that mark a backend down (default 2); each verdict is a JSON line on stdout "
+                        "(backend_down / backend_up), and a backend the checks cannot connect to also gives up "
+                        "its requests in flight (retried elsewhere when allowed)")
     p.add_argument("--health-rise", type=int, help="passed checks that bring it back (default 1)")
     p.add_argument("--health-path", help="active check path (default /healthz)")
     p.add_argument("--max-header-bytes", type=int, default=Limits.max_header_bytes, help="request head limit -> 431")

@@ -23,6 +23,7 @@ RESET_AFTER = "reset_after"  # connection lost in the middle of a response
 TIMEOUT = "timeout"  # no response byte within server_timeout
 PROTOCOL = "protocol"  # the backend answered something that is not HTTP/1.x
 BAD_STATUS = "5xx"  # a 5xx response: counts for passive ejection, never retried
+UNREACHABLE = "unreachable"  # the checks can no longer reach the backend: no answer will ever come
 
 PEAK_EWMA_DECAY_S = 10.0  # as Finagle and Linkerd
 PEAK_EWMA_PENALTY = 1e6  # cost of a backend with requests in flight and no latency sample yet

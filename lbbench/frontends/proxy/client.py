@@ -18,7 +18,7 @@ import collections
 import time
 from typing import TYPE_CHECKING, cast
 
-from lbbench.frontends.proxy.backend import CONNECT_FAILED, TIMEOUT
+from lbbench.frontends.proxy.backend import CONNECT_FAILED, TIMEOUT, UNREACHABLE
 from lbbench.frontends.proxy.exchange import (
     ACTIVE,
     CANCELLED,
@@ -284,6 +284,9 @@ class ClientConnection(asyncio.Protocol):
         elif kind == TIMEOUT:
             self.respond_error(ex, 504, f"the backend did not answer within "
                                         f"{ex.pool.settings.server_timeout_s:g} s")
+        elif kind == UNREACHABLE:
+            self.respond_error(ex, 502, "the backend became unreachable (its health checks cannot connect) "
+                                        "before it answered")
         else:
             self.respond_error(ex, 502, f"the backend connection failed ({kind}) before a response")
 

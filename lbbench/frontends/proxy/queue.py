@@ -10,6 +10,11 @@ Failures: an attempt that fails to connect (or, for idempotent requests, is rese
 response byte) is retried on another backend while the retry budget lasts (redispatch), or
 waits at the head of the queue when no other backend has room. K consecutive failures eject a
 backend (passive); active health checks (proxy_health) mark backends down and bring them back.
+A backend marked down because its checks cannot reach it at all (a dead or cut-off node: its
+packets go nowhere, so nothing will ever answer) also gives up its requests waiting for an
+answer, as HAProxy's `on-marked-down shutdown-sessions`: they are retried elsewhere like a reset
+(idempotent ones), instead of waiting for the server timeout while the client gives up.
+Every change of a backend's health goes to `on_health` (the proxy reports it to its parent).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import asyncio
 import collections
 import random
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from lbbench.frontends.proxy.backend import (
@@ -26,6 +32,7 @@ from lbbench.frontends.proxy.backend import (
     RESET,
     RESET_AFTER,
     TIMEOUT,
+    UNREACHABLE,
     Backend,
 )
 from lbbench.frontends.proxy.balance import make_balancer
@@ -36,10 +43,12 @@ from lbbench.model.service import Endpoint
 
 if TYPE_CHECKING:
     from lbbench.frontends.proxy.exchange import Exchange
-    from lbbench.frontends.proxy.health import HealthChecker
+    from lbbench.frontends.proxy.health import HealthChecker, Verdict
     from lbbench.frontends.proxy.upstream import UpstreamConnection
 
 EJECT_BASE_S = 1.0  # ejection time without active checks: base x consecutive ejections (max 10)
+
+HealthListener = Callable[["Backend", str, str], None]  # (backend, "down" or "up", why)
 
 
 class ServicePool:
@@ -59,6 +68,7 @@ class ServicePool:
         self.upstreams = upstreams
         self.tasks: set[asyncio.Task[None]] = set()
         self.health: HealthChecker | None = None
+        self.on_health: HealthListener | None = None
         self.c: collections.Counter[str] = collections.Counter()  # rare events; the hot one is an int:
         self.requests = 0
         self.queue_wait_sum_s = 0.0
@@ -186,7 +196,7 @@ class ServicePool:
         s = self.settings
         if kind == CONNECT_FAILED:
             retry = ex.attempts <= s.retries
-        elif kind == RESET:
+        elif kind in (RESET, UNREACHABLE):
             retry = s.retry_idempotent and ex.idempotent and ex.replayable and ex.attempts <= s.retries
         else:
             retry = False
@@ -244,25 +254,45 @@ class ServicePool:
         b.refresh()
         self.drain()
 
-    def health_result(self, b: Backend, ok: bool) -> None:
+    def health_result(self, b: Backend, verdict: Verdict) -> None:
         h = self.settings.health
-        if ok:
+        if verdict == "passed":
             b.health_ok += 1
             b.health_streak = max(b.health_streak, 0) + 1
             if b.down and b.health_streak >= h.rise:
                 b.down = False
                 b.refresh()
+                self._tell(b, "up", f"{b.health_streak} check(s) passed")
                 self.drain()
             if b.ejected:
                 self._maybe_return(b)
-        else:
-            b.health_fail += 1
-            b.health_streak = min(b.health_streak, 0) - 1
-            if not b.down and -b.health_streak >= h.fall:
-                b.down = True
-                self.c["marked_down"] += 1
-                b.refresh()
-                b.close_idle()
+            return
+        b.health_fail += 1
+        b.health_streak = min(b.health_streak, 0) - 1
+        if not b.down and -b.health_streak >= h.fall:
+            b.down = True
+            self.c["marked_down"] += 1
+            b.refresh()
+            b.close_idle()
+            why = f"{-b.health_streak} check(s) failed, the last {verdict}"
+            if verdict == "unreachable":
+                why += f"; {self._shut_down_sessions(b)} request(s) waiting for it given up"
+            self._tell(b, "down", why)
+
+    def _shut_down_sessions(self, b: Backend) -> int:
+        """Give up the requests `b` will never answer: retried elsewhere where allowed, else a 502."""
+        waiting = [conn for conn in b.conns if conn.ex is not None]
+        for conn in waiting:
+            ex = conn.ex
+            got_bytes = conn.got_bytes
+            conn.abort()
+            if ex is not None:
+                ex.client.upstream_failed(ex, RESET_AFTER if got_bytes else UNREACHABLE)
+        return len(waiting)
+
+    def _tell(self, b: Backend, state: str, why: str) -> None:
+        if self.on_health is not None:
+            self.on_health(b, state, why)
 
     def set_endpoints(self, endpoints: tuple[Endpoint, ...]) -> None:
         """Apply an Endpoints update: new pods start taking requests, removed ones drain."""

@@ -6,6 +6,7 @@ import concurrent.futures
 import signal
 import socket
 import struct
+import threading
 import time
 
 import pytest
@@ -74,6 +75,84 @@ def test_connect_failures_are_retried_on_another_backend(supervisor: Supervisor)
     px0 = start_proxy(supervisor, [dead], "--health-interval", "0", "--retries", "0", "--queue-timeout", "0.5")
     status, _, body = _get(px0.addr)
     assert status == 503 and b"accepted a connection" in body
+
+
+class _Mute:
+    """A backend that passes its health checks and holds every other request unanswered.
+
+    `vanish()` closes its listener, so checks are refused (as for a pod whose node died), while the held
+    connections stay open and mute, as they look from the proxy when packets to the node go nowhere.
+    `sicken()` makes the checks answer 503 instead (reached, unready): the held requests may still end.
+    """
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server((fresh_ip(), 0))
+        self.listener.settimeout(0.05)
+        host, port = self.listener.getsockname()[:2]
+        self.addr = HostPort(host, port)
+        self.held: list[socket.socket] = []
+        self.ill = False
+        self.open = True
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while self.open:
+            try:
+                conn, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            head = conn.recv(65536)
+            if head.startswith(b"GET /healthz"):
+                conn.sendall(b"HTTP/1.1 503 Unready\r\nContent-Length: 0\r\n\r\n" if self.ill else
+                             b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+                conn.close()
+            else:
+                self.held.append(conn)
+        self.listener.close()
+
+    def vanish(self) -> None:
+        self.open = False
+        self.thread.join(5)
+
+    def sicken(self) -> None:
+        self.ill = True
+
+    def close(self) -> None:
+        self.vanish()
+        for c in self.held:
+            c.close()
+
+
+@pytest.mark.parametrize(("retries", "fault"), [(3, "vanish"), (0, "vanish"), (3, "sicken")])
+def test_requests_held_by_a_backend_its_checks_cannot_reach_are_given_up(supervisor: Supervisor, retries: int,
+                                                                          fault: str) -> None:
+    """HAProxy's on-marked-down shutdown-sessions, for an unreachable backend only: its held request is
+    retried elsewhere (or answered 502 without retries) once the checks mark it down; a backend that is
+    reached but unready keeps its requests (they end at the server timeout here)."""
+    mute = _Mute()
+    _, live = start_pod(supervisor, "live")
+    px = start_proxy(supervisor, [mute.addr, live], "--health-interval", "0.1", "--health-timeout", "0.1",
+                     "--health-fall", "2", "--balance", "round-robin", "--maxconn", "0", "--retries", str(retries),
+                     "--server-timeout", "2")
+    try:
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            t0 = time.monotonic()
+            first = pool.submit(_get, px.addr)  # round-robin: the first request goes to the mute backend
+            _until(lambda: len(mute.held) == 1, 5.0)
+            getattr(mute, fault)()
+            status, pod, body = first.result()
+            took = time.monotonic() - t0
+        totals = get_stats(px.stats)["totals"]
+        assert totals["marked_down"] == 1
+        if fault == "sicken":
+            assert status == 504 and took >= 1.9 and totals.get("unreachable", 0) == 0
+        elif retries:
+            assert (status, pod) == (200, "live") and took < 1.5 and totals["unreachable"] == 1
+        else:
+            assert status == 502 and b"unreachable" in body and took < 1.5
+    finally:
+        mute.close()
 
 
 def test_backend_silence_beyond_server_timeout_is_504(supervisor: Supervisor) -> None:
