@@ -3,7 +3,8 @@
 A front end is started with a :class:`FrontendPlan` (what to serve: Services with their
 addresses, Ingress rules, proxy settings), receives Endpoints updates from the controller
 (after the sync delay, as kube-proxy or an ingress controller would), is stopped, and
-reports its own counters and process ids (for CPU accounting).
+reports its own counters and process ids (for CPU accounting), and, where it has health
+checks of its own and their verdicts can be read, when they mark a backend down or up.
 
 Data crossing this boundary is plain frozen dataclasses; nothing here knows about the
 controller or the load generator.
@@ -42,6 +43,16 @@ class FrontendPlan:
 
 
 @dataclass(frozen=True)
+class BackendHealth:
+    """A front end's own health checks changed their mind about a backend (its Endpoints did not change)."""
+
+    at_monotonic_s: float  # when the front end knew, on time.monotonic(): the machine's clock, in every process
+    state: Literal["down", "up"]
+    backend: str  # the pod's name (or ip:port)
+    detail: str = ""
+
+
+@dataclass(frozen=True)
 class Entrypoint:
     """Where a client should connect to reach a Service (or the Ingress) through this front end."""
 
@@ -57,6 +68,9 @@ class Frontend(abc.ABC):
     # kube-proxy's data planes fall back to serving terminating endpoints when none is ready;
     # proxies drain instead: a terminating backend gets no new request, in-flight ones finish.
     falls_back_to_terminating: ClassVar[bool] = False
+    # Told whenever the front end's own health checks mark a backend down or up (set by the run; front
+    # ends without checks, or whose verdicts cannot be read cheaply, never call it).
+    health_listener: Callable[[BackendHealth], None] | None = None
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
@@ -90,6 +104,10 @@ class Frontend(abc.ABC):
 
         L7 front ends return the Ingress address with the Host header that routes to it.
         """
+
+    def report_health(self, change: BackendHealth) -> None:
+        if self.health_listener is not None:
+            self.health_listener(change)
 
     async def counters(self) -> dict[str, float]:
         """Front-end counters (connections, retries, queue length...). Empty if none."""

@@ -22,7 +22,7 @@ from lbbench.cluster.network_events import NetworkEvents
 from lbbench.cluster.services import offered_capacity_rps, service_specs
 from lbbench.config.parse import Config, Event, parse_template
 from lbbench.config.reader import Table
-from lbbench.frontends.base import Frontend, FrontendPlan
+from lbbench.frontends.base import BackendHealth, Frontend, FrontendPlan
 from lbbench.frontends.kernel.applier import RulesApplier
 from lbbench.load.generator import LoadGenerator, LoadResult
 from lbbench.load.spec import LoadSpec
@@ -220,6 +220,7 @@ class Phase:
         """Front end first (it subscribes to Endpoints), then DNS and the cluster, until Endpoints are synced."""
         plan = self._plan()
         fe = self.frontend = self.fe_class(plan, sup)
+        fe.health_listener = self._log_health
         controller = self.controller = Controller(self.config, sup, self.log)
         faults = None
         if self.no_network_faults is None:  # nft in this run's own namespace; each file kept with its time
@@ -294,6 +295,11 @@ class Phase:
         self.record.cpu_s = self.cpu.totals()
         if self.record.load is not None:
             self.record.cpu_s["generator"] = sum(self.record.load.worker_cpu_s)
+
+    def _log_health(self, change: BackendHealth) -> None:
+        """The front end's own checks marked a backend down or up: logged at the moment it knew."""
+        self.log.log(f"backend_{change.state}", change.backend, change.detail,
+                     at_s=change.at_monotonic_s - self.log.t0)
 
     async def _start_dns(self, plan: FrontendPlan, log: EventLog) -> tuple[ClusterDns, HostPort]:
         """The cluster DNS: <svc>.<ns>.svc.cluster.local -> ClusterIP, LoadBalancer names -> external IP."""

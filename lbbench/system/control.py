@@ -6,8 +6,9 @@ of the no-orphans rule.
 
 A child that answers writes JSON lines to its stdout: first one announcement (ready, or why
 it failed to start), then one reply per request that carried an ``id``: the request's
-result fields, or ``{"id": n, "error": reason}``. :class:`ChildChannel` is the parent's
-end: it waits for the announcement and matches replies to requests.
+result fields, or ``{"id": n, "error": reason}``; in between, notices of its own (lines
+without an ``id``, e.g. a proxy's backend marked down). :class:`ChildChannel` is the parent's
+end: it waits for the announcement, matches replies to requests, and hands notices on.
 """
 
 from __future__ import annotations
@@ -125,6 +126,25 @@ def reply(message: Message) -> bool:
     return True
 
 
+class Notices:
+    """A child's notices, held back until its announcement is out: the parent takes the first line for that."""
+
+    def __init__(self) -> None:
+        self._held: list[Message] | None = []
+
+    def send(self, message: Message) -> None:
+        if self._held is None:
+            reply(message)
+        else:
+            self._held.append(message)
+
+    def announce(self, message: Message) -> None:
+        reply(message)
+        held, self._held = self._held or [], None
+        for m in held:
+            reply(m)
+
+
 # -- the parent's end ------------------------------------------------------------------------
 
 
@@ -156,6 +176,7 @@ class ChildChannel(asyncio.Protocol):
         self.closed = False
         self._next_id = 0
         self._transport: asyncio.BaseTransport | None = None
+        self.on_notice: Callable[[Message], None] | None = None  # messages after the announcement without an id
 
     @classmethod
     async def open(cls, child: Child, name: str) -> ChildChannel:
@@ -212,6 +233,8 @@ class ChildChannel(asyncio.Protocol):
                     fut.set_result(msg)
             elif not self.announced.done():
                 self.announced.set_result(msg)
+            elif self.on_notice is not None and "id" not in msg:
+                self.on_notice(msg)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True

@@ -10,12 +10,14 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import random
 import signal
 import socket
 import time
 from typing import Any
 
+from lbbench.frontends.proxy.backend import Backend
 from lbbench.frontends.proxy.client import LINGER_S, ClientConnection
 from lbbench.frontends.proxy.config import ProxyConfig
 from lbbench.frontends.proxy.discovery import DnsDiscovery
@@ -25,7 +27,7 @@ from lbbench.frontends.proxy.route import Router
 from lbbench.frontends.proxy.stats import StatsProtocol, document
 from lbbench.frontends.proxy.upstream import UpstreamConnection
 from lbbench.model.service import read_endpoints_update
-from lbbench.system.control import Message, attach_requests, reply
+from lbbench.system.control import Message, Notices, attach_requests
 from lbbench.system.sharedaccept import Loads, SharedAcceptor
 
 _CLASSES = ("responses_other", "responses_1xx", "responses_2xx", "responses_3xx", "responses_4xx",
@@ -71,6 +73,7 @@ class ProxyApp:
         self._servers: list[asyncio.Server] = []
         self._sweeper: asyncio.TimerHandle | None = None
         self.discovery: DnsDiscovery | None = None
+        self.notices = Notices()
         s = config.settings
         self._tick_s = min(max(min(s.client_timeout_s, s.server_timeout_s, LINGER_S) / 10, 0.01), 0.25)
 
@@ -97,6 +100,7 @@ class ProxyApp:
             pool = ServicePool(svc.key, cfg.settings, rng, self.upstreams, svc.dns_name)
             if cfg.settings.health.interval_s > 0:
                 pool.health = HealthChecker(pool, cfg.settings.health, rng)
+                pool.on_health = functools.partial(self.report_health, svc.key)
             self.pools[svc.key] = pool
         for key, eps in cfg.endpoints:
             self.pools[key].set_endpoints(eps)
@@ -142,6 +146,15 @@ class ProxyApp:
         self.discovery = DnsDiscovery(cfg.discovery, self.pools[cfg.default_service].set_endpoints)
         await self.discovery.resolve_once()
         self.discovery.start()
+
+    def report_health(self, service: str, b: Backend, state: str, why: str) -> None:
+        """Tell the parent (one JSON line on stdout) that the checks marked a backend down or up, and when.
+
+        The time is this process's monotonic clock, which is the machine's: the run puts it on its own
+        clock (events.csv's `backend_down` / `backend_up`), as the moment the proxy itself knew.
+        """
+        self.notices.send({"event": f"backend_{state}", "at_monotonic_s": time.monotonic(), "service": service,
+                           "backend": b.name, "addr": f"{b.addr[0]}:{b.addr[1]}", "why": why})
 
     async def on_control(self, msg: Message) -> Message:
         """Apply one control request; the reply (or the ValueError's reason) goes back to the front end."""
@@ -197,7 +210,8 @@ def _bound(server: asyncio.Server) -> str:
 
 async def serve(config: ProxyConfig, *, control: bool = True,
                 shared: tuple[socket.socket, Loads] | None = None) -> None:
-    """Run the proxy until SIGTERM/SIGINT; announce readiness as one JSON line on stdout."""
+    """Run the proxy until SIGTERM/SIGINT; announce readiness as one JSON line on stdout, then its
+    checks' verdicts (`backend_down` / `backend_up` lines) as they come."""
     loop = asyncio.get_running_loop()
     app = ProxyApp(config, shared)
     await app.start()
@@ -206,6 +220,6 @@ async def serve(config: ProxyConfig, *, control: bool = True,
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    reply({"event": "ready", "listen": app.listen, "stats": app.stats or None})
+    app.notices.announce({"event": "ready", "listen": app.listen, "stats": app.stats or None})
     await stop.wait()
     await app.stop()

@@ -17,13 +17,14 @@ from __future__ import annotations
 import asyncio
 import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from lbbench.frontends.base import Entrypoint, Frontend, FrontendPlan
+from lbbench.frontends.base import BackendHealth, Entrypoint, Frontend, FrontendPlan
 from lbbench.model.addresses import HostPort, parse_hostport
 from lbbench.model.service import Endpoint, ServiceType, endpoints_update
-from lbbench.system.control import ChildChannel, ChildGone
+from lbbench.system.control import ChildChannel, ChildGone, Message
 from lbbench.system.procs import Child, Supervisor, lbbench_argv
 from lbbench.system.scratch import private_dir, write_private
 
@@ -70,9 +71,19 @@ class L7Proxy(Frontend):
         write_private(self.plan_file, plan_to_json(self.plan))
         argv = lbbench_argv("serve", "proxy", "--plan", str(self.plan_file), "--stats", f"{self.plan.ingress_ip}:0")
         self.child = self.supervisor.spawn("l7-proxy", argv, stdout=subprocess.PIPE)
-        self.channel, ready = await open_proxy(self.child)
+        self.channel, ready = await open_proxy(self.child, on_notice=self._on_notice)
         self.listen = parse_hostport(ready["listen"])
         self.stats_addr = parse_hostport(ready["stats"])
+
+    def _on_notice(self, msg: Message) -> None:
+        """The proxy's checks marked a backend down or up: on to the run, at the time the proxy knew."""
+        event = msg.get("event")
+        if event not in ("backend_down", "backend_up") or not isinstance(msg.get("at_monotonic_s"), float):
+            return
+        worker = f" (worker {msg['worker']})" if "worker" in msg else ""
+        self.report_health(BackendHealth(msg["at_monotonic_s"], "down" if event == "backend_down" else "up",
+                                         str(msg.get("backend", "")), f"{msg.get('why', '')}; {msg.get('addr', '')}"
+                                         f"{worker}"))
 
     async def update_endpoints(self, service_key: str, endpoints: tuple[Endpoint, ...]) -> None:
         """Hand the proxy the Service's new Endpoints and wait until it applied them (or said why not)."""
@@ -139,9 +150,12 @@ class L7Proxy(Frontend):
         return await fetch(*self._stats_conn)
 
 
-async def open_proxy(child: Child, name: str = "l7-proxy") -> tuple[ChildChannel, dict[str, Any]]:
-    """The control channel of a proxy process, and its readiness announcement (listen and stats addresses)."""
+async def open_proxy(child: Child, name: str = "l7-proxy",
+                     on_notice: Callable[[Message], None] | None = None) -> tuple[ChildChannel, dict[str, Any]]:
+    """The control channel of a proxy process, and its readiness announcement (listen and stats addresses);
+    `on_notice` gets what it says of its own accord afterwards (backend_down / backend_up)."""
     channel = await ChildChannel.open(child, name)
+    channel.on_notice = on_notice
     try:
         ready = await channel.announcement(READY_TIMEOUT_S)
     except TimeoutError as e:

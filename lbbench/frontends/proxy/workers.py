@@ -10,7 +10,7 @@ What it is for: comparing cores with cores against HAProxy's threads in `lbbench
 
 This process (the manager) binds the listening socket and hands it to the workers, which
 accept least-loaded first (lbbench.system.sharedaccept); it relays control messages to every
-worker (acknowledged once all of them applied it) and serves /stats and /metrics as the sum
+worker (acknowledged once all of them applied it), passes their notices up, and serves /stats and /metrics as the sum
 of the workers' documents, fetched on request.
 """
 
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import signal
 import subprocess
@@ -29,7 +30,7 @@ from lbbench.frontends.proxy.frontend import open_proxy
 from lbbench.frontends.proxy.stats import StatsProtocol, fetch, merge
 from lbbench.model.addresses import HostPort, parse_hostport
 from lbbench.model.service import read_endpoints_update
-from lbbench.system.control import ChildChannel, Message, attach_requests, reply
+from lbbench.system.control import ChildChannel, Message, Notices, attach_requests
 from lbbench.system.procs import Child, Supervisor
 from lbbench.system.sharedaccept import create_loads, listen_socket
 
@@ -75,6 +76,7 @@ class Manager:
         self.channels: list[ChildChannel] = []
         self.stats_addrs: list[HostPort] = []
         self.listen = ""
+        self.notices = Notices()
 
     async def start(self) -> None:
         listen = self.config.listen
@@ -88,13 +90,17 @@ class Manager:
                         "--stats", f"{listen.host}:0"]
                 self.children.append(self.sup.spawn(f"l7-proxy-{i}", argv, stdout=subprocess.PIPE,
                                                     pass_fds=(sock.fileno(), loads_fd)))
-            opened = await asyncio.gather(*(open_proxy(c, f"l7-proxy worker {i}")
+            opened = await asyncio.gather(*(open_proxy(c, f"l7-proxy worker {i}", functools.partial(self.relay, i))
                                             for i, c in enumerate(self.children)))
         finally:
             sock.close()  # the workers hold their own copies
             os.close(loads_fd)
         self.channels = [channel for channel, _ in opened]
         self.stats_addrs = [parse_hostport(ready["stats"]) for _, ready in opened]
+
+    def relay(self, worker: int, notice: Message) -> None:
+        """A worker's notice (its checks marked a backend down or up) goes on to the manager's parent."""
+        self.notices.send({**notice, "worker": worker})
 
     async def on_control(self, msg: Message) -> Message:
         """Hand a request to every worker; applied once all of them acknowledged it."""
@@ -147,8 +153,8 @@ async def serve_workers(config: ProxyConfig, workers: int, worker_argv: Sequence
                                               reuse_address=True)
             host, port = server.sockets[0].getsockname()[:2]
             stats = f"{host}:{port}"
-        reply({"event": "ready", "listen": manager.listen, "stats": stats or None,
-               "workers": [c.pid for c in manager.children]})
+        manager.notices.announce({"event": "ready", "listen": manager.listen, "stats": stats or None,
+                                  "workers": [c.pid for c in manager.children]})
         await stop.wait()
     finally:
         if server is not None:

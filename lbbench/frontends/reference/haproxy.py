@@ -45,6 +45,11 @@ than a refused one.
 
 ``show stat`` on the stats socket gives ``queue_len`` (backend + server queues) and
 ``in_flight_total`` (current sessions on servers) in `counters()`.
+
+Health verdicts: `haproxy` sends its backends' log, at level notice and above, in raw format to a
+datagram socket in its private directory (the frontend has no ``log``, so no request is
+logged); a line ``Server be/sN is DOWN, reason: ...`` (or ``UP``) becomes a `BackendHealth` for the
+pod in slot N, stamped when it arrives. Maintenance on and off (Endpoints updates) is not a verdict.
 """
 
 from __future__ import annotations
@@ -53,12 +58,15 @@ import asyncio
 import contextlib
 import csv
 import io
+import re
 import signal
+import socket
+import time
 from pathlib import Path
 from typing import ClassVar, Literal
 
 from lbbench.errors import UserError
-from lbbench.frontends.base import Entrypoint, FrontendPlan
+from lbbench.frontends.base import BackendHealth, Entrypoint, FrontendPlan
 from lbbench.frontends.dnat.plan import entrypoint_of
 from lbbench.frontends.reference.common import (
     ReferenceFrontend,
@@ -84,6 +92,8 @@ _BALANCE = {"round-robin": "roundrobin", "random": "random(1)", "least-conn": "l
             "peak-ewma": "leastconn"}
 _COUNTER_COLUMNS = {"wretr": "retries", "wredis": "redispatches", "econ": "connect_errors", "eresp": "response_errors",
                     "hrsp_5xx": "http_5xx"}
+
+_VERDICT = re.compile(rb"Server (\S+)/s(\d+) is (DOWN|UP), reason: ([^,.]*)")
 
 Slot = Endpoint | None
 
@@ -260,6 +270,56 @@ class HaproxyHttp(_Haproxy):
     layer: ClassVar[Literal["l4", "l7"]] = "l7"
     mode: ClassVar[Literal["http", "tcp"]] = "http"
 
+    def __init__(self, plan: FrontendPlan, supervisor: Supervisor) -> None:
+        super().__init__(plan, supervisor)
+        self._verdicts: socket.socket | None = None
+
+    @property
+    def verdicts_path(self) -> Path:
+        assert self.workdir is not None
+        return self.workdir / "health.sock"
+
+    def spawn(self) -> None:
+        """Listen for the checks' verdicts, then start HAProxy, which will log them there."""
+        if self._verdicts is None:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            sock.bind(str(self.verdicts_path))
+            sock.setblocking(False)
+            asyncio.get_running_loop().add_reader(sock.fileno(), self._read_verdicts)
+            self._verdicts = sock
+        super().spawn()
+
+    def _read_verdicts(self) -> None:
+        assert self._verdicts is not None
+        now = time.monotonic()  # the moment HAProxy said it (a datagram arrives at once)
+        while True:
+            try:
+                line = self._verdicts.recv(4096)
+            except OSError:  # drained (BlockingIOError), or closed
+                return
+            if (m := _VERDICT.search(line)) is not None:
+                self._verdict(now, m)
+
+    def _verdict(self, now: float, m: re.Match[bytes]) -> None:
+        backend, slot, state, reason = (g.decode(errors="replace") for g in m.groups())
+        key = next((k for k in self.slots if safe_name(k) == backend), None)
+        slots = self.slots.get(key or "", [])
+        e = slots[int(slot) - 1] if 0 < int(slot) <= len(slots) else None
+        if e is not None:
+            self.report_health(BackendHealth(now, "down" if state == "DOWN" else "up", e.pod,
+                                             f"{reason}; {e.ip}:{e.port}"))
+
+    async def stop(self) -> None:
+        await super().stop()
+        if self._verdicts is not None:
+            asyncio.get_running_loop().remove_reader(self._verdicts.fileno())
+            self._verdicts.close()
+            self._verdicts = None
+
+    def render_global(self) -> list[str]:
+        # notice and above: the checks' verdicts and the backends' alerts, never a request
+        return [*super().render_global()[:-1], f"    log {self.verdicts_path} format raw local0 notice", ""]
+
     def render(self) -> str:
         p = self.plan.proxy
         lines = self.render_global()
@@ -312,6 +372,7 @@ class HaproxyHttp(_Haproxy):
             f"backend {safe_name(key)}",
             f"    balance {_BALANCE[p.balance]}",
             f"    option httpchk GET {h.path}",
+            "    log global",
         ]
         if p.retries > 0 and p.retry_idempotent:
             lines.append("    http-request disable-l7-retry unless METH_GET")

@@ -16,7 +16,7 @@ import uvloop
 from helpers.proxy import keepalive_load, parse_responses, raw_exchange, request_bytes
 
 from lbbench.cluster.standalone import fresh_ip, start_pod
-from lbbench.frontends.base import FrontendPlan
+from lbbench.frontends.base import BackendHealth, FrontendPlan
 from lbbench.frontends.proxy.config import plan_from_json, plan_to_json
 from lbbench.frontends.proxy.frontend import L7Proxy
 from lbbench.model.addresses import HostPort
@@ -183,6 +183,40 @@ def test_proxy_workers_acknowledge_an_update_together_or_refuse_it(supervisor: S
             await fe.stop()
 
     uvloop.run(main())
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_the_proxys_checks_verdicts_reach_the_run_with_the_time_it_knew(supervisor: Supervisor,
+                                                                          workers: int) -> None:
+    """backend_down / backend_up lines on the proxy's stdout (through the manager, for workers) become
+    BackendHealth for the run's listener, stamped on the proxy's own clock."""
+    victim, victim_addr = start_pod(supervisor, "victim")
+    _, other = start_pod(supervisor, "other")
+    health = HealthCheck(interval_s=0.1, timeout_s=0.1, fall=2)
+    fe = L7Proxy(FrontendPlan((_svc("a"),), ingress_ip=fresh_ip(), proxy=ProxySettings(workers=workers,
+                                                                                     health=health)), supervisor)
+    seen: list[BackendHealth] = []
+    fe.health_listener = seen.append
+
+    async def main() -> float:
+        await fe.start()
+        try:
+            await fe.update_endpoints("shop/a", (_ep("victim", victim_addr), _ep("other", other)))
+            await asyncio.sleep(0.4)
+            killed = time.monotonic()
+            victim.signal(signal.SIGKILL)
+            while len(seen) < workers and time.monotonic() < killed + 5:
+                await asyncio.sleep(0.01)
+            return killed
+        finally:
+            await fe.stop()
+
+    killed = uvloop.run(main())
+    assert [(c.state, c.backend) for c in seen] == [("down", "victim")] * workers  # each worker checks on its own
+    bound = killed + health.fall * health.interval_s + health.timeout_s + 0.3
+    assert all(killed < c.at_monotonic_s <= bound and str(victim_addr) in c.detail for c in seen)
+    assert all("the last unreachable" in c.detail for c in seen)  # refused: the checks cannot connect
+    assert workers == 1 or {c.detail.rsplit("(", 1)[-1] for c in seen} == {"worker 0)", "worker 1)"}
 
 
 def test_removed_backend_drains_its_in_flight_request(supervisor: Supervisor) -> None:

@@ -11,6 +11,7 @@ import concurrent.futures
 import http.client
 import json
 import os
+import signal
 import socket
 import time
 from collections.abc import Coroutine, Iterator
@@ -22,13 +23,13 @@ import pytest
 
 from lbbench.cluster.standalone import fresh_ip, start_pod
 from lbbench.errors import UserError
-from lbbench.frontends.base import Entrypoint, FrontendPlan
+from lbbench.frontends.base import BackendHealth, Entrypoint, FrontendPlan
 from lbbench.frontends.reference.common import ReferenceFrontend
 from lbbench.frontends.reference.haproxy import HaproxyHttp, HaproxyTcp
 from lbbench.frontends.reference.httpd import Httpd
 from lbbench.frontends.reference.nginx import Nginx
 from lbbench.model.addresses import HostPort
-from lbbench.model.proxy import Balance, ProxySettings
+from lbbench.model.proxy import Balance, HealthCheck, ProxySettings
 from lbbench.model.service import Endpoint, IngressRule, ServiceSpec
 from lbbench.system.procs import Supervisor
 
@@ -388,6 +389,44 @@ def test_haproxy_grows_its_server_slots_with_one_process_reload(cls: type[Refere
     assert seen == {"a", "b", "c"}
     assert shrunk["process_reloads"] == 1 and shrunk["reloads"] == 2
     assert master_before == master_after, "master-worker mode keeps the master across reloads"
+
+
+@pytest.mark.parametrize("cls", params([HaproxyHttp]))
+def test_haproxy_reports_its_checks_verdicts(cls: type[ReferenceFrontend], supervisor: Supervisor) -> None:
+    """A pod that dies is marked down by HAProxy's own checks, told at once with the pod's name; back: up."""
+    victim, victim_addr = start_pod(supervisor, "victim")
+    _, other_addr = start_pod(supervisor, "other")
+    svc = service()
+    health = HealthCheck(interval_s=0.1, timeout_s=0.1, fall=2, rise=1)
+    seen: list[BackendHealth] = []
+
+    async def scenario() -> tuple[float, float]:
+        fe = cls(make_plan(svc, proxy=ProxySettings(maxconn=0, health=health)), supervisor)
+        fe.health_listener = seen.append
+        await fe.start()
+        try:
+            await fe.update_endpoints(svc.key, (Endpoint("victim", victim_addr.host, victim_addr.port),
+                                                Endpoint("other", other_addr.host, other_addr.port)))
+            await asyncio.sleep(0.5)  # checks pass: nothing to tell
+            killed = time.monotonic()
+            victim.signal(signal.SIGKILL)
+            while not seen and time.monotonic() < killed + 5:
+                await asyncio.sleep(0.01)
+            await asyncio.to_thread(start_pod, supervisor, "victim", ip=victim_addr.host, port=victim_addr.port)
+            revived = time.monotonic()
+            while len(seen) < 2 and time.monotonic() < revived + 5:
+                await asyncio.sleep(0.01)
+            return killed, revived
+        finally:
+            await fe.stop()
+
+    killed, revived = run(scenario())
+    assert [(c.state, c.backend) for c in seen] == [("down", "victim"), ("up", "victim")]
+    down, up = seen
+    assert "Layer4" in down.detail and str(victim_addr) in down.detail  # refused: HAProxy's L4 verdict
+    # Seen when HAProxy said it (no polling): within `fall` checks of the death
+    assert killed < down.at_monotonic_s <= killed + health.fall * health.interval_s + health.timeout_s + 0.3
+    assert revived < up.at_monotonic_s
 
 
 def test_proxy_settings_map_to_each_proxys_knobs(supervisor: Supervisor, tmp_path: Path) -> None:
