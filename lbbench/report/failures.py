@@ -1,9 +1,15 @@
 """Per event and front end: what each failure cost the clients (issue 14), from the results files only.
 
 For every `[[events]]` entry that fired, in each front end's phase: the errors by kind in the
-event's window (until the next event or the end of the load), the time to detect (first error
-to the first Endpoints sync after the event), the error window (first to last failed request)
-and the recovery (event to the last failure's end), with the p99 before and during the window.
+event's window (until the next event or the end of the load), the time to detect, the error
+window (first to last failed request) and the recovery (event to the last failure's end), with
+the p99 before and during the window.
+
+Detection is the earlier of two moments: the first Endpoints sync after the event (what every
+front end gets from the cluster), and the front end's own health check marking a backend down
+(`backend_down` in events.csv: l7-proxy and HAProxy report theirs; nginx has no active checks
+in open source and httpd's are not read, so they are judged by the Endpoints sync alone). It is
+timed from the first failed request, or from the event when no request failed before it.
 "In short" says which front end hid the failure from its clients and at what latency cost.
 Network-fault events that could not be played (no namespace) are listed with the reason.
 """
@@ -19,7 +25,8 @@ from lbbench.report.doc import Block, Bullets, Paragraph, Section, Table
 from lbbench.report.loader import Results
 from lbbench.report.metrics import fmt_ms, fmt_s
 
-KINDS = ("connect_timeout", "timeout", "refused", "reset", "http_5xx")
+KINDS = ("connect_timeout", "timeout", "unreachable", "refused", "reset", "http_5xx")
+BY = {"endpoints_synced": "Endpoints sync", "backend_down": "health check"}
 
 
 @dataclass(frozen=True)
@@ -30,6 +37,7 @@ class EventCost:
     requests: int
     errors: dict[str, int]
     detect_s: float | None
+    detected_by: str | None  # "Endpoints sync" or "health check"
     window_s: float | None
     recovery_s: float | None
     p99_before_s: float | None
@@ -64,15 +72,24 @@ def _cost(fe: str, e: pd.Series, end: float, events: pd.DataFrame, reqs: pd.Data
     before = reqs[(reqs["intended_s"] < at) & (reqs["intended_s"] >= at - 5.0)]
     failed = window[window["error"].astype(str) != ""]
     errors = {str(k): int(v) for k, v in failed["error"].value_counts().items()}
-    synced = events[(events["kind"] == "endpoints_synced") & (events["at_s"] > at) & (events["at_s"] < end)]
     first = float(failed["intended_s"].min()) if len(failed) else None
-    detect = float(synced["at_s"].min()) - first if first is not None and len(synced) else None
+    detected = _detection(events, at, end)
+    detect = by = None
+    if detected is not None:
+        by = BY[str(detected["kind"])]
+        start = first if first is not None and first <= float(detected["at_s"]) else at
+        detect = float(detected["at_s"]) - start
     window_s = float(failed["intended_s"].max()) - first if first is not None else None
     # latency counts from the intended send time, so intended + latency is when the client gave up
     recovery = float((failed["intended_s"] + failed["latency_s"]).max()) - at if first is not None else None
-    return EventCost(fe, f"{e['detail']} {e['target']}", at, len(window), errors,
-                     detect if detect is None or detect >= 0 else None, window_s, recovery,
+    return EventCost(fe, f"{e['detail']} {e['target']}", at, len(window), errors, detect, by, window_s, recovery,
                      _p99(before["latency_s"]), _p99(window["latency_s"]))
+
+
+def _detection(events: pd.DataFrame, at: float, end: float) -> pd.Series | None:
+    """The first sign after the event that the front end knew: an Endpoints sync or its own check's verdict."""
+    seen = events[events["kind"].isin(tuple(BY)) & (events["at_s"] > at) & (events["at_s"] < end)]
+    return None if seen.empty else seen.sort_values("at_s", kind="stable").iloc[0]
 
 
 def _kinds(c: EventCost) -> str:
@@ -85,14 +102,17 @@ def _kinds(c: EventCost) -> str:
 
 def failures_table(costs: list[EventCost]) -> Table:
     rows = tuple((c.event, f"{c.at_s:.2f}", c.frontend, f"{c.requests}", f"{c.failed}", _kinds(c),
-                  fmt_s(c.detect_s), fmt_s(c.window_s), fmt_s(c.recovery_s), fmt_ms(c.p99_before_s),
-                  fmt_ms(c.p99_during_s)) for c in costs)
-    return Table(("event", "at (s)", "front end", "requests", "failed", "errors by kind", "detect (s)",
+                  fmt_s(c.detect_s), c.detected_by or "", fmt_s(c.window_s), fmt_s(c.recovery_s),
+                  fmt_ms(c.p99_before_s), fmt_ms(c.p99_during_s)) for c in costs)
+    return Table(("event", "at (s)", "front end", "requests", "failed", "errors by kind", "detect (s)", "detected by",
                   "error window (s)", "recovery (s)", "p99 before (ms)", "p99 during (ms)"), rows,
-                 align=("l", "r", "l", "r", "r", "l", "r", "r", "r", "r", "r"),
-                 caption="Per event: requests intended from the event to the next one (or the end). detect: first "
-                 "failed request to the first Endpoints sync after the event; recovery: the event to the end of the "
-                 "last failed request; p99 before: the 5 s before the event.")
+                 align=("l", "r", "l", "r", "r", "l", "r", "l", "r", "r", "r", "r"),
+                 caption="Per event: requests intended from the event to the next one (or the end). detect: from the "
+                 "first failed request (or the event, when none failed before) to the first Endpoints sync after the "
+                 "event or, if earlier, the front end's own health check marking a backend down (l7-proxy and "
+                 "haproxy report theirs; nginx has no active checks in open source and httpd's are not read: "
+                 "Endpoints sync only); recovery: the event to the end of the last failed request; p99 before: the "
+                 "5 s before the event.")
 
 
 def in_short(costs: list[EventCost]) -> str:
