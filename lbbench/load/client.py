@@ -10,8 +10,10 @@ conn_id) is opened by the next request.
 
 Every request ends exactly once, through `on_done(request)`, with `error` one of
 :data:`ERROR_KINDS` ("" when ok). `reset` covers a connection reset or closed by the peer
-before any response byte arrived (what curl calls "empty reply"); `truncated` is a
-connection that ended in the middle of a response. Timeouts count from the intended send
+before any response byte arrived (what curl calls "empty reply"); `unreachable` is an ICMP
+host- or network-unreachable for the address (EHOSTUNREACH, ENETUNREACH: a pod whose network
+is gone while its endpoint is still programmed); `truncated` is a connection that ended in
+the middle of a response. Timeouts count from the intended send
 time (the user waits from then on); the connect timeout counts from the connect attempt.
 
 Responses are parsed with httptools and their bodies discarded as they arrive, so nothing
@@ -39,7 +41,9 @@ import httptools
 from lbbench.model.addresses import HostPort
 from lbbench.model.load import ConnectionMode
 
-ERROR_KINDS = ("refused", "reset", "timeout", "connect_timeout", "truncated", "http_5xx", "http_4xx", "other")
+ERROR_KINDS = ("refused", "reset", "timeout", "connect_timeout", "unreachable", "truncated", "http_5xx", "http_4xx",
+               "other")
+_UNREACHABLE = (errno.EHOSTUNREACH, errno.ENETUNREACH)  # an ICMP unreachable answered for the address
 
 # what each interesting response header (lower case) is for
 _POD, _POD_IP, _QUEUE_MS, _SERVICE_MS, _LENGTH, _PROXY_QUEUE_MS, _PROXY_UPSTREAM_MS = range(7)
@@ -101,6 +105,8 @@ def classify_os_error(exc: BaseException | None, connecting: bool) -> str:
         return "reset"
     if isinstance(exc, TimeoutError) or (isinstance(exc, OSError) and exc.errno == errno.ETIMEDOUT):
         return "connect_timeout" if connecting else "timeout"
+    if isinstance(exc, OSError) and exc.errno in _UNREACHABLE:
+        return "unreachable"
     return "other"
 
 

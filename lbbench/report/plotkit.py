@@ -41,6 +41,7 @@ ERROR_COLORS = {
     "reset": "#ff7f0e",
     "timeout": "#9467bd",
     "connect_timeout": "#8c564b",
+    "unreachable": "#bc8f8f",
     "truncated": "#e377c2",
     "http_5xx": "#1f77b4",
     "http_4xx": "#17becf",

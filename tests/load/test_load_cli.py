@@ -37,8 +37,8 @@ def test_json_output(pod: HostPort) -> None:
     assert out["requested_rps"] == 200 and out["achieved_rps"] == pytest.approx(200, rel=0.05)
     assert out["requests"] == 200 and out["ok"] + out["errors"]["http_5xx"] == 200
     assert 0 < out["errors"]["http_5xx"] < 60
-    assert set(out["errors"]) == {"refused", "reset", "timeout", "connect_timeout", "truncated", "http_5xx",
-                                  "http_4xx", "other"}
+    assert set(out["errors"]) == {"refused", "reset", "timeout", "connect_timeout", "unreachable", "truncated",
+                                  "http_5xx", "http_4xx", "other"}
     assert set(out["latency_s"]) == {"mean", "p50", "p90", "p99", "p999", "max"}
     assert set(out["lateness_s"]) == {"p50", "p99", "max"}
     assert out["latency_s"]["p50"] >= 0.001  # the pod's 1 ms service time is in there
