@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import subprocess
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -22,6 +23,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.skipif(
     netns_unavailable_reason() is not None, reason=f"no private namespace with nft: {netns_unavailable_reason()}")]
 
 BASE = 74  # nodes in 127.74.0.0/16 and 127.75.0.0/16
+PROXY_CONNECT_S = 0.2  # every proxy's connect timeout in these runs
 CONFIG = """
 [cluster]
 nodes = 2
@@ -30,7 +32,7 @@ node_ip_base = {base}
 name = "web"
 replicas = 4
 [deployments.template]
-service = "const:2ms"
+service = "{service}"
 [deployments.template.readiness]
 period = "100ms"
 [[services]]
@@ -42,7 +44,8 @@ connections = "close"
 connect_timeout = "{connect_timeout}"
 timeout = "3s"
 [proxy]
-connect_timeout = "200ms"
+connect_timeout = "{proxy_connect_ms}ms"
+{proxy}
 [run]
 duration = "{duration}"
 warmup = "300ms"
@@ -83,10 +86,12 @@ def host_untouched() -> Iterator[None]:
 
 
 def run(tmp_path: Path, frontends: list[str], events: str, *, duration: str = "8s", grace: str = "3s",
-        rate: int = 80, connect_timeout: str = "1s") -> tuple[dict[str, object], pd.DataFrame, pd.DataFrame]:
+        rate: int = 80, connect_timeout: str = "1s", service: str = "const:2ms",
+        proxy: str = "") -> tuple[dict[str, object], pd.DataFrame, pd.DataFrame]:
     config = tmp_path / "lbbench-nettest.toml"
     config.write_text(CONFIG.format(base=BASE, rate=rate, connect_timeout=connect_timeout, duration=duration,
-                                    grace=grace, frontends=", ".join(f'"{f}"' for f in frontends), events=events))
+                                    grace=grace, frontends=", ".join(f'"{f}"' for f in frontends), events=events,
+                                    service=service, proxy=proxy, proxy_connect_ms=round(PROXY_CONNECT_S * 1e3)))
     out = tmp_path / "out"
     proc = subprocess.run(lbbench_argv("run", str(config), "--out", str(out), "--quiet"), capture_output=True,
                           text=True, timeout=400)
@@ -95,12 +100,13 @@ def run(tmp_path: Path, frontends: list[str], events: str, *, duration: str = "8
     return summary, pd.read_parquet(out / "requests.parquet"), pd.read_csv(out / "events.csv", keep_default_na=False)
 
 
-NODE_DOWN = """
-[[events]]
-at = "2s"
-action = "node_down"
-target = "node/node-1"
-"""
+def event(at: str, action: str, target: str, **more: str | int) -> str:
+    """One `[[events]]` entry of the timeline."""
+    extra = "".join(f"{k} = {v!r}\n".replace("'", '"') for k, v in more.items())
+    return f'\n[[events]]\nat = "{at}"\naction = "{action}"\ntarget = "{target}"\n{extra}'
+
+
+NODE_DOWN = event("2s", "node_down", "node/node-1")
 
 
 def test_a_dead_node_is_silent(tmp_path: Path, host_untouched: None) -> None:
@@ -123,13 +129,91 @@ def test_a_dead_node_is_silent(tmp_path: Path, host_untouched: None) -> None:
     assert "add node_down node-1" in applied  # every rule kept with its apply time
 
 
-PARTITION = """
-[[events]]
-at = "1s"
-action = "partition"
-target = "node/node-1"
-duration = "3s"
-"""
+@dataclass(frozen=True)
+class Defences:
+    """l7-proxy's settings against a dead node (configs/node-down.toml's); the bounds derive from them.
+
+    maxconn 2, not node-down.toml's 1: with one slot per pod, the requests in flight when the node died
+    can hold every slot it has, so that no later request reaches it and a proxy without retries passes
+    too; with two, later requests go to the dead pods' idle keep-alive connections as well.
+    """
+
+    maxconn: int = 2
+    retries: int = 3
+    interval_s: float = 0.2
+    timeout_s: float = 0.2
+    fall: int = 2
+
+    def toml(self) -> str:
+        return (f"maxconn = {self.maxconn}\nretries = {self.retries}\nhealth = {{ interval = \"{self.interval_s}s\", "
+                f"timeout = \"{self.timeout_s}s\", fall = {self.fall}, rise = 1 }}")
+
+    @property
+    def detection_s(self) -> float:
+        """Longest from the death to the pods marked down: a check passed just before it, then `fall` more,
+        one every interval, the last of them failing only when its timeout strikes."""
+        return self.fall * self.interval_s + self.timeout_s
+
+
+@pytest.mark.parametrize("defended", [True, False], ids=["redispatch", "no-retries"])
+def test_l7_proxy_hides_a_dead_node_but_for_its_requests_in_flight(tmp_path: Path, defended: bool,
+                                                                   host_untouched: None) -> None:
+    """The issue's must-show: through l7-proxy with health checks and redispatch, no client error except
+    the requests in flight on the node when it died, and the latency spike bounded by the proxy's connect
+    timeout plus the health checks' detection time. Endpoints never change within the run (grace 60 s):
+    only the proxy's own checks and retries can save the clients. Without retries, errors appear."""
+    d = Defences() if defended else Defences(retries=0)
+    summary, rows, events = run(tmp_path, ["l7-proxy"], event("3s", "node_down", "node/node-1"), duration="7s",
+                                grace="60s", service="const:20ms", proxy=d.toml())
+    fired = float(events.loc[events["kind"] == "event", "at_s"].iloc[0])  # the node starts dying
+    silenced = float(events.loc[events["kind"] == "network_fault", "at_s"].iloc[0])  # ... and is silent by now
+    assert events.loc[events["kind"] == "endpoints_synced", "at_s"].max() < fired  # Endpoints kept the dead pods
+    on_node = set(events.loc[(events["kind"] == "pod_started") & events["detail"].str.contains("node=node-1"),
+                             "target"])
+    in_flight_max = d.maxconn * len(on_node)  # what the dead node can have been working on when it died
+    failed = rows[rows["error"] != ""]
+    died_with_it = (failed["intended_s"] < silenced) & (failed["intended_s"] + failed["latency_s"] > fired)
+    hidden = len(failed) <= in_flight_max and bool(died_with_it.all())
+    if not defended:  # the same death without redispatch: clients see it (so the test can fail)
+        assert not hidden and (~died_with_it).any()
+        assert set(failed.loc[~died_with_it, "error"]) == {"http_5xx"}  # the proxy's 502/503: it gave them up
+        return
+    assert hidden, failed[["intended_s", "latency_s", "error"]]
+    # The margin: what a request costs here with nothing wrong (service, queueing, this machine's noise),
+    # the worst of the 2 s before the death; a redispatched request pays its wait for the checks, then that.
+    margin = float(rows.loc[rows["intended_s"].between(fired - 2.0, fired), "latency_s"].max())
+    bound = PROXY_CONNECT_S + d.detection_s + margin
+    # Every request answered after the death, those sent to the dead pods before it included
+    touched = rows[(rows["error"] == "") & (rows["intended_s"] + rows["latency_s"] > fired)]
+    assert touched["latency_s"].max() <= bound, f"{touched['latency_s'].max():.3f} s > {bound:.3f} s"
+    counters = summary["phases"][0]["counters"]  # type: ignore[index]
+    assert counters.get("retries", 0) >= 1  # the dead pods had requests, and the proxy sent them elsewhere
+    assert len(touched) > 0.9 * 80 * (7 - silenced)  # the load went on
+    # The proxy's checks found both pods down, logged on the run's clock, within the detection time
+    down = events[events["kind"] == "backend_down"]
+    assert set(down["target"]) == on_node
+    assert (down["at_s"] - fired).max() <= d.detection_s + margin
+
+
+UNREACHABLE = event("1s", "pod_unreachable", "deployment/web", duration="1.5s")
+
+
+def test_an_unreachable_pod_is_its_own_error_kind(tmp_path: Path, host_untouched: None) -> None:
+    """ICMP host-unreachable reaches the client through kernel DNAT: `unreachable`, not `other`, and the
+    report's failure table names it; healed, the pod serves again."""
+    summary, rows, events = run(tmp_path, ["kernel-nftables"], UNREACHABLE, duration="4s")
+    applied = float(events.loc[events["kind"] == "network_fault", "at_s"].iloc[0])
+    healed = float(events.loc[events["kind"] == "network_healed", "at_s"].iloc[0])
+    failed = rows[rows["error"] != ""]
+    assert len(failed) > 5 and set(failed["error"]) == {"unreachable"}
+    assert failed["intended_s"].between(applied - 0.05, healed + 0.05).all()  # only while it was unreachable
+    assert failed["latency_s"].max() < 0.5  # answered at once, unlike a silent pod's connect timeout
+    errors = summary["frontends"]["kernel-nftables"]["errors"]  # type: ignore[index]
+    assert errors == {"unreachable": len(failed)}
+    assert f"unreachable {len(failed)}" in (tmp_path / "out" / "report.md").read_text()
+
+
+PARTITION = event("1s", "partition", "node/node-1", duration="3s")
 
 
 def test_a_partition_heals_and_stale_pods_are_deleted(tmp_path: Path, host_untouched: None) -> None:
@@ -150,19 +234,11 @@ def test_a_partition_heals_and_stale_pods_are_deleted(tmp_path: Path, host_untou
     assert not any(p in d for d in synced[synced.index > stale.index.max()] for p in stale["target"])
 
 
-LOSS = """
-[[events]]
-at = "0s"
-action = "packet_loss"
-target = "service/web"
-percent = {percent}
-"""
-
 
 @pytest.mark.parametrize("percent", [2, 0])
 def test_packet_loss_puts_syn_retransmits_in_the_tail(tmp_path: Path, percent: int, host_untouched: None) -> None:
-    _, rows, _ = run(tmp_path, ["kernel-nftables"], LOSS.format(percent=percent), duration="10s", rate=100,
-                     connect_timeout="3s")
+    loss = event("0s", "packet_loss", "service/web", percent=percent)
+    _, rows, _ = run(tmp_path, ["kernel-nftables"], loss, duration="10s", rate=100, connect_timeout="3s")
     slow = (rows["latency_s"] >= 1.0).mean()
     if percent:
         assert 0.005 <= slow <= 0.06, f"{slow:.2%} of requests took >= 1 s"
