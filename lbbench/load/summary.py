@@ -140,7 +140,7 @@ def _text_lines(s: LoadSummary) -> list[str]:
         pw = s.pool_wait_s
         lines.append(f"waited for a keep-alive connection: p50 {_ms(pw['p50'])}  p99 {_ms(pw['p99'])}  "
                      f"max {_ms(pw['max'])}")
-    cpu = "  ".join(f"w{i} {frac:.0%} ({sec:.2f} s)"
+    cpu = "  ".join(f"w{i} {'-' if math.isnan(frac) else f'{frac:.0%}'} ({sec:.2f} s)"
                     for i, (frac, sec) in enumerate(zip(s.worker_cpu_fraction, s.worker_cpu_s, strict=True)))
     lines.append(f"generator CPU while sending: {cpu}")
     if s.stopped:

@@ -44,6 +44,9 @@ def wait_until(when: float) -> None:
         pass
 
 
+MIN_CPU_WINDOW_S = 1.0  # shortest sending time whose CPU fraction says whether the worker was saturated
+
+
 def cpu_seconds() -> float:
     ru = resource.getrusage(resource.RUSAGE_SELF)
     return ru.ru_utime + ru.ru_stime
@@ -316,7 +319,9 @@ class Worker:
             "first_issue_s": rec.first_issue - start_at, "last_issue_s": rec.last_issue - start_at,
             "send_end_s": wall[1] - start_at,
             "cpu_s": cpu[2] - cpu[0], "send_cpu_s": cpu[1] - cpu[0],
-            "send_cpu_fraction": (cpu[1] - cpu[0]) / send_wall if send_wall > 0 else math.nan,
+            # over less than a second of sending (a Ctrl-C soon after the start) the fraction is the
+            # rusage clock's granularity and the stop's own work, not a load: not judged
+            "send_cpu_fraction": (cpu[1] - cpu[0]) / send_wall if send_wall >= MIN_CPU_WINDOW_S else math.nan,
             "columns": rec.columns() if rec.record_rows else None,
         }
 

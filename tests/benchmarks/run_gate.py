@@ -36,6 +36,7 @@ import compare_baseline  # noqa: E402
 RETRIES = 2  # extra attempts for what looks like a regression
 PYTEST_ARGS = (
     "--benchmark-enable", "--benchmark-only",
+    "--dist=no",  # the suite's addopts ask xdist to distribute; with it on, pytest-benchmark disables itself
     "--benchmark-min-rounds=20",
     "--benchmark-min-time=0.00005",  # short functions are looped so the timer's cost stays small
     "--benchmark-warmup=on", "--benchmark-warmup-iterations=200",

@@ -328,6 +328,6 @@ def _probe_passes(pod: Pod, probe: Obj | None) -> bool:
         return False
 
 
-def _tail(path: Path, lines: int = 6) -> str:
+def _tail(path: Path, lines: int = 20) -> str:
     text = path.read_text(errors="replace").strip().splitlines() if path.exists() else []
     return " | ".join(text[-lines:]) or "(no stderr)"

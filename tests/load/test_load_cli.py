@@ -47,6 +47,14 @@ def test_json_output(pod: HostPort) -> None:
     assert out["requested_duration_s"] == 1.0 and out["actual_duration_s"] >= 1.0
 
 
+def test_cpu_is_judged_only_over_a_second_of_sending(pod: HostPort) -> None:
+    short = json.loads(load(f"http://{pod}/", "--rate", "100", "--duration", "0.5s", "--json").stdout)
+    assert short["worker_cpu_fraction"] == [None] and short["worker_cpu_s"][0] > 0
+    assert "CPU" not in (short["saturation_reason"] or "")
+    longer = json.loads(load(f"http://{pod}/", "--rate", "100", "--duration", "1.5s", "--json").stdout)
+    assert 0 < longer["worker_cpu_fraction"][0] < 0.9  # 100 rps of 1 ms requests: far from a saturated core
+
+
 def test_text_output_and_out_dir(pod: HostPort, tmp_path: Path) -> None:
     proc = load(f"http://{pod}/", "--rate", "150", "--duration", "1s", "--connections", "keepalive:2",
                 "--arrivals", "constant", "--out", str(tmp_path / "run"))

@@ -98,6 +98,13 @@ _VERDICT = re.compile(rb"Server (\S+)/s(\d+) is (DOWN|UP), reason: ([^,.]*)")
 Slot = Endpoint | None
 
 
+
+
+def in_config(socket_path: Path) -> str:
+    """A unix socket in the workdir as the config names it: relative to the workdir (HAProxy's cwd)
+    when the absolute path is longer than HAProxy accepts, as it is under a deep TMPDIR."""
+    path = str(socket_path)
+    return path if len(path) <= HAPROXY_SOCKET_PATH_MAX else f"unix@{socket_path.name}"
 class _Haproxy(ReferenceFrontend):
     binary: ClassVar[str] = "haproxy"
     package: ClassVar[str] = "haproxy"
@@ -117,12 +124,6 @@ class _Haproxy(ReferenceFrontend):
         assert self.workdir is not None
         return self.workdir / "stats.sock"
 
-    @property
-    def socket_in_config(self) -> str:
-        """The socket's path as the config names it: relative to the workdir (HAProxy's cwd) when the
-        absolute path is longer than HAProxy accepts, as it is under a deep TMPDIR."""
-        path = str(self.socket_path)
-        return path if len(path) <= HAPROXY_SOCKET_PATH_MAX else f"unix@{self.socket_path.name}"
 
     def run_argv(self, config: Path) -> list[str]:
         return [binary_path(self.binary), "-W", "-db", "-f", str(config)]
@@ -244,7 +245,7 @@ class _Haproxy(ReferenceFrontend):
             f"# lbbench {self.name}, generation {self.generation}: rendered from the run's plan",
             "global",
             f"    description lbbench-generation {self.generation}",
-            f"    stats socket {self.socket_in_config} mode 600 level admin expose-fd listeners",
+            f"    stats socket {in_config(self.socket_path)} mode 600 level admin expose-fd listeners",
             "    stats timeout 10s",
             f"    hard-stop-after {hard_stop}ms",
             f"    maxconn {GLOBAL_MAXCONN}",
@@ -318,7 +319,7 @@ class HaproxyHttp(_Haproxy):
 
     def render_global(self) -> list[str]:
         # notice and above: the checks' verdicts and the backends' alerts, never a request
-        return [*super().render_global()[:-1], f"    log {self.verdicts_path} format raw local0 notice", ""]
+        return [*super().render_global()[:-1], f"    log {in_config(self.verdicts_path)} format raw local0 notice", ""]
 
     def render(self) -> str:
         p = self.plan.proxy
