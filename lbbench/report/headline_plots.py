@@ -53,8 +53,9 @@ def _failed(ax: object, order: Sequence[ClientView], y: list[int]) -> None:
         ax.annotate(f"{total:.2g}" if total else "0", xy=(total, yi), xytext=(3, 0), textcoords="offset points",
                     va="center", fontsize=8)
     ax.set_xlim(0, max(1.0, max(left) * 1.3))
-    if kinds:
-        ax.legend(fontsize=7, loc="lower right")
+    if kinds:  # under the axis: inside, it hides the bars' totals
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=min(len(kinds), 4),
+                  frameon=False)
 
 
 def _latency(ax: object, order: Sequence[ClientView], y: list[int]) -> None:
