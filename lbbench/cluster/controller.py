@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 from lbbench.cluster.events import EventLog
 from lbbench.cluster.probe import http_probe
-from lbbench.config.parse import Config, PodTemplate, ServiceConfig, Workload
+from lbbench.config.schema import Config, PodTemplate, ServiceConfig, Workload
 from lbbench.model.addresses import AddressAllocator
 from lbbench.model.service import Endpoint
 from lbbench.system.control import send

@@ -5,7 +5,7 @@ Deterministic, so every phase of a run (and every front end) sees the same addre
 
 from __future__ import annotations
 
-from lbbench.config.parse import Config
+from lbbench.config.schema import Config
 from lbbench.model.addresses import AddressAllocator
 from lbbench.model.service import ServiceSpec
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from lbbench.errors import ConfigError, UserError
 
 if TYPE_CHECKING:
-    from lbbench.config.parse import Config
+    from lbbench.config.schema import Config
 
 DEFAULT_RESULTS = Path("results")
 

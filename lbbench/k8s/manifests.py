@@ -12,7 +12,7 @@ import shlex
 from dataclasses import dataclass
 from typing import Any
 
-from lbbench.config.parse import Config, IngressConfig, PodTemplate, Readiness, ServiceConfig, Workload
+from lbbench.config.schema import Config, IngressConfig, PodTemplate, Readiness, ServiceConfig, Workload
 from lbbench.model.proxy import ProxySettings
 
 Obj = dict[str, Any]

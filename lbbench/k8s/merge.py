@@ -26,7 +26,7 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from lbbench.config.parse import Config
+from lbbench.config.schema import Config
 from lbbench.errors import UserError
 from lbbench.k8s.parts import PartFiles, part_of, read_parts
 from lbbench.load.histogram import LogHistogram

@@ -20,7 +20,7 @@ from pathlib import Path
 import yaml
 
 from lbbench import __version__
-from lbbench.config.parse import Config, ServiceConfig
+from lbbench.config.schema import Config, ServiceConfig
 from lbbench.k8s import manifests as m
 from lbbench.k8s.scripts import CLUSTER_FAULTS, fault_steps, faults_script, run_script
 from lbbench.load.generator import RPS_PER_WORKER, USERS_PER_WORKER

@@ -14,8 +14,9 @@ import random
 import shlex
 from dataclasses import dataclass
 
-from lbbench.config.parse import Config, Event, PodTemplate, Workload, parse_template
+from lbbench.config.parse import parse_template
 from lbbench.config.reader import Table
+from lbbench.config.schema import Config, Event, PodTemplate, Workload
 from lbbench.k8s.manifests import (
     CLOCK_CONFIGMAP,
     EXPERIMENT,

@@ -16,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 
-from lbbench.config.parse import Config
+from lbbench.config.schema import Config
 from lbbench.model.servicetime import ServiceTime
 from lbbench.results.files import is_ok
 from lbbench.theory.predict import Arrivals, ModelPrediction, predict

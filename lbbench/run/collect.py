@@ -7,7 +7,7 @@ from typing import Any
 
 import pandas as pd
 
-from lbbench.config.parse import Config
+from lbbench.config.schema import Config
 from lbbench.results.files import buckets, frontend_summary, load_ran_s, merge_repeats, metadata
 from lbbench.results.theory_fit import judging, theory_inputs, theory_section
 from lbbench.results.writer import FolderContents, WriteFailure, summary_document, write_folder

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from lbbench.config.parse import Config
+from lbbench.config.schema import Config
 from lbbench.frontends.registry import frontend_class
 from lbbench.model.names import KERNEL_FRONTENDS
 from lbbench.results.writer import WriteFailure

@@ -20,8 +20,9 @@ from lbbench.cluster.events import EventLog, LoggedEvent
 from lbbench.cluster.netfaults import NetworkFaults
 from lbbench.cluster.network_events import NetworkEvents
 from lbbench.cluster.services import offered_capacity_rps, service_specs
-from lbbench.config.parse import Config, Event, parse_template
+from lbbench.config.parse import parse_template
 from lbbench.config.reader import Table
+from lbbench.config.schema import Config, Event
 from lbbench.frontends.base import BackendHealth, Frontend, FrontendPlan
 from lbbench.frontends.kernel.applier import RulesApplier
 from lbbench.load.generator import LoadGenerator, LoadResult

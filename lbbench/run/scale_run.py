@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from lbbench.config.parse import Config
+from lbbench.config.schema import Config
 from lbbench.model.addresses import HostPort
 from lbbench.results.writer import WriteFailure, write_folder
 from lbbench.run.collect import folder_contents

@@ -11,7 +11,8 @@ import uvloop
 
 from lbbench.cluster.controller import Controller
 from lbbench.cluster.events import EventLog
-from lbbench.config.parse import Config, parse_config
+from lbbench.config.parse import parse_config
+from lbbench.config.schema import Config
 from lbbench.model.service import Endpoint
 from lbbench.system.procs import Supervisor
 

@@ -25,7 +25,8 @@ import yaml
 from helpers.paths import REPO
 
 from lbbench.cli import build_parser
-from lbbench.config.parse import Config, load_config
+from lbbench.config.parse import load_config
+from lbbench.config.schema import Config
 from lbbench.k8s import manifests as m
 from lbbench.k8s.merge import read_events
 from lbbench.k8s.render import K8S_VERSION, Rendered, RenderOptions, render, write
