@@ -26,7 +26,7 @@ from lbbench.frontends.dnat.plan import forwarder_plan, service_entrypoint
 from lbbench.frontends.dnat.worker import ForwarderProcess
 from lbbench.frontends.kernel.applier import RulesApplier
 from lbbench.model.service import Endpoint, ServiceSpec, ServiceType
-from lbbench.system.netns import in_private_netns
+from lbbench.system.netns import find_tool, in_private_netns, netns_unavailable_reason
 from lbbench.system.procs import Supervisor
 
 Change = tuple[Sequence[Endpoint], Sequence[Endpoint]]  # (previous, new) endpoints of one Service
@@ -51,6 +51,13 @@ class KernelFrontend(Frontend, abc.ABC):
 
     layer = "l4"
     tool = "nft"
+
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        """Its loader must be installed, and the rules must go into lbbench's own namespace."""
+        if find_tool(cls.tool) is None:
+            return f"{cls.tool} is not installed"
+        return None if in_private_netns() else netns_unavailable_reason()
 
     def __init__(self, plan: FrontendPlan, supervisor: Supervisor) -> None:
         super().__init__(plan, supervisor)

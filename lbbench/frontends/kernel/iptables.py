@@ -44,7 +44,7 @@ from lbbench.frontends.kernel.applier import RulesApplier
 from lbbench.frontends.kernel.frontend import Change, KernelFrontend
 from lbbench.frontends.kernel.nftables import nodeport_ips
 from lbbench.model.service import Endpoint, ServiceSpec
-from lbbench.system.netns import find_tool, in_private_netns, netns_unavailable_reason
+from lbbench.system.netns import find_tool
 from lbbench.system.procs import Supervisor
 
 Backend = Literal["auto", "legacy", "nft"]
@@ -210,12 +210,6 @@ class KernelIptables(KernelFrontend):
 
     name = "kernel-iptables"
     tool = "iptables-restore"
-
-    @classmethod
-    def unavailable_reason(cls) -> str | None:
-        if find_tool(cls.tool) is None:
-            return f"{cls.tool} is not installed"
-        return None if in_private_netns() else netns_unavailable_reason()
 
     def __init__(self, plan: FrontendPlan, supervisor: Supervisor, backend: Backend = "auto",
                  full_sync_period_s: float = FULL_SYNC_PERIOD_S) -> None:

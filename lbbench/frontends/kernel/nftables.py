@@ -45,7 +45,7 @@ from lbbench.frontends.dnat.plan import node_port_addrs, validate_service
 from lbbench.frontends.kernel.applier import RulesApplier
 from lbbench.frontends.kernel.frontend import Change, KernelFrontend
 from lbbench.model.service import Endpoint, ServiceSpec
-from lbbench.system.netns import find_tool, in_private_netns, netns_unavailable_reason, real_root
+from lbbench.system.netns import real_root
 
 TABLE = "lbbench"
 FAMILY = "ip"
@@ -346,12 +346,6 @@ class KernelNftables(KernelFrontend):
 
     name = "kernel-nftables"
     tool = "nft"
-
-    @classmethod
-    def unavailable_reason(cls) -> str | None:
-        if find_tool(cls.tool) is None:
-            return f"{cls.tool} is not installed"
-        return None if in_private_netns() else netns_unavailable_reason()
 
     def make_applier(self, directory: Path | None) -> RulesApplier:
         folder = directory / "nftables" if directory is not None else None
