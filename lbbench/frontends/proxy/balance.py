@@ -41,7 +41,9 @@ class RoundRobin:
             return None
         fallback: Backend | None = None
         i = self._next % n
-        for _ in range(n):
+        left = n  # a while loop: a range object per request costs more than the loop itself
+        while left:
+            left -= 1
             b = backends[i]
             i += 1
             if b.usable and (b.maxconn == 0 or b.in_flight < b.maxconn):

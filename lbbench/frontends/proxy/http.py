@@ -31,7 +31,13 @@ _REASONS = {s.value: s.phrase.encode() for s in http.HTTPStatus}
 NO_BODY, LENGTH, CHUNKED, UNTIL_CLOSE = 0, 1, 2, 3
 
 Headers = list[tuple[bytes, bytes]]
-Fields = list[bytes]  # forwarded fields as pieces: name, b": ", value, CRLF, name, ...
+# Forwarded fields as pieces: name, b": ", value, CRLF, name, ... after the slots of the start
+# line (REQUEST_SLOTS: method, " ", target, " HTTP/1.1\r\n"; RESPONSE_SLOTS: the status line),
+# filled in once the head is complete, so that the head is one join of the list the parser
+# callbacks appended to, without a second list.
+Fields = list[bytes]
+REQUEST_SLOTS = 4
+RESPONSE_SLOTS = 1
 Special = tuple[tuple[int, bytes, bytes], ...]  # (role, name, value) of the fields that need a decision
 _NONE: frozenset[bytes] = frozenset()
 
@@ -47,6 +53,10 @@ _RESPONSE_ROLE = {**_HOP, b"content-length": LENGTH_FIELD, b"transfer-encoding":
 _CACHE_MAX = 1024  # distinct spellings remembered per table (bounded: peers choose them)
 request_roles: dict[bytes, int] = {}  # raw spelling -> role; a miss goes through request_role()
 response_roles: dict[bytes, int] = {}
+# The callbacks' lookups, bound once: CPython 3.11 compiles `imported_name.get(...)` as an attribute
+# load and a call, which makes a new bound method object on every call.
+known_request_role = request_roles.get
+known_response_role = response_roles.get
 _declared: dict[bytes, frozenset[bytes]] = {}
 
 
@@ -83,10 +93,16 @@ def _declared_hop_by_hop(value: bytes) -> frozenset[bytes]:
     return names
 
 
-def _without(fields: Fields, drop: frozenset[bytes], table: dict[bytes, int]) -> Fields:
-    """`fields` without the PASS fields a Connection header declared hop-by-hop (rare)."""
+def declares_hop_by_hop(value: bytes) -> bool:
+    """Whether a Connection field names fields to drop besides the usual ones (most say only keep-alive)."""
+    names = _declared.get(value)
+    return bool(names if names is not None else _declared_hop_by_hop(value))
+
+
+def _without(fields: Fields, drop: frozenset[bytes], table: dict[bytes, int], start: int) -> Fields:
+    """`fields` (from `start`) without the PASS fields a Connection header declared hop-by-hop (rare)."""
     out: Fields = []
-    for i in range(0, len(fields), 4):
+    for i in range(start, len(fields), 4):
         name = fields[i]
         low = name.lower()
         if low not in drop or table.get(low, PASS) != PASS:
@@ -157,13 +173,18 @@ def upstream_head(method: bytes, target: bytes, fields: Fields, rh: RequestHead,
                   via_version: bytes, add_host: bytes = b"", tail: bytes = b"") -> bytes:
     """The request head sent to a backend: HTTP/1.1, hop-by-hop fields gone, X-Forwarded-For and Via extended.
 
+    `fields`: the forwarded fields after their REQUEST_SLOTS, which this fills (the list is used up).
     `add_host`: a Host field for requests without one (HTTP/1.0), which HTTP/1.1 requires.
     `tail`: forwarding_tail(client_ip, via_version), precomputed by the caller for the common case.
     """
-    parts = [method, b" ", target, b" HTTP/1.1\r\n"]
-    if add_host:
-        parts.append(b"Host: " + add_host + CRLF)
-    parts += _without(fields, rh.drop, _REQUEST_ROLE) if rh.drop else fields
+    fields[0] = method
+    fields[2] = target
+    parts = fields
+    if add_host or rh.drop:
+        parts = fields[:REQUEST_SLOTS]
+        if add_host:
+            parts.append(b"Host: " + add_host + CRLF)
+        parts += _without(fields, rh.drop, _REQUEST_ROLE, REQUEST_SLOTS) if rh.drop else fields[REQUEST_SLOTS:]
     if rh.xff or rh.via or rh.framing == CHUNKED or not tail:
         parts += (b"X-Forwarded-For: ", rh.xff + b", " + client_ip if rh.xff else client_ip,
                   b"\r\nVia: ", rh.via + b", " if rh.via else b"", via_version, b" ", VIA_TOKEN, CRLF,
@@ -173,21 +194,26 @@ def upstream_head(method: bytes, target: bytes, fields: Fields, rh: RequestHead,
     return b"".join(parts)
 
 
-_status_lines: dict[tuple[bool, int, bytes], bytes] = {}
+status_lines: dict[tuple[bool, int, bytes], bytes] = {}  # (HTTP/1.1?, status, reason) -> status line
+known_status_line = status_lines.get  # bound once, as known_request_role
 
 
-def _status_line(version11: bool, status: int, reason_phrase: bytes) -> bytes:
+def status_line(version11: bool, status: int, reason_phrase: bytes) -> bytes:
+    """The client's status line (`known_status_line` is the caller's first try)."""
     key = (version11, status, reason_phrase)
-    line = _status_lines.get(key)
+    line = status_lines.get(key)
     if line is None:
         line = b"%s %d %s\r\n" % (b"HTTP/1.1" if version11 else b"HTTP/1.0", status,
                                    reason_phrase or reason(status))
-        if len(_status_lines) < 1024:  # reason phrases come from backends: bounded
-            _status_lines[key] = line
+        if len(status_lines) < 1024:  # reason phrases come from backends: bounded
+            status_lines[key] = line
     return line
 
 
-_PLAIN_END = b"Via: 1.1 " + VIA_TOKEN + b"\r\nX-Proxy-Queue-Ms: %.3f\r\nX-Proxy-Upstream-Ms: %.3f\r\n\r\n"  # common end
+# The end of the common response head (kept alive, HTTP/1.1, no Via from the backend, not chunked);
+# a request that did not wait in the queue has its first figure as a constant (one float less to format).
+PLAIN_END = b"Via: 1.1 " + VIA_TOKEN + b"\r\nX-Proxy-Queue-Ms: %.3f\r\nX-Proxy-Upstream-Ms: %.3f\r\n\r\n"
+PLAIN_END_UNQUEUED = b"Via: 1.1 " + VIA_TOKEN + b"\r\nX-Proxy-Queue-Ms: 0.000\r\nX-Proxy-Upstream-Ms: %.3f\r\n\r\n"
 
 
 def client_head(status: int, reason_phrase: bytes, fields: Fields, has_length: bool, special: Special,
@@ -195,6 +221,7 @@ def client_head(status: int, reason_phrase: bytes, fields: Fields, has_length: b
                 ) -> tuple[bytes, int, int, bool]:
     """The response head for the client, from the backend's fields sorted by the parser callbacks.
 
+    `fields` has RESPONSE_SLOTS before the forwarded fields; this fills them (the list is used up).
     Returns (head, framing of the backend's body, framing of the client's body, keep-alive).
     X-Proxy-Queue-Ms is the request's time in the central queue, X-Proxy-Upstream-Ms the time
     from its dispatch to this response head: how long it held the backend slot (HAProxy's Tr,
@@ -223,11 +250,15 @@ def client_head(status: int, reason_phrase: bytes, fields: Fields, has_length: b
             out_framing = CHUNKED
         else:
             out_framing, keep_alive = UNTIL_CLOSE, False
-    line = _status_lines.get((version11, status, reason_phrase))
-    parts = [line or _status_line(version11, status, reason_phrase)]
-    parts += _without(fields, drop, _RESPONSE_ROLE) if drop else fields
+    line = status_lines.get((version11, status, reason_phrase)) or status_line(version11, status, reason_phrase)
+    if drop:
+        parts = [line]
+        parts += _without(fields, drop, _RESPONSE_ROLE, RESPONSE_SLOTS)
+    else:
+        fields[0] = line
+        parts = fields
     if not via and out_framing != CHUNKED and keep_alive and version11:
-        parts.append(_PLAIN_END % (queue_ms, upstream_ms))
+        parts.append(PLAIN_END % (queue_ms, upstream_ms) if queue_ms else PLAIN_END_UNQUEUED % upstream_ms)
     else:
         parts += (
             b"Via: ", via + b", " if via else b"", b"1.1 ", VIA_TOKEN,

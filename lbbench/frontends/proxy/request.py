@@ -34,13 +34,14 @@ from lbbench.frontends.proxy.http import (
     NO_BODY,
     PASS,
     PLAIN_REQUEST,
+    REQUEST_SLOTS,
     UNKNOWN,
     Fields,
     Special,
     chunk_size_line,
     forwarding_tail,
+    known_request_role,
     request_role,
-    request_roles,
     scan_request,
     split_target,
     upstream_head,
@@ -94,6 +95,11 @@ def _method(raw: bytes) -> tuple[str, bool, bool]:
     return info
 
 
+def _request_line() -> Fields:
+    """A new request's field list: the slots of its request line (method, target), then its fields."""
+    return [b"", b" ", b"", b" HTTP/1.1\r\n"]
+
+
 class RequestReader:
     def __init__(self, conn: ClientConnection) -> None:
         self.conn = conn
@@ -102,9 +108,10 @@ class RequestReader:
         self.max_head = self.limits.max_header_bytes
         self.parser = HttpRequestParser(self)
         self.parsing: Exchange | None = None  # the request whose bytes are arriving
-        # The head being parsed: target, forwarded fields, Host, fields that need a decision.
+        # The head being parsed: target, forwarded fields (after the request line's slots), Host,
+        # fields that need a decision.
         self.url = b""
-        self.fields: Fields = []
+        self.fields: Fields = _request_line()
         self.host: bytes | None = None  # None: no Host field (yet)
         self.special: Special = ()
         self.in_head = True  # the next bytes belong to a request head
@@ -193,7 +200,7 @@ class RequestReader:
         if self.parsing is None:
             raise Stop
         # Counted at the end: the head's size bounds them.
-        role = request_roles.get(name, UNKNOWN)
+        role = known_request_role(name, UNKNOWN)
         if role == PASS:
             self.fields += (name, b": ", value, CRLF)
         elif role == HOST:
@@ -222,37 +229,58 @@ class RequestReader:
         self.in_head = False
         self.head_bytes = 0
         self.heads_done += 1
-        url, fields, host_field, special = self.url, self.fields, self.host, self.special
-        self.url, self.fields, self.host, self.special = b"", [], None, ()
+        url = self.url
+        fields = self.fields
+        host_field = self.host
+        special = self.special
+        self.url = b""
+        self.fields = _request_line()
+        self.host = None
+        self.special = ()
         limits = self.limits
-        count = len(fields) >> 2  # forwarded fields are 4 pieces each; Content-Length is also special
+        count = (len(fields) - REQUEST_SLOTS) >> 2  # forwarded fields are 4 pieces each
         if special:
-            count += sum(role != LENGTH_FIELD for role, _, _ in special)
+            count += sum(role != LENGTH_FIELD for role, _, _ in special)  # Content-Length is also forwarded
         if count > limits.max_headers:
             raise Reject(431, f"more than {limits.max_headers} header fields")
         p = self.parser
-        version = p.get_http_version()
-        if version != "1.1" and version != "1.0":
-            if version == "0.9":
-                raise Reject(400, "HTTP/0.9 request (no HTTP version in the request line)")
-            raise Reject(505, f"HTTP/{version} is not supported (HTTP/1.0 and 1.1 are)")
+        ex.keep_alive = keep_alive = p.should_keep_alive()
+        if keep_alive and not special:
+            # Without a Connection field llhttp keeps HTTP/1.1 requests alive and no others (the
+            # versions it accepts are 0.9, 1.0, 1.1, 2.0 and 3.0): no need to format the version.
+            version11 = True
+        else:
+            version = p.get_http_version()
+            if version != "1.1" and version != "1.0":
+                if version == "0.9":
+                    raise Reject(400, "HTTP/0.9 request (no HTTP version in the request line)")
+                raise Reject(505, f"HTTP/{version} is not supported (HTTP/1.0 and 1.1 are)")
+            version11 = version == "1.1"
+        ex.version11 = version11
         if p.should_upgrade():
             raise Reject(501, "protocol upgrades (WebSocket, h2c) and CONNECT are not supported")
         method = p.get_method()
         ex.method, ex.is_head, ex.idempotent = _methods.get(method) or _method(method)
-        ex.version11 = version11 = version == "1.1"
-        ex.keep_alive = p.should_keep_alive()
-        rh = scan_request(special) if special else PLAIN_REQUEST
-        if rh.bad_transfer_encoding:
-            raise Reject(501, "transfer codings other than chunked are not supported")
-        framing = rh.framing
-        if framing == CHUNKED and not version11:
-            raise Reject(400, "Transfer-Encoding in an HTTP/1.0 request (RFC 9112 6.1: faulty framing)")
-        if framing == LENGTH and not 0 <= rh.content_length <= limits.max_body_bytes:
-            raise Reject(413, f"request body larger than {limits.max_body_bytes} bytes")
-        ex.framing = framing
-        ex.expect_continue = rh.expect_continue
-        authority, ex.target = (b"", url) if url[:1] == b"/" else split_target(url)
+        if special:
+            rh = scan_request(special)
+            if rh.bad_transfer_encoding:
+                raise Reject(501, "transfer codings other than chunked are not supported")
+            framing = rh.framing
+            if framing == CHUNKED and not version11:
+                raise Reject(400, "Transfer-Encoding in an HTTP/1.0 request (RFC 9112 6.1: faulty framing)")
+            if framing == LENGTH and not 0 <= rh.content_length <= limits.max_body_bytes:
+                raise Reject(413, f"request body larger than {limits.max_body_bytes} bytes")
+            ex.framing = framing
+            ex.expect_continue = rh.expect_continue
+        else:
+            rh = PLAIN_REQUEST
+            framing = NO_BODY  # what the Exchange starts with, as expect_continue's False
+        if url[:1] == b"/":
+            authority = b""
+            ex.target = target = url
+        else:
+            authority, target = split_target(url)
+            ex.target = target
         if host_field is None:
             if version11:
                 raise Reject(400, "HTTP/1.1 request without a Host header field")
@@ -260,17 +288,24 @@ class RequestReader:
             raise Reject(400, f"the target's authority {authority.decode('latin-1')!r} is not the Host "
                               f"{host_field.decode('latin-1')!r}")
         host = authority or host_field or b""
-        ex.pool = pool = self.router.route(host, ex.target)
+        ex.pool = pool = self.router.route(host, target)
         if pool is None:
             ex.reject = (404, f"no Ingress rule for host {host.decode('latin-1')!r} and path "
-                              f"{ex.target.split(b'?', 1)[0].decode('latin-1')!r}")
+                              f"{target.split(b'?', 1)[0].decode('latin-1')!r}")
         else:
             via_version = b"1.1" if version11 else b"1.0"
             tail = self.tails.get(via_version)
             if tail is None:
                 tail = self.tails[via_version] = forwarding_tail(self.conn.peer, via_version)
-            head = upstream_head(method, ex.target, fields, rh, self.conn.peer, via_version,
-                                 b"" if host_field is not None else authority or pool.host, tail)
+            if rh is PLAIN_REQUEST and host_field is not None:
+                # upstream_head's common case, inlined: the request line, the fields as they came, our tail
+                fields[0] = method
+                fields[2] = target
+                fields.append(tail)
+                head = b"".join(fields)
+            else:
+                head = upstream_head(method, target, fields, rh, self.conn.peer, via_version,
+                                     b"" if host_field is not None else authority or pool.host, tail)
             ex.out.append(head)
             ex.out_bytes = len(head)
         ex.state = WAITING

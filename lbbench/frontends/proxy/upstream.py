@@ -18,9 +18,12 @@ from typing import TYPE_CHECKING, cast
 from httptools import HttpParserError, HttpResponseParser
 
 from lbbench.frontends.proxy.backend import CONNECT_FAILED, PROTOCOL, RESET, RESET_AFTER, TIMEOUT, Backend
-from lbbench.frontends.proxy.exchange import CONNECTING, Exchange
+from lbbench.frontends.proxy.exchange import ACTIVE, CONNECTING, Exchange
 from lbbench.frontends.proxy.http import (
+    CHUNKED,
+    CONNECTION,
     CRLF,
+    DROP,
     LENGTH_FIELD,
     NO_BODY,
     PASS,
@@ -28,8 +31,9 @@ from lbbench.frontends.proxy.http import (
     UNTIL_CLOSE,
     Fields,
     Special,
+    declares_hop_by_hop,
+    known_response_role,
     response_role,
-    response_roles,
 )
 
 if TYPE_CHECKING:
@@ -63,9 +67,10 @@ class UpstreamConnection(asyncio.Protocol):
         self.head_done = False
         self.interim = False
         self.framing = NO_BODY
-        # The response head being parsed: forwarded fields, Content-Length seen, fields that need a decision.
+        # The response head being parsed: forwarded fields (after a slot for the status line),
+        # Content-Length seen, fields that need a decision.
         self.reason = b""
-        self.fields: Fields = []
+        self.fields: Fields = [b""]
         self.has_length = False
         self.special: Special = ()
 
@@ -122,7 +127,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.ex = ex
         self.got_bytes = self.head_done = self.interim = self.has_length = False
         self.reason = b""
-        self.fields = []
+        self.fields = [b""]
         self.special = ()
         self.deadline = (now or time.monotonic()) + self.server_timeout_s
         ex.client.attached(ex, self)
@@ -209,7 +214,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.reason += status
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        role = response_roles.get(name, UNKNOWN)
+        role = known_response_role(name, UNKNOWN)
         if role == PASS:
             self.fields += (name, b": ", value, CRLF)
         elif role == LENGTH_FIELD:
@@ -218,6 +223,8 @@ class UpstreamConnection(asyncio.Protocol):
         elif role == UNKNOWN:
             response_role(name)  # remembered from now on
             self.on_header(name, value)
+        elif role == DROP or (role == CONNECTION and not declares_hop_by_hop(value)):
+            pass  # hop-by-hop, and nothing to decide: the keep-alive answer is llhttp's (should_keep_alive)
         else:
             self.special += ((role, name, value),)
 
@@ -231,13 +238,12 @@ class UpstreamConnection(asyncio.Protocol):
                 raise BadResponse("101 Switching Protocols to a request that did not ask")
             self.interim = True  # 100 Continue and friends: the real response follows
             self.reason = b""
-            self.fields = []
+            self.fields = [b""]
             self.has_length = False
             self.special = ()
             return
         self.head_done = True
-        self.framing = ex.client.response_head(ex, status, self.reason, self.fields, self.has_length, self.special,
-                                               self.read_at)
+        self.framing = ex.client.response_head(ex, status, self)
         if ex.is_head and self.ex is ex:
             # llhttp cannot be told that a HEAD response has no body; finish here, do not reuse.
             self.ex = None
@@ -245,7 +251,11 @@ class UpstreamConnection(asyncio.Protocol):
 
     def on_body(self, data: bytes) -> None:
         ex = self.ex
-        if ex is not None:
+        if ex is None:
+            return
+        if ex.state == ACTIVE and ex.out_framing != CHUNKED:
+            ex.client.wbuf.append(data)  # the client's response_body, inlined for the common case
+        else:
             ex.client.response_body(ex, data)
 
     def on_message_complete(self) -> None:
