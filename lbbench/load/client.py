@@ -151,6 +151,8 @@ class _Conn(asyncio.Protocol):
     # -- httptools callbacks -------------------------------------------------------------------
     def on_header(self, name: bytes, value: bytes) -> None:
         what = _NAME_CACHE.get(name)
+        if what == _IGNORED:
+            return  # most fields (Date, Server, Content-Type...): decided first
         if what is None:
             what = _header_kind(name)
         req = self.req
@@ -503,7 +505,8 @@ class HttpClient:
         req.done = time.monotonic()
         self._end(req)
         self.on_done(req)
-        self._check_idle()
+        if self.outstanding == 0:  # _check_idle's test, inlined: it is the last step of every request
+            self._check_idle()
 
     def _end(self, req: Request) -> None:
         req.finished = True

@@ -84,6 +84,7 @@ class Recorder:
         self._pool_wait = _Binned()  # sent - issued: waiting for a free keep-alive connection
         self.issued = 0
         self.done = 0
+        self._done_unbinned = FLUSH_AT  # on_done calls left before the latency and pool-wait values are binned
         self.ok = 0
         self.errors: Counter[str] = Counter()
         self.statuses: Counter[int] = Counter()
@@ -135,7 +136,10 @@ class Recorder:
             self._pool_wait.pending.append(wait if wait > 0.0 else 0.0)
         if self.record_rows:
             self._append(req)
-        if len(self._latency.pending) >= FLUSH_AT or len(self._pool_wait.pending) >= FLUSH_AT:
+        # Each of the two buffers takes at most one value here: counting calls bounds both.
+        self._done_unbinned -= 1
+        if not self._done_unbinned:
+            self._done_unbinned = FLUSH_AT
             self._latency.flush()
             self._pool_wait.flush()
 
