@@ -29,6 +29,7 @@ from lbbench.bench.stats import Stat, is_unstable, paired_ratio, stat
 from lbbench.bench.throughput import GroupRun, Pids, per_10k
 from lbbench.cluster.standalone import fresh_ip, start_pod
 from lbbench.model.addresses import HostPort
+from lbbench.system.compiled import build_label
 from lbbench.system.netns import in_private_netns
 from lbbench.system.procs import Supervisor
 
@@ -296,6 +297,7 @@ def machine(sup: Supervisor) -> dict[str, Any]:
         "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
         "load_avg_start": [round(x, 2) for x in psutil.getloadavg()],
         "in_private_netns": in_private_netns(),
+        "lbbench_build": build_label(),  # the L7 proxy's and the generator's hot paths: compiled or not
         "tools": tool_versions(sup),
     }
 

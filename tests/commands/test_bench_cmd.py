@@ -20,6 +20,7 @@ from lbbench.bench.suite import GROUPS, RPS_RATIOS, SCHEMA, BenchSettings
 from lbbench.bench.throughput import L4_PEERS, L7_PEERS, http_ok, skip_reason
 from lbbench.cli import main
 from lbbench.model.addresses import HostPort
+from lbbench.system.compiled import build_label
 from lbbench.system.netns import netns_unavailable_reason
 from lbbench.system.procs import Supervisor, lbbench_argv
 
@@ -78,6 +79,7 @@ def test_bench_runs_and_writes_bench_json(tmp_path: Path) -> None:
     assert m["cpu_count"] >= 1 and len(m["load_avg_start"]) == 3 and len(m["load_avg_end"]) == 3
     assert m["in_private_netns"] is (netns_unavailable_reason() is None)
     assert {"wrk", "haproxy", "nginx"} <= m["tools"].keys()
+    assert m["lbbench_build"] == build_label()  # "pure Python" from the checkout's sources
 
     l4 = assert_peers(doc["groups"]["l4"], L4_PEERS, "l4")
     close = assert_peers(doc["groups"]["l4_close"], L4_PEERS, "l4_close")

@@ -1,0 +1,59 @@
+"""The optional compiled build of lbbench's hot paths (everything else is in pyproject.toml).
+
+    pip install mypy wheel && LBBENCH_COMPILE=1 pip install --no-build-isolation .
+
+compiles the modules listed in lbbench/system/compiled.py with mypyc (it needs mypy, a C
+compiler and lbbench's dependencies in the environment, hence --no-build-isolation). Without
+LBBENCH_COMPILE lbbench installs as pure Python, as it always did. An editable install cannot
+be compiled: its C extensions would shadow the sources being edited.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+HERE = Path(__file__).resolve().parent
+
+
+def _compiled_spec() -> Any:
+    """lbbench/system/compiled.py, loaded on its own (lbbench's dependencies need not be installed)."""
+    spec = importlib.util.spec_from_file_location("_lbbench_compiled", HERE / "lbbench" / "system" / "compiled.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+COMPILED = _compiled_spec()
+
+
+class MypycBuildExt(build_ext):
+    """Runs mypyc when the extensions are built, not each time setup.py is read for metadata."""
+
+    def finalize_options(self) -> None:
+        env = COMPILED.COMPILE_ENV
+        if self.inplace or getattr(self, "editable_mode", False):
+            sys.exit(f"{env}=1 needs a regular install (pip install --no-build-isolation .): an editable "
+                     "install's compiled modules would shadow the sources being edited")
+        try:
+            from mypyc.build import mypycify
+        except ImportError:
+            sys.exit(f"{env}=1 needs mypy in the environment (pip install mypy wheel) and "
+                     "pip install --no-build-isolation")
+        paths = [str(Path(*name.split("."))) + ".py" for name in COMPILED.COMPILED_MODULES]
+        self.distribution.ext_modules = list(mypycify(paths, opt_level="3"))
+        super().finalize_options()  # takes the extensions from the distribution
+
+
+if os.environ.get(COMPILED.COMPILE_ENV) == "1":
+    # A stand-in until build_ext runs mypyc: it makes the wheel a platform one and runs build_ext.
+    setup(ext_modules=[Extension("lbbench.system._mypyc", sources=[])], cmdclass={"build_ext": MypycBuildExt})
+else:
+    setup()
