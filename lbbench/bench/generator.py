@@ -2,8 +2,10 @@
 
 wrk is closed-loop: its figure is simply the requests/s it reaches. lbbench's generator is
 open-loop, so its figure is the highest *scheduled* rate it sustains honestly: send
-lateness p99 under 2 ms, at least 99% of the scheduled requests answered 200, and at least
-95% of the requested rate achieved. That rate is searched (bounded: a few probes per
+lateness p99 under 2 ms, the wait for a free keep-alive connection p99 under 2 ms (else the
+requests queue inside the generator: a backlog that drains within the timeout would pass
+the other tests at rates the client cannot complete), at least 99% of the scheduled
+requests answered 200, and at least 95% of the requested rate achieved. That rate is searched (bounded: a few probes per
 round, geometric steps, then bisection to within 10%). Both sides use the same number of
 keep-alive connections and the same number of threads / worker processes.
 
@@ -25,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from lbbench.model.addresses import HostPort
 
 LATENESS_P99_MAX_S = 0.002
+POOL_WAIT_P99_MAX_S = 0.002  # on the wire within 2 ms of its turn: no backlog of requests waiting for a connection
 OK_FRACTION_MIN = 0.99
 ACHIEVED_FRACTION_MIN = 0.95
 PRECISION = 1.10  # stop bisecting when the failing rate is within 10% of the passing one
@@ -48,7 +51,8 @@ class Probe:
         return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(self).items()}
 
 
-def judge(rate_rps: float, achieved_rps: float, scheduled: int, ok: int, lateness_p99_s: float | None) -> Probe:
+def judge(rate_rps: float, achieved_rps: float, scheduled: int, ok: int, lateness_p99_s: float | None,
+          pool_wait_p99_s: float = 0.0) -> Probe:
     """Whether one run at `rate_rps` was sustained honestly, and if not why."""
     ok_fraction = ok / scheduled if scheduled else 0.0
     why = []
@@ -56,6 +60,8 @@ def judge(rate_rps: float, achieved_rps: float, scheduled: int, ok: int, latenes
         why.append("no lateness measured")
     elif lateness_p99_s >= LATENESS_P99_MAX_S:
         why.append(f"lateness p99 {lateness_p99_s * 1e3:.2f} ms >= {LATENESS_P99_MAX_S * 1e3:g} ms")
+    if pool_wait_p99_s >= POOL_WAIT_P99_MAX_S:
+        why.append(f"waited for a connection p99 {pool_wait_p99_s * 1e3:.2f} ms >= {POOL_WAIT_P99_MAX_S * 1e3:g} ms")
     if ok_fraction < OK_FRACTION_MIN:
         why.append(f"only {ok_fraction:.1%} of scheduled requests ok")
     if achieved_rps < ACHIEVED_FRACTION_MIN * rate_rps:
@@ -127,7 +133,9 @@ async def lbbench_probe(target: HostPort, rate_rps: float, duration_s: float, co
     spec = LoadSpec(target, rate_rps=rate_rps, duration_s=duration_s, connections=ConnectionMode(
         "keepalive", connections), workers=workers, seed=seed, record_rows=False, timeout_s=2.0)
     s = await _run_once(spec)
-    return judge(rate_rps, s.achieved_rps, s.scheduled, s.ok, s.lateness_s.get("p99"))
+    pool_wait = (s.pool_wait_s or {}).get("p99")
+    return judge(rate_rps, s.achieved_rps, s.scheduled, s.ok, s.lateness_s.get("p99"),
+                 float(pool_wait) if pool_wait is not None else math.inf)
 
 
 async def lbbench_closed_loop(target: HostPort, duration_s: float, users: int, workers: int) -> float:

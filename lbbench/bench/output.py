@@ -69,7 +69,8 @@ def generator_table(group: dict[str, Any]) -> Table:
     t.add_row("wrk", _med(peers["wrk"]["rps"]), _spread(peers["wrk"]["rps"]), "closed loop, as fast as it goes")
     crit = group["criterion"]
     t.add_row("lbbench", _med(peers["lbbench"]["rps"]), _spread(peers["lbbench"]["rps"]),
-              f"open loop ({crit['arrivals']}), lateness p99 < {crit['lateness_p99_ms_below']:g} ms, searched")
+              f"open loop ({crit['arrivals']}), lateness p99 < {crit['lateness_p99_ms_below']:g} ms, "
+              f"connection wait p99 < {crit.get('pool_wait_p99_ms_below', math.nan):g} ms, searched")
     closed = peers.get("lbbench-closed-loop")
     if closed:
         t.add_row("lbbench closed loop", _med(closed["rps"]), _spread(closed["rps"]), closed["note"])

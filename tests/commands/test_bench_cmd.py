@@ -252,3 +252,6 @@ def test_judge_names_every_reason() -> None:
     assert not p.passed and "lateness p99 3.00 ms" in p.why and "95.0%" in p.why and "achieved 900" in p.why
     assert gen.judge(1000, 990, 1000, 1000, 0.001).passed
     assert not gen.judge(1000, 1000, 1000, 1000, None).passed
+    # on time, all answered, but queued inside the generator for a connection: a backlog, not a sustained rate
+    queued = gen.judge(1000, 1000, 1000, 1000, 0.001, pool_wait_p99_s=0.040)
+    assert not queued.passed and queued.why == "waited for a connection p99 40.00 ms >= 2 ms"
