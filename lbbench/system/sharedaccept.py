@@ -5,17 +5,19 @@ and libuv accepts every queued connection in one go, so a burst (wrk opens its 1
 at once) lands on whichever worker woke first: measured 0/16 to 16/0 over 2 workers, worse
 than SO_REUSEPORT's hash. HAProxy's threads instead hand each connection to the least loaded
 thread. Here each worker publishes its active connection count in a small shared array (a
-memfd every worker maps) and accepts only while no other worker has more than SLACK fewer;
-otherwise it steps aside for DEFER_S and then looks again. After MAX_DEFERS in a row (20 ms) it accepts anyway,
-so a stuck or dead worker (whose count no longer moves) cannot stop the others. 20 ms, not
-2: on this 2-core machine at load 13, a sibling woken for the same socket was often not
-scheduled within 2 ms (16 connections then split up to 16/0); with 20 ms and no slack they
-split 8/8 in 12 bursts of 12, with SLACK 1 from 8/8 to 6/10 (load 17).
+memfd every worker maps). A worker more than SLACK + BURST connections above the least loaded
+one steps aside for DEFER_S and then looks again (a burst: wrk opening its 16 connections at
+once); after MAX_DEFERS in a row (20 ms) it accepts anyway, so a stuck or dead worker (whose
+count no longer moves) cannot stop the others. 20 ms, not 2: on this 2-core machine at load 13,
+a sibling woken for the same socket was often not scheduled within 2 ms. A worker only a little
+above the least loaded (up to BURST over the slack) does not wait: it yields the CPU once
+(sched_yield, a sibling woken for the same connection may take it first) and accepts. With
+connections coming and going (Connection: close) the counts are small and skewed all the time,
+and stepping aside for every such skew cost each new connection milliseconds: wrk -c16 with
+Connection: close through 2 workers to nginx went from 3,600 to 11,600 connections/s (1 worker:
+12,200; SO_REUSEPORT: 15,200), while 16 connections opened at once still split within 4.
 The cost is per new connection, never per request: a Python accept, a look at N integers, and
-per step-aside two epoll_ctl calls and a timer. Measured with wrk -c16 through 2 userspace-dnat
-workers to nginx (CPU s per 10k requests of the forwarder, interleaved rounds): keep-alive
-0.27-0.35 shared vs 0.29-0.38 reuseport, with Connection: close 3.8-4.2 vs 2.8-3.3 without
-slack and 3.4-3.7 vs 3.0-4.1 with SLACK 1. Users: userspace-dnat's workers and the l7-proxy's.
+per step-aside two epoll_ctl calls and a timer. Users: userspace-dnat's workers and the l7-proxy's.
 """
 
 from __future__ import annotations
@@ -29,8 +31,8 @@ from collections.abc import Callable
 
 DEFER_S = 0.001  # a woken sibling's chance to take the connection
 MAX_DEFERS = 20
-SLACK = 1  # accept while at most this many above the least loaded: fewer step-asides (each costs epoll_ctl
-# calls and a timer) when connections come and go (Connection: close), a burst still split within 1
+BURST = 3  # above the slack by more than this, a worker steps aside (a burst); by less, it only yields
+SLACK = 1  # this many above the least loaded is balanced
 _SLOT = 8  # bytes per worker: a signed 64-bit count
 
 
@@ -58,10 +60,10 @@ class Loads:
     def mine(self, value: int) -> None:
         self.counts[self.index] = value
 
-    def least_loaded(self) -> bool:
-        """No other worker has SLACK fewer connections than this one."""
-        mine = self.counts[self.index] - SLACK
-        return all(mine <= other for other in self.counts)
+    def excess(self) -> int:
+        """How many connections this worker has above the least loaded one, less the slack."""
+        counts = self.counts
+        return int(counts[self.index] - min(counts)) - SLACK
 
     def close(self) -> None:
         self.counts.release()
@@ -69,7 +71,7 @@ class Loads:
 
 
 class SharedAcceptor:
-    """Accepts from `sock` (shared with the other workers) while this worker is the least loaded."""
+    """Accepts from `sock` (shared with the other workers), stepping aside while far above the least loaded."""
 
     def __init__(self, sock: socket.socket, loads: Loads, factory: Callable[[], asyncio.Protocol]) -> None:
         self.sock = sock
@@ -83,12 +85,15 @@ class SharedAcceptor:
         self.loop.add_reader(sock.fileno(), self._readable)
 
     def _readable(self) -> None:
-        if not self.loads.least_loaded() and self.defers < MAX_DEFERS:
+        excess = self.loads.excess()
+        if excess > BURST and self.defers < MAX_DEFERS:
             self.defers += 1
             self.loop.remove_reader(self.sock.fileno())
             self.loop.call_later(DEFER_S, self._resume)
             return
         self.defers = 0
+        if excess > 0:
+            os.sched_yield()
         try:
             conn, _ = self.sock.accept()
         except (BlockingIOError, InterruptedError, ConnectionAbortedError):

@@ -367,11 +367,11 @@ def test_workers_share_a_port_zero_listener(echo_backend: HostPort, accept: Acce
 
 
 def test_shared_listener_spreads_a_burst_evenly(echo_backend: HostPort) -> None:
-    """16 connections at once (wrk's start) over 2 workers: the least loaded accepts each (within 1).
+    """16 connections at once (wrk's start) over 2 workers: a worker far above the other steps aside.
 
     A plain shared socket (the first woken worker takes the whole queue) split such bursts up to
-    16/0, SO_REUSEPORT's hash from 8/8 to 4/12. Allowed: 2 apart by the acceptor's slack, 2 more
-    for a worker not scheduled within the 20 ms it is waited for on a loaded machine.
+    16/0, SO_REUSEPORT's hash from 8/8 to 4/12. Allowed: 4 apart (the acceptor steps aside only
+    beyond its slack and burst allowance, lbbench/system/sharedaccept.py).
     """
     async def body() -> list[list[float]]:
         sup = Supervisor()
