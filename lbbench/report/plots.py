@@ -149,7 +149,7 @@ def pod_share(results: Results, out_dir: Path) -> Plot | str:
     for ax in axes[len(fes):]:
         ax.set_visible(False)
     color = colors(results.frontend_names)
-    for ax, fe in zip(axes, fes, strict=True):
+    for ax, fe in zip(axes[:len(fes)], fes, strict=True):  # a grid of 3 a row has spare panels at 4 or 5
         shares = sorted(with_idle_pods(fe.pod_share, phase_frames(results, fe.name)[1]).items(),
                         key=lambda kv: kv[1])
         labels = [_short_pod(p) for p, _ in shares]

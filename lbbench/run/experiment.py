@@ -167,13 +167,13 @@ class Experiment:
 
     def _warn_before_start(self) -> None:
         for rate, rho in overloaded_rates(self.config):
-            self.live.say(f"[yellow]warning[/]: {rate:g} rps is utilisation {rho:.2f} >= 1 of the pods' capacity: "
-                          "queues grow for as long as the run lasts (latencies depend on the run length, and no "
-                          "queueing model applies)")
+            self.live.warn(f"{rate:g} rps is utilisation {rho:.2f} >= 1 of the pods' capacity: "
+                           "queues grow for as long as the run lasts (latencies depend on the run length, and no "
+                           "queueing model applies)")
         for ev in self.config.events:
             if ev.at_s >= self.config.run.duration_s:
-                self.live.say(f"[yellow]warning[/]: event {ev.action} {ev.target} at {ev.at_s:g}s is after the "
-                              f"load's end ({self.config.run.duration_s:g}s) and will not fire")
+                self.live.warn(f"event {ev.action} {ev.target} at {ev.at_s:g}s is after the "
+                               f"load's end ({self.config.run.duration_s:g}s) and will not fire")
         for name, reason in self.skipped.items():
             self.live.say(f"[yellow]skipping {name}[/]: {reason}")
 
@@ -217,8 +217,8 @@ def report_folder(out: Path, live: LiveView) -> None:
     try:
         paths = write_report(out)
     except Exception as e:
-        live.say(f"[yellow]warning[/]: could not write the report ({type(e).__name__}: {e}); "
-                 f"the results are complete; try `lbbench report {out}`")
+        live.warn(f"could not write the report ({type(e).__name__}: {e}); the results are complete; "
+                  f"try `lbbench report {out}`")
         return
     live.say(f"report: {paths.html}")
 

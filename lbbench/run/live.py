@@ -1,4 +1,4 @@
-"""Live progress of a run: a rich table on a terminal, plain lines otherwise, nothing with --quiet."""
+"""Live progress of a run: a rich table on a terminal, plain lines otherwise, only warnings with --quiet."""
 
 from __future__ import annotations
 
@@ -67,6 +67,13 @@ class LiveView:
     def say(self, text: str) -> None:
         if not self.quiet:
             self.console.print(text, highlight=False)
+
+    def warn(self, text: str) -> None:
+        """Said even with --quiet (on stderr): what the user must know to trust the folder."""
+        if self.quiet:
+            print(f"lbbench run: warning: {text}", file=sys.stderr)
+        else:
+            self.console.print(f"[yellow]warning[/]: {text}", highlight=False)
 
     def on_event(self, ev: LoggedEvent) -> None:
         if ev.kind not in SHOWN_EVENTS:

@@ -529,3 +529,16 @@ def test_pod_share_includes_pods_that_served_nothing() -> None:
 
     ev = pd.DataFrame({"kind": ["pod_ready", "pod_ready", "event"], "target": ["web-a", "web-idle", "x"]})
     assert with_idle_pods({"web-a": 1.0}, ev) == {"web-a": 1.0, "web-idle": 0.0}
+
+
+@pytest.mark.parametrize("count", [4, 5])
+def test_pod_share_draws_a_panel_per_front_end_when_the_grid_has_spare_panels(tmp_path: Path, count: int) -> None:
+    # three panels a row: 4 or 5 front ends leave empty panels in the last row (5 once crashed the report)
+    from lbbench.report.plots import pod_share
+
+    names = ("userspace-dnat", "l7-proxy", "haproxy", "nginx", "httpd")[:count]
+    results = load_results(make_folder(tmp_path, frontends=names))
+    (tmp_path / "plots").mkdir(exist_ok=True)
+    plot = pod_share(results, tmp_path / "plots")
+    assert not isinstance(plot, str), plot
+    assert (tmp_path / "plots" / "pod_share.png").read_bytes()[:4] == b"\x89PNG"
