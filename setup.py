@@ -1,9 +1,10 @@
 """The optional compiled build of lbbench's hot paths (everything else is in pyproject.toml).
 
-    pip install mypy wheel && LBBENCH_COMPILE=1 pip install --no-build-isolation .
+    pip install . mypy wheel && LBBENCH_COMPILE=1 pip install --no-build-isolation --no-deps --force-reinstall .
 
 compiles the modules listed in lbbench/system/compiled.py with mypyc (it needs mypy, a C
-compiler and lbbench's dependencies in the environment, hence --no-build-isolation). Without
+compiler and lbbench's dependencies in the environment, hence the plain install first and
+--no-build-isolation: mypyc type-checks the modules against them). Without
 LBBENCH_COMPILE lbbench installs as pure Python, as it always did. An editable install cannot
 be compiled: its C extensions would shadow the sources being edited.
 """
@@ -45,8 +46,8 @@ class MypycBuildExt(build_ext):
         try:
             from mypyc.build import mypycify
         except ImportError:
-            sys.exit(f"{env}=1 needs mypy in the environment (pip install mypy wheel) and "
-                     "pip install --no-build-isolation")
+            sys.exit(f"{env}=1 needs mypy and lbbench's dependencies in the environment (pip install . mypy "
+                     "wheel) and pip install --no-build-isolation")
         paths = [str(Path(*name.split("."))) + ".py" for name in COMPILED.COMPILED_MODULES]
         self.distribution.ext_modules = list(mypycify(paths, opt_level="3"))
         super().finalize_options()  # takes the extensions from the distribution
