@@ -33,15 +33,10 @@ from lbbench.frontends.proxy.http import (
     CONTINUE_100,
     CRLF,
     LAST_CHUNK,
-    LENGTH,
     NO_BODY,
-    PLAIN_END,
-    PLAIN_END_UNQUEUED,
     chunk_size_line,
     client_head,
     error_response,
-    known_status_line,
-    status_line,
 )
 from lbbench.frontends.proxy.request import RequestReader
 
@@ -298,21 +293,9 @@ class ClientConnection(asyncio.Protocol):
     def response_head(self, ex: Exchange, status: int, up: UpstreamConnection) -> int:
         """Send the response head `up` has parsed (its bytes arrived at up.read_at); returns how
         the backend frames the body."""
-        fields = up.fields
-        upstream_ms = (up.read_at - ex.dispatched_at) * 1e3
-        if (up.has_length and not up.special and ex.keep_alive and ex.version11 and self.fatal is None
-                and not ex.is_head and status != 204 and status != 304):
-            # The common response, as client_head would build it: forwarded as it came, and our end.
-            reason = up.reason
-            fields[0] = known_status_line((True, status, reason)) or status_line(True, status, reason)
-            queue_s = ex.queue_wait_s
-            fields.append(PLAIN_END % (queue_s * 1e3, upstream_ms) if queue_s else PLAIN_END_UNQUEUED % upstream_ms)
-            head = b"".join(fields)
-            framing = ex.out_framing = LENGTH
-        else:
-            head, framing, ex.out_framing, ex.keep_alive = client_head(
-                status, up.reason, fields, up.has_length, up.special, ex.is_head, ex.version11,
-                ex.keep_alive and not self.fatal, ex.queue_wait_s * 1e3, upstream_ms)
+        head, framing, ex.out_framing, ex.keep_alive = client_head(
+            status, up.reason, up.fields, up.has_length, up.special, ex.is_head, ex.version11,
+            ex.keep_alive and not self.fatal, ex.queue_wait_s * 1e3, (up.read_at - ex.dispatched_at) * 1e3)
         if ex.state == ACTIVE:
             ex.status = status
             ex.head_sent = True

@@ -229,6 +229,12 @@ def client_head(status: int, reason_phrase: bytes, fields: Fields, has_length: b
     Chunked and close-delimited backend bodies are sent chunked to HTTP/1.1 clients, so that
     their connection can be kept; HTTP/1.0 clients get them close-delimited.
     """
+    if has_length and not special and keep_alive and version11 and not head_request and status >= 200 \
+            and status != 204 and status != 304:
+        # The common response: forwarded as it came, then our end (what the general path below builds).
+        fields[0] = known_status_line((True, status, reason_phrase)) or status_line(True, status, reason_phrase)
+        fields.append(PLAIN_END % (queue_ms, upstream_ms) if queue_ms else PLAIN_END_UNQUEUED % upstream_ms)
+        return b"".join(fields), LENGTH, LENGTH, True
     framing = LENGTH if has_length else UNTIL_CLOSE
     via = b""
     drop = _NONE
@@ -250,7 +256,7 @@ def client_head(status: int, reason_phrase: bytes, fields: Fields, has_length: b
             out_framing = CHUNKED
         else:
             out_framing, keep_alive = UNTIL_CLOSE, False
-    line = status_lines.get((version11, status, reason_phrase)) or status_line(version11, status, reason_phrase)
+    line = known_status_line((version11, status, reason_phrase)) or status_line(version11, status, reason_phrase)
     if drop:
         parts = [line]
         parts += _without(fields, drop, _RESPONSE_ROLE, RESPONSE_SLOTS)

@@ -18,9 +18,8 @@ from typing import TYPE_CHECKING, cast
 from httptools import HttpParserError, HttpResponseParser
 
 from lbbench.frontends.proxy.backend import CONNECT_FAILED, PROTOCOL, RESET, RESET_AFTER, TIMEOUT, Backend
-from lbbench.frontends.proxy.exchange import ACTIVE, CONNECTING, Exchange
+from lbbench.frontends.proxy.exchange import CONNECTING, Exchange
 from lbbench.frontends.proxy.http import (
-    CHUNKED,
     CONNECTION,
     CRLF,
     DROP,
@@ -251,11 +250,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def on_body(self, data: bytes) -> None:
         ex = self.ex
-        if ex is None:
-            return
-        if ex.state == ACTIVE and ex.out_framing != CHUNKED:
-            ex.client.wbuf.append(data)  # the client's response_body, inlined for the common case
-        else:
+        if ex is not None:
             ex.client.response_body(ex, data)
 
     def on_message_complete(self) -> None:
