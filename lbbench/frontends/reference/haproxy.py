@@ -86,7 +86,7 @@ from lbbench.system.scratch import Kind
 
 MIN_SLOTS = 8
 GLOBAL_MAXCONN = 8192
-HAPROXY_SOCKET_PATH_MAX = 97  # HAProxy refuses a longer stats socket path (sun_path less its own suffix)
+HAPROXY_SOCKET_PATH_MAX = 97  # HAProxy refuses a longer unix socket path (sun_path less its own suffix)
 _CLI_ERRORS = ("No such", "Unknown command", "Permission denied", "Require ", "'set server", "Invalid")
 _BALANCE = {"round-robin": "roundrobin", "random": "random(1)", "least-conn": "leastconn", "p2c": "random(2)",
             "peak-ewma": "leastconn"}
@@ -98,13 +98,13 @@ _VERDICT = re.compile(rb"Server (\S+)/s(\d+) is (DOWN|UP), reason: ([^,.]*)")
 Slot = Endpoint | None
 
 
-
-
 def in_config(socket_path: Path) -> str:
     """A unix socket in the workdir as the config names it: relative to the workdir (HAProxy's cwd)
     when the absolute path is longer than HAProxy accepts, as it is under a deep TMPDIR."""
     path = str(socket_path)
     return path if len(path) <= HAPROXY_SOCKET_PATH_MAX else f"unix@{socket_path.name}"
+
+
 class _Haproxy(ReferenceFrontend):
     binary: ClassVar[str] = "haproxy"
     package: ClassVar[str] = "haproxy"
@@ -123,7 +123,6 @@ class _Haproxy(ReferenceFrontend):
     def socket_path(self) -> Path:
         assert self.workdir is not None
         return self.workdir / "stats.sock"
-
 
     def run_argv(self, config: Path) -> list[str]:
         return [binary_path(self.binary), "-W", "-db", "-f", str(config)]
