@@ -7,6 +7,11 @@ compiler and lbbench's dependencies in the environment, hence the plain install 
 --no-build-isolation: mypyc type-checks the modules against them). Without
 LBBENCH_COMPILE lbbench installs as pure Python, as it always did. An editable install cannot
 be compiled: its C extensions would shadow the sources being edited.
+
+Separately, and in every install (editable ones included), the small hand-written C modules
+of NATIVE are built when a C compiler is there. They are optional (`optional=True`): without a
+compiler pip says so and lbbench runs their pure-Python fallbacks, which the suite also tests.
+They are new modules of their own (e.g. lbbench/frontends/dnat/_crelay.c), so they shadow no source.
 """
 
 from __future__ import annotations
@@ -33,6 +38,9 @@ def _compiled_spec() -> Any:
 
 
 COMPILED = _compiled_spec()
+# Hand-written C hot paths, each with a pure-Python fallback: (module, C source).
+NATIVE_SOURCES: list[tuple[str, str]] = []
+NATIVE = [Extension(name, sources=[src], optional=True, extra_compile_args=["-O2"]) for name, src in NATIVE_SOURCES]
 
 
 class MypycBuildExt(build_ext):
@@ -49,7 +57,7 @@ class MypycBuildExt(build_ext):
             sys.exit(f"{env}=1 needs mypy and lbbench's dependencies in the environment (pip install . mypy "
                      "wheel) and pip install --no-build-isolation")
         paths = [str(Path(*name.split("."))) + ".py" for name in COMPILED.COMPILED_MODULES]
-        self.distribution.ext_modules = list(mypycify(paths, opt_level="3"))
+        self.distribution.ext_modules = [*mypycify(paths, opt_level="3"), *NATIVE]
         super().finalize_options()  # takes the extensions from the distribution
 
 
@@ -57,4 +65,4 @@ if os.environ.get(COMPILED.COMPILE_ENV) == "1":
     # A stand-in until build_ext runs mypyc: it makes the wheel a platform one and runs build_ext.
     setup(ext_modules=[Extension("lbbench.system._mypyc", sources=[])], cmdclass={"build_ext": MypycBuildExt})
 else:
-    setup()
+    setup(ext_modules=NATIVE)

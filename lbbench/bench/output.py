@@ -16,7 +16,7 @@ RATIO_GOALS = {  # the issue's goals, shown next to what was reached (None: no g
     "dnat_vs_haproxy_tcp": 1.0,
     "l7_vs_haproxy_http": 0.7,
     "l7_vs_nginx": 1.0,
-    "generator_vs_wrk": 0.6,
+    "generator_vs_wrk": 0.8,  # issue 19: >= 0.8x wrk keep-alive, lateness p99 < 2 ms
 }
 CPU_GOALS = {"userspace-dnat": 1.0, "l7-proxy": 1.2}  # front-end CPU per 10k requests / HAProxy's, at most
 
