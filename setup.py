@@ -39,8 +39,11 @@ def _compiled_spec() -> Any:
 
 COMPILED = _compiled_spec()
 # Hand-written C hot paths, each with a pure-Python fallback: (module, C source).
-NATIVE_SOURCES: list[tuple[str, str]] = []
-NATIVE = [Extension(name, sources=[src], optional=True, extra_compile_args=["-O2"]) for name, src in NATIVE_SOURCES]
+NATIVE_SOURCES: list[tuple[str, str]] = [
+    ("lbbench.frontends.dnat._crelay", "lbbench/frontends/dnat/_crelay.c"),  # userspace-dnat's relay engine
+]
+NATIVE = [Extension(name, sources=[src], optional=True, extra_compile_args=["-O2", "-std=gnu99", "-Wall", "-Wextra"])
+          for name, src in NATIVE_SOURCES]
 
 
 class MypycBuildExt(build_ext):
