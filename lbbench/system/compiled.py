@@ -11,10 +11,16 @@ This file is read by setup.py on its own (it imports only the standard library).
 
 from __future__ import annotations
 
+import importlib
 import importlib.machinery
 import importlib.util
+import os
 
 COMPILE_ENV = "LBBENCH_COMPILE"
+# userspace-dnat's relay engine, hand-written C (setup.py's NATIVE); set PURE_RELAY_ENV=1 to run
+# the pure-Python relay (lbbench/frontends/dnat/relay.py) instead.
+NATIVE_RELAY = "lbbench.frontends.dnat._crelay"
+PURE_RELAY_ENV = "LBBENCH_PURE_RELAY"
 # The L7 proxy's request/response path and the load generator's client. Not the forwarder's
 # relay: its Python is two calls per exchange, and its tests subclass its protocol classes,
 # which compiled classes do not allow.
@@ -52,3 +58,19 @@ def build_label() -> str:
     if n == len(COMPILED_MODULES):
         return "compiled (mypyc)"
     return f"partly compiled ({n} of {len(COMPILED_MODULES)} modules)"
+
+
+def native_relay() -> bool:
+    """Whether userspace-dnat relays with the C engine here: built, importable, and not turned off."""
+    if os.environ.get(PURE_RELAY_ENV, "") not in ("", "0"):
+        return False
+    try:
+        importlib.import_module(NATIVE_RELAY)
+    except ImportError:
+        return False
+    return True
+
+
+def relay_label() -> str:
+    """'native relay' or 'Python relay': which relay userspace-dnat runs, for reports."""
+    return "native relay" if native_relay() else "Python relay"

@@ -73,10 +73,17 @@ class Loads:
 class SharedAcceptor:
     """Accepts from `sock` (shared with the other workers), stepping aside while far above the least loaded."""
 
-    def __init__(self, sock: socket.socket, loads: Loads, factory: Callable[[], asyncio.Protocol]) -> None:
+    def __init__(self, sock: socket.socket, loads: Loads, factory: Callable[[], asyncio.Protocol] | None = None,
+                 *, handover: Callable[[], bool] | None = None) -> None:
+        """Each accepted connection is served by `factory`'s protocol on this loop; or, with `handover`,
+        the acceptor only decides when to take one and `handover()` accepts it (False: none was queued)
+        and serves it elsewhere, counting it in `loads` itself (userspace-dnat's native relay)."""
+        if (factory is None) == (handover is None):
+            raise ValueError("give a protocol factory or a handover, not both")
         self.sock = sock
         self.loads = loads
         self.factory = factory
+        self.handover = handover
         self.loop = asyncio.get_running_loop()
         self.defers = 0
         self.closed = False
@@ -94,6 +101,9 @@ class SharedAcceptor:
         self.defers = 0
         if excess > 0:
             os.sched_yield()
+        if self.handover is not None:
+            self.handover()
+            return
         try:
             conn, _ = self.sock.accept()
         except (BlockingIOError, InterruptedError, ConnectionAbortedError):
@@ -106,6 +116,7 @@ class SharedAcceptor:
         task.add_done_callback(self.tasks.discard)
 
     async def _serve(self, conn: socket.socket) -> None:
+        assert self.factory is not None
         try:
             await self.loop.connect_accepted_socket(self.factory, conn)
         except OSError:

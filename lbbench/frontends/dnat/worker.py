@@ -31,6 +31,7 @@ from lbbench.frontends.dnat.plan import Accept, ForwarderPlan
 from lbbench.frontends.dnat.relay import Forwarder
 from lbbench.model.addresses import HostPort, parse_hostport
 from lbbench.model.service import Endpoint, endpoints_update, read_endpoints_update
+from lbbench.system.compiled import native_relay
 from lbbench.system.control import ChildChannel, ChildGone, Message, attach_requests, reply
 from lbbench.system.procs import Child, Supervisor, lbbench_argv
 from lbbench.system.sharedaccept import listen_socket
@@ -56,9 +57,18 @@ async def _serve_until_stopped(handle: Callable[[Message], Awaitable[Message]], 
     await stop.wait()
 
 
+def make_forwarder(plan: ForwarderPlan) -> Forwarder:
+    """The native relay's forwarder when its engine is built (and not turned off), else the Python relay's."""
+    if native_relay():
+        from lbbench.frontends.dnat.native import NativeForwarder  # imports the C extension
+
+        return NativeForwarder(plan)
+    return Forwarder(plan)
+
+
 async def serve_forwarder(plan: ForwarderPlan) -> None:
     """Child main of one worker: listen, answer control messages, exit on a signal or stdin EOF."""
-    fwd = Forwarder(plan)
+    fwd = make_forwarder(plan)
 
     async def handle(msg: Message) -> Message:
         if "endpoints" in msg:
