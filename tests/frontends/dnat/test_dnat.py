@@ -11,7 +11,6 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
 
 import psutil
 import pytest
@@ -215,44 +214,6 @@ def test_forwarder_exits_when_its_control_pipe_closes() -> None:
 
 # ---------------------------------------------------------------------------------------
 # Byte-exact relay, half-close and flow control
-
-
-@pytest.fixture
-def echo_backend() -> Iterator[HostPort]:
-    """A blocking-socket echo server (a reference peer outside asyncio); echoes until EOF, then closes."""
-    srv = socket.create_server((fresh_ip(), 0))
-    srv.settimeout(0.2)
-    stop = threading.Event()
-    threads: list[threading.Thread] = []
-
-    def serve(conn: socket.socket) -> None:
-        with conn:
-            conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
-            while data := conn.recv(65536):
-                conn.sendall(data)
-
-    def accept_loop() -> None:
-        while not stop.is_set():
-            try:
-                conn, _ = srv.accept()
-            except TimeoutError:
-                continue
-            conn.settimeout(60)
-            t = threading.Thread(target=serve, args=(conn,), daemon=True)
-            t.start()
-            threads.append(t)
-
-    acceptor = threading.Thread(target=accept_loop, daemon=True)
-    acceptor.start()
-    host, port = srv.getsockname()
-    try:
-        yield HostPort(host, port)
-    finally:
-        stop.set()
-        acceptor.join(2)
-        for t in threads:
-            t.join(5)
-        srv.close()
 
 
 def _rss_peak(pid: int, stop: threading.Event, out: list[int]) -> None:
@@ -514,6 +475,7 @@ class _WatchingForwarder(Forwarder):
         return side
 
 
+@pytest.mark.parametrize("relay", ["python"], indirect=True)  # the native engine's: test_native_relay.py
 def test_both_sockets_of_a_spliced_pair_have_nodelay(echo_backend: HostPort) -> None:
     import uvloop
 
