@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from lbbench.system.compiled import COMPILE_ENV, COMPILED_MODULES
+from lbbench.system.compiled import COMPILE_ENV, COMPILED_MODULES, PURE_RELAY_ENV
 from lbbench.system.procs import Supervisor
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -29,6 +29,7 @@ COMPILED_TESTS = (
     "tests/frontends/proxy/test_proxy_corpus.py",
     "tests/frontends/proxy/test_proxy_queue.py",
     "tests/load/test_client.py",
+    "tests/frontends/dnat/test_native_relay.py",  # the hand-written C relay engine (setup.py's NATIVE)
 )
 
 
@@ -73,24 +74,31 @@ def compiled_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+def _env() -> dict[str, str]:
+    """This environment, without a request for the Python relay (the native one is under test)."""
+    return {k: v for k, v in os.environ.items() if k != PURE_RELAY_ENV}
+
+
 def _build_of(path: Path) -> dict[str, object]:
-    code = ("import json; from lbbench.system.compiled import build_label, compiled_modules; "
-            "print(json.dumps({'label': build_label(), 'compiled': compiled_modules()}))")
-    rc, text = _run([sys.executable, "-c", code], path, {**os.environ, "PYTHONPATH": str(path)}, 60)
+    """Which build `path` holds: mypyc's modules and label, and userspace-dnat's relay."""
+    code = ("import json; from lbbench.system.compiled import build_label, compiled_modules, relay_label; "
+            "print(json.dumps({'label': build_label(), 'compiled': compiled_modules(), 'relay': relay_label()}))")
+    rc, text = _run([sys.executable, "-c", code], path, {**_env(), "PYTHONPATH": str(path)}, 60)
     assert rc == 0, text
     doc: dict[str, object] = json.loads(text.strip().splitlines()[-1])
     return doc
 
 
 def test_the_hot_modules_import_compiled_from_the_build_and_as_python_from_the_sources(compiled_tree: Path) -> None:
-    assert _build_of(compiled_tree) == {"label": "compiled (mypyc)", "compiled": list(COMPILED_MODULES)}
-    assert _build_of(ROOT) == {"label": "pure Python", "compiled": []}
+    assert _build_of(compiled_tree) == {"label": "compiled (mypyc)", "compiled": list(COMPILED_MODULES),
+                                        "relay": "native relay"}  # NATIVE is built with them
+    assert _build_of(ROOT).items() >= {"label": "pure Python", "compiled": []}.items()
 
 
 def test_proxy_and_load_client_tests_pass_on_the_compiled_build(compiled_tree: Path) -> None:
     # -P and cwd: neither this checkout nor the test's folder comes before the compiled build on sys.path,
     # in pytest or in the proxies it starts (python -m lbbench puts its cwd first).
-    env = {**os.environ, "PYTHONPATH": str(compiled_tree)}
+    env = {**_env(), "PYTHONPATH": str(compiled_tree)}
     argv = [sys.executable, "-P", "-m", "pytest", "-q", "--rootdir", str(ROOT),
             "-c", str(ROOT / "pyproject.toml"), *(str(ROOT / t) for t in COMPILED_TESTS)]
     rc, text = _run(argv, compiled_tree, env, 800)

@@ -160,7 +160,8 @@ def print_report(doc: dict[str, Any], console: Console) -> None:
     m = doc["machine"]
     console.print(f"{m.get('cpu_count')} CPUs ({m.get('cpu_model')}), load average "
                   f"{m.get('load_avg_start', ['?'])[0]} -> {m.get('load_avg_end', ['?'])[0]}, "
-                  f"{doc['wall_s']:.0f} s, lbbench {m.get('lbbench_build', 'pure Python')}")
+                  f"{doc['wall_s']:.0f} s, lbbench {m.get('lbbench_build', 'pure Python')}, "
+                  f"{m.get('dnat_relay', 'Python relay')}")
 
 
 # -- plot -------------------------------------------------------------------------------------------

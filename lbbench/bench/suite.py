@@ -29,7 +29,7 @@ from lbbench.bench.stats import Stat, is_unstable, paired_ratio, stat
 from lbbench.bench.throughput import GroupRun, Pids, per_10k
 from lbbench.cluster.standalone import fresh_ip, start_pod
 from lbbench.model.addresses import HostPort
-from lbbench.system.compiled import build_label
+from lbbench.system.compiled import build_label, relay_label
 from lbbench.system.netns import in_private_netns
 from lbbench.system.procs import Supervisor
 
@@ -299,6 +299,7 @@ def machine(sup: Supervisor) -> dict[str, Any]:
         "load_avg_start": [round(x, 2) for x in psutil.getloadavg()],
         "in_private_netns": in_private_netns(),
         "lbbench_build": build_label(),  # the L7 proxy's and the generator's hot paths: compiled or not
+        "dnat_relay": relay_label(),  # userspace-dnat's: native engine or Python relay (its workers inherit env)
         "tools": tool_versions(sup),
     }
 

@@ -20,7 +20,7 @@ from lbbench.bench.suite import GROUPS, RPS_RATIOS, SCHEMA, BenchSettings
 from lbbench.bench.throughput import L4_PEERS, L7_PEERS, http_ok, skip_reason
 from lbbench.cli import main
 from lbbench.model.addresses import HostPort
-from lbbench.system.compiled import build_label
+from lbbench.system.compiled import build_label, relay_label
 from lbbench.system.netns import netns_unavailable_reason
 from lbbench.system.procs import Supervisor, lbbench_argv
 
@@ -80,6 +80,7 @@ def test_bench_runs_and_writes_bench_json(tmp_path: Path) -> None:
     assert m["in_private_netns"] is (netns_unavailable_reason() is None)
     assert {"wrk", "haproxy", "nginx"} <= m["tools"].keys()
     assert m["lbbench_build"] == build_label()  # "pure Python" from the checkout's sources
+    assert m["dnat_relay"] == relay_label()  # "native relay" where the engine is built in place
 
     l4 = assert_peers(doc["groups"]["l4"], L4_PEERS, "l4")
     close = assert_peers(doc["groups"]["l4_close"], L4_PEERS, "l4_close")
@@ -255,3 +256,18 @@ def test_judge_names_every_reason() -> None:
     # on time, all answered, but queued inside the generator for a connection: a backlog, not a sustained rate
     queued = gen.judge(1000, 1000, 1000, 1000, 0.001, pool_wait_p99_s=0.040)
     assert not queued.passed and queued.why == "waited for a connection p99 40.00 ms >= 2 ms"
+
+
+def test_the_machine_line_says_which_build_and_relay_ran() -> None:
+    import io
+
+    from rich.console import Console
+
+    from lbbench.bench.output import print_report
+
+    doc = {"groups": {}, "skipped": [], "warnings": [], "wall_s": 70.0,
+           "machine": {"cpu_count": 2, "cpu_model": "x", "load_avg_start": [0.1], "load_avg_end": [1.0],
+                       "lbbench_build": "pure Python", "dnat_relay": "native relay"}}
+    out = io.StringIO()
+    print_report(doc, Console(file=out, width=200))
+    assert "70 s, lbbench pure Python, native relay" in out.getvalue()
