@@ -34,7 +34,6 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
-#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -240,10 +239,12 @@ static void progress(Engine *e, conn_t *c) {
     }
 }
 
-static void pod_connected(Engine *e, conn_t *c) {
+static void pod_connected(Engine *e, conn_t *c, uint32_t ev) {
     int err = 0;
     socklen_t len = sizeof err;
-    if (getsockopt(c->s[POD].fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0) err = errno;
+    /* EPOLLOUT alone: connected (no getsockopt, one syscall less per connection) */
+    if ((ev & (EPOLLERR | EPOLLHUP)) && getsockopt(c->s[POD].fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0) err = errno;
+    if ((ev & EPOLLERR) && err == 0) err = ECONNREFUSED; /* the error was taken already: still a failure */
     if (err != 0) {
         ADD(e->connect_failures, 1);
         conn_kill(e, c, 1, 0);
@@ -256,7 +257,7 @@ static void on_event(Engine *e, side_t *s, uint32_t ev) {
     conn_t *c = s->c;
     if (c->connecting && s->idx == POD) {
         if (!(ev & (EPOLLOUT | EPOLLERR | EPOLLHUP))) return;
-        pod_connected(e, c);
+        pod_connected(e, c, ev);
         if (c->dead) return;
     } else if (ev & EPOLLERR) {
         conn_fail(e, c, s);
@@ -477,8 +478,7 @@ static PyObject *Engine_relay(Engine *e, PyObject *args) {
     }
     ADD(e->accepted, 1);
     active_add(e, 1);
-    int one = 1;
-    ioctl(fd, FIONBIO, &one); /* a socket accepted by Python is blocking */
+    int one = 1; /* fd is non-blocking: Engine.accept made it so */
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one); /* as uvloop's transports */
     int pod = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     int connecting = 0;
@@ -598,7 +598,8 @@ static PyMethodDef Engine_methods[] = {
      "accept(listen_fd) -> fd, or -1 if none is queued (non-blocking, close-on-exec)"},
     {"reject", (PyCFunction)Engine_reject, METH_O, "reject(fd): count it and reset it (no endpoints)"},
     {"relay", (PyCFunction)Engine_relay, METH_VARARGS,
-     "relay(fd, host, port) -> bool: take the client fd, connect to host:port and splice the two "
+     "relay(fd, host, port) -> bool: take the client fd (non-blocking, as accept() returns it), connect to "
+     "host:port and splice the two "
      "(False: refused at once, the client was reset)"},
     {"share_loads", (PyCFunction)Engine_share_loads, METH_VARARGS,
      "share_loads(counts, index): keep the open-pair count in counts[index] too (shared accept)"},
