@@ -16,9 +16,10 @@ inherited socket by default, or SO_REUSEPORT; see .worker), for a like-for-like 
 with a multi-threaded HAProxy. Experiments
 keep one worker: one process's CPU, one seeded sequence of choices.
 
-The parts: :mod:`.plan` (addresses, listeners), :mod:`.relay` (the data path, in the child),
-:mod:`.worker` (the child's main and the parent's handle on its processes); the command's flags
-are in lbbench.commands.serve.dnat.
+The parts: :mod:`.plan` (addresses, listeners), :mod:`.relay` (the data path, in the child;
+pure Python), :mod:`.native` and _crelay.c (the same data path on a C engine thread, used
+when built), :mod:`.worker` (the child's main and the parent's handle on its processes); the
+command's flags are in lbbench.commands.serve.dnat.
 """
 
 from __future__ import annotations

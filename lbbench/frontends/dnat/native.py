@@ -7,6 +7,10 @@ empty. The accepted fd and the endpoint's address go to the engine, whose thread
 relays everything after, without the GIL: keep-alive traffic runs no Python at all. The engine
 keeps the counters (and, with shared accept, this worker's count in the Loads array).
 
+Measured (one worker, wrk keep-alive to nginx, 2-core VM): per request 0.25 us of user time and
+7.4 us of system time, against the Python relay's 1.2 us and 7.7 us, with the same syscalls; in
+`lbbench bench --only l4`, CPU per 10k requests 0.92x haproxy-tcp's (the Python relay: 1.03x).
+
 Which relay runs: this one when the extension imports, the Python relay (relay.py) when it is
 missing or LBBENCH_PURE_RELAY=1 (lbbench.system.compiled.native_relay; .worker.make_forwarder).
 """

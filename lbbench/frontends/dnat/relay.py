@@ -1,15 +1,21 @@
-"""The forwarder's data path: accept, pick an endpoint, connect, splice (runs in the child).
+"""The forwarder's data path in Python: accept, pick an endpoint, connect, splice (runs in the child).
 
 Per *new connection* one endpoint of the Service's last-synced table is picked (seeded
 uniform random, or round robin), and the two TCP connections are spliced by a pair of
-``asyncio.Protocol`` objects. Measured under wrk (keep-alive HTTP, nginx behind): per
-request 2 reads + 2 writes + ~0.25 epoll_wait, as HAProxy in mode tcp; ~6-7 us of system
-time (the loopback write() delivers to the peer socket and wakes its reader) and ~2.4 us
-of user time, of which the two data_received calls below are ~0.2 us and the rest is
-uvloop's and CPython's per-callback work (bytes object, context, GIL, write path). So the
-hot path is one write per received chunk and nothing else. uvloop's transports already
-set TCP_NODELAY on accepted and connected sockets and read into one 256 KiB loop-wide
-buffer; a BufferedProtocol (get_buffer/buffer_updated) only adds a Python call per read.
+``asyncio.Protocol`` objects. This is the pure-Python relay: the fallback where the native
+engine (_crelay.c, driven by .native's NativeForwarder, which reuses Forwarder's tables, pick
+and counters) is not built, or LBBENCH_PURE_RELAY=1; both pass the same tests, and the engine
+keeps this relay's behaviour (its docstring says how, point by point).
+
+Measured under wrk (keep-alive HTTP, nginx behind, one worker): per request 2 reads + 2 writes
++ ~0.25 epoll_wait, as HAProxy in mode tcp; ~7.5 us of system time (the loopback write()
+delivers to the peer socket and wakes its reader) and ~1.2 us of user time, of which the two
+data_received calls below are ~0.2 us and the rest is uvloop's and CPython's per-callback work
+(bytes object, context, GIL, write path). The native engine makes the same syscalls with
+~0.25 us of user time. So the hot path is one write per received chunk and nothing else.
+uvloop's transports already set TCP_NODELAY on accepted and connected sockets and read into
+one 256 KiB loop-wide buffer; a BufferedProtocol (get_buffer/buffer_updated) only adds a
+Python call per read.
 """
 
 from __future__ import annotations
