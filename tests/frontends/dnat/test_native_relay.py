@@ -239,59 +239,41 @@ def test_client_eof_before_the_pod_connection_is_up_is_passed_on_after_the_held_
 # Half-close, resets
 
 
-def test_half_close_client_first(rig: Rig, pods: Pods) -> None:
+def _ends(rig: Rig, pods: Pods, first: str) -> tuple[socket.socket, socket.socket]:
+    """The two outer ends of one relayed pair, `first`'s (the client's or the pod's) first."""
     client = rig.connect()
     conn = pods.take()
-    client.sendall(b"request")
-    client.shutdown(socket.SHUT_WR)
-    assert _recv_all(conn) == b"request"  # the client's FIN came through
-    conn.sendall(b"response after the client's FIN")  # the other direction still flows
+    return (client, conn) if first == "client" else (conn, client)
+
+
+@pytest.mark.parametrize("first", ["client", "pod"])
+def test_half_close_either_side_first(rig: Rig, pods: Pods, first: str) -> None:
+    a, b = _ends(rig, pods, first)
+    a.sendall(b"before the FIN")
+    a.shutdown(socket.SHUT_WR)
+    assert _recv_all(b) == b"before the FIN"  # the FIN came through, after the bytes
+    b.sendall(b"the other direction still flows")
     time.sleep(0.05)
-    assert rig.stats()["active"] == 1
-    conn.shutdown(socket.SHUT_WR)
-    assert _recv_all(client) == b"response after the client's FIN"
+    assert rig.stats()["active"] == 1  # half-closed, not closed
+    b.shutdown(socket.SHUT_WR)
+    assert _recv_all(a) == b"the other direction still flows"
     assert _wait(lambda: rig.stats()["active"] == 0)  # both directions done: both closed
-    conn.close()
-    client.close()
-
-
-def test_half_close_pod_first(rig: Rig, pods: Pods) -> None:
-    client = rig.connect()
-    conn = pods.take()
-    conn.sendall(b"banner")
-    conn.shutdown(socket.SHUT_WR)
-    assert _recv_all(client) == b"banner"
-    client.sendall(b"upload after the pod's FIN")
-    client.shutdown(socket.SHUT_WR)
-    assert _recv_all(conn) == b"upload after the pod's FIN"
-    assert _wait(lambda: rig.stats()["active"] == 0)
     s = rig.stats()
-    assert (s["bytes_up"], s["bytes_down"]) == (len(b"upload after the pod's FIN"), len(b"banner"))
-    conn.close()
-    client.close()
+    up, down = len(b"before the FIN"), len(b"the other direction still flows")
+    assert (s["bytes_up"], s["bytes_down"]) == ((up, down) if first == "client" else (down, up))
+    a.close()
+    b.close()
 
 
-def test_pod_reset_resets_the_client(rig: Rig, pods: Pods) -> None:
-    client = rig.connect()
-    conn = pods.take()
-    client.sendall(b"x")
-    assert conn.recv(1) == b"x"
-    _reset(conn)
+@pytest.mark.parametrize("first", ["client", "pod"])
+def test_a_reset_is_passed_to_the_other_side(rig: Rig, pods: Pods, first: str) -> None:
+    a, b = _ends(rig, pods, first)
+    a.sendall(b"x")
+    assert b.recv(1) == b"x"  # the pair is up
+    _reset(a)
     with pytest.raises(ConnectionResetError):
-        client.recv(100)
-    client.close()
-    assert _wait(lambda: rig.stats()["active"] == 0)
-
-
-def test_client_reset_resets_the_pod(rig: Rig, pods: Pods) -> None:
-    client = rig.connect()
-    conn = pods.take()
-    conn.sendall(b"y")
-    assert client.recv(1) == b"y"
-    _reset(client)
-    with pytest.raises(ConnectionResetError):
-        conn.recv(100)
-    conn.close()
+        b.recv(100)
+    b.close()
     assert _wait(lambda: rig.stats()["active"] == 0)
 
 
