@@ -253,6 +253,12 @@ static void pod_connected(Engine *e, conn_t *c, uint32_t ev) {
         return;
     }
     c->connecting = 0; /* progress() flushes what the client sent meanwhile, and its EOF */
+    side_t *pod = &c->s[POD];
+    if (pod->out_len == 0 && pod->out != NULL) { /* an empty hold buffer: no 64 KiB kept per idle pair */
+        free(pod->out);
+        pod->out = NULL;
+        pod->out_off = pod->out_cap = 0;
+    }
 }
 
 static void on_event(Engine *e, side_t *s, uint32_t ev) {
