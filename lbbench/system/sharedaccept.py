@@ -6,7 +6,8 @@ at once) lands on whichever worker woke first: measured 0/16 to 16/0 over 2 work
 than SO_REUSEPORT's hash. HAProxy's threads instead hand each connection to the least loaded
 thread. Here each worker publishes its active connection count in a small shared array (a
 memfd every worker maps). A worker more than SLACK + BURST connections above the least loaded
-one steps aside for DEFER_S and then looks again (a burst: wrk opening its 16 connections at
+one steps aside for DEFER_S (and says so in the same array, with its count at that moment: see
+Loads.excess) and then looks again (a burst: wrk opening its 16 connections at
 once); after MAX_DEFERS in a row (20 ms) it accepts anyway, so a stuck or dead worker (whose
 count no longer moves) cannot stop the others. 20 ms, not 2: on this 2-core machine at load 13,
 a sibling woken for the same socket was often not scheduled within 2 ms. A worker only a little
@@ -16,6 +17,11 @@ connections coming and going (Connection: close) the counts are small and skewed
 and stepping aside for every such skew cost each new connection milliseconds: wrk -c16 with
 Connection: close through 2 workers to nginx went from 3,600 to 11,600 connections/s (1 worker:
 12,200; SO_REUSEPORT: 15,200), while 16 connections opened at once still split within 4.
+With the native relay's shorter connections that test gave 12,600 connections/s (one worker:
+25,000) until a worker stepping aside counted, for the others, with the load it stepped aside
+with: its connections closing while it waited made it look least loaded, the other stepped aside
+too, and both waited while connections queued. Now 18,000-18,600 (the Python relay: ~8,500
+either way on a busier machine), and bursts still split within 4.
 The cost is per new connection, never per request: a Python accept, a look at N integers, and
 per step-aside two epoll_ctl calls and a timer. Users: userspace-dnat's workers and the l7-proxy's.
 """
@@ -37,19 +43,21 @@ _SLOT = 8  # bytes per worker: a signed 64-bit count
 
 
 def create_loads(workers: int) -> int:
-    """A shared, zeroed array of `workers` counts; the fd to pass to every worker."""
+    """A shared, zeroed array of `workers` counts and as many step-aside marks; the fd to pass to every worker."""
     fd = os.memfd_create("lbbench-dnat-loads", 0)
-    os.ftruncate(fd, workers * _SLOT)
+    os.ftruncate(fd, 2 * workers * _SLOT)
     os.set_inheritable(fd, True)
     return fd
 
 
 class Loads:
-    """This worker's view of the shared counts: its own slot written, everyone's read."""
+    """This worker's view of the shared counts and step-aside marks: its own slots written, everyone's read."""
 
     def __init__(self, fd: int, workers: int, index: int) -> None:
-        self.map = mmap.mmap(fd, workers * _SLOT)
-        self.counts = memoryview(self.map).cast("q")
+        self.map = mmap.mmap(fd, 2 * workers * _SLOT)
+        self._view = memoryview(self.map).cast("q")
+        self.counts = self._view[:workers]
+        self.aside = self._view[workers:]  # while that worker steps aside: its count then, plus one
         self.index = index
 
     @property
@@ -61,12 +69,23 @@ class Loads:
         self.counts[self.index] = value
 
     def excess(self) -> int:
-        """How many connections this worker has above the least loaded one, less the slack."""
-        counts = self.counts
-        return int(counts[self.index] - min(counts)) - SLACK
+        """How many connections this worker has above the least loaded one, less the slack.
+
+        A worker stepping aside counts with its load when it stepped aside (`aside` holds it, plus
+        one; 0: accepting): its connections closing while it waits must not make it the least
+        loaded, or the others step aside too and nobody accepts until the first one looks again.
+        """
+        least = min(a - 1 if a else c for c, a in zip(self.counts, self.aside, strict=True))
+        return int(self.counts[self.index] - least) - SLACK
+
+    def step_aside(self, aside: bool) -> None:
+        """Say (or unsay) to the siblings that this worker is stepping aside, with its load now."""
+        self.aside[self.index] = self.counts[self.index] + 1 if aside else 0
 
     def close(self) -> None:
         self.counts.release()
+        self.aside.release()
+        self._view.release()
         self.map.close()
 
 
@@ -95,6 +114,7 @@ class SharedAcceptor:
         excess = self.loads.excess()
         if excess > BURST and self.defers < MAX_DEFERS:
             self.defers += 1
+            self.loads.step_aside(True)
             self.loop.remove_reader(self.sock.fileno())
             self.loop.call_later(DEFER_S, self._resume)
             return
@@ -126,6 +146,7 @@ class SharedAcceptor:
 
     def _resume(self) -> None:
         if not self.closed:
+            self.loads.step_aside(False)
             self.loop.add_reader(self.sock.fileno(), self._readable)
 
     def close(self) -> None:
