@@ -9,7 +9,7 @@ keeps the counters (and, with shared accept, this worker's count in the Loads ar
 
 Measured (one worker, wrk keep-alive to nginx, 2-core VM): per request 0.25 us of user time and
 7.4 us of system time, against the Python relay's 1.2 us and 7.7 us, with the same syscalls; in
-`lbbench bench --only l4`, CPU per 10k requests 0.92x haproxy-tcp's (the Python relay: 1.03x).
+`lbbench bench --only l4`, CPU per 10k requests 0.89x haproxy-tcp's (the Python relay: 1.07x).
 
 Which relay runs: this one when the extension imports, the Python relay (relay.py) when it is
 missing or LBBENCH_PURE_RELAY=1 (lbbench.system.compiled.native_relay; .worker.make_forwarder).
