@@ -22,8 +22,8 @@ COMPILE_ENV = "LBBENCH_COMPILE"
 NATIVE_RELAY = "lbbench.frontends.dnat._crelay"
 PURE_RELAY_ENV = "LBBENCH_PURE_RELAY"
 # The L7 proxy's request/response path and the load generator's client. Not the forwarder's
-# relay: its Python is two calls per exchange, and its tests subclass its protocol classes,
-# which compiled classes do not allow.
+# relay: it has the hand-written engine above instead, and the tests subclass the Python
+# relay's protocol classes, which compiled classes do not allow.
 COMPILED_MODULES = (
     "lbbench.frontends.proxy.backend",
     "lbbench.frontends.proxy.balance",
