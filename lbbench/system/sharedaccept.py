@@ -39,6 +39,10 @@ DEFER_S = 0.001  # a woken sibling's chance to take the connection
 MAX_DEFERS = 20
 BURST = 3  # above the slack by more than this, a worker steps aside (a burst); by less, it only yields
 SLACK = 1  # this many above the least loaded is balanced
+# After an accept fails for want of a resource (EMFILE, ENFILE, ENOBUFS, ENOMEM) the connection stays
+# queued and the listener stays readable: looking again at once would spin a core. Stop looking this
+# long, as asyncio's own servers do (for 1 s) and HAProxy does (until an fd is freed).
+ACCEPT_RETRY_S = 0.05
 _SLOT = 8  # bytes per worker: a signed 64-bit count
 
 
@@ -115,21 +119,21 @@ class SharedAcceptor:
         if excess > BURST and self.defers < MAX_DEFERS:
             self.defers += 1
             self.loads.step_aside(True)
-            self.loop.remove_reader(self.sock.fileno())
-            self.loop.call_later(DEFER_S, self._resume)
+            self.pause(DEFER_S)
             return
         self.defers = 0
         if excess > 0:
             os.sched_yield()
-        if self.handover is not None:
-            self.handover()
-            return
         try:
+            if self.handover is not None:
+                self.handover()
+                return
             conn, _ = self.sock.accept()
         except (BlockingIOError, InterruptedError, ConnectionAbortedError):
             return  # a sibling took it
         except OSError:
-            return  # e.g. EMFILE: the connection stays queued for a sibling or the next wake-up
+            self.pause(ACCEPT_RETRY_S)  # e.g. EMFILE: the connection stays queued for a sibling or for later
+            return
         self.loads.mine += 1  # at once, so the siblings see it before connection_made counts it
         task = self.loop.create_task(self._serve(conn))
         self.tasks.add(task)
@@ -143,6 +147,11 @@ class SharedAcceptor:
             conn.close()
         finally:
             self.loads.mine -= 1  # connection_made has counted it by now
+
+    def pause(self, seconds: float) -> None:
+        """Stop accepting for `seconds` (a sibling may take what is queued meanwhile)."""
+        self.loop.remove_reader(self.sock.fileno())
+        self.loop.call_later(seconds, self._resume)
 
     def _resume(self) -> None:
         if not self.closed:

@@ -26,6 +26,7 @@ from lbbench.frontends.dnat import _crelay
 from lbbench.frontends.dnat.plan import ForwarderPlan
 from lbbench.frontends.dnat.relay import Counters, Forwarder, Table
 from lbbench.model.addresses import HostPort
+from lbbench.system.sharedaccept import ACCEPT_RETRY_S, Loads, SharedAcceptor
 
 ACCEPT_BATCH = 64  # connections accepted per readable listener before the loop's other work
 
@@ -75,18 +76,27 @@ class NativeForwarder(Forwarder):
         for _ in range(ACCEPT_BATCH):
             try:
                 fd = engine.accept(lfd)
-            except OSError:
-                return  # e.g. EMFILE: it stays queued for the next wake-up
+            except OSError:  # e.g. EMFILE: it stays queued; looking again at once would spin
+                self._pause(lfd, table)
+                return
             if fd < 0:
                 return
             self.hand_over(fd, table)
 
+    def _pause(self, lfd: int, table: Table) -> None:
+        """Stop accepting on `lfd` for ACCEPT_RETRY_S (as SharedAcceptor.pause)."""
+        assert self.loop is not None
+        self.loop.remove_reader(lfd)
+        self.loop.call_later(ACCEPT_RETRY_S, self._resume, lfd, table)
+
+    def _resume(self, lfd: int, table: Table) -> None:
+        if self.loop is not None and any(sock.fileno() == lfd for sock in self.listeners):
+            self.loop.add_reader(lfd, self._accept, lfd, table)
+
     def _accept_one(self, lfd: int, table: Table) -> bool:
-        """The SharedAcceptor's turn: one connection at most (it looks at the loads between two)."""
-        try:
-            fd = self.engine.accept(lfd)
-        except OSError:
-            return False
+        """The SharedAcceptor's turn: one connection at most (it looks at the loads between two).
+        OSError (e.g. EMFILE) goes to the acceptor, which pauses."""
+        fd = self.engine.accept(lfd)
         if fd < 0:
             return False  # a sibling took it
         self.hand_over(fd, table)
@@ -105,8 +115,6 @@ class NativeForwarder(Forwarder):
         return bound
 
     def _accept_shared(self) -> list[HostPort]:
-        from lbbench.system.sharedaccept import Loads, SharedAcceptor
-
         loads = Loads(self.plan.loads_fd, self.plan.workers, self.plan.worker)
         self.engine.share_loads(loads.counts, loads.index)  # the engine adds and removes this worker's pairs
         bound = []

@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import json
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -325,6 +326,52 @@ def test_workers_share_a_port_zero_listener(echo_backend: HostPort, accept: Acce
     # least loaded accepts (both at 0 between these one-at-a-time connections): both get some
     assert all(w["connections_total"] > 0 for w in per_worker), per_worker
     assert total["connections_total"] == 60 and total["workers"] == 2
+
+
+def _lowest_free_fd(pid: int) -> int:
+    used = {int(fd) for fd in os.listdir(f"/proc/{pid}/fd")}
+    return next(n for n in range(len(used) + 1) if n not in used)
+
+
+def _cpu_s(pids: list[int]) -> float:
+    return sum(sum(psutil.Process(pid).cpu_times()[:2]) for pid in pids)
+
+
+def _starve_then_recover(addr: HostPort, pids: list[int]) -> tuple[float, int]:
+    """Out of fds (RLIMIT_NOFILE at the lowest free one) with a connection queued: the forwarder's
+    CPU over a second; then the limit back and new connections' round trips."""
+    limits = {pid: resource.prlimit(pid, resource.RLIMIT_NOFILE) for pid in pids}
+    for pid, (_, hard) in limits.items():
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, (_lowest_free_fd(pid), hard))
+    try:
+        before = _cpu_s(pids)
+        with socket.create_connection((addr.host, addr.port), timeout=5):  # the kernel completes it: queued, not accepted
+            time.sleep(1.0)
+        spent = _cpu_s(pids) - before
+    finally:
+        for pid, lim in limits.items():
+            resource.prlimit(pid, resource.RLIMIT_NOFILE, lim)
+    return spent, _echo_round_trips(addr, 10)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_out_of_fds_a_forwarder_waits_without_spinning_then_recovers(echo_backend: HostPort, workers: int) -> None:
+    """accept() failing with EMFILE leaves the connection queued and the listener readable: a
+    forwarder that looked again at once would burn a core for as long as it lasts."""
+    async def body() -> tuple[float, int]:
+        sup = Supervisor()
+        plan = ForwarderPlan((Listener(HostPort(fresh_ip(), 0), "t"),), (("t", (echo_backend,)),), seed=5)
+        pool = ForwarderPool(sup, plan, workers=workers, accept="shared")
+        try:
+            addr = parse_hostport((await pool.start())[0])
+            return await asyncio.to_thread(_starve_then_recover, addr, pool.pids())
+        finally:
+            await pool.stop()
+            await sup.aclose()
+
+    spent, ok = asyncio.run(body())
+    assert spent < 0.25, f"the forwarder spent {spent:.2f} s of CPU in 1 s while out of fds (spinning)"
+    assert ok == 10
 
 
 def test_shared_listener_spreads_a_burst_evenly(echo_backend: HostPort) -> None:
