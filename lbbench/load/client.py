@@ -217,7 +217,7 @@ class _Conn(asyncio.Protocol):
         self.got_bytes = True
         try:
             parser.feed_data(data)
-        except httptools.HttpParserError:
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade):  # the latter is no subclass of the former
             self.client.fail(req, "other")
             self.abort()
             return

@@ -224,6 +224,20 @@ def test_garbage_is_other() -> None:
     assert r.error == "other"
 
 
+def test_an_unasked_protocol_switch_is_other() -> None:
+    """httptools raises HttpParserUpgrade (no HttpParserError) for a 101: still a failed request, at once."""
+    def switch(conn: int, n: int, tr: asyncio.Transport) -> None:
+        tr.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n")
+
+    async def go() -> list[Request]:
+        async with scripted(switch) as addr:
+            return await fetch(addr, timeout_s=5)
+
+    t0 = time.monotonic()
+    [r] = run(go())
+    assert (r.error, r.status) == ("other", 101) and time.monotonic() - t0 < 2
+
+
 def test_body_delimited_by_connection_end_is_complete() -> None:
     def http10(conn: int, n: int, tr: asyncio.Transport) -> None:
         tr.write(b"HTTP/1.1 200 OK\r\nx-pod: old\r\n\r\nthe body runs to the end")

@@ -223,6 +223,7 @@ HOSTILE = [
     b"HTTP/1.1 200 OK\r\nConnection: close, keep-alive\r\nContent-Length: 3\r\n\r\nok\n",
     b"HTTP/1.1 200 OK\r\nConnection: close\r\nConnection: keep-alive\r\nContent-Length: 3\r\n\r\nok\n",
     b"HTTP/1.1 200 OK\r\nProxy-Connection: close\r\nContent-Length: 3\r\n\r\nok\n",
+    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
     b"HTTP/1.1 200 OK\r\nUpgrade: h2c\r\nContent-Length: 3\r\n\r\nok\n",
     b"HTTP/1.1 200 OK\r\nContent-Length: -3\r\n\r\nok\n",
     b"HTTP/1.1 200 OK\r\nContent-Length: 99999999999999999999999\r\n\r\nok\n",
