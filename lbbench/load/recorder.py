@@ -92,6 +92,8 @@ class Recorder:
         self.last_issue = math.nan
         self._pods = _Interner()
         self._ips = _Interner()
+        self._pod_codes = self._pods.codes
+        self._ip_codes = self._ips.codes
         self._cols: dict[str, array[Any]] = {name: array(code) for name, code in _TYPECODES.items()}
         # the columns' bound append methods, in _TYPECODES order (one tuple unpack per row)
         self._appenders = tuple(col.append for col in self._cols.values())
@@ -152,8 +154,11 @@ class Recorder:
         done(req.done - t0)
         status(req.status)
         error(ERROR_CODE[req.error])
-        pod(self._pods.code(req.pod))
-        pod_ip(self._ips.code(req.pod_ip))
+        # the interners' dicts first: a method call per string only for one not seen yet
+        code = self._pod_codes.get(req.pod)
+        pod(code if code is not None else self._pods.code(req.pod))
+        code = self._ip_codes.get(req.pod_ip)
+        pod_ip(code if code is not None else self._ips.code(req.pod_ip))
         conn_id(req.conn_id)
         new_conn(req.new_conn)
         queue_ms(req.queue_ms)
