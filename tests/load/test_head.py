@@ -1,7 +1,8 @@
 """The client's fast path for a whole response (lbbench.load.head, C twin lbbench.load._scan) against httptools.
 
 Differential: each response (generated, hostile, split across reads, several on one connection)
-is fed to a real `_Conn` three ways: httptools only, the pure-Python scan, the C scan. What the
+is fed to a real `_Conn` three ways: httptools only (the client without the C module), the
+pure-Python scan (the specification), the C scan. What the
 connection records (status, pod, timings, keep-alive, complete or error) must be identical. The
 two scans must also agree with each other on every input, and plain responses must actually take
 the fast path (else the comparison would prove nothing). Then the client over real sockets: a real
@@ -35,17 +36,13 @@ if HAS_NATIVE:
     from lbbench.load._scan import scan as native_scan
 
 
-def httptools_only(data: bytes) -> head.Head | None:
-    return None
-
-
-SCANS: dict[str, head.Scan] = {"httptools": httptools_only, "pure": head.scan_py}
+SCANS: dict[str, head.Scan | None] = {"httptools": None, "pure": head.scan_py}
 if HAS_NATIVE:
     SCANS["native"] = native_scan
 
 
 @contextlib.contextmanager
-def scanning_with(scan: head.Scan) -> Iterator[None]:
+def scanning_with(scan: head.Scan | None) -> Iterator[None]:
     saved = head.scan
     head.scan = scan
     try:
@@ -80,7 +77,7 @@ def _fields(req: Request) -> tuple[Any, ...]:
             f(req.proxy_upstream_ms))
 
 
-def outcome(scan: head.Scan, responses: list[list[bytes]]) -> list[tuple[Any, ...]]:
+def outcome(scan: head.Scan | None, responses: list[list[bytes]]) -> list[tuple[Any, ...]]:
     """Feed each response's reads to one connection, a fresh request per response, as the client
     does; what was recorded, and the state left behind (got bytes, head read, length known, ended)."""
     sink = _Sink()
@@ -104,7 +101,7 @@ def outcome(scan: head.Scan, responses: list[list[bytes]]) -> list[tuple[Any, ..
 
 def agree(responses: list[list[bytes]]) -> list[tuple[Any, ...]]:
     """Every scanner's outcome is httptools' own; returns it."""
-    expected = outcome(httptools_only, responses)
+    expected = outcome(None, responses)
     for name, scan in SCANS.items():
         assert outcome(scan, responses) == expected, name
     return expected
@@ -254,22 +251,27 @@ def test_the_fast_path_takes_the_plain_heads_it_is_for() -> None:
            b"x-service-ms: 10.021\r\nx-proxy-queue-ms: 1.5\r\nx-proxy-upstream-ms: 11\r\nContent-Length: 0\r\n"
            b"Connection: close\r\n\r\n")
     for scan in SCANS.values():
-        if scan is httptools_only:
+        if scan is None:
             continue
         assert same_scan(scan(nginx), (200, True, "", "", math.nan, math.nan, math.nan, math.nan))
         assert scan(pod) == (503, False, "web-a", "127.10.0.2", 0.012, 10.021, 1.5, 11.0)
     assert agree([[nginx], [pod]])[-1][:3] == ("complete", False, 503)
 
 
-def test_pure_scan_env_var_picks_the_python_scan() -> None:
-    code = "from lbbench.load import head; print(head.NATIVE, head.scan is head.scan_py)"
-    out = subprocess.run([sys.executable, "-c", code], env={"LBBENCH_PURE_SCAN": "1", "PYTHONPATH": "."},
-                         capture_output=True, text=True, check=True).stdout.split()
-    assert out == ["False", "True"]
+def _picked(env: dict[str, str], block_native: bool = False) -> str:
+    code = ("import sys\n" + ("sys.modules['lbbench.load._scan'] = None\n" if block_native else "") +
+            "from lbbench.load import head\n"
+            "print('none' if head.scan is None else 'pure' if head.scan is head.scan_py else 'native', head.NATIVE)")
+    return subprocess.run([sys.executable, "-c", code], env={**env, "PYTHONPATH": "."}, capture_output=True,
+                          text=True, check=True).stdout.strip()
+
+
+def test_which_scan_runs() -> None:
+    """The C scan when built; httptools alone without it; scan_py when LBBENCH_PURE_SCAN=1 asks for it."""
+    assert _picked({"LBBENCH_PURE_SCAN": "1"}) == "pure False"
+    assert _picked({}, block_native=True) == "none False"
     if HAS_NATIVE:
-        out = subprocess.run([sys.executable, "-c", code], env={"PYTHONPATH": "."}, capture_output=True, text=True,
-                             check=True).stdout.split()
-        assert out == ["True", "False"]
+        assert _picked({}) == "native True"
 
 
 # -- over real sockets ---------------------------------------------------------------------------------
