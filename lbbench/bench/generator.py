@@ -164,7 +164,9 @@ RateFn = Callable[[], Awaitable[float]]
 
 async def _lbbench_round(run: GeneratorRun, probe: ProbeFn) -> str:
     if run.lbbench_rps and run.lbbench_rps[-1] > 0:
-        start, factor, budget = run.lbbench_rps[-1], 1.2, 3
+        # 5 probes: the previous answer, the 20% step above it, the retry of a failure and a
+        # bisection (with 3, a bracket such as 96k passed / 115k failed was never narrowed)
+        start, factor, budget = run.lbbench_rps[-1], 1.2, 5
     else:
         start, factor, budget = FIRST_RATE_RPS, 2.0, 7
     cap = 3 * max(run.wrk_rps, default=100_000.0)
@@ -193,7 +195,7 @@ async def run_rounds(wrk_once: Callable[[], Awaitable[tuple[float, float]]], pro
     open-loop maximum, and lbbench in closed loop (the like-for-like match for wrk).
 
     The first search starts at the generator's documented per-worker rate and doubles; later
-    ones start at the previous answer with 20% steps, so they need only a few probes.
+    ones start at the previous answer with 20% steps and bisect what they bracket (up to 5 probes).
     """
     run = GeneratorRun([], [], [], [], [])
     for r in range(repeats):

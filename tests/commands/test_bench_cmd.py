@@ -248,6 +248,23 @@ def test_rate_search_is_bounded() -> None:
     assert best == 0.0 and len(probes) == 3  # nothing passes: the budget ends the search
 
 
+def test_later_rounds_narrow_the_bracket() -> None:
+    """The first round brackets 110k between 80k and 160k; each later one starts at the last answer
+    and bisects what its 20% step brackets, to within 10%, in at most 5 probes."""
+    calls: list[float] = []
+
+    async def wrk() -> tuple[float, float]:
+        return 230_000.0, 1.0
+
+    async def closed() -> float:
+        return 150_000.0
+
+    run = asyncio.run(gen.run_rounds(wrk, _probe_with_capacity(110_000.0, calls), closed, 3, lambda _: None))
+    assert run.lbbench_rps[0] == 80_000.0  # 7 probes: 10k, 20k, 40k, 80k, 160k twice, then 113k
+    assert all(110_000.0 / gen.PRECISION <= best <= 110_000.0 for best in run.lbbench_rps[1:])
+    assert all(len(probes) <= 5 for probes in run.probes[1:])
+
+
 def test_judge_names_every_reason() -> None:
     p = gen.judge(1000, 900, 1000, 950, 0.003)
     assert not p.passed and "lateness p99 3.00 ms" in p.why and "95.0%" in p.why and "achieved 900" in p.why
