@@ -23,10 +23,11 @@ is parsed with httptools, and bodies are discarded as they
 arrive, so nothing accumulates and reading never needs to be paused; writes are one small
 request at a time per connection, so there is no write backlog to apply back-pressure to either.
 
-Per request the hot path allocates only its `Request`: one parser per connection (reused
-across keep-alive responses), header names looked up once per spelling, and timeouts kept
-in one queue in deadline order with a single loop timer for its head instead of a timer
-handle per request.
+Per request the hot path allocates only its `Request` and what the scan returns (a tuple,
+the strings and floats of the fields): one parser per connection (reused across keep-alive
+responses, and told apart from a new head by `in_message`), header names looked up once per
+spelling, and timeouts kept in one queue in deadline order with a single loop timer for its
+head instead of a timer handle per request.
 """
 
 from __future__ import annotations
