@@ -6,7 +6,8 @@ perhaps ``{"stop": true}``. stdout is a frame pipe (:mod:`lbbench.load.wire`): o
 ``ready``, ``progress`` every 250 ms, one ``result`` at the end.
 
 Open loop: worker i sends requests i, i+W, i+2W, ... of the one seeded schedule, each at
-its intended time (timerfd-precise) whatever happened to earlier ones. Closed loop: worker i
+its intended time (timerfd-precise, or on the event loop's next turn when it is due within
+POLL_S of the last send) whatever happened to earlier ones. Closed loop: worker i
 runs users i, i+W, ...; each sends, waits for the answer, thinks, and sends again.
 """
 
