@@ -112,11 +112,12 @@ static void conn_kill(Engine *e, conn_t *c, int reset_client, int reset_pod) {
     if (c->prev) c->prev->next = c->next; else e->open = c->next;
     if (c->next) c->next->prev = c->prev;
     pthread_mutex_unlock(&e->lock);
+    /* counted before the closes: whoever sees the FIN or RST and then asks must find it counted */
+    active_add(e, -1);
     if (reset_client) close_reset(c->s[CLIENT].fd); else close(c->s[CLIENT].fd);
     if (reset_pod) close_reset(c->s[POD].fd); else close(c->s[POD].fd);
     c->dnext = e->dead; /* its events later in this batch are skipped, then it is freed */
     e->dead = c;
-    active_add(e, -1);
 }
 
 /* `bad` failed (error, RST): the other side is reset, as relay._Side.connection_lost does. */
@@ -499,15 +500,15 @@ static PyObject *Engine_relay(Engine *e, PyObject *args) {
     }
     if (pod < 0) { /* refused at once (or no socket): the client is reset, as on a late failure */
         ADD(e->connect_failures, 1);
-        close_reset(fd);
         active_add(e, -1);
+        close_reset(fd);
         Py_RETURN_FALSE;
     }
     conn_t *c = calloc(1, sizeof *c);
     if (c == NULL) {
         close(pod);
-        close_reset(fd);
         active_add(e, -1);
+        close_reset(fd);
         return PyErr_NoMemory();
     }
     c->connecting = (uint8_t)connecting;
