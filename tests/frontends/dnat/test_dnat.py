@@ -345,7 +345,8 @@ def _starve_then_recover(addr: HostPort, pids: list[int]) -> tuple[float, int]:
         resource.prlimit(pid, resource.RLIMIT_NOFILE, (_lowest_free_fd(pid), hard))
     try:
         before = _cpu_s(pids)
-        with socket.create_connection((addr.host, addr.port), timeout=5):  # the kernel completes it: queued, not accepted
+        # the kernel completes the handshake: the connection is queued, not accepted
+        with socket.create_connection((addr.host, addr.port), timeout=5):
             time.sleep(1.0)
         spent = _cpu_s(pids) - before
     finally:
@@ -355,7 +356,8 @@ def _starve_then_recover(addr: HostPort, pids: list[int]) -> tuple[float, int]:
 
 
 @pytest.mark.parametrize("workers", [1, 2])
-def test_out_of_fds_a_forwarder_waits_without_spinning_then_recovers(echo_backend: HostPort, workers: int) -> None:
+def test_out_of_fds_a_forwarder_waits_without_spinning_then_recovers(
+        echo_backend: HostPort, workers: int) -> None:
     """accept() failing with EMFILE leaves the connection queued and the listener readable: a
     forwarder that looked again at once would burn a core for as long as it lasts."""
     async def body() -> tuple[float, int]:
