@@ -29,7 +29,7 @@ from lbbench.bench.stats import Stat, is_unstable, paired_ratio, stat
 from lbbench.bench.throughput import GroupRun, Pids, per_10k
 from lbbench.cluster.standalone import fresh_ip, start_pod
 from lbbench.model.addresses import HostPort
-from lbbench.system.compiled import build_label, relay_label
+from lbbench.system.compiled import build_label, relay_label, response_scan_label
 from lbbench.system.netns import in_private_netns
 from lbbench.system.procs import Supervisor
 
@@ -300,6 +300,8 @@ def machine(sup: Supervisor) -> dict[str, Any]:
         "in_private_netns": in_private_netns(),
         "lbbench_build": build_label(),  # the L7 proxy's and the generator's hot paths: compiled or not
         "dnat_relay": relay_label(),  # userspace-dnat's: native engine or Python relay (its workers inherit env)
+        # the load client's response heads: the C scan, its Python specification, or httptools alone
+        "response_scan": response_scan_label(),
         "tools": tool_versions(sup),
     }
 

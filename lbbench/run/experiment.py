@@ -25,6 +25,7 @@ from lbbench.run.collect import write_results
 from lbbench.run.live import LiveView
 from lbbench.run.phase import Phase, PhaseKey, PhaseRecord, phase_rates
 from lbbench.system.addrlock import blocks_of
+from lbbench.system.compiled import hot_paths_label
 from lbbench.system.netns import (
     find_tool,
     in_private_netns,
@@ -137,6 +138,7 @@ class Experiment:
         # started_utc: the run's start, not the time of the last rewrite of the folder
         self.meta: dict[str, Any] = {"config_file": config.path, "in_netns": in_private_netns(),
                                      "frontends_requested": list(opts.frontends), **isolation(opts),
+                                     "hot_paths": hot_paths_label(),
                                      "started_utc": datetime.now(UTC).isoformat(timespec="seconds")}
         self.skipped = {n: r for n in opts.frontends if (r := skip_reason(n)) is not None}
         runnable = [n for n in opts.frontends if n not in self.skipped]

@@ -74,3 +74,17 @@ def native_relay() -> bool:
 def relay_label() -> str:
     """'native relay' or 'Python relay': which relay userspace-dnat runs, for reports."""
     return "native relay" if native_relay() else "Python relay"
+
+
+def response_scan_label() -> str:
+    """How the load client reads response heads: 'C response scan', 'Python response scan' or 'httptools'."""
+    from lbbench.load import head  # here, not at the top: setup.py loads this file on its own
+
+    return "C response scan" if head.NATIVE else ("Python response scan" if head.scan else "httptools")
+
+
+def hot_paths_label() -> str:
+    """Which build of each hot path runs here, for a run's metadata.
+
+    E.g. 'pure Python, native relay, C response scan'."""
+    return f"{build_label()}, {relay_label()}, {response_scan_label()}"

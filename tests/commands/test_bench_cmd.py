@@ -19,6 +19,7 @@ from lbbench.bench.stats import paired_ratio, stat
 from lbbench.bench.suite import GROUPS, RPS_RATIOS, SCHEMA, BenchSettings
 from lbbench.bench.throughput import L4_PEERS, L7_PEERS, http_ok, skip_reason
 from lbbench.cli import main
+from lbbench.load import head
 from lbbench.model.addresses import HostPort
 from lbbench.system.compiled import build_label, relay_label
 from lbbench.system.netns import netns_unavailable_reason
@@ -81,6 +82,7 @@ def test_bench_runs_and_writes_bench_json(tmp_path: Path) -> None:
     assert {"wrk", "haproxy", "nginx"} <= m["tools"].keys()
     assert m["lbbench_build"] == build_label()  # "pure Python" from the checkout's sources
     assert m["dnat_relay"] == relay_label()  # "native relay" where the engine is built in place
+    assert m["response_scan"] == ("C response scan" if head.NATIVE else "httptools")
 
     l4 = assert_peers(doc["groups"]["l4"], L4_PEERS, "l4")
     close = assert_peers(doc["groups"]["l4_close"], L4_PEERS, "l4_close")

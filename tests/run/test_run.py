@@ -17,6 +17,7 @@ from lbbench.frontends.registry import unavailable_reason
 from lbbench.load.schedule import build_schedule
 from lbbench.load.spec import LoadSpec
 from lbbench.model.addresses import HostPort
+from lbbench.system.compiled import hot_paths_label
 from lbbench.system.procs import lbbench_argv
 
 pytestmark = pytest.mark.slow
@@ -87,6 +88,7 @@ def test_two_frontends_end_to_end(tmp_path: Path) -> None:
     summary = json.loads((out / "summary.json").read_text())
     assert summary["schema"] == 1 and summary["complete"] is True
     assert {"lbbench_version", "python", "kernel", "cpu_count", "seed"} <= set(summary["metadata"])
+    assert summary["metadata"]["hot_paths"] == hot_paths_label()  # which relay / response scan measured this
     rows = pd.read_parquet(out / "requests.parquet")
     cfg = load_config(config)
     expected = len(build_schedule(LoadSpec(target=HostPort("127.0.0.1", 1), rate_rps=200.0,
