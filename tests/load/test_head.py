@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from helpers.client_peers import fetch, run, scripted
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
@@ -29,7 +30,6 @@ from lbbench.cluster.standalone import start_pod
 from lbbench.load import head
 from lbbench.load.client import Request, _Conn
 from lbbench.system.procs import Supervisor
-from tests.load.test_client import fetch, run, scripted
 
 HAS_NATIVE = importlib.util.find_spec("lbbench.load._scan") is not None
 if HAS_NATIVE:
