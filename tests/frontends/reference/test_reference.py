@@ -412,8 +412,9 @@ def test_haproxy_reports_its_checks_verdicts(cls: type[ReferenceFrontend], super
             victim.signal(signal.SIGKILL)
             while not seen and time.monotonic() < killed + 5:
                 await asyncio.sleep(0.01)
-            await asyncio.to_thread(start_pod, supervisor, "victim", ip=victim_addr.host, port=victim_addr.port)
+            # taken before the start: HAProxy's check may see the pod listening before start_pod returns
             revived = time.monotonic()
+            await asyncio.to_thread(start_pod, supervisor, "victim", ip=victim_addr.host, port=victim_addr.port)
             while len(seen) < 2 and time.monotonic() < revived + 5:
                 await asyncio.sleep(0.01)
             return killed, revived
