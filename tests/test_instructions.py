@@ -48,7 +48,8 @@ def test_every_hot_path_is_within_its_baseline(tmp_path: Path) -> None:
     now = json.loads((tmp_path / "now.json").read_text())["instructions_per_call"]
     baseline = json.loads(BASELINE.read_text())["instructions_per_call"]
     assert set(now) == set(baseline)  # proxy, forwarder and client paths are all tracked
-    assert all(value > 1000 for value in now.values())  # a real path was counted, not an empty bracket
+    # a real path was counted, not an empty bracket; the native relay's count is net of its Python driver's
+    assert all(value > (300 if name == "test_native_relay_exchange" else 1000) for name, value in now.items()), now
 
 
 def test_a_deliberate_2x_slowdown_fails_the_check() -> None:

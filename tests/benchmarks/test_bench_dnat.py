@@ -114,3 +114,82 @@ def test_relay_exchange_in_process(benchmark: BenchmarkFixture) -> None:
     benchmark(exchange)
     assert to_pod.written >= 80 and to_client.written >= 160
     assert fwd.counters.bytes_up == to_pod.written and fwd.counters.bytes_down == to_client.written
+
+
+class _Ends:
+    """A client's and a pod's blocking sockets, and one keep-alive exchange between them."""
+
+    client: socket.socket
+    pod: socket.socket
+    request, response = b"u" * 80, b"d" * 160
+
+    def exchange(self) -> None:
+        """wrk's request to the pod and its answer back."""
+        self.client.sendall(self.request)
+        got = 0
+        while got < len(self.request):
+            got += len(self.pod.recv(4096))
+        self.pod.sendall(self.response)
+        got = 0
+        while got < len(self.response):
+            got += len(self.client.recv(4096))
+
+
+class DirectPair(_Ends):
+    """The two ends connected directly: the floor, what the exchange costs without a relay."""
+
+    def __init__(self) -> None:
+        listener = socket.create_server(("127.0.0.1", 0))
+        self.client = socket.create_connection(listener.getsockname()[:2])
+        self.pod, _ = listener.accept()
+        listener.close()
+
+    def close(self) -> None:
+        self.client.close()
+        self.pod.close()
+
+
+class NativePair(_Ends):
+    """One keep-alive pair through the native engine (_crelay.c), its two outer ends blocking sockets
+    of this thread: a client connected to a listener the engine's pair came from, and the pod's end."""
+
+    def __init__(self) -> None:
+        from lbbench.frontends.dnat._crelay import Engine
+
+        self.engine = Engine()
+        self.pod_listener = socket.create_server(("127.0.0.1", 0))
+        listener = socket.create_server(("127.0.0.1", 0))
+        self.client = socket.create_connection(listener.getsockname()[:2])
+        fd = self.engine.accept(listener.fileno())
+        listener.close()
+        pod_host, pod_port = self.pod_listener.getsockname()[:2]
+        self.engine.relay(fd, pod_host, pod_port)
+        self.pod, _ = self.pod_listener.accept()
+
+    def close(self) -> None:
+        self.client.close()
+        self.pod.close()
+        self.pod_listener.close()
+        self.engine.close()
+
+
+def test_loopback_exchange_floor(benchmark: BenchmarkFixture) -> None:
+    """The same exchange between directly connected sockets: what the native relay's count is net of."""
+    pair = DirectPair()
+    try:
+        benchmark(pair.exchange)
+    finally:
+        pair.close()
+
+
+def test_native_relay_exchange(benchmark: BenchmarkFixture) -> None:
+    """One keep-alive exchange through the native engine, over real loopback sockets: the engine's C
+    (in its own thread; per direction one recv and one send) plus this thread's socket calls, which the
+    instruction check subtracts (the floor above)."""
+    pytest.importorskip("lbbench.frontends.dnat._crelay", reason="the native relay is not built")
+    pair = NativePair()
+    try:
+        benchmark(pair.exchange)
+        assert pair.engine.stats()["bytes_up"] >= 80 and pair.engine.stats()["bytes_down"] >= 160
+    finally:
+        pair.close()
