@@ -9,7 +9,8 @@ Each hot path is one of the in-process micro-benchmarks (stand-in transports, no
 loop turns): the L7 proxy's request cycle, the forwarder's relay exchange, the load client's
 request cycle and its response parser. The native relay's exchange is the exception: its engine is C
 in a thread of its own, so it is driven over real loopback sockets from this thread, and counted net
-of the same socket calls on a direct connection (NET_OF); callgrind counts every thread's instructions. In a child process run under callgrind, each benchmark's
+of the same socket calls on a direct connection (NET_OF); callgrind counts every thread's instructions.
+In a child process run under callgrind, each benchmark's
 function is warmed up, then called N times between two calls of ``os.getppid()``; callgrind dumps
 its counters before every call of that C function (``--dump-before``), so the part between two
 dumps is exactly N calls' user-space instructions (Ir). Python's hash seed is fixed, so the count
