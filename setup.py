@@ -38,13 +38,9 @@ def _compiled_spec() -> Any:
 
 
 COMPILED = _compiled_spec()
-# Hand-written C hot paths, each with a pure-Python fallback: (module, C source).
-NATIVE_SOURCES: list[tuple[str, str]] = [
-    ("lbbench.frontends.dnat._crelay", "lbbench/frontends/dnat/_crelay.c"),  # userspace-dnat's relay engine
-    ("lbbench.load._scan", "lbbench/load/_scan.c"),  # the load client's response-head scan
-]
+# Hand-written C hot paths (the list is lbbench/system/compiled.py's NATIVE_SOURCES).
 NATIVE = [Extension(name, sources=[src], optional=True, extra_compile_args=["-O2", "-std=gnu99", "-Wall", "-Wextra"])
-          for name, src in NATIVE_SOURCES]
+          for name, src in COMPILED.NATIVE_SOURCES]
 
 
 class MypycBuildExt(build_ext):

@@ -522,14 +522,9 @@ class HttpClient:
             return
         req.error = error
         req.done = time.monotonic()
-        req.finished = True  # _end(req), inlined: the last steps of every request
-        req.conn = None
-        self.outstanding -= 1
-        if self.outstanding == 0:
-            self._deadlines.clear()
+        self._end(req)
         self.on_done(req)
-        if self.outstanding == 0:  # _check_idle's test, inlined: it is the last step of every request
-            self._check_idle()
+        self._check_idle()
 
     def _end(self, req: Request) -> None:
         req.finished = True

@@ -21,6 +21,12 @@ COMPILE_ENV = "LBBENCH_COMPILE"
 # the pure-Python relay (lbbench/frontends/dnat/relay.py) instead.
 NATIVE_RELAY = "lbbench.frontends.dnat._crelay"
 PURE_RELAY_ENV = "LBBENCH_PURE_RELAY"
+# The hand-written C hot paths, each with a pure-Python fallback: (module, C source). setup.py
+# builds them in every install that has a C compiler (optional extensions).
+NATIVE_SOURCES: tuple[tuple[str, str], ...] = (
+    (NATIVE_RELAY, "lbbench/frontends/dnat/_crelay.c"),  # userspace-dnat's relay engine
+    ("lbbench.load._scan", "lbbench/load/_scan.c"),  # the load client's response-head scan
+)
 # The L7 proxy's request/response path and the load generator's client. Not the forwarder's
 # relay: it has the hand-written engine above instead, and the tests subclass the Python
 # relay's protocol classes, which compiled classes do not allow.
