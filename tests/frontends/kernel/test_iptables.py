@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from helpers.paths import L4_SCENARIOS
-from scipy.stats import chisquare
+from helpers.uniform import assert_uniform
 from test_nftables import golden_services, run_in_netns
 
 from lbbench.frontends.kernel.iptables import render_iptables, sep_chain, svc_chain
@@ -71,7 +71,7 @@ def test_kernel_iptables_uniform_and_keepalive_sticks(supervisor: Supervisor) ->
     counts = r["new"]["served"]
     assert r["new"]["errors"] == {}
     assert sorted(counts) == ["pod-0", "pod-1", "pod-2", "pod-3"]
-    assert chisquare(list(counts.values())).pvalue > 0.001
+    assert_uniform(counts)
     assert all(len(set(pods)) == 1 for pods in r["keepalive"]) and len(r["keepalive"]) == 200
     assert r["counters"]["iptables_applies_total"] == 2
 

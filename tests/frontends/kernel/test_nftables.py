@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from helpers.paths import L4_SCENARIOS, TESTS
-from scipy.stats import chisquare
+from helpers.uniform import assert_uniform
 
 from lbbench.errors import UserError
 from lbbench.frontends.base import FrontendPlan
@@ -238,7 +238,7 @@ def test_kernel_uniform_random_and_keepalive_sticks(supervisor: Supervisor) -> N
     assert r["new"]["errors"] == {}
     assert sorted(counts) == ["pod-0", "pod-1", "pod-2", "pod-3"]
     assert sum(counts.values()) == 2000
-    assert chisquare(list(counts.values())).pvalue > 0.001
+    assert_uniform(counts)
     assert r["keepalive_errors"] == 0 and len(r["keepalive"]) == 200
     assert all(len(set(pods)) == 1 and len(pods) == 2 for pods in r["keepalive"])
     assert len({pods[0] for pods in r["keepalive"]}) == 4
