@@ -39,7 +39,9 @@ def _compiled_spec() -> Any:
 
 COMPILED = _compiled_spec()
 # Hand-written C hot paths (the list is lbbench/system/compiled.py's NATIVE_SOURCES).
-NATIVE = [Extension(name, sources=[src], optional=True, extra_compile_args=["-O2", "-std=gnu99", "-Wall", "-Wextra"])
+# A module is rebuilt when a header next to it changes (lbbench/load/_http.h is shared by two).
+NATIVE = [Extension(name, sources=[src], optional=True, extra_compile_args=["-O2", "-std=gnu99", "-Wall", "-Wextra"],
+                    depends=sorted(str(h.relative_to(HERE)) for h in (HERE / src).parent.glob("*.h")))
           for name, src in COMPILED.NATIVE_SOURCES]
 
 

@@ -67,6 +67,15 @@ class _Binned:
         self.total.merge(part)
         self.interval.merge(part)
 
+    def record_many(self, values: np.ndarray[Any, np.dtype[np.float64]]) -> None:
+        """Bin a batch at once (the native client's drained records)."""
+        self.flush()
+        if len(values):
+            part = LogHistogram()
+            part.record_many(values)
+            self.total.merge(part)
+            self.interval.merge(part)
+
     def take_interval(self) -> LogHistogram:
         self.flush()
         out, self.interval = self.interval, LogHistogram()
@@ -97,6 +106,8 @@ class Recorder:
         self._cols: dict[str, array[Any]] = {name: array(code) for name, code in _TYPECODES.items()}
         # the columns' bound append methods, in _TYPECODES order (one tuple unpack per row)
         self._appenders = tuple(col.append for col in self._cols.values())
+        # the native client's string codes -> this recorder's (on_records)
+        self._engine_codes: tuple[list[int], list[int]] = ([], [])
 
     @property
     def latency(self) -> LogHistogram:
@@ -165,6 +176,63 @@ class Recorder:
         service_ms(req.service_ms)
         proxy_queue_ms(req.proxy_queue_ms)
         proxy_upstream_ms(req.proxy_upstream_ms)
+
+    def on_issued(self, issued: int, first_issue: float, last_issue: float) -> None:
+        """The native client's issue counters (it reports each request's lateness with its record)."""
+        self.issued = issued
+        if issued:
+            self.first_issue, self.last_issue = first_issue, last_issue
+
+    def on_records(self, recs: np.ndarray[Any, np.dtype[np.void]], pod_table: list[str],
+                   pod_ip_table: list[str]) -> None:
+        """A batch of the native client's records (lbbench.load.native.RECORD), vectorised.
+
+        The same bookkeeping as on_issue (lateness) and on_done (the rest) one by one; a record with
+        error ABORTED (dropped by abort_all) counts for lateness only, as an aborted request of
+        HttpClient reached on_issue but never on_done. `pod_table` and `pod_ip_table` are the
+        engine's strings by code (all of them so far)."""
+        if not len(recs):
+            return
+        late = recs["issued"] - recs["intended"]
+        self._lateness.record_many(np.maximum(late, 0.0))
+        recs = recs[recs["error"] >= 0]
+        if not len(recs):
+            return
+        error = recs["error"].astype(np.int64)
+        self.done += len(recs)
+        counts = np.bincount(error, minlength=len(ERROR_TABLE))
+        self.ok += int(counts[0])
+        for code in np.flatnonzero(counts[1:]) + 1:
+            self.errors[ERROR_TABLE[code]] += int(counts[code])
+        ok = error == 0
+        self._latency.record_many(recs["done"][ok] - recs["intended"][ok])
+        statuses, n = np.unique(recs["status"][recs["status"] != 0], return_counts=True)
+        for status, k in zip(statuses.tolist(), n.tolist(), strict=True):
+            self.statuses[status] += k
+        sent = recs["sent"]
+        left = ~np.isnan(sent)
+        self._pool_wait.record_many(np.maximum(sent[left] - recs["issued"][left], 0.0))
+        if self.record_rows:
+            self._extend(recs, pod_table, pod_ip_table)
+
+    def _extend(self, recs: np.ndarray[Any, np.dtype[np.void]], pod_table: list[str], pod_ip_table: list[str]) -> None:
+        t0 = self.start_at
+        pods = self._recode(self._pods, self._engine_codes[0], pod_table)[recs["pod"]]
+        ips = self._recode(self._ips, self._engine_codes[1], pod_ip_table)[recs["pod_ip"]]
+        values = {"intended_s": recs["intended"] - t0, "sent_s": recs["sent"] - t0, "done_s": recs["done"] - t0,
+                  "status": recs["status"], "error": recs["error"], "pod": pods, "pod_ip": ips,
+                  "conn_id": recs["conn_id"], "new_conn": recs["new_conn"], "queue_ms": recs["queue_ms"],
+                  "service_ms": recs["service_ms"], "proxy_queue_ms": recs["proxy_queue_ms"],
+                  "proxy_upstream_ms": recs["proxy_upstream_ms"]}
+        for name, col in self._cols.items():
+            col.frombytes(np.ascontiguousarray(values[name], dtype=col.typecode).tobytes())
+
+    @staticmethod
+    def _recode(interner: _Interner, codes: list[int], table: list[str]) -> np.ndarray[Any, np.dtype[np.int64]]:
+        """Engine code -> this recorder's code, for every string the engine has interned so far."""
+        for text in table[len(codes):]:
+            codes.append(interner.code(text))
+        return np.array(codes, dtype=np.int64)
 
     def take_interval(self) -> tuple[LogHistogram, LogHistogram]:
         """The latency and lateness histograms since the last call (for progress reports)."""

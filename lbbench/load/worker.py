@@ -23,7 +23,7 @@ import resource
 import signal
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -32,8 +32,12 @@ from lbbench.load.recorder import Recorder
 from lbbench.load.schedule import build_schedule, worker_share
 from lbbench.load.spec import LoadSpec
 from lbbench.load.wire import Message, PipeWriter
+from lbbench.system.compiled import native_client
 from lbbench.system.control import attach_stdin_control
 from lbbench.system.timer import PreciseTimer
+
+if TYPE_CHECKING:  # imported where the engine runs (lbbench.load.native needs the C extension)
+    from lbbench.load.native import EngineDriver
 
 PROGRESS_EVERY_S = 0.25
 STOP_GRACE_S = 1.0  # after request_stop(), in-flight requests get this long
@@ -221,11 +225,16 @@ class Worker:
         if self.users is not None:
             self.users.on_done(req)
 
+    def _pool(self) -> int:
+        """K connections in total, split across the workers (0 in close mode)."""
+        mode = self.spec.connections
+        if mode.kind != "keepalive":
+            return 0
+        return mode.pool // self.count + (1 if self.index < mode.pool % self.count else 0)
+
     def _client(self) -> HttpClient:
         spec, mode = self.spec, self.spec.connections
-        pool = 0
-        if mode.kind == "keepalive":  # K connections in total, split across the workers
-            pool = mode.pool // self.count + (1 if self.index < mode.pool % self.count else 0)
+        pool = self._pool()
         # open loop: straight to the recorder; closed loop: the users hear of it too
         on_done = self._on_done if spec.closed_loop or self.recorder is None else self.recorder.on_done
         return HttpClient(
@@ -261,14 +270,35 @@ class Worker:
         spec = self.spec
         timer = PreciseTimer(self.loop)
         recorder = self.recorder = Recorder(start_at, spec.record_rows)
+        driver: Dispatcher | Users | EngineDriver
+        client: HttpClient | EngineDriver
+        if self._native():
+            driver = client = self._engine(share + start_at, recorder)
+            await self._run_with(timer, driver, client, recorder, start_at)
+            return
         client = self._client()
         starts = (share + start_at).tolist()
-        driver: Dispatcher | Users
         if spec.closed_loop:
             end = start_at + spec.duration_s
             driver = self.users = Users(timer, starts, end, spec.think_time_s, client, recorder)
         else:
             driver = Dispatcher(timer, starts, client, recorder)
+        await self._run_with(timer, driver, client, recorder, start_at)
+
+    def _native(self) -> bool:
+        """Open-loop keep-alive load runs on the C engine where it is built (and not turned off)."""
+        return not self.spec.closed_loop and self.spec.connections.kind == "keepalive" and native_client()
+
+    def _engine(self, times: np.ndarray[Any, np.dtype[np.float64]], recorder: Recorder) -> EngineDriver:
+        from lbbench.load.native import make_driver
+
+        spec = self.spec
+        return make_driver((spec.target.host, spec.target.port), build_request(spec.path, spec.host, close=False),
+                           self._pool(), spec.connect_timeout_s, spec.timeout_s, self.index, self.count, times,
+                           recorder)
+
+    async def _run_with(self, timer: PreciseTimer, driver: Dispatcher | Users | EngineDriver,
+                        client: HttpClient | EngineDriver, recorder: Recorder, start_at: float) -> None:
         self._report_handle = self.loop.call_later(PROGRESS_EVERY_S, self._report, recorder)
         try:
             await self._drive(timer, driver, client, recorder, start_at)
@@ -279,16 +309,16 @@ class Worker:
             timer.close()
             await asyncio.sleep(0)  # let aborted transports run connection_lost
 
-    async def _drive(self, timer: PreciseTimer, driver: Dispatcher | Users, client: HttpClient,
-                     recorder: Recorder, start_at: float) -> None:
+    async def _drive(self, timer: PreciseTimer, driver: Dispatcher | Users | EngineDriver,
+                     client: HttpClient | EngineDriver, recorder: Recorder, start_at: float) -> None:
         spec = self.spec
         await timer.sleep_until(start_at)
         cpu0, t0 = cpu_seconds(), time.monotonic()
         driver.start()
-        if isinstance(driver, Dispatcher):
-            sending: asyncio.Future[Any] = driver.finished
+        if isinstance(driver, Users):
+            sending: asyncio.Future[Any] = timer.sleep_until(start_at + spec.duration_s)
         else:
-            sending = timer.sleep_until(start_at + spec.duration_s)
+            sending = driver.finished
         stopped = await self._until_stop(sending)
         driver.stop()
         cpu1, t1 = cpu_seconds(), time.monotonic()

@@ -21,11 +21,15 @@ COMPILE_ENV = "LBBENCH_COMPILE"
 # the pure-Python relay (lbbench/frontends/dnat/relay.py) instead.
 NATIVE_RELAY = "lbbench.frontends.dnat._crelay"
 PURE_RELAY_ENV = "LBBENCH_PURE_RELAY"
+# the load generator's native keep-alive client (open loop); PURE_CLIENT_ENV=1 runs HttpClient instead
+NATIVE_CLIENT = "lbbench.load._engine"
+PURE_CLIENT_ENV = "LBBENCH_PURE_CLIENT"
 # The hand-written C hot paths, each with a pure-Python fallback: (module, C source). setup.py
 # builds them in every install that has a C compiler (optional extensions).
 NATIVE_SOURCES: tuple[tuple[str, str], ...] = (
     (NATIVE_RELAY, "lbbench/frontends/dnat/_crelay.c"),  # userspace-dnat's relay engine
     ("lbbench.load._scan", "lbbench/load/_scan.c"),  # the load client's response-head scan
+    (NATIVE_CLIENT, "lbbench/load/_engine.c"),  # the load generator's keep-alive client engine
 )
 # The L7 proxy's request/response path and the load generator's client. Not the forwarder's
 # relay: it has the hand-written engine above instead, and the tests subclass the Python
@@ -89,8 +93,24 @@ def response_scan_label() -> str:
     return "C response scan" if head.NATIVE else ("Python response scan" if head.scan else "httptools")
 
 
+def native_client() -> bool:
+    """Whether open-loop keep-alive load runs on the C engine here: built, importable, and not turned off."""
+    if os.environ.get(PURE_CLIENT_ENV, "") not in ("", "0"):
+        return False
+    try:
+        importlib.import_module(NATIVE_CLIENT)
+    except ImportError:
+        return False
+    return True
+
+
+def load_client_label() -> str:
+    """'native load client' or 'Python load client': what runs open-loop keep-alive load, for reports."""
+    return "native load client" if native_client() else "Python load client"
+
+
 def hot_paths_label() -> str:
     """Which build of each hot path runs here, for a run's metadata.
 
-    E.g. 'pure Python, native relay, C response scan'."""
-    return f"{build_label()}, {relay_label()}, {response_scan_label()}"
+    E.g. 'pure Python, native relay, C response scan, native load client'."""
+    return f"{build_label()}, {relay_label()}, {response_scan_label()}, {load_client_label()}"
