@@ -161,7 +161,8 @@ def print_report(doc: dict[str, Any], console: Console) -> None:
     console.print(f"{m.get('cpu_count')} CPUs ({m.get('cpu_model')}), load average "
                   f"{m.get('load_avg_start', ['?'])[0]} -> {m.get('load_avg_end', ['?'])[0]}, "
                   f"{doc['wall_s']:.0f} s, lbbench {m.get('lbbench_build', 'pure Python')}, "
-                  f"{m.get('dnat_relay', 'Python relay')}, {m.get('response_scan', 'httptools')}")
+                  f"{m.get('dnat_relay', 'Python relay')}, {m.get('response_scan', 'httptools')}, "
+                  f"{m.get('load_client', 'Python load client')}")
 
 
 # -- plot -------------------------------------------------------------------------------------------

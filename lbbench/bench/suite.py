@@ -29,7 +29,7 @@ from lbbench.bench.stats import Stat, is_unstable, paired_ratio, stat
 from lbbench.bench.throughput import GroupRun, Pids, per_10k
 from lbbench.cluster.standalone import fresh_ip, start_pod
 from lbbench.model.addresses import HostPort
-from lbbench.system.compiled import build_label, relay_label, response_scan_label
+from lbbench.system.compiled import build_label, load_client_label, relay_label, response_scan_label
 from lbbench.system.netns import in_private_netns
 from lbbench.system.procs import Supervisor
 
@@ -302,6 +302,8 @@ def machine(sup: Supervisor) -> dict[str, Any]:
         "dnat_relay": relay_label(),  # userspace-dnat's: native engine or Python relay (its workers inherit env)
         # the load client's response heads: the C scan, its Python specification, or httptools alone
         "response_scan": response_scan_label(),
+        # the generator's open-loop keep-alive client: the C engine or HttpClient (its workers inherit env)
+        "load_client": load_client_label(),
         "tools": tool_versions(sup),
     }
 
