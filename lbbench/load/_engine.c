@@ -54,7 +54,7 @@
 #define EVENTS 256            /* per epoll wait */
 #define HEAD_MAX (64 * 1024)  /* a longer response head is "other" (llhttp's default limit is 80k) */
 #define LINE_MAX_ 4096        /* a chunk-size or trailer line */
-#define POLL_NS 20000         /* a send due within this is waited for by polling, not sleeping */
+#define POLL_NS 2000          /* a send due within this is waited for by polling, not sleeping */
 #define SPIN_BUDGET 0.05      /* aim ahead of a send by at most this fraction of the mean gap */
 #define AIM_STEP_S 1e-6       /* the median wake-up latency's tracking step */
 #define RATE_WINDOW 32        /* sends over which the mean gap is taken */

@@ -68,6 +68,11 @@ def _header_kind(name: bytes) -> int:
     return kind
 
 
+def _interim(status: int) -> bool:
+    """A 1xx response other than 101 (a protocol switch, which httptools reports as an error)."""
+    return 100 <= status < 200 and status != 101
+
+
 def build_request(path: str, host: str, close: bool) -> bytes:
     lines = [f"GET {path} HTTP/1.1", f"Host: {host}", "User-Agent: lbbench-load", "Accept: */*"]
     if close:
@@ -187,15 +192,19 @@ class _Conn(asyncio.Protocol):
             pass  # a malformed timing header is just missing
 
     def on_headers_complete(self) -> None:
-        self.headers_done = True
         parser = self.parser
+        if parser is not None and _interim(parser.get_status_code()):
+            return  # a 1xx interim response (100 Continue, 103 Early Hints): the real one follows
+        self.headers_done = True
         if self.req is not None and parser is not None:
             self.req.status = parser.get_status_code()
             self.keep_alive = bool(parser.should_keep_alive())
 
     def on_message_complete(self) -> None:
-        self.complete = True
         self.in_message = False
+        parser = self.parser
+        if parser is None or not _interim(parser.get_status_code()):
+            self.complete = True
 
     # -- asyncio.Protocol ---------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:

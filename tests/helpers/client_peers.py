@@ -75,3 +75,73 @@ async def scripted(handler: Handler) -> Any:
         server.close()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(server.wait_closed(), 1.0)
+
+
+# -- one schedule through either keep-alive client ----------------------------------------------
+Outcome = tuple[int, str, str, int, bool]  # status, error, pod, conn_id, new_conn
+
+
+def outcomes(reqs: list[Request]) -> list[Outcome]:
+    return [(r.status, r.error, r.pod, r.conn_id, r.new_conn) for r in sorted(reqs, key=lambda r: r.intended)]
+
+
+async def python_schedule(target: HostPort, offsets: list[float], pool: int, **kw: Any) -> list[Request]:
+    """HttpClient (keepalive:pool) issuing one request at each offset from now; every request, once ended."""
+    done: list[Request] = []
+    m = ConnectionMode("keepalive", pool)
+    client = HttpClient(target, build_request("/", str(target), close=False), m, done.append, pool_size=pool, **kw)
+    t0 = time.monotonic() + 0.02
+    for off in offsets:
+        delay = t0 + off - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        client.issue(max(t0 + off, time.monotonic()) if off >= 0 else t0 + off)
+    await asyncio.wait_for(client.wait_idle(), 30)
+    client.close()
+    await asyncio.sleep(0.02)
+    return done
+
+
+async def engine_schedule(target: HostPort, offsets: list[float], pool: int, *, connect_timeout_s: float = 1.0,
+                          timeout_s: float = 10.0, stop_after_s: float | None = None,
+                          abort_after_s: float | None = None) -> tuple[list[Request], int, int]:
+    """The native engine on the same schedule: (ended requests as Request records, dropped by abort, issued)."""
+    import numpy as np
+
+    from lbbench.load import _engine
+    from lbbench.load.native import RECORD
+    from lbbench.load.recorder import ERROR_TABLE
+
+    eng = _engine.Engine(target.host, target.port, build_request("/", str(target), close=False), pool,
+                         connect_timeout_s, timeout_s, 0, 1)
+    t0 = time.monotonic() + 0.02
+    eng.start_open(np.array(offsets, dtype=np.float64) + t0)
+    chunks: list[bytes] = []
+    dropped = 0
+    deadline = time.monotonic() + 30
+    issued = 0
+    try:
+        while time.monotonic() < deadline:
+            await asyncio.sleep(0.005)  # the scripted server runs on this loop meanwhile
+            if stop_after_s is not None and time.monotonic() >= t0 + stop_after_s:
+                eng.stop_sending()
+            if abort_after_s is not None and time.monotonic() >= t0 + abort_after_s:
+                dropped = eng.abort()
+            data, issued, outstanding, sending_done, _, _ = eng.drain()
+            chunks.append(data)
+            if eng.closed or not eng.running or (sending_done and outstanding == 0):
+                break
+        pods = eng.strings(0, 0)
+    finally:
+        eng.close()
+    recs = np.frombuffer(b"".join(chunks), dtype=RECORD)
+    out = []
+    for rec in recs:
+        r = Request(float(rec["intended"]), float(rec["issued"]), -1)
+        r.sent, r.done = float(rec["sent"]), float(rec["done"])
+        r.status, r.conn_id, r.new_conn = int(rec["status"]), int(rec["conn_id"]), bool(rec["new_conn"])
+        r.error = "aborted" if rec["error"] < 0 else ERROR_TABLE[int(rec["error"])]
+        r.pod = pods[int(rec["pod"])]
+        r.queue_ms, r.service_ms = float(rec["queue_ms"]), float(rec["service_ms"])
+        out.append(r)
+    return out, dropped, issued

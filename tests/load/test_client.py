@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from collections.abc import Iterator
 
 import pytest
 from helpers.client_peers import fetch, run, scripted
@@ -62,32 +61,6 @@ def test_refused() -> None:
         host, port = s.getsockname()
     [r] = run(fetch(HostPort(host, port)))
     assert r.error == "refused" and r.status == 0 and r.conn_id >= 0
-
-
-@pytest.fixture
-def full_listener() -> Iterator[HostPort]:
-    """A listening socket whose accept queue is full: further SYNs are dropped, connect hangs."""
-    srv = socket.socket()
-    srv.bind((fresh_ip(), 0))
-    srv.listen(0)
-    addr = HostPort(*srv.getsockname()[:2])
-    fillers = []
-    try:
-        for _ in range(8):
-            c = socket.socket()
-            c.settimeout(0.2)
-            fillers.append(c)
-            try:
-                c.connect((addr.host, addr.port))
-            except OSError:
-                break
-        else:
-            pytest.skip("could not fill the accept queue")
-        yield addr
-    finally:
-        for c in fillers:
-            c.close()
-        srv.close()
 
 
 def test_connect_timeout(full_listener: HostPort) -> None:

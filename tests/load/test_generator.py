@@ -23,6 +23,12 @@ from lbbench.model.load import ConnectionMode
 from lbbench.system.procs import Supervisor, lbbench_argv
 
 
+@pytest.fixture(autouse=True)
+def _both_clients(load_client: str) -> str:
+    """Every test here runs with each keep-alive client (tests/load/conftest.py): the C engine and HttpClient."""
+    return load_client
+
+
 @pytest.fixture
 def pod(supervisor: Supervisor) -> HostPort:
     return start_pod(supervisor, "fast", service="const:0ms", slots=8)[1]

@@ -1,0 +1,314 @@
+"""The native keep-alive client (_engine.c) against HttpClient: the same scripted servers, the same schedule,
+the same per-request status, error, pod, conn_id and new_conn; and the engine's own edge cases.
+
+Real loopback sockets, no mocks. Each client gets a fresh server (so connection numbers match). Each
+scenario also states what the outcome must be, so that the two clients agreeing on a wrong answer fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import time
+from collections.abc import Callable
+
+import pytest
+from helpers.client_peers import Handler, Outcome, engine_schedule, outcomes, python_schedule, run, scripted
+
+from lbbench.cluster.standalone import fresh_ip
+from lbbench.load.client import Request
+from lbbench.model.addresses import HostPort
+from lbbench.system.compiled import native_client
+
+pytestmark = pytest.mark.skipif(not native_client(), reason="the native load client is not built here")
+
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nx-pod: scripted\r\n\r\nok\n"
+
+
+def later(tr: asyncio.Transport, delay_s: float, data: bytes, close: bool = False) -> None:
+    """Write `data` (and perhaps close) `delay_s` from now: a response split over reads."""
+    def go() -> None:
+        if not tr.is_closing():
+            tr.write(data)
+            if close:
+                tr.close()
+
+    asyncio.get_running_loop().call_later(delay_s, go)
+
+
+# -- scenarios: a fresh handler per client, the schedule, the pool, and what must come out ---------------
+def ok_always() -> Handler:
+    return lambda conn, n, tr: tr.write(OK)
+
+
+def two_then_close_and_drop_fifth() -> Handler:
+    seen: list[int] = []
+
+    def h(conn: int, n: int, tr: asyncio.Transport) -> None:
+        seen.append(conn)
+        if len(seen) == 5:
+            tr.close()
+            return
+        tr.write(OK)
+        if n == 1:
+            tr.close()
+    return h
+
+
+def truncated() -> Handler:
+    def h(conn: int, n: int, tr: asyncio.Transport) -> None:
+        tr.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly a part")
+        tr.close()
+    return h
+
+
+def answer(data: bytes, close: bool = False) -> Callable[[], Handler]:
+    def make() -> Handler:
+        def h(conn: int, n: int, tr: asyncio.Transport) -> None:
+            tr.write(data)
+            if close:
+                tr.close()
+        return h
+    return make
+
+
+def split(*parts: bytes, close: bool = False) -> Callable[[], Handler]:
+    """The response in pieces 5 ms apart (each piece its own read)."""
+    def make() -> Handler:
+        def h(conn: int, n: int, tr: asyncio.Transport) -> None:
+            tr.write(parts[0])
+            for i, part in enumerate(parts[1:], 1):
+                later(tr, 0.005 * i, part, close=close and i == len(parts) - 1)
+        return h
+    return make
+
+
+def status_by_turn() -> Handler:
+    def h(conn: int, n: int, tr: asyncio.Transport) -> None:
+        status = (503, 404, 200, 500, 429)[n % 5]
+        tr.write(b"HTTP/1.1 %d X\r\nContent-Length: 0\r\nx-pod: s%d\r\n\r\n" % (status, n))
+    return h
+
+
+def no_body() -> Handler:
+    """204 and 304 alternately, each with a Content-Length their status overrides (no body follows)."""
+    def h(conn: int, n: int, tr: asyncio.Transport) -> None:
+        status = b"204 No Content" if n % 2 == 0 else b"304 Not Modified"
+        tr.write(b"HTTP/1.1 " + status + b"\r\nx-pod: nb\r\nContent-Length: 5\r\n\r\n")
+    return h
+
+
+def extra_response() -> Handler:
+    """The first answer comes twice (the second 10 ms later, unasked): that connection is out of step."""
+    def h(conn: int, n: int, tr: asyncio.Transport) -> None:
+        tr.write(OK)
+        if conn == 0 and n == 0:
+            later(tr, 0.01, OK)
+    return h
+
+
+def first_hangs() -> Handler:
+    def h(conn: int, n: int, tr: asyncio.Transport) -> None:
+        if conn == 0 and n == 0:
+            return  # never answered: a timeout
+        tr.write(OK)
+    return h
+
+
+def never_answers() -> Handler:
+    return lambda conn, n, tr: None
+
+
+SPACED = [0.04 * i for i in range(7)]  # one at a time: each answered before the next is due
+CHUNKED_HEAD = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nx-pod: chunky\r\n\r\n"
+E = ""
+SCENARIOS: dict[str, tuple[Callable[[], Handler], list[float], int, dict[str, float], list[Outcome] | None]] = {
+    # name: (handler, offsets, pool, client options, expected outcomes (None: only the errors below))
+    "many over k": (ok_always, [0.003 * i for i in range(40)], 3, {}, None),
+    "broken connections replaced": (two_then_close_and_drop_fifth, SPACED, 1, {}, [
+        (200, E, "scripted", 0, True), (200, E, "scripted", 0, False), (200, E, "scripted", 1, True),
+        (200, E, "scripted", 1, False), (0, "reset", "", 2, True), (200, E, "scripted", 3, True),
+        (200, E, "scripted", 3, False)]),
+    "truncated": (truncated, SPACED[:3], 1, {}, [(200, "truncated", "", i, True) for i in range(3)]),
+    "garbage": (answer(b"SSH-2.0-OpenSSH\r\n\r\n"), SPACED[:3], 1, {}, [(0, "other", "", i, True) for i in range(3)]),
+    "bare LF": (answer(b"HTTP/1.1 200 OK\nContent-Length: 2\n\nok"), SPACED[:2], 1, {},
+                [(0, "other", "", i, True) for i in range(2)]),
+    "upgrade nobody asked for": (
+        answer(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n"),
+        SPACED[:2], 1, {}, [(101, "other", "", i, True) for i in range(2)]),
+    "body until the end": (answer(b"HTTP/1.1 200 OK\r\nx-pod: old\r\n\r\nthe body runs to the end", close=True),
+                           SPACED[:3], 1, {}, [(200, E, "old", i, True) for i in range(3)]),
+    "transfer-encoding not chunked, then the end": (
+        answer(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nxyz", close=True), SPACED[:2], 1, {},
+        [(200, "truncated", "", i, True) for i in range(2)]),
+    "chunked with trailers, split": (
+        split(CHUNKED_HEAD[:20], CHUNKED_HEAD[20:] + b"5;ext=1\r\nhel", b"lo\r\n1", b"0\r\n" + b"x" * 16 + b"\r\n0\r\n",
+              b"Trailer-A: 1\r\n\r\n"), SPACED[:4], 2, {},
+        [(200, E, "chunky", 0, True), (200, E, "chunky", 1, True), (200, E, "chunky", 0, False),
+         (200, E, "chunky", 1, False)]),
+    "content-length split": (split(b"HTTP/1.1 200 OK\r\nx-pod: cl\r\nContent-Le", b"ngth: 10\r\n\r\n01234",
+                                   b"56789"), SPACED[:3], 1, {},
+                             [(200, E, "cl", 0, True), (200, E, "cl", 0, False), (200, E, "cl", 0, False)]),
+    "1xx skipped, same read": (answer(b"HTTP/1.1 100 Continue\r\n\r\n" + OK), SPACED[:2], 1, {},
+                               [(200, E, "scripted", 0, True), (200, E, "scripted", 0, False)]),
+    "1xx skipped, own read": (split(b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n", OK), SPACED[:2], 1, {},
+                              [(200, E, "scripted", 0, True), (200, E, "scripted", 0, False)]),
+    "204 and 304 have no body": (no_body, SPACED[:3], 1, {},
+                                 [(204, E, "nb", 0, True), (304, E, "nb", 0, False), (204, E, "nb", 0, False)]),
+    "5xx and 4xx": (status_by_turn, SPACED[:5], 1, {}, [
+        (503, "http_5xx", "s0", 0, True), (404, "http_4xx", "s1", 0, False), (200, E, "s2", 0, False),
+        (500, "http_5xx", "s3", 0, False), (429, "http_4xx", "s4", 0, False)]),
+    "connection: close": (answer(OK.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n")), SPACED[:3], 2, {},
+                          [(200, E, "scripted", i, True) for i in range(3)]),
+    "http/1.0": (answer(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\nx-pod: ten\r\n\r\nok"), SPACED[:3], 1, {},
+                 [(200, E, "ten", i, True) for i in range(3)]),
+    "http/1.0 keep-alive": (answer(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\nok"),
+                            SPACED[:2], 1, {}, [(200, E, "", 0, True), (200, E, "", 0, False)]),
+    "bytes nobody asked for": (extra_response, [0.0, 0.08, 0.16], 1, {},
+                               [(200, E, "scripted", 0, True), (200, E, "scripted", 1, True),
+                                (200, E, "scripted", 1, False)]),
+    "timeout drops its connection": (first_hangs, [0.0, 0.3, 0.35], 1, {"timeout_s": 0.2},
+                                     [(0, "timeout", "", 0, True), (200, E, "scripted", 1, True),
+                                      (200, E, "scripted", 1, False)]),
+    "waiting requests time out too": (never_answers, [0.0, 0.05, 0.1, 0.15], 2, {"timeout_s": 0.2}, None),
+}
+
+
+@pytest.mark.parametrize("name", list(SCENARIOS))
+def test_engine_agrees_with_the_python_client(name: str) -> None:
+    make, offsets, pool, kw, expected = SCENARIOS[name]
+
+    async def go() -> tuple[list[Outcome], list[Outcome]]:
+        async with scripted(make()) as addr:
+            py = await python_schedule(addr, offsets, pool, **kw)
+        async with scripted(make()) as addr:
+            native, _, _ = await engine_schedule(addr, offsets, pool, **kw)
+        return outcomes(py), outcomes(native)
+
+    py, native = run(go())
+    assert len(native) == len(offsets)
+    assert native == py
+    if expected is not None:
+        assert native == expected
+    elif name == "many over k":
+        assert {o[:3] for o in native} == {(200, E, "scripted")}
+        assert {o[3] for o in native} == {0, 1, 2} and sum(o[4] for o in native) == 3
+    else:
+        assert {o[1] for o in native} == {"timeout"}
+
+
+def _free_address() -> HostPort:
+    with socket.socket() as s:  # a free port on a fresh IP with nothing listening
+        s.bind((fresh_ip(), 0))
+        return HostPort(*s.getsockname()[:2])
+
+
+def test_refused_agrees() -> None:
+    addr = _free_address()
+    offsets = [0.02 * i for i in range(5)]
+
+    async def go() -> tuple[list[Outcome], list[Outcome]]:
+        py = await python_schedule(addr, offsets, 2)
+        native, _, _ = await engine_schedule(addr, offsets, 2)
+        return outcomes(py), outcomes(native)
+
+    py, native = run(go())
+    assert native == py == [(0, "refused", "", i, True) for i in range(5)]
+
+
+def test_connect_timeout_agrees(full_listener: HostPort) -> None:
+    """The pool's one connection never comes up: the first request's connect times out (from the attempt),
+    the second waited for the pool and then opens a connection of its own, which times out too."""
+    async def go() -> tuple[list[Request], list[Request]]:
+        py = await python_schedule(full_listener, [0.0, 0.05], 1, connect_timeout_s=0.2)
+        native, _, _ = await engine_schedule(full_listener, [0.0, 0.05], 1, connect_timeout_s=0.2)
+        return py, native
+
+    py, native = run(go())
+    expected = [(0, "connect_timeout", "", 0, True), (0, "connect_timeout", "", 1, True)]
+    assert outcomes(native) == outcomes(py) == expected
+    first, second = sorted(native, key=lambda r: r.intended)
+    assert 0.19 <= first.done - first.sent < 0.4
+    assert 0.19 <= second.done - second.sent < 0.4 and second.sent >= first.done - 0.01
+
+
+# -- the engine's own edge cases ------------------------------------------------------------------------
+def test_never_early_and_every_request_ends_once() -> None:
+    """3000 requests in 0.3 s (10k/s, many closer than the poll threshold) over 4 connections."""
+    offsets = sorted((i * 0.0001 + (i % 7) * 1e-6) for i in range(3000))
+
+    async def go() -> list[Request]:
+        async with scripted(ok_always()) as addr:
+            return (await engine_schedule(addr, offsets, 4))[0]
+
+    reqs = run(go())
+    assert len(reqs) == 3000 and {r.error for r in reqs} == {E}
+    assert all(r.issued >= r.intended for r in reqs)  # never early
+    assert all(r.intended <= r.issued <= r.sent <= r.done for r in reqs)
+    assert sorted(r.conn_id for r in reqs if r.new_conn) == [0, 1, 2, 3]
+    assert {r.conn_id for r in reqs} == {0, 1, 2, 3}
+
+
+def test_each_request_times_out_from_its_own_intended_time() -> None:
+    """Intended times in the past are issued at once and still time out from their intended time."""
+    offsets = [-0.2, -0.1, 0.0, 0.05, 0.1]
+
+    async def go() -> list[Request]:
+        async with scripted(never_answers()) as addr:
+            return (await engine_schedule(addr, offsets, 5, timeout_s=0.3))[0]
+
+    reqs = run(go())
+    assert [r.error for r in reqs] == ["timeout"] * 5
+    assert all(0.299 <= r.done - r.intended < 0.45 for r in reqs), [r.done - r.intended for r in reqs]
+
+
+def _threads() -> int:
+    return len(os.listdir("/proc/self/task"))
+
+
+def test_stop_sending_mid_run_lets_the_issued_ones_finish() -> None:
+    offsets = [0.005 * i for i in range(200)]  # 1 s
+    before = _threads()
+
+    async def go() -> tuple[list[Request], int]:
+        async with scripted(ok_always()) as addr:
+            reqs, _, issued = await engine_schedule(addr, offsets, 2, stop_after_s=0.3)
+            return reqs, issued
+
+    reqs, issued = run(go())
+    assert 40 <= issued <= 100 and len(reqs) == issued
+    intended = [r.intended for r in reqs]
+    assert {r.error for r in reqs} == {E} and max(intended) - min(intended) < 0.5  # none after the stop
+    assert _threads() == before  # the engine's thread has ended
+
+
+def test_abort_drops_the_outstanding_ones_and_ends_the_thread() -> None:
+    before = _threads()
+
+    async def go() -> tuple[list[Request], int]:
+        async with scripted(never_answers()) as addr:
+            reqs, dropped, _ = await engine_schedule(addr, [0.0, 0.01, 0.02, 0.03, 0.04], 2, abort_after_s=0.2)
+            return reqs, dropped
+
+    reqs, dropped = run(go())
+    assert dropped == 5 and [r.error for r in reqs] == ["aborted"] * 5
+    assert all(r.done != r.done for r in reqs)  # never done: NaN
+    assert _threads() == before
+
+
+def test_close_while_running_ends_the_thread() -> None:
+    import numpy as np
+
+    from lbbench.load import _engine
+
+    addr = _free_address()
+    before = _threads()
+    eng = _engine.Engine(addr.host, addr.port, b"GET / HTTP/1.1\r\n\r\n", 1, 1.0, 10.0, 0, 1)
+    eng.start_open(np.arange(100, dtype=np.float64) + time.monotonic() + 60)  # due in a minute
+    assert eng.running and _threads() == before + 1
+    eng.close()
+    assert eng.closed and not eng.running and _threads() == before
+    eng.close()  # idempotent
+    with pytest.raises(ValueError, match="closed"):
+        eng.start_open(np.zeros(1))
