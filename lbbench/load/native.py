@@ -16,7 +16,10 @@ client when it is missing, for close mode and closed loops, or when LBBENCH_PURE
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import socket
+import threading
 from typing import Any
 
 import numpy as np
@@ -25,6 +28,7 @@ from lbbench.load import _engine
 from lbbench.load.recorder import Recorder
 
 DRAIN_EVERY_S = 0.02  # how often Python takes the finished records (and checks for the end)
+BOOKKEEPING_NICE = 10  # the worker's Python thread once the engine runs (a thread's own nice value)
 # one finished request, as _engine.c's rec_t lays it out (natural alignment)
 RECORD = np.dtype([
     ("intended", "f8"), ("issued", "f8"), ("sent", "f8"), ("done", "f8"),
@@ -58,6 +62,10 @@ class EngineDriver:
     # -- the Dispatcher's part -----------------------------------------------------------------
     def start(self) -> None:
         self.engine.start_open(self.times)
+        # The engine thread inherited this thread's nice value; from now on this thread only does
+        # bookkeeping, which may wait: on a busy machine it must not take the CPU from the sends.
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BOOKKEEPING_NICE)
         self._handle = self.loop.call_later(DRAIN_EVERY_S, self._tick)
 
     def stop(self) -> None:
