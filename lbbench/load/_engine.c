@@ -25,7 +25,13 @@
  * Open loop: a request never leaves before its intended time (the last microseconds are spun);
  * everything due at a wake-up goes out in one batch; sleeps are epoll_pwait2 timeouts (ns precision),
  * aimed ahead of the send by the tracked median wake-up latency (at most SPIN_BUDGET of the mean gap
- * between sends), and a send due within POLL_NS is waited for by polling epoll instead.
+ * between sends), and a send due within POLL_NS is waited for by polling epoll instead (on this
+ * 2-core VM a timer expiry costs ~20 us: sleeping to each send at 100k req/s took 0.93 of a core, and
+ * the engine's thread spent a third of its time in the sleep itself).
+ * Differences from HttpClient, deliberate: bytes after a complete response in the same read (a server
+ * answering twice) end that connection after the request completes (HttpClient's parser would read
+ * them as the next response of the same request); a request's lateness reaches the recorder with its
+ * record (at its end, or at abort), not when it is issued.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -54,10 +60,11 @@
 #define EVENTS 256            /* per epoll wait */
 #define HEAD_MAX (64 * 1024)  /* a longer response head is "other" (llhttp's default limit is 80k) */
 #define LINE_MAX_ 4096        /* a chunk-size or trailer line */
-#define POLL_NS 50000         /* a send due within this is waited for by polling, not sleeping (below) */
+#define POLL_NS 50000         /* a send due within this is polled for: a timer expiry costs ~20 us here */
 #define SPIN_BUDGET 0.05      /* aim ahead of a send by at most this fraction of the mean gap */
 #define AIM_STEP_S 1e-6       /* the median wake-up latency's tracking step */
 #define RATE_WINDOW 32        /* sends over which the mean gap is taken */
+#define USER_SPIN_MAX 2e-5    /* closed loop: spin at most this long for a user's send (worker.py's) */
 
 /* lbbench.load.recorder.ERROR_CODE; ABORTED: dropped by abort() (counted as issued, never done) */
 enum { E_OK, E_REFUSED, E_RESET, E_TIMEOUT, E_CONNECT_TIMEOUT, E_UNREACHABLE, E_TRUNCATED, E_5XX, E_4XX, E_OTHER };
@@ -123,6 +130,12 @@ typedef struct {
     int64_t conn_next, conn_step;
     double *times;
     size_t ntimes;
+    /* closed loop: users waiting for their next send, a min-heap on the time (user = tag) */
+    int closed_loop;
+    double end, think;
+    double *heap_at;
+    int32_t *heap_user;
+    size_t nheap;
     /* the thread */
     int ep, evfd;
     pthread_t thread;
@@ -319,6 +332,7 @@ static int32_t intern(Engine *e, interner_t *t, const unsigned char *s, size_t n
 /* ---- requests and connections (the engine thread) ------------------------------------------- */
 
 static void pump(Engine *e);
+static void user_done(Engine *e, const rec_t *r);
 static void release(Engine *e, conn_t *c);
 static void conn_send(Engine *e, conn_t *c, req_t *q);
 
@@ -425,6 +439,8 @@ static void finish(Engine *e, req_t *q, int error) {
     push_record(e, &q->r);
     q->next = e->free_reqs;
     e->free_reqs = q;
+    if (e->closed_loop && error != E_ABORTED)
+        user_done(e, &e->pend[e->npend - 1]);
 }
 
 static void idle_unlink(Engine *e, conn_t *c) {
@@ -628,6 +644,57 @@ static void issue(Engine *e, double intended, double now, int32_t tag) {
         wait_push(e, q);
         pump(e);
     }
+}
+
+/* ---- closed loop: users ----------------------------------------------------------------------- */
+
+static void heap_push(Engine *e, double at, int32_t user) {
+    size_t i = e->nheap++; /* never more than the users: the heap was sized for them */
+    while (i > 0) {
+        size_t parent = (i - 1) / 2;
+        if (e->heap_at[parent] <= at)
+            break;
+        e->heap_at[i] = e->heap_at[parent];
+        e->heap_user[i] = e->heap_user[parent];
+        i = parent;
+    }
+    e->heap_at[i] = at;
+    e->heap_user[i] = user;
+}
+
+static void heap_pop(Engine *e) {
+    double at = e->heap_at[--e->nheap];
+    int32_t user = e->heap_user[e->nheap];
+    size_t i = 0, n = e->nheap;
+    for (;;) {
+        size_t k = 2 * i + 1;
+        if (k >= n)
+            break;
+        if (k + 1 < n && e->heap_at[k + 1] < e->heap_at[k])
+            k++;
+        if (e->heap_at[k] >= at)
+            break;
+        e->heap_at[i] = e->heap_at[k];
+        e->heap_user[i] = e->heap_user[k];
+        i = k;
+    }
+    if (n > 0) {
+        e->heap_at[i] = at;
+        e->heap_user[i] = user;
+    }
+}
+
+/* A user's request ended (not aborted): it thinks, then sends again, before the end. With no think
+   time the next request is issued at once (its intended time, the answer's, has passed), so it takes
+   the connection that answer frees, as worker.Users does. */
+static void user_done(Engine *e, const rec_t *r) {
+    double at = r->done + e->think;
+    if (!e->sending || LOAD(e->stop_sending) || !(at < e->end))
+        return;
+    if (e->think <= 0.0)
+        issue(e, at, mono(), r->tag);
+    else
+        heap_push(e, at, r->tag);
 }
 
 static void response_complete(Engine *e, conn_t *c) {
@@ -1042,6 +1109,27 @@ static void free_dead(Engine *e) {
 }
 
 /* Issue every request due now (spinning to one due within aim_lead); the time after. */
+static double send_due_users(Engine *e, double now) {
+    if (now >= e->end) {
+        e->sending = 0;
+        return now;
+    }
+    while (e->nheap > 0) {
+        double t = e->heap_at[0];
+        if (t > now) {
+            if (t - now > e->aim_lead)
+                break;
+            while ((now = mono()) < t) /* never before the intended time */
+                ;
+        }
+        int32_t user = e->heap_user[0];
+        heap_pop(e);
+        issue(e, t, now, user);
+        now = mono();
+    }
+    return now;
+}
+
 static double send_due(Engine *e, double now) {
     if (!e->sending)
         return now;
@@ -1049,6 +1137,8 @@ static double send_due(Engine *e, double now) {
         e->sending = 0;
         return now;
     }
+    if (e->closed_loop)
+        return send_due_users(e, now);
     const double *times = e->times;
     size_t i = e->next, n = e->ntimes;
     while (i < n) {
@@ -1073,7 +1163,17 @@ static double send_due(Engine *e, double now) {
 static long long next_wait_ns(Engine *e, double now) {
     double until = INFINITY;
     e->timed_wait = 0;
-    if (e->sending) {
+    if (e->sending && e->closed_loop) {
+        until = e->end; /* sending ends then */
+        if (e->nheap > 0 && e->heap_at[0] < until) {
+            double t = e->heap_at[0];
+            if (t - now < POLL_NS * 1e-9)
+                return 0;
+            e->aim_lead = e->median_lead < USER_SPIN_MAX ? e->median_lead : USER_SPIN_MAX;
+            until = e->aimed_at = t - e->aim_lead;
+            e->timed_wait = 1;
+        }
+    } else if (e->sending) {
         size_t i = e->next, n = e->ntimes;
         double t = e->times[i];
         if (t - now < POLL_NS * 1e-9)
@@ -1193,6 +1293,10 @@ static void engine_free(Engine *e) {
     e->ep = e->evfd = -1;
     free(e->rbuf);
     free(e->times);
+    free(e->heap_at);
+    free(e->heap_user);
+    e->heap_at = NULL;
+    e->heap_user = NULL;
     free(e->request);
     free(e->pend);
     free(e->recs);
@@ -1287,6 +1391,8 @@ static int check_open(Engine *e) {
     return 0;
 }
 
+static PyObject *start_thread(Engine *e);
+
 static PyObject *Engine_start_open(Engine *e, PyObject *arg) {
     Py_buffer b;
     if (check_open(e) < 0)
@@ -1316,6 +1422,10 @@ static PyObject *Engine_start_open(Engine *e, PyObject *arg) {
             return NULL;
         }
     e->sending = e->ntimes > 0;
+    return start_thread(e);
+}
+
+static PyObject *start_thread(Engine *e) {
     e->pub_sending_done = !e->sending;
     /* The thread takes no signals: Python's handlers run in the main thread. */
     sigset_t all, old;
@@ -1329,6 +1439,39 @@ static PyObject *Engine_start_open(Engine *e, PyObject *arg) {
     }
     e->started = 1;
     Py_RETURN_NONE;
+}
+
+static PyObject *Engine_start_closed(Engine *e, PyObject *args) {
+    Py_buffer b;
+    double end, think;
+    if (check_open(e) < 0)
+        return NULL;
+    if (e->started || e->times != NULL || e->heap_at != NULL) {
+        PyErr_SetString(PyExc_ValueError, "the engine has been started");
+        return NULL;
+    }
+    if (!PyArg_ParseTuple(args, "y*dd:start_closed", &b, &end, &think))
+        return NULL;
+    size_t n = (size_t)b.len / sizeof(double);
+    if (b.len % sizeof(double) != 0 || n > INT32_MAX) {
+        PyBuffer_Release(&b);
+        PyErr_SetString(PyExc_ValueError, "starts: a buffer of float64");
+        return NULL;
+    }
+    e->heap_at = malloc((n ? n : 1) * sizeof *e->heap_at);
+    e->heap_user = malloc((n ? n : 1) * sizeof *e->heap_user);
+    if (e->heap_at == NULL || e->heap_user == NULL) {
+        PyBuffer_Release(&b);
+        return PyErr_NoMemory();
+    }
+    for (size_t i = 0; i < n; i++)
+        heap_push(e, ((double *)b.buf)[i], (int32_t)i);
+    PyBuffer_Release(&b);
+    e->closed_loop = 1;
+    e->end = end;
+    e->think = think;
+    e->sending = 1;
+    return start_thread(e);
 }
 
 static PyObject *wake(Engine *e) {
@@ -1435,6 +1578,9 @@ static PyMethodDef Engine_methods[] = {
     {"start_open", (PyCFunction)Engine_start_open, METH_O,
      "start_open(times): start the thread, issuing one request at each time (float64 buffer, sorted, "
      "CLOCK_MONOTONIC seconds)"},
+    {"start_closed", (PyCFunction)Engine_start_closed, METH_VARARGS,
+     "start_closed(starts, end, think_s): start the thread, user i first sending at starts[i] (float64 "
+     "buffer); each user sends, waits for the answer, thinks think_s and sends again, until end"},
     {"stop_sending", (PyCFunction)Engine_stop_sending, METH_NOARGS,
      "issue no more requests (those in flight go on)"},
     {"drain", (PyCFunction)Engine_drain, METH_NOARGS,

@@ -1,6 +1,7 @@
-"""The open-loop keep-alive worker on the native client engine (_engine.c): C sends and reads, Python records.
+"""The keep-alive worker on the native client engine (_engine.c): C sends and reads, Python records.
 
-The engine's thread issues the worker's whole schedule and runs every keep-alive connection
+The engine's thread issues the worker's whole schedule (open loop) or runs its users (closed loop:
+each sends, waits for the answer, thinks, sends again, as worker.Users) and every keep-alive connection
 without the GIL (the semantics of HttpClient in keepalive:K mode, see _engine.c); Python wakes up
 every DRAIN_EVERY_S, takes the finished requests as one packed buffer (RECORD, viewed by numpy
 without a copy per row) and hands them to Recorder.on_records, which bins and counts them in bulk.
@@ -8,9 +9,8 @@ without a copy per row) and hands them to Recorder.on_records, which bins and co
 finished; wait_idle, abort_all, close), so the worker's progress reports, stop grace, abort count,
 CPU accounting (the thread is in RUSAGE_SELF) and result message are the same for both clients.
 
-Which client runs: this one for open-loop keep-alive runs when the extension imports, the Python
-client when it is missing, for close mode and closed loops, or when LBBENCH_PURE_CLIENT=1
-(lbbench.system.compiled.native_client).
+Which client runs: this one for keep-alive runs when the extension imports, the Python client when
+it is missing, in close mode, or when LBBENCH_PURE_CLIENT=1 (lbbench.system.compiled.native_client).
 """
 
 from __future__ import annotations
@@ -45,12 +45,13 @@ def resolve(host: str, port: int) -> str:
 
 
 class EngineDriver:
-    """One worker's open loop on the engine: the Dispatcher's and the HttpClient's part in Worker._drive."""
+    """One worker's load on the engine: the Dispatcher's (or Users') and the HttpClient's part in Worker._drive."""
 
     def __init__(self, engine: _engine.Engine, times: np.ndarray[Any, np.dtype[np.float64]],
-                 recorder: Recorder) -> None:
+                 recorder: Recorder, users: tuple[float, float] | None = None) -> None:
         self.engine = engine
-        self.times = np.ascontiguousarray(times, dtype=np.float64)
+        self.times = np.ascontiguousarray(times, dtype=np.float64)  # sends, or the users' first sends
+        self.users = users  # closed loop: (end, think_s)
         self.recorder = recorder
         self.loop = asyncio.get_running_loop()
         self.finished: asyncio.Future[None] = self.loop.create_future()
@@ -61,7 +62,10 @@ class EngineDriver:
 
     # -- the Dispatcher's part -----------------------------------------------------------------
     def start(self) -> None:
-        self.engine.start_open(self.times)
+        if self.users is None:
+            self.engine.start_open(self.times)
+        else:
+            self.engine.start_closed(self.times, *self.users)
         # The engine thread inherited this thread's nice value; from now on this thread only does
         # bookkeeping, which may wait: on a busy machine it must not take the CPU from the sends.
         with contextlib.suppress(OSError):
@@ -132,9 +136,12 @@ class EngineDriver:
 
 def make_driver(spec_target: tuple[str, int], request: bytes, pool: int, connect_timeout_s: float,
                 timeout_s: float, conn_id_base: int, conn_id_step: int,
-                times: np.ndarray[Any, np.dtype[np.float64]], recorder: Recorder) -> EngineDriver:
+                times: np.ndarray[Any, np.dtype[np.float64]], recorder: Recorder,
+                users: tuple[float, float] | None = None) -> EngineDriver:
+    """The engine for one worker: `times` are its sends (open loop), or with `users` = (end, think_s)
+    its users' first sends (closed loop)."""
     host, port = spec_target
     engine = _engine.Engine(resolve(host, port), port, request, pool, connect_timeout_s, timeout_s, conn_id_base,
                             conn_id_step)
-    return EngineDriver(engine, times, recorder)
+    return EngineDriver(engine, times, recorder, users)
 

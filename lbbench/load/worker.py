@@ -273,7 +273,7 @@ class Worker:
         driver: Dispatcher | Users | EngineDriver
         client: HttpClient | EngineDriver
         if self._native():
-            driver = client = self._engine(share + start_at, recorder)
+            driver = client = self._engine(share + start_at, start_at, recorder)
             await self._run_with(timer, driver, client, recorder, start_at)
             return
         client = self._client()
@@ -286,16 +286,18 @@ class Worker:
         await self._run_with(timer, driver, client, recorder, start_at)
 
     def _native(self) -> bool:
-        """Open-loop keep-alive load runs on the C engine where it is built (and not turned off)."""
-        return not self.spec.closed_loop and self.spec.connections.kind == "keepalive" and native_client()
+        """Keep-alive load runs on the C engine where it is built (and not turned off)."""
+        return self.spec.connections.kind == "keepalive" and native_client()
 
-    def _engine(self, times: np.ndarray[Any, np.dtype[np.float64]], recorder: Recorder) -> EngineDriver:
+    def _engine(self, times: np.ndarray[Any, np.dtype[np.float64]], start_at: float,
+                recorder: Recorder) -> EngineDriver:
         from lbbench.load.native import make_driver
 
         spec = self.spec
+        users = (start_at + spec.duration_s, spec.think_time_s) if spec.closed_loop else None
         return make_driver((spec.target.host, spec.target.port), build_request(spec.path, spec.host, close=False),
                            self._pool(), spec.connect_timeout_s, spec.timeout_s, self.index, self.count, times,
-                           recorder)
+                           recorder, users)
 
     async def _run_with(self, timer: PreciseTimer, driver: Dispatcher | Users | EngineDriver,
                         client: HttpClient | EngineDriver, recorder: Recorder, start_at: float) -> None:

@@ -312,3 +312,39 @@ def test_close_while_running_ends_the_thread() -> None:
     eng.close()  # idempotent
     with pytest.raises(ValueError, match="closed"):
         eng.start_open(np.zeros(1))
+
+
+@pytest.mark.parametrize("think_s", [0.0, 0.01])
+def test_closed_loop_users_send_wait_think_and_send_again(think_s: float) -> None:
+    """5 users over 3 connections for 0.3 s: each user's next request is intended `think_s` after its
+    previous answer (never before it, never early), and none is intended after the end."""
+    import numpy as np
+
+    from lbbench.load import _engine
+    from lbbench.load.native import RECORD
+
+    async def go() -> tuple[np.ndarray, float, int]:
+        async with scripted(ok_always()) as addr:
+            eng = _engine.Engine(addr.host, addr.port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", 3, 1.0, 2.0, 0, 1)
+            t0 = time.monotonic() + 0.01
+            eng.start_closed(np.array([t0 + 0.001 * u for u in range(5)]), t0 + 0.3, think_s)
+            chunks, issued = [], 0
+            try:
+                for _ in range(400):
+                    await asyncio.sleep(0.01)
+                    data, issued, outstanding, sending_done, _, _ = eng.drain()
+                    chunks.append(data)
+                    if sending_done and outstanding == 0:
+                        break
+            finally:
+                eng.close()
+        return np.frombuffer(b"".join(chunks), dtype=RECORD), t0, issued
+
+    recs, t0, issued = run(go())
+    assert len(recs) == issued > 5 * 10 and set(recs["error"].tolist()) == {0}
+    assert set(recs["conn_id"].tolist()) == {0, 1, 2} and recs["intended"].max() < t0 + 0.3
+    assert (recs["issued"] >= recs["intended"]).all()
+    for user in range(5):
+        mine = np.sort(recs[recs["tag"] == user], order="intended")
+        assert len(mine) > 10
+        assert (mine["intended"][1:] >= mine["done"][:-1] + think_s - 1e-9).all()  # one at a time, then think
