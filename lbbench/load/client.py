@@ -8,6 +8,11 @@ them all busy waits in the client, first come first served (its latency still co
 the intended time). A broken or timed-out connection is dropped and a new one (new
 conn_id) is opened by the next request.
 
+In a load generator worker, keep-alive load runs on the native engine instead where it is built
+(lbbench/load/_engine.c, driven by lbbench.load.native; the same semantics, which
+tests/load/test_engine.py holds the two to); this client runs close mode, and everything when the
+engine is not built or LBBENCH_PURE_CLIENT=1.
+
 Every request ends exactly once, through `on_done(request)`, with `error` one of
 :data:`ERROR_KINDS` ("" when ok). `reset` covers a connection reset or closed by the peer
 before any response byte arrived (what curl calls "empty reply"); `unreachable` is an ICMP
@@ -19,8 +24,8 @@ time (the user waits from then on); the connect timeout counts from the connect 
 A read that holds exactly one whole plain HTTP/1.1 response (the common case) is taken in
 one call of `lbbench.load.head.scan` (C: 2.7k instructions against ~34k for httptools'
 callback per header field); anything else, and everything when the C module is not built,
-is parsed with httptools, and bodies are discarded as they
-arrive, so nothing accumulates and reading never needs to be paused; writes are one small
+is parsed with httptools (1xx interim responses skipped: the final response ends the request), and
+bodies are discarded as they arrive, so nothing accumulates and reading never needs to be paused; writes are one small
 request at a time per connection, so there is no write backlog to apply back-pressure to either.
 
 Per request the hot path allocates only its `Request` and what the scan returns (a tuple,

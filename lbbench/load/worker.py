@@ -9,6 +9,11 @@ Open loop: worker i sends requests i, i+W, i+2W, ... of the one seeded schedule,
 its intended time (timerfd-precise, or on the event loop's next turn when it is due within
 POLL_S of the last send) whatever happened to earlier ones. Closed loop: worker i
 runs users i, i+W, ...; each sends, waits for the answer, thinks, and sends again.
+
+Keep-alive load runs on the native client engine where it is built (lbbench.load.native:
+its thread sends and reads, this process drains its records into the Recorder every 20 ms),
+unless LBBENCH_PURE_CLIENT=1; close mode, and everything without the engine, runs on
+HttpClient with the Dispatcher or Users below. Either way the messages are the same.
 """
 
 from __future__ import annotations
