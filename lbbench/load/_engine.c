@@ -153,6 +153,7 @@ typedef struct {
     char *rbuf;
     double median_lead, aim_lead, aimed_at;
     int timed_wait;
+    double polling_s; /* spent spinning or polling for the next send with nothing else to do */
     interner_t str[2]; /* pods, pod IPs */
     rec_t *pend;       /* finished in this turn, published at its end */
     size_t npend, cappend;
@@ -163,7 +164,7 @@ typedef struct {
     rec_t *recs, *spare; /* Python copies one while the thread fills the other */
     size_t nrecs, caprecs, capspare;
     int64_t pub_issued, pub_outstanding;
-    double pub_first, pub_last;
+    double pub_first, pub_last, pub_polling;
     int pub_sending_done, failed_errno;
 } Engine;
 
@@ -172,6 +173,12 @@ typedef struct {
 static double mono(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static double thread_cpu(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
@@ -388,6 +395,7 @@ static void publish(Engine *e) {
     e->pub_outstanding = e->outstanding_n;
     e->pub_first = e->first_issue;
     e->pub_last = e->last_issue;
+    e->pub_polling = e->polling_s;
     e->pub_sending_done = !e->sending;
     pthread_mutex_unlock(&e->lock);
 }
@@ -1119,8 +1127,10 @@ static double send_due_users(Engine *e, double now) {
         if (t > now) {
             if (t - now > e->aim_lead)
                 break;
+            double spin0 = now;
             while ((now = mono()) < t) /* never before the intended time */
                 ;
+            e->polling_s += now - spin0;
         }
         int32_t user = e->heap_user[0];
         heap_pop(e);
@@ -1146,8 +1156,10 @@ static double send_due(Engine *e, double now) {
         if (t > now) {
             if (t - now > e->aim_lead)
                 break;
+            double spin0 = now;
             while ((now = mono()) < t) /* never before the intended time */
                 ;
+            e->polling_s += now - spin0;
         }
         issue(e, t, now, -1);
         now = mono();
@@ -1211,7 +1223,10 @@ static void *engine_main(void *arg) {
     /* epoll timeouts are hrtimers with the thread's timer slack (50 us by default): 1 ns, so a
        wake-up aimed at a send comes when asked (timerfd, the Python dispatcher's, has no slack) */
     prctl(PR_SET_TIMERSLACK, 1UL, 0, 0, 0);
+    int polled = 0; /* the last turn only polled: this one is likely to, its CPU time is taken */
     while (!LOAD(e->stopping)) {
+        double cpu0 = polled ? thread_cpu() : 0.0;
+        int64_t issued0 = e->issued_n;
         double now = send_due(e, mono());
         sweep(e, now);
         free_dead(e);
@@ -1225,6 +1240,10 @@ static void *engine_main(void *arg) {
             pthread_mutex_unlock(&e->lock);
             break;
         }
+        int idle = ns == 0 && n == 0 && e->issued_n == issued0; /* it only polled for the next send */
+        if (idle && polled)
+            e->polling_s += thread_cpu() - cpu0; /* CPU time: a preemption meanwhile is no polling */
+        polled = idle;
         if (e->timed_wait && n == 0) { /* track the median wake-up latency: a step toward it */
             double lead = e->median_lead + (mono() > e->aimed_at ? AIM_STEP_S : -AIM_STEP_S);
             e->median_lead = lead > 0.0 ? lead : 0.0;
@@ -1524,6 +1543,13 @@ static PyObject *Engine_drain(Engine *e, PyObject *Py_UNUSED(ignored)) {
     return Py_BuildValue("(NLLNdd)", recs, issued, outstanding, PyBool_FromLong(done), first, last);
 }
 
+static PyObject *Engine_polling_seconds(Engine *e, PyObject *Py_UNUSED(ignored)) {
+    pthread_mutex_lock(&e->lock);
+    double polling = e->pub_polling;
+    pthread_mutex_unlock(&e->lock);
+    return PyFloat_FromDouble(polling);
+}
+
 static PyObject *Engine_strings(Engine *e, PyObject *args) {
     int which;
     Py_ssize_t start;
@@ -1586,6 +1612,9 @@ static PyMethodDef Engine_methods[] = {
     {"drain", (PyCFunction)Engine_drain, METH_NOARGS,
      "(records finished since the last drain, packed; issued, outstanding, sending_done, first_issue, "
      "last_issue), as of the thread's last turn"},
+    {"polling_seconds", (PyCFunction)Engine_polling_seconds, METH_NOARGS,
+     "the thread's time spent spinning or polling for the next send with nothing else to do (CPU time "
+     "a cheap timer would have slept through)"},
     {"strings", (PyCFunction)Engine_strings, METH_VARARGS,
      "strings(which, start): the interned pods (0) or pod IPs (1) from code `start` on"},
     {"abort", (PyCFunction)Engine_abort, METH_NOARGS,
