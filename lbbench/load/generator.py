@@ -285,7 +285,8 @@ def merge_results(spec: LoadSpec, workers: int, results: list[Message | None], *
     cpu_frac = tuple(float(r["send_cpu_fraction"]) for r in got)
     complete = len(got) == workers and not stopped and not aborted
     summary = build_summary(spec, workers, got, hist, stopped, aborted, complete, warnings, cpu_s, cpu_frac)
-    summary = dataclasses.replace(summary, start_at_unix=start_at_unix, part=f"{spec.part_index}/{spec.part_count}")
+    summary = dataclasses.replace(summary, start_at_unix=start_at_unix, part=f"{spec.part_index}/{spec.part_count}",
+                                  worker_poll_cpu_s=tuple(float(r.get("poll_cpu_s", 0.0)) for r in got))
     return LoadResult(rows, hist["latency"], summary, complete, cpu_s, hist["lateness"])
 
 

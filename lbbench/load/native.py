@@ -106,9 +106,10 @@ class EngineDriver:
     def polling_s(self) -> float:
         """CPU seconds the engine's thread spent spinning or polling for the next send, idle otherwise.
 
-        The worker leaves them out of its CPU figures: they are waiting (a timer expiry costs ~20 us
-        on this VM, so a send due within 50 us is polled for), and counted in they would make every
-        run above ~20k req/s look like a saturated worker (send_cpu_fraction ~1.0)."""
+        The worker reports them (poll_cpu_s) and leaves them out of its busy fraction only: they are
+        waiting (a timer expiry costs ~20 us on this VM, so a send due within 50 us is polled for),
+        and counted in they would make every run above ~20k req/s look like a saturated worker
+        (send_cpu_fraction ~1.0). Its CPU seconds (cpu_s) keep them: the machine paid for them."""
         return self.engine.polling_seconds() if not self.engine.closed else self._polling_final
 
     # -- draining ------------------------------------------------------------------------------

@@ -64,7 +64,7 @@ class LoadSummary:
     lateness_s: Stats
     pool_wait_s: Stats | None
     worker_cpu_s: tuple[float, ...]
-    worker_cpu_fraction: tuple[float, ...]
+    worker_cpu_fraction: tuple[float, ...]  # busy: the native engine's polling for its next send left out
     lateness_threshold_s: float
     generator_saturated: bool
     saturation_reason: str | None
@@ -73,12 +73,14 @@ class LoadSummary:
     warnings: tuple[str, ...] = ()
     start_at_unix: float | None = None  # t=0 on the wall clock (labels and cross-machine checks only)
     part: str = "0/1"  # which part of the schedule this process sent (see LoadSpec.part_index)
+    worker_poll_cpu_s: tuple[float, ...] = ()  # of worker_cpu_s: the native engine polling for its next send
     schema: str = SCHEMA
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["worker_cpu_s"] = list(self.worker_cpu_s)
         d["worker_cpu_fraction"] = [_num(x) for x in self.worker_cpu_fraction]
+        d["worker_poll_cpu_s"] = list(self.worker_poll_cpu_s)
         d["warnings"] = list(self.warnings)
         return d
 
@@ -142,7 +144,10 @@ def _text_lines(s: LoadSummary) -> list[str]:
                      f"max {_ms(pw['max'])}")
     cpu = "  ".join(f"w{i} {'-' if math.isnan(frac) else f'{frac:.0%}'} ({sec:.2f} s)"
                     for i, (frac, sec) in enumerate(zip(s.worker_cpu_fraction, s.worker_cpu_s, strict=True)))
-    lines.append(f"generator CPU while sending: {cpu}")
+    lines.append(f"generator CPU while sending (busy): {cpu}")
+    if any(s.worker_poll_cpu_s):
+        polls = "  ".join(f"w{i} {sec:.2f} s" for i, sec in enumerate(s.worker_poll_cpu_s))
+        lines.append(f"  of which polling for the next send (native client; in the CPU s, not busy): {polls}")
     if s.stopped:
         lines.append("STOPPED early on request: the run is incomplete")
     for w in s.warnings:

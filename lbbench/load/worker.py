@@ -344,11 +344,14 @@ class Worker:
         cpu2, t2 = self._cpu(), time.monotonic()
         self.out.finish(self._result(recorder, start_at, stopped, aborted, (cpu0, cpu1, cpu2), (t0, t1, t2)))
 
-    def _cpu(self) -> float:
-        """This process's CPU seconds, less the native engine's polling for its next send (see
-        EngineDriver.polling_s: waiting, not work, and it would read as a saturated worker)."""
+    def _cpu(self) -> tuple[float, float]:
+        """This process's CPU seconds as the OS counts them (all threads), and the part of them the
+        native engine spent polling for its next send (see EngineDriver.polling_s). Both are
+        reported; only the rest, the work, says whether the worker was saturated: the polling is
+        waiting (busy, because a timer expiry costs ~20 us here), but it is still CPU taken from
+        whatever else runs on the machine, so the totals keep it."""
         client = self._client_ref
-        return cpu_seconds() - (0.0 if client is None or isinstance(client, HttpClient) else client.polling_s())
+        return cpu_seconds(), 0.0 if client is None or isinstance(client, HttpClient) else client.polling_s()
 
     async def _until_stop(self, fut: asyncio.Future[Any]) -> bool:
         """Wait for `fut`; True if a stop request came first."""
@@ -361,14 +364,17 @@ class Worker:
 
     def _report(self, recorder: Recorder) -> None:
         latency, lateness = recorder.take_interval()
-        msg = {"type": "progress", "worker": self.index, "t": time.monotonic(), "cpu_s": self._cpu(),
+        msg = {"type": "progress", "worker": self.index, "t": time.monotonic(), "cpu_s": self._cpu()[0],
                **recorder.counters(), "latency": latency.to_dict(), "lateness": lateness.to_dict()}
         self.out.send(msg, droppable=True)
         self._report_handle = self.loop.call_later(PROGRESS_EVERY_S, self._report, recorder)
 
     def _result(self, rec: Recorder, start_at: float, stopped: bool, aborted: int,
-                cpu: tuple[float, float, float], wall: tuple[float, float, float]) -> Message:
+                cpu_poll: tuple[tuple[float, float], ...], wall: tuple[float, float, float]) -> Message:
         send_wall = wall[1] - wall[0]
+        cpu = [c for c, _ in cpu_poll]
+        poll = [p for _, p in cpu_poll]
+        send_busy = (cpu[1] - cpu[0]) - (poll[1] - poll[0])
         return {
             "type": "result", "worker": self.index, "stopped": stopped, "aborted": aborted,
             **rec.counters(), "statuses": dict(rec.statuses),
@@ -376,10 +382,10 @@ class Worker:
             "pool_wait": rec.pool_wait.to_dict(),
             "first_issue_s": rec.first_issue - start_at, "last_issue_s": rec.last_issue - start_at,
             "send_end_s": wall[1] - start_at,
-            "cpu_s": cpu[2] - cpu[0], "send_cpu_s": cpu[1] - cpu[0],
-            # over less than a second of sending (a Ctrl-C soon after the start) the fraction is the
-            # rusage clock's granularity and the stop's own work, not a load: not judged
-            "send_cpu_fraction": (cpu[1] - cpu[0]) / send_wall if send_wall >= MIN_CPU_WINDOW_S else math.nan,
+            "cpu_s": cpu[2] - cpu[0], "send_cpu_s": cpu[1] - cpu[0], "poll_cpu_s": poll[2] - poll[0],
+            # the busy fraction (polling left out); over less than a second of sending (a Ctrl-C soon
+            # after the start) it is the rusage clock's granularity and the stop's own work: not judged
+            "send_cpu_fraction": send_busy / send_wall if send_wall >= MIN_CPU_WINDOW_S else math.nan,
             "columns": rec.columns() if rec.record_rows else None,
         }
 

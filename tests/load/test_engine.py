@@ -352,7 +352,7 @@ def test_closed_loop_users_send_wait_think_and_send_again(think_s: float) -> Non
 
 def test_polling_for_the_next_send_is_counted_apart() -> None:
     """At 20k req/s most gaps are under the 50 us poll threshold: the engine reports the CPU time it
-    spent only polling (the worker leaves it out of its CPU figures), and never more than it used."""
+    spent only polling (the worker reports it and leaves it out of its busy fraction), never more than it used."""
     import resource
 
     import numpy as np

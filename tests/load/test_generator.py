@@ -196,6 +196,21 @@ def test_sends_close_together_wait_on_the_loop_never_early(pod: HostPort) -> Non
     assert res.lateness.min >= 0.0 and res.summary.lateness_s["p50"] < 0.002
 
 
+def test_polling_is_reported_and_counted_in_the_cpu_not_as_busy(pod: HostPort, load_client: str) -> None:
+    """The native engine polls for sends due within 50 us: CPU the machine paid for (in worker_cpu_s,
+    reported apart as worker_poll_cpu_s), but waiting, so not part of the busy fraction."""
+    spec = LoadSpec(pod, rate_rps=8000, duration_s=1.5, seed=3, connections=ConnectionMode("keepalive", 16))
+    s = run_load(spec).summary
+    assert s.ok == s.scheduled and len(s.worker_poll_cpu_s) == len(s.worker_cpu_s) == 1
+    poll, cpu, busy = s.worker_poll_cpu_s[0], s.worker_cpu_s[0], s.worker_cpu_fraction[0]
+    if load_client == "python":
+        assert poll == 0.0 and "polling" not in s.format_text()
+    else:
+        assert 0.0 < poll < cpu and "polling for the next send" in s.format_text()
+        assert busy <= (cpu - poll) / 1.5 + 0.05  # the busy fraction leaves the polling out
+    assert s.to_dict()["worker_poll_cpu_s"] == [poll]
+
+
 def test_refused_target_is_all_errors_not_latency() -> None:
     with __import__("socket").socket() as s:
         s.bind((fresh_ip(), 0))
