@@ -94,7 +94,7 @@ def response_scan_label() -> str:
 
 
 def native_client() -> bool:
-    """Whether open-loop keep-alive load runs on the C engine here: built, importable, and not turned off."""
+    """Whether keep-alive load (open or closed loop) runs on the C engine here: built, importable, not turned off."""
     if os.environ.get(PURE_CLIENT_ENV, "") not in ("", "0"):
         return False
     try:
@@ -105,12 +105,13 @@ def native_client() -> bool:
 
 
 def load_client_label() -> str:
-    """'native load client' or 'Python load client': what runs open-loop keep-alive load, for reports."""
-    return "native load client" if native_client() else "Python load client"
+    """'native keep-alive client' or 'Python keep-alive client', for reports: what runs keep-alive load
+    (close mode always runs on the Python client)."""
+    return "native keep-alive client" if native_client() else "Python keep-alive client"
 
 
 def hot_paths_label() -> str:
     """Which build of each hot path runs here, for a run's metadata.
 
-    E.g. 'pure Python, native relay, C response scan, native load client'."""
+    E.g. 'pure Python, native relay, C response scan, native keep-alive client'."""
     return f"{build_label()}, {relay_label()}, {response_scan_label()}, {load_client_label()}"

@@ -49,7 +49,7 @@ def load_client(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch)
     if mode == "native":
         monkeypatch.delenv(PURE_CLIENT_ENV, raising=False)
         if not native_client():
-            pytest.skip("the native load client is not built here (python setup.py build_ext --inplace)")
+            pytest.skip("the native keep-alive client is not built here (python setup.py build_ext --inplace)")
     else:
         monkeypatch.setenv(PURE_CLIENT_ENV, "1")
     assert native_client() is (mode == "native")

@@ -21,7 +21,7 @@ from lbbench.load.client import Request
 from lbbench.model.addresses import HostPort
 from lbbench.system.compiled import native_client
 
-pytestmark = pytest.mark.skipif(not native_client(), reason="the native load client is not built here")
+pytestmark = pytest.mark.skipif(not native_client(), reason="the native keep-alive client is not built here")
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nx-pod: scripted\r\n\r\nok\n"
 
