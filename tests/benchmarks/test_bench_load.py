@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+import socket
 import time
 
 import numpy as np
+import pytest
 import uvloop
 from pytest_benchmark.fixture import BenchmarkFixture
 
@@ -132,3 +135,96 @@ def test_keepalive_request_cycle(benchmark: BenchmarkFixture) -> None:
 
     ok, buckets = uvloop.run(go())
     assert ok >= 1 and buckets >= 1
+
+
+# -- the native keep-alive client (_engine.c) ----------------------------------------------------
+REQUEST = build_request("/", "127.0.0.1", close=False)
+
+
+class _PodEnd:
+    """The pod's end of one keep-alive connection, a blocking socket of this thread: per exchange it
+    reads one whole request and answers nginx's response."""
+
+    pod: socket.socket
+
+    def exchange(self) -> None:
+        got = 0
+        while got < len(REQUEST):
+            got += len(self.pod.recv(len(REQUEST) - got))
+        self.pod.sendall(NGINX_RESPONSE)
+
+
+class PodFloor(_PodEnd):
+    """The floor: the same calls, with the requests already waiting (written STOCK at a time by a
+    client socket that never parses the answers, only drains them as it refills)."""
+
+    STOCK = 256
+
+    def __init__(self) -> None:
+        listener = socket.create_server(("127.0.0.1", 0))
+        self.client = socket.create_connection(listener.getsockname()[:2])
+        self.pod, _ = listener.accept()
+        listener.close()
+        self.client.setblocking(False)
+        self.left = 0
+
+    def exchange(self) -> None:
+        if not self.left:  # once per STOCK exchanges: a few instructions a call
+            with contextlib.suppress(BlockingIOError):
+                while self.client.recv(1 << 20):
+                    pass
+            self.client.setblocking(True)
+            self.client.sendall(REQUEST * self.STOCK)
+            self.client.setblocking(False)
+            self.left = self.STOCK
+        self.left -= 1
+        super().exchange()
+
+    def close(self) -> None:
+        self.client.close()
+        self.pod.close()
+
+
+class NativeClientPair(_PodEnd):
+    """One user of the native engine in a closed loop, no think time, over one keep-alive connection
+    to this thread's pod end: each answer makes the engine record it and send the next request."""
+
+    def __init__(self) -> None:
+        from lbbench.load._engine import Engine
+
+        listener = socket.create_server(("127.0.0.1", 0))
+        host, port = listener.getsockname()[:2]
+        self.engine = Engine(host, port, REQUEST, 1, 60.0, 3600.0, 0, 1)
+        now = time.monotonic()
+        self.engine.start_closed(np.array([now]), now + 3600.0, 0.0)
+        self.pod, _ = listener.accept()
+        listener.close()
+
+    def close(self) -> None:
+        self.pod.close()
+        self.engine.close()
+
+
+def test_pod_end_floor(benchmark: BenchmarkFixture) -> None:
+    """This thread's side of the exchange alone: what the native client's count is net of."""
+    pair = PodFloor()
+    try:
+        benchmark(pair.exchange)
+    finally:
+        pair.close()
+
+
+def test_native_client_exchange(benchmark: BenchmarkFixture) -> None:
+    """One keep-alive request through the native engine, over real loopback sockets: the engine's C in
+    its own thread (read and scan the answer, record it, issue and send the next request: one recv, one
+    send) plus this thread's pod end, which the instruction check subtracts (the floor above)."""
+    pytest.importorskip("lbbench.load._engine", reason="the native keep-alive client is not built")
+    pair = NativeClientPair()
+    try:
+        benchmark(pair.exchange)
+        pair.pod.settimeout(30.0)
+        assert len(pair.pod.recv(len(REQUEST))) > 0  # the last answer was read: the next request came
+        data, issued, _, _, _, _ = pair.engine.drain()
+        assert issued >= 2 and len(data) >= 1  # and recorded
+    finally:
+        pair.close()
