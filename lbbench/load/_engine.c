@@ -1554,7 +1554,7 @@ static PyObject *Engine_drain(Engine *e, PyObject *Py_UNUSED(ignored)) {
     pthread_mutex_unlock(&e->lock);
     if (recs == NULL)
         return NULL;
-    if (failed) {
+    if (failed && n == 0) { /* the records finished before the failure are handed over first */
         Py_DECREF(recs);
         errno = failed;
         return PyErr_SetFromErrno(PyExc_OSError);
@@ -1630,7 +1630,8 @@ static PyMethodDef Engine_methods[] = {
      "issue no more requests (those in flight go on)"},
     {"drain", (PyCFunction)Engine_drain, METH_NOARGS,
      "(records finished since the last drain, packed; issued, outstanding, sending_done, first_issue, "
-     "last_issue), as of the thread's last turn"},
+     "last_issue), as of the thread's last turn; OSError once the thread has stopped on an error and "
+     "every record it made has been handed over"},
     {"polling_seconds", (PyCFunction)Engine_polling_seconds, METH_NOARGS,
      "the thread's time spent spinning or polling for the next send with nothing else to do (CPU time "
      "a cheap timer would have slept through)"},

@@ -274,6 +274,8 @@ def merge_results(spec: LoadSpec, workers: int, results: list[Message | None], *
     for i, r in enumerate(results):
         if r is None:
             warnings.append(f"load worker {i} died or hung without returning its results (requests missing)")
+        elif r.get("failure"):
+            warnings.append(f"load worker {i} stopped sending early: {r['failure']}")
     hist = {name: LogHistogram.merged(LogHistogram.from_dict(r[name]) for r in got)
             for name in ("latency", "lateness", "pool_wait")}
     rows = merge_rows(got) if spec.record_rows else empty_rows()

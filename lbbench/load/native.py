@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import os
 import socket
+import sys
 import threading
 from typing import Any
 
@@ -60,6 +61,7 @@ class EngineDriver:
         self._handle: asyncio.TimerHandle | None = None
         self.outstanding = 0
         self._polling_final = 0.0
+        self.failure: str | None = None  # the engine's thread stopped on an error (epoll failing)
 
     # -- the Dispatcher's part -----------------------------------------------------------------
     def start(self) -> None:
@@ -89,7 +91,8 @@ class EngineDriver:
     def abort_all(self) -> int:
         """Stop the engine; outstanding requests are dropped unreported (their lateness counts)."""
         dropped = int(self.engine.abort())
-        self.drain()
+        with contextlib.suppress(OSError):  # a failed engine: its records were taken before it said so
+            self.drain()
         self.outstanding = 0
         self._wake_idle()
         return dropped
@@ -132,7 +135,19 @@ class EngineDriver:
         self._handle = self.loop.call_later(DRAIN_EVERY_S, self._tick)
 
     def _check(self) -> None:
-        sending_done, outstanding = self.drain()
+        if self.failure is not None:
+            self._wake_idle()
+            return
+        try:
+            sending_done, outstanding = self.drain()
+        except OSError as exc:
+            # What it recorded is kept (drain hands every record over before the error); the requests
+            # still in flight are the abort count, so the run is marked incomplete, with a warning.
+            self.failure = f"the native keep-alive client's thread stopped: {exc}"
+            print(f"lbbench load worker: {self.failure}", file=sys.stderr)
+            self.stop()
+            self._wake_idle()
+            return
         if sending_done and not self.finished.done():
             self.finished.set_result(None)
         if outstanding == 0 and (sending_done or self.finished.done()):

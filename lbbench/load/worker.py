@@ -329,6 +329,8 @@ class Worker:
         else:
             sending = driver.finished
         stopped = await self._until_stop(sending)
+        failure = getattr(client, "failure", None)  # the native engine's thread stopped on an error
+        stopped = stopped or failure is not None  # the schedule was cut short: the run is incomplete
         driver.stop()
         cpu1, t1 = self._cpu(), time.monotonic()
         drained = self.loop.create_task(client.wait_idle())
@@ -342,7 +344,8 @@ class Worker:
         with contextlib.suppress(asyncio.CancelledError):
             await drained
         cpu2, t2 = self._cpu(), time.monotonic()
-        self.out.finish(self._result(recorder, start_at, stopped, aborted, (cpu0, cpu1, cpu2), (t0, t1, t2)))
+        result = self._result(recorder, start_at, stopped, aborted, (cpu0, cpu1, cpu2), (t0, t1, t2))
+        self.out.finish({**result, "failure": getattr(client, "failure", None)})
 
     def _cpu(self) -> tuple[float, float]:
         """This process's CPU seconds as the OS counts them (all threads), and the part of them the

@@ -382,3 +382,47 @@ def test_polling_for_the_next_send_is_counted_apart() -> None:
 
     polling, cpu = run(go())
     assert 0.02 < polling < cpu, (polling, cpu)
+
+
+def _epoll_fds() -> set[int]:
+    fds = set()
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{name}") == "anon_inode:[eventpoll]":
+                fds.add(int(name))
+        except OSError:
+            pass  # the listing's own fd, gone already
+    return fds
+
+
+def test_an_engine_that_fails_keeps_what_it_recorded_and_cuts_the_run_short() -> None:
+    """The engine's epoll fd closed under it (its wait then fails with EBADF): the requests it finished
+    reach the recorder, the driver reports the failure and stops, waiting for it ends, and the requests
+    in flight are counted as aborted (the worker then marks the run stopped, with a warning)."""
+    import numpy as np
+
+    from lbbench.load.native import make_driver
+    from lbbench.load.recorder import Recorder
+
+    async def go() -> tuple[str | None, int, int, int]:
+        async with scripted(ok_always()) as addr:
+            before = _epoll_fds()
+            t0 = time.monotonic() + 0.05
+            times = t0 + np.arange(2000) * 1e-3  # 2 s at 1k req/s
+            rec = Recorder(t0, record_rows=True)
+            driver = make_driver((addr.host, addr.port), b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", 4, 1.0, 10.0, 0, 1,
+                                 times, rec)
+            [engine_ep] = _epoll_fds() - before
+            driver.start()
+            await asyncio.sleep(0.4)
+            os.close(engine_ep)
+            await asyncio.wait_for(driver.finished, 5.0)
+            await asyncio.wait_for(driver.wait_idle(), 5.0)
+            aborted = driver.abort_all()
+            driver.close()
+            return driver.failure, rec.done, rec.issued, aborted
+
+    failure, done, issued, aborted = run(go())
+    assert failure is not None and "Bad file descriptor" in failure
+    assert 200 <= done < 2000 and issued < 2000  # kept what it had, and stopped sending
+    assert done + aborted == issued  # every request it issued: recorded, or counted as aborted
