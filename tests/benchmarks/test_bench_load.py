@@ -224,7 +224,12 @@ def test_native_client_exchange(benchmark: BenchmarkFixture) -> None:
         benchmark(pair.exchange)
         pair.pod.settimeout(30.0)
         assert len(pair.pod.recv(len(REQUEST))) > 0  # the last answer was read: the next request came
-        data, issued, _, _, _, _ = pair.engine.drain()
-        assert issued >= 2 and len(data) >= 1  # and recorded
+        # and recorded: the engine publishes its counters at the end of its turn, a moment after the send
+        deadline, data, issued = time.monotonic() + 10.0, b"", 0
+        while issued < 2 and time.monotonic() < deadline:
+            time.sleep(0.005)
+            chunk, issued, _, _, _, _ = pair.engine.drain()
+            data += chunk
+        assert issued >= 2 and len(data) >= 1
     finally:
         pair.close()
