@@ -402,6 +402,22 @@ static void publish(Engine *e) {
     pthread_mutex_unlock(&e->lock);
 }
 
+/* Intrusive doubly linked lists, each through its own pair of fields (a request sits on the outstanding
+   list and perhaps the waiting one; a connection on the idle one). */
+#define DL_PUSH(head, tail, n, prev, next)                                                                   \
+    do {                                                                                                     \
+        (n)->next = NULL;                                                                                    \
+        (n)->prev = (tail);                                                                                  \
+        if (tail) (tail)->next = (n); else (head) = (n);                                                     \
+        (tail) = (n);                                                                                        \
+    } while (0)
+#define DL_UNLINK(head, tail, n, prev, next)                                                                 \
+    do {                                                                                                     \
+        if ((n)->prev) (n)->prev->next = (n)->next; else (head) = (n)->next;                                 \
+        if ((n)->next) (n)->next->prev = (n)->prev; else (tail) = (n)->prev;                                 \
+        (n)->prev = (n)->next = NULL;                                                                        \
+    } while (0)
+
 static req_t *req_new(Engine *e) {
     req_t *q = e->free_reqs;
     if (q != NULL)
@@ -416,17 +432,12 @@ static void wait_unlink(Engine *e, req_t *q) {
     if (!q->waiting)
         return;
     q->waiting = 0;
-    if (q->wprev) q->wprev->wnext = q->wnext; else e->w_head = q->wnext;
-    if (q->wnext) q->wnext->wprev = q->wprev; else e->w_tail = q->wprev;
-    q->wprev = q->wnext = NULL;
+    DL_UNLINK(e->w_head, e->w_tail, q, wprev, wnext);
 }
 
 static void wait_push(Engine *e, req_t *q) {
     q->waiting = 1;
-    q->wnext = NULL;
-    q->wprev = e->w_tail;
-    if (e->w_tail) e->w_tail->wnext = q; else e->w_head = q;
-    e->w_tail = q;
+    DL_PUSH(e->w_head, e->w_tail, q, wprev, wnext);
 }
 
 static req_t *wait_pop(Engine *e) {
@@ -443,8 +454,7 @@ static void finish(Engine *e, req_t *q, int error) {
     if (q->conn != NULL && q->conn->req == q)
         q->conn->req = NULL;
     wait_unlink(e, q);
-    if (q->prev) q->prev->next = q->next; else e->out_head = q->next;
-    if (q->next) q->next->prev = q->prev; else e->out_tail = q->prev;
+    DL_UNLINK(e->out_head, e->out_tail, q, prev, next);
     e->outstanding_n--;
     push_record(e, &q->r);
     q->next = e->free_reqs;
@@ -457,17 +467,12 @@ static void idle_unlink(Engine *e, conn_t *c) {
     if (!c->idle)
         return;
     c->idle = 0;
-    if (c->iprev) c->iprev->inext = c->inext; else e->i_head = c->inext;
-    if (c->inext) c->inext->iprev = c->iprev; else e->i_tail = c->iprev;
-    c->iprev = c->inext = NULL;
+    DL_UNLINK(e->i_head, e->i_tail, c, iprev, inext);
 }
 
 static void idle_push(Engine *e, conn_t *c) {
     c->idle = 1;
-    c->inext = NULL;
-    c->iprev = e->i_tail;
-    if (e->i_tail) e->i_tail->inext = c; else e->i_head = c;
-    e->i_tail = c;
+    DL_PUSH(e->i_head, e->i_tail, c, iprev, inext);
 }
 
 /* Close a connection for good (its request, if any, is settled or is the caller's to settle). */
@@ -638,9 +643,7 @@ static void issue(Engine *e, double intended, double now, int32_t tag) {
         r->num[i] = NAN;
     r->conn_id = -1;
     r->tag = tag;
-    q->prev = e->out_tail;
-    if (e->out_tail) e->out_tail->next = q; else e->out_head = q;
-    e->out_tail = q;
+    DL_PUSH(e->out_head, e->out_tail, q, prev, next);
     e->outstanding_n++;
     if (e->issued_n++ == 0)
         e->first_issue = now;

@@ -42,6 +42,22 @@ async def fetch(target: HostPort, path: str = "/", mode: str = "close", n: int =
 
 # -- scripted servers -------------------------------------------------------------------------
 Handler = Callable[[int, int, asyncio.Transport], None]  # (connection no, request no on it, transport)
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nx-pod: scripted\r\n\r\nok\n"
+
+
+def two_then_close_and_drop_fifth() -> Handler:
+    """Closes every connection after its second answer, and the 5th request's without answering it."""
+    seen: list[int] = []
+
+    def h(conn: int, n: int, tr: asyncio.Transport) -> None:
+        seen.append(conn)
+        if len(seen) == 5:
+            tr.close()
+            return
+        tr.write(OK)
+        if n == 1:
+            tr.close()
+    return h
 
 
 class _Scripted(asyncio.Protocol):

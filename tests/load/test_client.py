@@ -7,15 +7,13 @@ import socket
 import time
 
 import pytest
-from helpers.client_peers import fetch, run, scripted
+from helpers.client_peers import fetch, run, scripted, two_then_close_and_drop_fifth
 
 from lbbench.cluster.standalone import fresh_ip, start_pod
 from lbbench.load.client import HttpClient, Request, build_request
 from lbbench.model.addresses import HostPort
 from lbbench.model.load import ConnectionMode
 from lbbench.system.procs import Supervisor
-
-OK = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nx-pod: scripted\r\n\r\nok\n"
 
 
 @pytest.fixture
@@ -156,19 +154,8 @@ def test_body_delimited_by_connection_end_is_complete() -> None:
 
 def test_broken_keepalive_connections_are_replaced() -> None:
     """Server closes every connection after two answers, and drops the 5th request without one."""
-    seen = []
-
-    def two_per_conn(conn: int, n: int, tr: asyncio.Transport) -> None:
-        seen.append(conn)
-        if len(seen) == 5:
-            tr.close()
-            return
-        tr.write(OK)
-        if n == 1:
-            tr.close()
-
     async def go() -> list[Request]:
-        async with scripted(two_per_conn) as addr:
+        async with scripted(two_then_close_and_drop_fifth()) as addr:
             return await fetch(addr, mode="keepalive:1", n=7, pause_s=0.05)
 
     reqs = run(go())

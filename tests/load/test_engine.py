@@ -14,7 +14,17 @@ import time
 from collections.abc import Callable
 
 import pytest
-from helpers.client_peers import Handler, Outcome, engine_schedule, outcomes, python_schedule, run, scripted
+from helpers.client_peers import (
+    OK,
+    Handler,
+    Outcome,
+    engine_schedule,
+    outcomes,
+    python_schedule,
+    run,
+    scripted,
+    two_then_close_and_drop_fifth,
+)
 
 from lbbench.cluster.standalone import fresh_ip
 from lbbench.load.client import Request
@@ -22,9 +32,6 @@ from lbbench.model.addresses import HostPort
 from lbbench.system.compiled import native_client
 
 pytestmark = pytest.mark.skipif(not native_client(), reason="the native keep-alive client is not built here")
-
-OK = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nx-pod: scripted\r\n\r\nok\n"
-
 
 def later(tr: asyncio.Transport, delay_s: float, data: bytes, close: bool = False) -> None:
     """Write `data` (and perhaps close) `delay_s` from now: a response split over reads."""
@@ -40,20 +47,6 @@ def later(tr: asyncio.Transport, delay_s: float, data: bytes, close: bool = Fals
 # -- scenarios: a fresh handler per client, the schedule, the pool, and what must come out ---------------
 def ok_always() -> Handler:
     return lambda conn, n, tr: tr.write(OK)
-
-
-def two_then_close_and_drop_fifth() -> Handler:
-    seen: list[int] = []
-
-    def h(conn: int, n: int, tr: asyncio.Transport) -> None:
-        seen.append(conn)
-        if len(seen) == 5:
-            tr.close()
-            return
-        tr.write(OK)
-        if n == 1:
-            tr.close()
-    return h
 
 
 def truncated() -> Handler:
