@@ -28,6 +28,11 @@
  * between sends), and a send due within POLL_NS is waited for by polling epoll instead (on this
  * 2-core VM a timer expiry costs ~20 us: sleeping to each send at 100k req/s took 0.93 of a core, and
  * the engine's thread spent a third of its time in the sleep itself).
+ * Whose wait: every connection asks the kernel to stamp what it receives (SO_TIMESTAMPNS), so a request
+ * that waited for a busy connection carries `freed`, when the answer that freed that connection had
+ * reached the socket. The wait after it is the client's own (it had not read the answer yet); the
+ * wait before it is the target's (it had not answered). NaN where unknown (no stamp, a new
+ * connection), and the whole wait then counts as the client's.
  * Differences from HttpClient, deliberate: bytes after a complete response in the same read (a server
  * answering twice) end that connection after the request completes (HttpClient's parser would read
  * them as the next response of the same request); a request's lateness reaches the recorder with its
@@ -74,6 +79,7 @@ enum { E_OK, E_REFUSED, E_RESET, E_TIMEOUT, E_CONNECT_TIMEOUT, E_UNREACHABLE, E_
 /* one finished request, as Python reads it (lbbench.load.native.RECORD: the same layout) */
 typedef struct {
     double intended, issued, sent, done;
+    double freed; /* the answer that freed this request's connection reached the socket (NaN: unknown) */
     double num[HF_NUMS]; /* queue_ms, service_ms, proxy_queue_ms, proxy_upstream_ms; NaN: absent */
     int64_t conn_id;
     int32_t pod, pod_ip, tag; /* pod, pod_ip: interned codes, 0 = "" */
@@ -105,6 +111,7 @@ typedef struct conn {
     size_t len, cap;
     size_t wsent; /* of the request, when a send took only part of it */
     double connect_deadline;
+    double arrived; /* the kernel's receive stamp of the last bytes read, on CLOCK_MONOTONIC (NaN: none) */
     req_t *req;
     struct conn *prev, *next;   /* every open or connecting connection */
     struct conn *iprev, *inext; /* idle, least recently used first */
@@ -176,6 +183,15 @@ static double mono(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* A kernel receive stamp (CLOCK_REALTIME) on CLOCK_MONOTONIC: both clocks read now, so an NTP step
+   between runs does not matter. */
+static double stamp_to_mono(const struct timespec *stamp) {
+    struct timespec real;
+    clock_gettime(CLOCK_REALTIME, &real);
+    double ago = (double)(real.tv_sec - stamp->tv_sec) + (double)(real.tv_nsec - stamp->tv_nsec) * 1e-9;
+    return mono() - ago;
 }
 
 static double thread_cpu(void) {
@@ -520,10 +536,12 @@ static void conn_open(Engine *e, req_t *q) {
             q->r.sent = mono(); /* the SYN is this request's first byte out */
     }
     c->connect_deadline = mono() + e->connect_timeout;
+    c->arrived = NAN;
     c->fd = socket(e->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (c->fd >= 0) {
         int one = 1;
         setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one); /* as uvloop's transports */
+        setsockopt(c->fd, SOL_SOCKET, SO_TIMESTAMPNS, &one, sizeof one); /* whose wait: `freed` */
         if (connect(c->fd, (struct sockaddr *)&e->addr, e->addrlen) == 0 || errno == EINPROGRESS) {
             struct epoll_event ev = {EPOLLOUT, {.ptr = c}};
             if (epoll_ctl(e->ep, EPOLL_CTL_ADD, c->fd, &ev) == 0)
@@ -613,6 +631,7 @@ static void release(Engine *e, conn_t *c) {
     if (e->w_head != NULL) {
         req_t *q = wait_pop(e);
         q->r.sent = mono();
+        q->r.freed = c->arrived;
         conn_send(e, c, q);
         return;
     }
@@ -638,7 +657,7 @@ static void issue(Engine *e, double intended, double now, int32_t tag) {
     rec_t *r = &q->r;
     r->intended = intended;
     r->issued = now;
-    r->sent = r->done = NAN;
+    r->sent = r->done = r->freed = NAN;
     for (int i = 0; i < HF_NUMS; i++)
         r->num[i] = NAN;
     r->conn_id = -1;
@@ -1051,9 +1070,32 @@ static void on_eof(Engine *e, conn_t *c) {
     conn_lost(e, c, 0);
 }
 
+/* recv, and the kernel's receive stamp of the last bytes read into c->arrived */
+static ssize_t recv_stamped(Engine *e, conn_t *c) {
+    struct iovec iov = {e->rbuf, READ_SIZE};
+    union {
+        char buf[CMSG_SPACE(sizeof(struct timespec))];
+        struct cmsghdr align;
+    } control;
+    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.buf,
+                         .msg_controllen = sizeof control.buf};
+    ssize_t n = recvmsg(c->fd, &msg, 0);
+    if (n <= 0)
+        return n;
+    c->arrived = NAN; /* timestamps are turned on lazily by the kernel: the first reads may lack one */
+    for (struct cmsghdr *cm = CMSG_FIRSTHDR(&msg); cm != NULL; cm = CMSG_NXTHDR(&msg, cm)) {
+        if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_TIMESTAMPNS) {
+            struct timespec stamp;
+            memcpy(&stamp, CMSG_DATA(cm), sizeof stamp);
+            c->arrived = stamp_to_mono(&stamp);
+        }
+    }
+    return n;
+}
+
 static void on_readable(Engine *e, conn_t *c) {
     for (int i = 0; i < READS_PER_EVENT; i++) {
-        ssize_t n = recv(c->fd, e->rbuf, READ_SIZE, 0);
+        ssize_t n = recv_stamped(e, c);
         if (n > 0) {
             feed(e, c, (unsigned char *)e->rbuf, (size_t)n);
             if (c->dead || n < READ_SIZE)

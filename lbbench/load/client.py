@@ -89,7 +89,7 @@ class Request:
     """One request's record; filled in as it goes, handed to `on_done` once."""
 
     __slots__ = (
-        "conn", "conn_id", "done", "error", "finished", "intended", "issued", "new_conn", "pod", "pod_ip",
+        "conn", "conn_id", "done", "error", "finished", "freed", "intended", "issued", "new_conn", "pod", "pod_ip",
         "proxy_queue_ms", "proxy_upstream_ms", "queue_ms", "sent", "service_ms", "status", "tag",
     )
 
@@ -97,6 +97,9 @@ class Request:
         self.intended = intended
         self.issued = issued  # when the generator took it up (lateness = issued - intended)
         self.sent = math.nan  # when its bytes (or, in close mode, its SYN) left
+        # when the answer that freed its keep-alive connection reached the socket, by the kernel's stamp;
+        # only the native client reads stamps: NaN here, so the whole wait counts as the client's own
+        self.freed = math.nan
         self.done = math.nan
         self.status = 0
         self.error = ""

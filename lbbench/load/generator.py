@@ -277,7 +277,7 @@ def merge_results(spec: LoadSpec, workers: int, results: list[Message | None], *
         elif r.get("failure"):
             warnings.append(f"load worker {i} stopped sending early: {r['failure']}")
     hist = {name: LogHistogram.merged(LogHistogram.from_dict(r[name]) for r in got)
-            for name in ("latency", "lateness", "pool_wait")}
+            for name in ("latency", "lateness", "pool_wait", "pool_wait_own")}
     rows = merge_rows(got) if spec.record_rows else empty_rows()
     aborted = sum(int(r["aborted"]) for r in got)
     stopped = any(r.get("stopped") for r in results if r is not None)
@@ -298,6 +298,7 @@ def build_summary(spec: LoadSpec, workers: int, got: list[Message], hist: dict[s
     issued = sum(int(r["issued"]) for r in got)
     done = sum(int(r["done"]) for r in got)
     ok = sum(int(r["ok"]) for r in got)
+    keepalive = spec.connections.kind == "keepalive"
     errors: collections.Counter[str] = collections.Counter()
     statuses: collections.Counter[str] = collections.Counter()
     for r in got:
@@ -315,9 +316,11 @@ def build_summary(spec: LoadSpec, workers: int, got: list[Message], hist: dict[s
         achieved_rps=issued / actual if actual > 0 else 0.0, ok_rps=ok / actual if actual > 0 else 0.0,
         requested_duration_s=spec.duration_s, actual_duration_s=actual,
         scheduled=part_size(expected_requests(spec), spec), requests=issued, completed=done, ok=ok, failed=done - ok,
+        ok_while_sending=sum(int(r["ok_while_sending"]) for r in got),
         aborted=aborted, errors=all_errors(errors), statuses=dict(sorted(statuses.items())),
         latency_s=latency_stats(hist["latency"]), lateness_s=short_stats(hist["lateness"]),
-        pool_wait_s=short_stats(hist["pool_wait"]) if spec.connections.kind == "keepalive" else None,
+        pool_wait_s=short_stats(hist["pool_wait"]) if keepalive else None,
+        pool_wait_own_s=short_stats(hist["pool_wait_own"]) if keepalive else None,
         worker_cpu_s=cpu_s, worker_cpu_fraction=cpu_frac, lateness_threshold_s=spec.lateness_threshold_s,
         generator_saturated=reason is not None, saturation_reason=reason, complete=complete, stopped=stopped,
         warnings=tuple(warnings),

@@ -32,7 +32,7 @@ DRAIN_EVERY_S = 0.02  # how often Python takes the finished records (and checks 
 BOOKKEEPING_NICE = 10  # the worker's Python thread once the engine runs (a thread's own nice value)
 # one finished request, as _engine.c's rec_t lays it out (natural alignment)
 RECORD = np.dtype([
-    ("intended", "f8"), ("issued", "f8"), ("sent", "f8"), ("done", "f8"),
+    ("intended", "f8"), ("issued", "f8"), ("sent", "f8"), ("done", "f8"), ("freed", "f8"),
     ("queue_ms", "f8"), ("service_ms", "f8"), ("proxy_queue_ms", "f8"), ("proxy_upstream_ms", "f8"),
     ("conn_id", "i8"), ("pod", "i4"), ("pod_ip", "i4"), ("tag", "i4"), ("status", "i2"), ("error", "i1"),
     ("new_conn", "i1"),

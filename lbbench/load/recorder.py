@@ -85,16 +85,21 @@ class _Binned:
 class Recorder:
     """What one worker saw. Times in rows are seconds relative to the run's t=0 (`start_at`)."""
 
-    def __init__(self, start_at: float, record_rows: bool) -> None:
+    def __init__(self, start_at: float, record_rows: bool, window_s: float = math.inf) -> None:
         self.start_at = start_at
         self.record_rows = record_rows
+        self.window_end = start_at + window_s  # the end of the schedule: answers by then kept up with it
         self._latency = _Binned()  # successful requests: done - intended
         self._lateness = _Binned()  # issued - intended (>= 0: sends never leave early)
         self._pool_wait = _Binned()  # sent - issued: waiting for a free keep-alive connection
+        # the client's own part of that wait: after the answer that freed its connection had reached
+        # the socket (the native client's `freed`); all of it where that is unknown (the Python client)
+        self._pool_wait_own = _Binned()
         self.issued = 0
         self.done = 0
         self._done_unbinned = FLUSH_AT  # on_done calls left before the latency and pool-wait values are binned
         self.ok = 0
+        self.ok_while_sending = 0  # answered 2xx by the end of the schedule
         self.errors: Counter[str] = Counter()
         self.statuses: Counter[int] = Counter()
         self.first_issue = math.nan
@@ -124,6 +129,11 @@ class Recorder:
         self._pool_wait.flush()
         return self._pool_wait.total
 
+    @property
+    def pool_wait_own(self) -> LogHistogram:
+        self._pool_wait_own.flush()
+        return self._pool_wait_own.total
+
     def on_issue(self, req: Request) -> None:
         self.issued += 1
         if self.issued == 1:
@@ -141,20 +151,24 @@ class Recorder:
             self.errors[req.error] += 1
         else:
             self.ok += 1
+            self.ok_while_sending += req.done <= self.window_end
             self._latency.pending.append(req.done - req.intended)
         if req.status:
             self.statuses[req.status] += 1
         if req.sent == req.sent:  # not NaN: it did leave
             wait = req.sent - req.issued
             self._pool_wait.pending.append(wait if wait > 0.0 else 0.0)
+            own = req.sent - (req.freed if req.freed > req.issued else req.issued)  # NaN freed: all of it
+            self._pool_wait_own.pending.append(own if own > 0.0 else 0.0)
         if self.record_rows:
             self._append(req)
-        # Each of the two buffers takes at most one value here: counting calls bounds both.
+        # Each buffer takes at most one value here: counting calls bounds them all.
         self._done_unbinned -= 1
         if not self._done_unbinned:
             self._done_unbinned = FLUSH_AT
             self._latency.flush()
             self._pool_wait.flush()
+            self._pool_wait_own.flush()
 
     def _append(self, req: Request) -> None:
         t0 = self.start_at
@@ -205,13 +219,17 @@ class Recorder:
         for code in np.flatnonzero(counts[1:]) + 1:
             self.errors[ERROR_TABLE[code]] += int(counts[code])
         ok = error == 0
+        self.ok_while_sending += int(np.count_nonzero(recs["done"][ok] <= self.window_end))
         self._latency.record_many(recs["done"][ok] - recs["intended"][ok])
         statuses, n = np.unique(recs["status"][recs["status"] != 0], return_counts=True)
         for status, k in zip(statuses.tolist(), n.tolist(), strict=True):
             self.statuses[status] += k
         sent = recs["sent"]
         left = ~np.isnan(sent)
-        self._pool_wait.record_many(np.maximum(sent[left] - recs["issued"][left], 0.0))
+        sent, issued = sent[left], recs["issued"][left]
+        self._pool_wait.record_many(np.maximum(sent - issued, 0.0))
+        # fmax skips NaN: where `freed` is unknown the whole wait counts as the client's
+        self._pool_wait_own.record_many(np.maximum(sent - np.fmax(issued, recs["freed"][left]), 0.0))
         if self.record_rows:
             self._extend(recs, pod_table, pod_ip_table)
 
@@ -237,10 +255,12 @@ class Recorder:
     def take_interval(self) -> tuple[LogHistogram, LogHistogram]:
         """The latency and lateness histograms since the last call (for progress reports)."""
         self._pool_wait.take_interval()  # keeps its interval part from growing; only totals are reported
+        self._pool_wait_own.take_interval()
         return self._latency.take_interval(), self._lateness.take_interval()
 
     def counters(self) -> dict[str, Any]:
-        return {"issued": self.issued, "done": self.done, "ok": self.ok, "errors": dict(self.errors)}
+        return {"issued": self.issued, "done": self.done, "ok": self.ok, "ok_while_sending": self.ok_while_sending,
+                "errors": dict(self.errors)}
 
     def columns(self) -> dict[str, Any]:
         """Rows as numpy columns plus the string tables of the coded columns."""

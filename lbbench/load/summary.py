@@ -56,13 +56,15 @@ class LoadSummary:
     requests: int  # sent (issued)
     completed: int
     ok: int
+    ok_while_sending: int  # answered 2xx by the end of the schedule (a backlog drained later is not in it)
     failed: int
     aborted: int  # in flight when a stop request cut the run short; not in the rows
     errors: dict[str, int]
     statuses: dict[str, int]
     latency_s: Stats
     lateness_s: Stats
-    pool_wait_s: Stats | None
+    pool_wait_s: Stats | None  # keep-alive: sent - issued, waiting for a free connection
+    pool_wait_own_s: Stats | None  # its part after the answer that freed the connection had arrived: the client's
     worker_cpu_s: tuple[float, ...]
     worker_cpu_fraction: tuple[float, ...]  # busy: the native engine's polling for its next send left out
     lateness_threshold_s: float
@@ -127,6 +129,9 @@ def _text_lines(s: LoadSummary) -> list[str]:
         + (f", {s.aborted} aborted in flight" if s.aborted else "")
         + f"   (ok {s.ok_rps:.1f} rps)",
     ]
+    if s.ok - s.ok_while_sending > 0.01 * s.ok:  # a backlog: the target (or the client) fell behind the schedule
+        lines.append(f"answered after the schedule ended: {s.ok - s.ok_while_sending} "
+                     f"({s.ok_while_sending / s.requested_duration_s:.1f} ok rps while sending)")
     errs = ", ".join(f"{k} {n}" for k, n in s.errors.items() if n)
     if errs:
         lines.append(f"errors: {errs}")
@@ -142,6 +147,9 @@ def _text_lines(s: LoadSummary) -> list[str]:
         pw = s.pool_wait_s
         lines.append(f"waited for a keep-alive connection: p50 {_ms(pw['p50'])}  p99 {_ms(pw['p99'])}  "
                      f"max {_ms(pw['max'])}")
+        if (own := s.pool_wait_own_s) is not None:
+            lines.append(f"  of which the client's own (its connection's answer had arrived, unread): "
+                         f"p99 {_ms(own['p99'])}  max {_ms(own['max'])}")
     cpu = "  ".join(f"w{i} {'-' if math.isnan(frac) else f'{frac:.0%}'} ({sec:.2f} s)"
                     for i, (frac, sec) in enumerate(zip(s.worker_cpu_fraction, s.worker_cpu_s, strict=True)))
     lines.append(f"generator CPU while sending (busy): {cpu}")

@@ -275,7 +275,7 @@ class Worker:
     async def _run(self, share: np.ndarray[Any, np.dtype[np.float64]], start_at: float) -> None:
         spec = self.spec
         timer = PreciseTimer(self.loop)
-        recorder = self.recorder = Recorder(start_at, spec.record_rows)
+        recorder = self.recorder = Recorder(start_at, spec.record_rows, spec.duration_s)
         driver: Dispatcher | Users | EngineDriver
         client: HttpClient | EngineDriver
         if self._native():
@@ -382,7 +382,7 @@ class Worker:
             "type": "result", "worker": self.index, "stopped": stopped, "aborted": aborted,
             **rec.counters(), "statuses": dict(rec.statuses),
             "latency": rec.latency.to_dict(), "lateness": rec.lateness.to_dict(),
-            "pool_wait": rec.pool_wait.to_dict(),
+            "pool_wait": rec.pool_wait.to_dict(), "pool_wait_own": rec.pool_wait_own.to_dict(),
             "first_issue_s": rec.first_issue - start_at, "last_issue_s": rec.last_issue - start_at,
             "send_end_s": wall[1] - start_at,
             "cpu_s": cpu[2] - cpu[0], "send_cpu_s": cpu[1] - cpu[0], "poll_cpu_s": poll[2] - poll[0],

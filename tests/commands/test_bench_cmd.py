@@ -272,9 +272,16 @@ def test_judge_names_every_reason() -> None:
     assert not p.passed and "lateness p99 3.00 ms" in p.why and "95.0%" in p.why and "achieved 900" in p.why
     assert gen.judge(1000, 990, 1000, 1000, 0.001).passed
     assert not gen.judge(1000, 1000, 1000, 1000, None).passed
-    # on time, all answered, but queued inside the generator for a connection: a backlog, not a sustained rate
-    queued = gen.judge(1000, 1000, 1000, 1000, 0.001, pool_wait_p99_s=0.040)
-    assert not queued.passed and queued.why == "waited for a connection p99 40.00 ms >= 2 ms"
+    # on time, but the client left answers unread while requests waited for their connections
+    slow_reader = gen.judge(1000, 1000, 1000, 1000, 0.001, gen.Waits(own_p99_s=0.040, total_p99_s=0.045))
+    assert not slow_reader.passed and slow_reader.why == "its own wait for a connection p99 40.00 ms >= 2 ms"
+    assert not gen.judge(1000, 1000, 1000, 1000, 0.001, gen.Waits(own_p99_s=math.nan)).passed
+    # the target stalled: requests waited for its answers, not for the client; drained while sending
+    stalled = gen.judge(1000, 1000, 1000, 1000, 0.001, gen.Waits(0.0001, 0.040, ok_while_sending=998))
+    assert stalled.passed and stalled.pool_wait_p99_ms == pytest.approx(40.0)
+    # everything on time and answered, but a third only after the schedule: a backlog, not a sustained rate
+    backlog = gen.judge(1000, 1000, 1000, 1000, 0.001, gen.Waits(0.0001, 0.600, ok_while_sending=700))
+    assert not backlog.passed and backlog.why == "only 70.0% answered while the schedule ran (a backlog)"
 
 
 def test_the_machine_line_says_which_build_and_relay_ran() -> None:

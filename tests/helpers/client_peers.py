@@ -154,7 +154,7 @@ async def engine_schedule(target: HostPort, offsets: list[float], pool: int, *, 
     out = []
     for rec in recs:
         r = Request(float(rec["intended"]), float(rec["issued"]), -1)
-        r.sent, r.done = float(rec["sent"]), float(rec["done"])
+        r.sent, r.done, r.freed = float(rec["sent"]), float(rec["done"]), float(rec["freed"])
         r.status, r.conn_id, r.new_conn = int(rec["status"]), int(rec["conn_id"]), bool(rec["new_conn"])
         r.error = "aborted" if rec["error"] < 0 else ERROR_TABLE[int(rec["error"])]
         r.pod = pods[int(rec["pod"])]

@@ -247,6 +247,27 @@ def test_never_early_and_every_request_ends_once(waits: str, monkeypatch: pytest
     assert {r.conn_id for r in reqs} == {0, 1, 2, 3}
 
 
+def test_a_request_waiting_for_a_busy_connection_knows_when_its_answer_arrived() -> None:
+    """One connection, answers 30 ms late: the second request waits for the first's answer. Its `freed`
+    is the kernel's receive stamp of that answer, on the monotonic clock: after the first was sent and
+    the server's 30 ms, before the engine finished reading it. So the wait before `freed` was the
+    target's and only the rest the client's."""
+    def late_answers() -> Handler:
+        return lambda conn, n, tr: later(tr, 0.03, OK)
+
+    async def go() -> list[Request]:
+        async with scripted(late_answers()) as addr:
+            return (await engine_schedule(addr, [0.0, 0.001, 0.002], 1))[0]
+
+    first, second, third = sorted(run(go()), key=lambda r: r.intended)
+    assert [r.error for r in (first, second, third)] == [E] * 3
+    assert first.freed != first.freed  # NaN: it opened the connection, it waited for none
+    for before, r in ((first, second), (second, third)):
+        # (the scripted server's loop keeps its timers to the millisecond: 30 ms can be 29.x)
+        assert before.sent + 0.025 <= r.freed <= before.done <= r.sent, (before.sent, r.freed, before.done, r.sent)
+        assert r.issued < r.freed  # it was waiting when the answer arrived
+
+
 def test_each_request_times_out_from_its_own_intended_time() -> None:
     """Intended times in the past are issued at once and still time out from their intended time."""
     offsets = [-0.2, -0.1, 0.0, 0.05, 0.1]

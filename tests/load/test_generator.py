@@ -211,6 +211,28 @@ def test_polling_is_reported_and_counted_in_the_cpu_not_as_busy(pod: HostPort, l
     assert s.to_dict()["worker_poll_cpu_s"] == [poll]
 
 
+def test_a_backlog_behind_a_slow_target_is_the_targets_wait_and_drains_after_the_schedule(
+        supervisor: Supervisor, load_client: str) -> None:
+    """100 req/s for 1 s over one keep-alive connection to a pod that serves one at a time in 20 ms (50/s):
+    half the requests are answered only after the schedule ended (ok_while_sending says so), and they
+    waited for the connection. The native client knows, by the kernel's receive stamps, that the wait was
+    the target's (each answer was read as it arrived); the Python client cannot tell, so counts it its own."""
+    addr = start_pod(supervisor, "slow", service="const:20ms", slots=1)[1]
+    spec = LoadSpec(addr, rate_rps=100, duration_s=1.0, arrivals="constant", seed=1,
+                    connections=ConnectionMode("keepalive", 1))
+    s = run_load(spec).summary
+    assert s.ok == s.scheduled == 100
+    assert 35 <= s.ok_while_sending <= 55  # ~50 served in the 1 s window, the rest after it
+    assert "answered after the schedule ended" in s.format_text()
+    wait, own = s.pool_wait_s, s.pool_wait_own_s
+    assert wait is not None and own is not None and wait["p99"] is not None and wait["p99"] > 0.5
+    if load_client == "python":
+        assert own == wait
+    else:
+        assert own["p99"] is not None and own["p99"] < 0.1 * wait["p99"]
+        assert "of which the client's own" in s.format_text()
+
+
 def test_refused_target_is_all_errors_not_latency() -> None:
     with __import__("socket").socket() as s:
         s.bind((fresh_ip(), 0))

@@ -119,5 +119,33 @@ def test_recorder_bins_in_bulk_exactly_as_one_by_one_and_splits_intervals() -> N
     assert [(lat.count, late.count) for lat, late in intervals] == [(900, 1000)] * 3
     merged = LogHistogram.merged(lat for lat, _ in intervals)
     assert np.array_equal(merged.counts, rec.latency.counts)
-    assert rec.counters() == {"issued": 3000, "done": 3000, "ok": 2700, "errors": {"http_5xx": 300}}
+    assert rec.counters() == {"issued": 3000, "done": 3000, "ok": 2700, "ok_while_sending": 2700,
+                              "errors": {"http_5xx": 300}}
     assert len(rec.columns()["intended_s"]) == 3000
+
+
+def test_the_clients_own_connection_wait_starts_when_the_answer_arrived() -> None:
+    """sent - max(issued, freed), both ways in: the native client's records and HttpClient's requests."""
+    from lbbench.load.client import Request
+    from lbbench.load.native import RECORD
+    from lbbench.load.recorder import Recorder
+
+    # (issued, freed, sent): freed unknown -> all the wait; before the issue -> all; after -> from it
+    cases = [(10.0, math.nan, 10.5), (10.0, 9.0, 10.25), (10.0, 10.4, 10.5)]
+    own = [0.5, 0.25, 0.1]
+    recs = np.zeros(len(cases), dtype=RECORD)
+    for rec, (issued, freed, sent) in zip(recs, cases, strict=True):
+        rec["intended"], rec["issued"], rec["freed"], rec["sent"], rec["done"] = issued, issued, freed, sent, 11.0
+        rec["status"] = 200
+    bulk = Recorder(start_at=0.0, record_rows=False, window_s=10.9)
+    bulk.on_records(recs, [""], [""])
+    one = Recorder(start_at=0.0, record_rows=False, window_s=11.0)
+    for issued, freed, sent in cases:
+        req = Request(issued, issued, tag=-1)
+        req.freed, req.sent, req.done, req.status = freed, sent, 11.0, 200
+        one.on_done(req)
+    for rec in (bulk, one):
+        h = rec.pool_wait_own
+        assert h.count == 3 and h.sum == pytest.approx(sum(own)) and h.max == pytest.approx(max(own))
+        assert rec.pool_wait.sum == pytest.approx(0.5 + 0.25 + 0.5)
+    assert (bulk.ok_while_sending, one.ok_while_sending) == (0, 3)  # done at 11.0: after 10.9, by 11.0
