@@ -15,6 +15,9 @@ That rate is searched (bounded: a few probes per round, geometric steps, then bi
 10%). Both sides use the same number of keep-alive connections and the same number of threads /
 worker processes.
 
+With a new connection per request, the same search runs lbbench's generator in close mode against wrk
+with `Connection: close` on the same target (wrk reconnects after every answer): reported, no goal.
+
 The like-for-like figure is lbbench's generator in closed loop (as many users as wrk has
 connections, no think time): it measures the client's speed, where the open-loop figure
 also measures how punctually the OS schedules it (on a busy machine, the lateness bound
@@ -27,7 +30,7 @@ import functools
 import math
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from lbbench.model.addresses import HostPort
@@ -39,6 +42,7 @@ ACHIEVED_FRACTION_MIN = 0.95
 ANSWERED_FRACTION_MIN = 0.99  # answered while the schedule ran: no backlog left for after it
 PRECISION = 1.10  # stop bisecting when the failing rate is within 10% of the passing one
 FIRST_RATE_RPS = 10000.0  # the generator's documented per-worker keep-alive rate (RPS_PER_WORKER)
+FIRST_CLOSE_RATE_RPS = 2000.0  # a new connection per request costs the client several times more
 
 if TYPE_CHECKING:
     from lbbench.load.spec import LoadSpec
@@ -151,19 +155,23 @@ async def _run_once(spec: LoadSpec) -> LoadSummary:
         await gen.aclose()
 
 
-async def lbbench_probe(target: HostPort, rate_rps: float, duration_s: float, connections: int,
+async def lbbench_probe(target: HostPort, rate_rps: float, duration_s: float, connections: int | None,
                         workers: int, seed: int) -> Probe:
-    """One open-loop run of lbbench's generator at `rate_rps`, judged."""
+    """One open-loop run of lbbench's generator at `rate_rps`, judged: over `connections` keep-alive
+    connections, or a new connection per request (None)."""
     from lbbench.load.spec import LoadSpec
     from lbbench.model.load import ConnectionMode
 
-    spec = LoadSpec(target, rate_rps=rate_rps, duration_s=duration_s, connections=ConnectionMode(
-        "keepalive", connections), workers=workers, seed=seed, record_rows=False, timeout_s=2.0)
+    mode = ConnectionMode("close") if connections is None else ConnectionMode("keepalive", connections)
+    spec = LoadSpec(target, rate_rps=rate_rps, duration_s=duration_s, connections=mode, workers=workers, seed=seed,
+                    record_rows=False, timeout_s=2.0)
     s = await _run_once(spec)
-    own = (s.pool_wait_own_s or {}).get("p99")
-    total = (s.pool_wait_s or {}).get("p99")
-    waits = Waits(float(own) if own is not None else math.inf, None if total is None else float(total),
-                  s.ok_while_sending)
+    if s.pool_wait_s is None:  # close mode: no pool, nothing waits for a connection
+        waits = Waits(0.0, None, s.ok_while_sending)
+    else:
+        own, total = (s.pool_wait_own_s or {}).get("p99"), s.pool_wait_s.get("p99")
+        waits = Waits(float(own) if own is not None else math.inf, None if total is None else float(total),
+                      s.ok_while_sending)
     return judge(rate_rps, s.achieved_rps, s.scheduled, s.ok, s.lateness_s.get("p99"), waits)
 
 
@@ -186,23 +194,52 @@ class GeneratorRun:
     lbbench_rps: list[float]
     probes: list[list[Probe]]
     closed_rps: list[float]  # lbbench in closed loop, like wrk: as fast as its users go
+    # a new connection per request: wrk with Connection: close, lbbench's searched close-mode maximum
+    wrk_close_rps: list[float] = field(default_factory=list)
+    close_rps: list[float] = field(default_factory=list)
+    close_probes: list[list[Probe]] = field(default_factory=list)
 
 
 RateFn = Callable[[], Awaitable[float]]
 
 
-async def _lbbench_round(run: GeneratorRun, probe: ProbeFn) -> str:
-    if run.lbbench_rps and run.lbbench_rps[-1] > 0:
+@dataclass(frozen=True)
+class CloseSides:
+    """The new-connection-per-request comparison's two sides."""
+
+    wrk_once: RateFn  # wrk with Connection: close
+    probe: ProbeFn  # lbbench in close mode
+
+
+async def _search_round(answers: list[float], probes_out: list[list[Probe]], probe: ProbeFn, first_rps: float,
+                        wrk_rps: list[float]) -> float:
+    if answers and answers[-1] > 0:
         # 5 probes: the previous answer, the 20% step above it, the retry of a failure and a
         # bisection (with 3, a bracket such as 96k passed / 115k failed was never narrowed)
-        start, factor, budget = run.lbbench_rps[-1], 1.2, 5
+        start, factor, budget = answers[-1], 1.2, 5
     else:
-        start, factor, budget = FIRST_RATE_RPS, 2.0, 7
-    cap = 3 * max(run.wrk_rps, default=100_000.0)
+        start, factor, budget = first_rps, 2.0, 7
+    cap = 3 * max(wrk_rps, default=100_000.0)
     best, probes = await search_max_rate(probe, start, factor, budget, cap)
-    run.lbbench_rps.append(best)
-    run.probes.append(probes)
-    return f"lbbench generator: max {best:,.0f} req/s ({len(probes)} probes)"
+    answers.append(best)
+    probes_out.append(probes)
+    return best
+
+
+async def _lbbench_round(run: GeneratorRun, probe: ProbeFn) -> str:
+    best = await _search_round(run.lbbench_rps, run.probes, probe, FIRST_RATE_RPS, run.wrk_rps)
+    return f"lbbench generator: max {best:,.0f} req/s ({len(run.probes[-1])} probes)"
+
+
+async def _close_round(run: GeneratorRun, probe: ProbeFn) -> str:
+    best = await _search_round(run.close_rps, run.close_probes, probe, FIRST_CLOSE_RATE_RPS, run.wrk_close_rps)
+    return f"lbbench generator, close mode: max {best:,.0f} req/s ({len(run.close_probes[-1])} probes)"
+
+
+async def _wrk_close_round(run: GeneratorRun, wrk_once: RateFn) -> str:
+    rps = await wrk_once()
+    run.wrk_close_rps.append(rps)
+    return f"wrk, Connection: close: {rps:,.0f} req/s"
 
 
 async def _wrk_round(run: GeneratorRun, wrk_once: Callable[[], Awaitable[tuple[float, float]]]) -> str:
@@ -219,9 +256,10 @@ async def _closed_round(run: GeneratorRun, closed_once: RateFn) -> str:
 
 
 async def run_rounds(wrk_once: Callable[[], Awaitable[tuple[float, float]]], probe: ProbeFn, closed_once: RateFn,
-                     repeats: int, log: Callable[[str], None]) -> GeneratorRun:
+                     repeats: int, log: Callable[[str], None], close: CloseSides | None = None) -> GeneratorRun:
     """Interleaved rounds (the order reverses every other round): wrk's rate, lbbench's searched
-    open-loop maximum, and lbbench in closed loop (the like-for-like match for wrk).
+    open-loop maximum, and lbbench in closed loop (the like-for-like match for wrk); with `close`,
+    wrk with Connection: close and lbbench's searched close-mode maximum too.
 
     The first search starts at the generator's documented per-worker rate and doubles; later
     ones start at the previous answer with 20% steps and bisect what they bracket (up to 5 probes).
@@ -230,6 +268,9 @@ async def run_rounds(wrk_once: Callable[[], Awaitable[tuple[float, float]]], pro
     for r in range(repeats):
         sides = [functools.partial(_wrk_round, run, wrk_once), functools.partial(_lbbench_round, run, probe),
                  functools.partial(_closed_round, run, closed_once)]
+        if close is not None:
+            sides += [functools.partial(_wrk_close_round, run, close.wrk_once),
+                      functools.partial(_close_round, run, close.probe)]
         if r % 2:
             sides.reverse()
         for side in sides:

@@ -80,9 +80,10 @@ def generator_table(group: dict[str, Any]) -> Table:
     t.add_row("lbbench", _med(peers["lbbench"]["rps"]), _spread(peers["lbbench"]["rps"]),
               f"open loop ({crit['arrivals']}), lateness p99 < {crit['lateness_p99_ms_below']:g} ms, "
               + _wait_criterion(crit) + ", searched")
-    closed = peers.get("lbbench-closed-loop")
-    if closed:
-        t.add_row("lbbench closed loop", _med(closed["rps"]), _spread(closed["rps"]), closed["note"])
+    for name, label in (("lbbench-closed-loop", "lbbench closed loop"), ("wrk-close", "wrk, Connection: close"),
+                        ("lbbench-close", "lbbench, close mode")):
+        if (peer := peers.get(name)) is not None:
+            t.add_row(label, _med(peer["rps"]), _spread(peer["rps"]), peer["note"])
     return t
 
 

@@ -176,6 +176,7 @@ async def run_generator(state: SuiteState, sup: Supervisor, workdir: Path, setti
     n = settings.generator_workers
     client = ClientSettings(threads=n, connections=settings.client.connections)
     wrk = Wrk(sup, workdir, client)
+    wrk_close = Wrk(sup, workdir, dataclasses.replace(client, keepalive=False))
     target = StaticNginx(sup, HostPort(fresh_ip(), 8080))
     await target.start()
     try:
@@ -189,8 +190,15 @@ async def run_generator(state: SuiteState, sup: Supervisor, workdir: Path, setti
         async def closed_once() -> float:
             return await gen.lbbench_closed_loop(target.addr, settings.duration_s, client.connections, n)
 
+        async def wrk_close_once() -> float:
+            return (await wrk_close.run(target.addr, None, settings.duration_s)).rps
+
+        async def close_probe(rate: float) -> gen.Probe:
+            return await gen.lbbench_probe(target.addr, rate, settings.duration_s, None, n, seed=1)
+
         await wrk.run(target.addr, None, settings.warmup_s)
-        run = await gen.run_rounds(wrk_once, probe, closed_once, settings.repeats, lambda m: log(f"generator: {m}"))
+        run = await gen.run_rounds(wrk_once, probe, closed_once, settings.repeats, lambda m: log(f"generator: {m}"),
+                                   gen.CloseSides(wrk_close_once, close_probe))
     finally:
         await target.stop()
     state.generator = run
@@ -207,6 +215,11 @@ async def run_generator(state: SuiteState, sup: Supervisor, workdir: Path, setti
                         "probes": [[p.to_dict() for p in ps] for ps in run.probes]},
             "lbbench-closed-loop": {"status": "ok", "rps": stat(run.closed_rps),
                                     "note": f"{client.connections} users, no think time, keep-alive: wrk's way"},
+            "wrk-close": {"status": "ok", "rps": stat(run.wrk_close_rps),
+                          "note": f"{client.connections} connections, Connection: close (a new one per request)"},
+            "lbbench-close": {"status": "ok", "rps": stat(run.close_rps),
+                              "probes": [[p.to_dict() for p in ps] for ps in run.close_probes],
+                              "note": "open loop, a new connection per request, searched (the criterion above)"},
         },
     }
 
@@ -266,8 +279,10 @@ def ratios(state: SuiteState) -> tuple[dict[str, Any], dict[str, str]]:
     g = state.generator
     out["generator_vs_wrk"] = paired_ratio(g.lbbench_rps, g.wrk_rps) if g else None
     out["generator_closed_loop_vs_wrk"] = paired_ratio(g.closed_rps, g.wrk_rps) if g else None
+    out["generator_close_vs_wrk_close"] = paired_ratio(g.close_rps, g.wrk_close_rps) if g else None
     if g is None:
-        notes["generator_vs_wrk"] = notes["generator_closed_loop_vs_wrk"] = "group generator did not run"
+        for name in ("generator_vs_wrk", "generator_closed_loop_vs_wrk", "generator_close_vs_wrk_close"):
+            notes[name] = "group generator did not run"
     cost = {k: v["vs_haproxy"] for k, v in cost_figures(state).items() if v["vs_haproxy"] is not None}
     out["cpu_per_10k_vs_haproxy"] = cost
     if not cost:

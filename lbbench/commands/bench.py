@@ -34,7 +34,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "a meaningful spread)")
     p.add_argument("--out", type=Path, help="folder for bench.json and bench.png (default results/bench-<UTC>/)")
     p.add_argument("--only", default=GROUP_HELP, help=f"comma-separated groups (default all: {GROUP_HELP}); "
-                   "cost is derived from l4 and l7, so it runs both")
+                   "cost is derived from l4 and l7, so it runs both; generator: lbbench's load generator "
+                   "against wrk on nginx, keep-alive (open loop, searched; and closed loop) and a new "
+                   "connection per request (close mode, searched, against wrk with Connection: close)")
     p.add_argument("--backend", choices=("pod", "nginx"), default="pod",
                    help="what the L4/L7 peers forward to: one lbbench pod with zero service time (default), "
                    "or nginx answering 200 from one process (so the front end, not the pod, is the bottleneck)")

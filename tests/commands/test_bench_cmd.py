@@ -27,7 +27,7 @@ from lbbench.system.procs import Supervisor, lbbench_argv
 
 STAT_KEYS = {"median", "min", "max", "n", "spread_pct", "values"}
 RATIOS = {"dnat_vs_haproxy_tcp", "l7_vs_haproxy_http", "l7_vs_nginx", "generator_vs_wrk",
-          "generator_closed_loop_vs_wrk", "cpu_per_10k_vs_haproxy"}
+          "generator_closed_loop_vs_wrk", "generator_close_vs_wrk_close", "cpu_per_10k_vs_haproxy"}
 
 
 def run_bench(args: list[str], env: dict[str, str] | None = None, timeout_s: float = 110) -> tuple[int, str, str]:
@@ -125,6 +125,10 @@ def test_bench_runs_and_writes_bench_json(tmp_path: Path) -> None:
     assert_stat(doc["ratios"]["generator_vs_wrk"], "generator_vs_wrk")
     assert g["lbbench-closed-loop"]["rps"]["median"] > 0
     assert_stat(doc["ratios"]["generator_closed_loop_vs_wrk"], "generator_closed_loop_vs_wrk")
+    # a new connection per request: wrk with Connection: close against the close-mode search, paired
+    assert g["wrk-close"]["rps"]["median"] > 0 and g["lbbench-close"]["probes"][0]
+    assert g["lbbench-close"]["rps"]["median"] > 0  # its first probe, 2k req/s, is within its reach
+    assert_stat(doc["ratios"]["generator_close_vs_wrk_close"], "generator_close_vs_wrk_close")
     for s in doc["skipped"]:
         assert s["reason"].strip() and s["group"] in (*GROUPS, "l4_close", "l4/l4_close/l7")
     assert any("repeat" in w for w in doc["warnings"])  # one repeat: says the spread means nothing
@@ -265,6 +269,30 @@ def test_later_rounds_narrow_the_bracket() -> None:
     assert run.lbbench_rps[0] == 80_000.0  # 7 probes: 10k, 20k, 40k, 80k, 160k twice, then 113k
     assert all(110_000.0 / gen.PRECISION <= best <= 110_000.0 for best in run.lbbench_rps[1:])
     assert all(len(probes) <= 5 for probes in run.probes[1:])
+
+
+def test_close_mode_rounds_search_from_their_own_start_against_wrk_close() -> None:
+    """With close sides, every round also measures wrk with Connection: close and searches lbbench's
+    close-mode maximum, from 2k req/s (not the keep-alive start), capped by wrk close's rate."""
+    keepalive_calls: list[float] = []
+    close_calls: list[float] = []
+
+    async def wrk() -> tuple[float, float]:
+        return 230_000.0, 1.0
+
+    async def closed() -> float:
+        return 150_000.0
+
+    async def wrk_close() -> float:
+        return 20_000.0
+
+    close = gen.CloseSides(wrk_close, _probe_with_capacity(5_000.0, close_calls))
+    run = asyncio.run(gen.run_rounds(wrk, _probe_with_capacity(110_000.0, keepalive_calls), closed, 2,
+                                     lambda _: None, close))
+    assert close_calls[0] == gen.FIRST_CLOSE_RATE_RPS and keepalive_calls[0] == gen.FIRST_RATE_RPS
+    assert run.wrk_close_rps == [20_000.0, 20_000.0] and len(run.close_probes) == 2
+    assert all(best <= 5_000.0 for best in run.close_rps) and run.close_rps[-1] >= 5_000.0 / gen.PRECISION
+    assert max(close_calls) <= 3 * 20_000.0
 
 
 def test_judge_names_every_reason() -> None:
