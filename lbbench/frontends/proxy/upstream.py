@@ -45,10 +45,19 @@ class BadResponse(Exception):
     """The backend sent something the proxy will not forward."""
 
 
+class OutOfStep(BadResponse):
+    """Bytes after a complete response in the same read: nobody asked for them.
+
+    The response stands; the connection goes. Kept, the bytes would be parsed as the answer to the
+    next request on it (a stale response handed to another client) or would garble that answer.
+    """
+
+
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = (
-        "backend", "closed", "deadline", "ex", "fields", "framing", "got_bytes", "has_length", "head_done",
-        "interim", "parser", "paused", "pool", "read_at", "reason", "server_timeout_s", "special", "transport",
+        "backend", "closed", "deadline", "done", "done_keep", "ex", "fields", "framing", "got_bytes", "has_length",
+        "head_done", "interim", "parser", "paused", "pool", "read_at", "reason", "server_timeout_s", "special",
+        "transport",
     )
 
     def __init__(self, backend: Backend, pool: ServicePool) -> None:
@@ -58,6 +67,10 @@ class UpstreamConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.parser = HttpResponseParser(self)
         self.ex: Exchange | None = None
+        # its response completed in the read being parsed: delivered once the whole read is parsed,
+        # so that whether more bytes followed it is known before the connection is reused
+        self.done: Exchange | None = None
+        self.done_keep = False  # its should_keep_alive(), read when it completed (llhttp resets it after)
         self.closed = False
         self.paused = False
         self.deadline = 0.0
@@ -202,12 +215,24 @@ class UpstreamConnection(asyncio.Protocol):
         except HttpParserError as e:
             if e.__context__ is not None and not isinstance(e.__context__, BadResponse):
                 traceback.print_exception(e.__context__, file=sys.stderr)
-            ex = self.ex
-            self.abort()
-            if ex is not None:
-                ex.client.upstream_failed(ex, PROTOCOL)
+            done, self.done = self.done, None
+            if done is not None:  # a whole response, then bytes nobody asked for (OutOfStep) or garbage
+                done.client.response_done(done, self, False, now)
+            else:
+                ex = self.ex
+                self.abort()
+                if ex is not None:
+                    ex.client.upstream_failed(ex, PROTOCOL)
+        done = self.done
+        if done is not None:
+            self.done = None
+            done.client.response_done(done, self, self.done_keep, now)
         if client.wbuf:
             client.flush()
+
+    def on_message_begin(self) -> None:
+        if self.ex is None:
+            raise OutOfStep("bytes after a complete response")
 
     def on_status(self, status: bytes) -> None:
         self.reason += status
@@ -257,9 +282,8 @@ class UpstreamConnection(asyncio.Protocol):
         if self.interim:
             self.interim = False
             return
-        ex, self.ex = self.ex, None
-        if ex is not None:
-            ex.client.response_done(ex, self, self.parser.should_keep_alive(), self.read_at)
+        self.done, self.ex = self.ex, None  # data_received delivers it
+        self.done_keep = self.parser.should_keep_alive()
 
 
 def open_upstream(pool: ServicePool, backend: Backend, ex: Exchange) -> None:

@@ -12,6 +12,7 @@ import random
 import re
 import socket
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -30,10 +31,13 @@ NO_CHECKS = ("--health-interval", "0", "--maxconn", "0")  # no probe may take a 
 
 
 class ScriptedBackend:
-    """Answers each request head with the next scripted (response, close-after) pair, in order."""
+    """Answers each request head with the next scripted (response, close-after) pair, in order,
+    `delay_s` after the head arrived."""
 
-    def __init__(self, script: list[tuple[bytes, bool]]) -> None:
+    def __init__(self, script: list[tuple[bytes, bool]], delay_s: float = 0.0) -> None:
         self.script = list(script)
+        self.delay_s = delay_s
+        self.connections = 0  # accepted so far
         self.requests: list[bytes] = []
         self.sock = socket.create_server((fresh_ip(), 0))
         host, port = self.sock.getsockname()[:2]
@@ -47,6 +51,7 @@ class ScriptedBackend:
                 conn, _ = self.sock.accept()
             except OSError:
                 return  # closed by the test
+            self.connections += 1
             with conn:
                 self._answer(conn)
 
@@ -61,6 +66,7 @@ class ScriptedBackend:
             head, _, buf = buf.partition(b"\r\n\r\n")
             self.requests.append(head + b"\r\n\r\n")
             response, close = self.script.pop(0)
+            time.sleep(self.delay_s)
             conn.sendall(response)
             if close:
                 return
@@ -198,3 +204,50 @@ def test_round_robin_keeps_its_turn_when_the_backends_change() -> None:
     backends[0].in_flight = backends[0].maxconn = 1  # full: skipped
     assert rr.pick(backends, (backends[1],)) in backends[2:]
     assert rr.pick([], ()) is None
+
+
+OK_HI = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi"
+OK_OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+
+def test_bytes_after_a_complete_response_end_that_backend_connection(supervisor: Supervisor,
+                                                                     backend_factory: list[ScriptedBackend]) -> None:
+    """A backend that sends more than the response (here the start of another) in the same write: the
+    response stands, the connection is out of step and goes; the next request gets a clean one. A
+    backend that sends just its responses keeps its one connection."""
+    for extra, connections in ((b"", 1), (b"HTTP/1.1 2", 2)):
+        backend = ScriptedBackend([(OK_HI + extra, False), (OK_OK, False)])
+        backend_factory.append(backend)
+        px = start_proxy(supervisor, [backend.addr], *NO_CHECKS)
+        client_ip = fresh_ip()
+        first = _exchange(px.addr, b"GET /1 HTTP/1.1\r\nHost: svc\r\nConnection: close\r\n\r\n", client_ip)
+        second = _exchange(px.addr, b"GET /2 HTTP/1.1\r\nHost: svc\r\nConnection: close\r\n\r\n", client_ip)
+        assert [(r.status, r.body) for r in parse_responses(first)] == [(200, b"hi")]
+        assert [(r.status, r.body) for r in parse_responses(second)] == [(200, b"ok")]  # not a 502 from "HTTP/1.1 2"
+        assert backend.connections == connections, extra
+
+
+def test_a_stale_response_never_reaches_the_request_queued_behind(supervisor: Supervisor,
+                                                                  backend_factory: list[ScriptedBackend]) -> None:
+    """maxconn 1, two clients: the second waits in the queue. The backend answers the first with its response
+    and a whole second one in the same write. Releasing the first's slot hands the connection to the
+    queued request at once; the stale bytes must not become its answer."""
+    stale = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nstale"
+    backend = ScriptedBackend([(OK_HI + stale, False), (OK_OK, False)], delay_s=0.3)
+    backend_factory.append(backend)
+    px = start_proxy(supervisor, [backend.addr], "--health-interval", "0", "--maxconn", "1")
+    client_ip = fresh_ip()
+    got: dict[str, bytes] = {}
+
+    def one(name: str) -> None:
+        got[name] = _exchange(px.addr, f"GET /{name} HTTP/1.1\r\nHost: svc\r\nConnection: close\r\n\r\n".encode(),
+                              client_ip)
+
+    a = threading.Thread(target=one, args=("a",))
+    a.start()
+    time.sleep(0.1)  # a's request holds the one slot (the backend answers 0.3 s after it arrived)
+    one("b")
+    a.join(10)
+    assert [(r.status, r.body) for r in parse_responses(got["a"])] == [(200, b"hi")]
+    assert [(r.status, r.body) for r in parse_responses(got["b"])] == [(200, b"ok")]
+    assert [r.split(b"\r\n")[0] for r in backend.requests] == [b"GET /a HTTP/1.1", b"GET /b HTTP/1.1"]
