@@ -217,6 +217,11 @@ async def _search_round(answers: list[float], probes_out: list[list[Probe]], pro
         # 5 probes: the previous answer, the 20% step above it, the retry of a failure and a
         # bisection (with 3, a bracket such as 96k passed / 115k failed was never narrowed)
         start, factor, budget = answers[-1], 1.2, 5
+    elif wrk_rps:
+        # half of what wrk just reached: the bracket is found in a probe or two, and the rest of the 7
+        # bisect it (from the documented per-worker rate, doubling used them all on the bracket: a single
+        # round's answer was the last power of two below the truth)
+        start, factor, budget = 0.5 * wrk_rps[-1], 2.0, 7
     else:
         start, factor, budget = first_rps, 2.0, 7
     cap = 3 * max(wrk_rps, default=100_000.0)
@@ -261,8 +266,9 @@ async def run_rounds(wrk_once: Callable[[], Awaitable[tuple[float, float]]], pro
     open-loop maximum, and lbbench in closed loop (the like-for-like match for wrk); with `close`,
     wrk with Connection: close and lbbench's searched close-mode maximum too.
 
-    The first search starts at the generator's documented per-worker rate and doubles; later
-    ones start at the previous answer with 20% steps and bisect what they bracket (up to 5 probes).
+    The first search starts at half of wrk's rate measured just before it (at the generator's
+    documented per-worker rate if wrk has none) and doubles; later ones start at the previous answer
+    with 20% steps and bisect what they bracket (up to 5 probes).
     """
     run = GeneratorRun([], [], [], [], [])
     for r in range(repeats):

@@ -255,8 +255,9 @@ def test_rate_search_is_bounded() -> None:
 
 
 def test_later_rounds_narrow_the_bracket() -> None:
-    """The first round brackets 110k between 80k and 160k; each later one starts at the last answer
-    and bisects what its 20% step brackets, to within 10%, in at most 5 probes."""
+    """The first round starts at half of wrk's 230k and bisects down to within 10% of the truth; each
+    later one starts at the last answer and bisects what its 20% step brackets, to within 10%, in at
+    most 5 probes."""
     calls: list[float] = []
 
     async def wrk() -> tuple[float, float]:
@@ -266,14 +267,14 @@ def test_later_rounds_narrow_the_bracket() -> None:
         return 150_000.0
 
     run = asyncio.run(gen.run_rounds(wrk, _probe_with_capacity(110_000.0, calls), closed, 3, lambda _: None))
-    assert run.lbbench_rps[0] == 80_000.0  # 7 probes: 10k, 20k, 40k, 80k, 160k twice, then 113k
-    assert all(110_000.0 / gen.PRECISION <= best <= 110_000.0 for best in run.lbbench_rps[1:])
+    assert calls[0] == 115_000.0 and len(run.probes[0]) <= 7
+    assert all(110_000.0 / gen.PRECISION <= best <= 110_000.0 for best in run.lbbench_rps)
     assert all(len(probes) <= 5 for probes in run.probes[1:])
 
 
 def test_close_mode_rounds_search_from_their_own_start_against_wrk_close() -> None:
     """With close sides, every round also measures wrk with Connection: close and searches lbbench's
-    close-mode maximum, from 2k req/s (not the keep-alive start), capped by wrk close's rate."""
+    close-mode maximum, from half of wrk close's rate (not wrk's keep-alive one), capped by it."""
     keepalive_calls: list[float] = []
     close_calls: list[float] = []
 
@@ -289,7 +290,7 @@ def test_close_mode_rounds_search_from_their_own_start_against_wrk_close() -> No
     close = gen.CloseSides(wrk_close, _probe_with_capacity(5_000.0, close_calls))
     run = asyncio.run(gen.run_rounds(wrk, _probe_with_capacity(110_000.0, keepalive_calls), closed, 2,
                                      lambda _: None, close))
-    assert close_calls[0] == gen.FIRST_CLOSE_RATE_RPS and keepalive_calls[0] == gen.FIRST_RATE_RPS
+    assert close_calls[0] == 10_000.0 and keepalive_calls[0] == 115_000.0  # half of wrk's, each its own wrk
     assert run.wrk_close_rps == [20_000.0, 20_000.0] and len(run.close_probes) == 2
     assert all(best <= 5_000.0 for best in run.close_rps) and run.close_rps[-1] >= 5_000.0 / gen.PRECISION
     assert max(close_calls) <= 3 * 20_000.0
