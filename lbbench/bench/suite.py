@@ -318,7 +318,7 @@ def machine(sup: Supervisor) -> dict[str, Any]:
         "dnat_relay": relay_label(),  # userspace-dnat's: native engine or Python relay (its workers inherit env)
         # the load client's response heads: the C scan, its Python specification, or httptools alone
         "response_scan": response_scan_label(),
-        # the generator's open-loop keep-alive client: the C engine or HttpClient (its workers inherit env)
+        # the generator's client: the C engine or HttpClient (its workers inherit env)
         "load_client": load_client_label(),
         "tools": tool_versions(sup),
     }

@@ -28,8 +28,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--step", action="append", default=[], metavar="AT:RATE[:ramp]",
                    help="change the rate at time AT (jump, or linear ramp to it with ':ramp'); repeatable")
     p.add_argument("--connections", default="close", metavar="close|keepalive:K",
-                   help="a new TCP connection per request (default), or a pool of K persistent ones (run by "
-                        "the native C client where it is built; LBBENCH_PURE_CLIENT=1 for the Python one)")
+                   help="a new TCP connection per request (default), or a pool of K persistent ones (either "
+                        "is sent by the native C client where it is built; LBBENCH_PURE_CLIENT=1 for the "
+                        "Python one)")
     p.add_argument("-c", dest="pool", type=int, metavar="K",
                    help="wrk2's -c: a pool of K persistent connections (the same as --connections keepalive:K)")
     p.add_argument("--workers", type=int, default=0, metavar="W", help="worker processes (default: auto)")

@@ -1,4 +1,4 @@
-/* lbbench.load._engine: the load generator's native keep-alive client (open loop), one epoll thread.
+/* lbbench.load._engine: the load generator's native client (open and closed loop), one epoll thread.
  *
  * Python (lbbench/load/native.py) hands the engine the worker's schedule (absolute CLOCK_MONOTONIC
  * intended times, the clock of time.monotonic()) and starts it; from then on the engine's thread owns
@@ -7,7 +7,9 @@
  * (RECORD_SIZE bytes each, numpy views them: lbbench.load.native.RECORD), and the interned pod and
  * pod_ip strings as they appear.
  *
- * Behaviour is lbbench.load.client.HttpClient's in keepalive:K mode, event for event:
+ * Behaviour is lbbench.load.client.HttpClient's, event for event, in keepalive:K mode and in close mode
+ * (pool 0: every request opens its own connection, which ends with its request; the rules below
+ * about the pool do not apply):
  * - the first K requests open the K connections (a request's conn_id, new_conn and sent are set when
  *   its connection is opened: the SYN is its first byte out); later ones take an idle connection,
  *   least recently used first; a request that finds none waits, first come first served;
@@ -133,7 +135,7 @@ typedef struct {
     socklen_t addrlen;
     char *request;
     size_t request_len;
-    int pool;
+    int pool; /* 0: close mode, a new connection per request */
     double connect_timeout, timeout;
     int64_t conn_next, conn_step;
     double *times;
@@ -569,6 +571,8 @@ static void connected(Engine *e, conn_t *c) {
     c->req = NULL;
     if (q != NULL)
         conn_send(e, c, q);
+    else if (e->pool == 0)
+        conn_kill(e, c); /* close mode: its request timed out while it came up */
     else
         release(e, c);
 }
@@ -667,7 +671,9 @@ static void issue(Engine *e, double intended, double now, int32_t tag) {
     if (e->issued_n++ == 0)
         e->first_issue = now;
     e->last_issue = now;
-    if (e->i_head != NULL && e->w_head == NULL && e->nconns >= e->pool) {
+    if (e->pool == 0) {
+        conn_open(e, q); /* close mode: its own connection */
+    } else if (e->i_head != NULL && e->w_head == NULL && e->nconns >= e->pool) {
         conn_t *c = e->i_head; /* a free pooled connection: it leaves at once */
         idle_unlink(e, c);
         r->sent = now;
@@ -734,7 +740,7 @@ static void response_complete(Engine *e, conn_t *c) {
     if (q == NULL)
         return;
     int status = q->r.status;
-    int reuse = c->keep_alive;
+    int reuse = c->keep_alive && e->pool > 0;
     finish(e, q, status >= 500 ? E_5XX : status >= 400 ? E_4XX : E_OK);
     if (reuse) {
         release(e, c);
@@ -758,7 +764,7 @@ static void timed_out(Engine *e, req_t *q) {
     int on_conn = c != NULL && c->req == q, connecting = c != NULL && c->connecting;
     finish(e, q, E_TIMEOUT);
     if (on_conn) {
-        if (!connecting)
+        if (!connecting || e->pool == 0)
             conn_kill(e, c); /* a pool connection still coming up stays useful */
         pump(e);
     }
@@ -1411,8 +1417,8 @@ static PyObject *Engine_new(PyTypeObject *type, PyObject *args, PyObject *kwds) 
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "siy#iddLL:Engine", kwlist, &host, &port, &request, &request_len,
                                      &pool, &connect_timeout, &timeout, &base, &step))
         return NULL;
-    if (pool < 1 || request_len < 1 || port < 0 || port > 65535) {
-        PyErr_SetString(PyExc_ValueError, "the engine needs a pool of at least one connection, a request and a port");
+    if (pool < 0 || request_len < 1 || port < 0 || port > 65535) {
+        PyErr_SetString(PyExc_ValueError, "the engine needs a pool size (0: close mode), a request and a port");
         return NULL;
     }
     Engine *e = (Engine *)type->tp_alloc(type, 0);
@@ -1698,7 +1704,7 @@ static PyGetSetDef Engine_getset[] = {
 static PyTypeObject EngineType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "lbbench.load._engine.Engine",
-    .tp_doc = "The native keep-alive client: a thread issuing an open-loop schedule (see the module's source).",
+    .tp_doc = "The native load client: a thread issuing a schedule or running users (see the module's source).",
     .tp_basicsize = sizeof(Engine),
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_new = Engine_new,
@@ -1708,7 +1714,7 @@ static PyTypeObject EngineType = {
 };
 
 static struct PyModuleDef engine_module = {
-    PyModuleDef_HEAD_INIT, "_engine", "The load generator's native keep-alive client (see _engine.c).", -1, NULL,
+    PyModuleDef_HEAD_INIT, "_engine", "The load generator's native client (see _engine.c).", -1, NULL,
     NULL, NULL, NULL, NULL,
 };
 

@@ -1,4 +1,4 @@
-"""Types of the native keep-alive client engine (_engine.c); see lbbench.load.native."""
+"""Types of the native load client engine (_engine.c); see lbbench.load.native."""
 
 RECORD_SIZE: int
 ABORTED: int

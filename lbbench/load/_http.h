@@ -1,5 +1,5 @@
 /* The strict scan of one whole, plain HTTP/1.1 response, shared by lbbench.load._scan (which hands
- * its fields to Python) and lbbench.load._engine (the native keep-alive client, which parses without
+ * its fields to Python) and lbbench.load._engine (the native load client, which parses without
  * the GIL). No Python objects here: the caller turns the timing values into numbers (float() in
  * _scan, a C parser with float()'s grammar in _engine) through `on_num`.
  *

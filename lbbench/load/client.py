@@ -8,10 +8,10 @@ them all busy waits in the client, first come first served (its latency still co
 the intended time). A broken or timed-out connection is dropped and a new one (new
 conn_id) is opened by the next request.
 
-In a load generator worker, keep-alive load runs on the native engine instead where it is built
-(lbbench/load/_engine.c, driven by lbbench.load.native; the same semantics, which
-tests/load/test_engine.py holds the two to); this client runs close mode, and everything when the
-engine is not built or LBBENCH_PURE_CLIENT=1.
+In a load generator worker, the load runs on the native engine instead where it is built
+(lbbench/load/_engine.c, driven by lbbench.load.native; the same semantics in both modes, which
+tests/load/test_engine.py holds the two to); this client runs it when the engine is not built or
+LBBENCH_PURE_CLIENT=1.
 
 Every request ends exactly once, through `on_done(request)`, with `error` one of
 :data:`ERROR_KINDS` ("" when ok). `reset` covers a connection reset or closed by the peer

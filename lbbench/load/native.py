@@ -1,16 +1,16 @@
-"""The keep-alive worker on the native client engine (_engine.c): C sends and reads, Python records.
+"""The worker on the native client engine (_engine.c): C sends and reads, Python records.
 
 The engine's thread issues the worker's whole schedule (open loop) or runs its users (closed loop:
-each sends, waits for the answer, thinks, sends again, as worker.Users) and every keep-alive connection
-without the GIL (the semantics of HttpClient in keepalive:K mode, see _engine.c); Python wakes up
+each sends, waits for the answer, thinks, sends again, as worker.Users) and every connection, keep-alive
+or one per request (close mode), without the GIL (the semantics of HttpClient, see _engine.c); Python wakes up
 every DRAIN_EVERY_S, takes the finished requests as one packed buffer (RECORD, viewed by numpy
 without a copy per row) and hands them to Recorder.on_records, which bins and counts them in bulk.
 `EngineDriver` stands in for both the Dispatcher and the HttpClient in Worker._drive (start, stop,
 finished; wait_idle, abort_all, close), so the worker's progress reports, stop grace, abort count,
 CPU accounting (the thread is in RUSAGE_SELF) and result message are the same for both clients.
 
-Which client runs: this one for keep-alive runs when the extension imports, the Python client when
-it is missing, in close mode, or when LBBENCH_PURE_CLIENT=1 (lbbench.system.compiled.native_client).
+Which client runs: this one when the extension imports, the Python client when it is missing or
+when LBBENCH_PURE_CLIENT=1 (lbbench.system.compiled.native_client).
 """
 
 from __future__ import annotations
@@ -143,7 +143,7 @@ class EngineDriver:
         except OSError as exc:
             # What it recorded is kept (drain hands every record over before the error); the requests
             # still in flight are the abort count, so the run is marked incomplete, with a warning.
-            self.failure = f"the native keep-alive client's thread stopped: {exc}"
+            self.failure = f"the native load client's thread stopped: {exc}"
             print(f"lbbench load worker: {self.failure}", file=sys.stderr)
             self.stop()
             self._wake_idle()
@@ -165,7 +165,7 @@ def make_driver(spec_target: tuple[str, int], request: bytes, pool: int, connect
                 times: np.ndarray[Any, np.dtype[np.float64]], recorder: Recorder,
                 users: tuple[float, float] | None = None) -> EngineDriver:
     """The engine for one worker: `times` are its sends (open loop), or with `users` = (end, think_s)
-    its users' first sends (closed loop)."""
+    its users' first sends (closed loop); `pool` 0 is close mode (a new connection per request)."""
     host, port = spec_target
     engine = _engine.Engine(resolve(host, port), port, request, pool, connect_timeout_s, timeout_s, conn_id_base,
                             conn_id_step)

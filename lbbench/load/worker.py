@@ -292,8 +292,8 @@ class Worker:
         await self._run_with(timer, driver, client, recorder, start_at)
 
     def _native(self) -> bool:
-        """Keep-alive load runs on the C engine where it is built (and not turned off)."""
-        return self.spec.connections.kind == "keepalive" and native_client()
+        """The load runs on the C engine where it is built (and not turned off), in either mode."""
+        return native_client()
 
     def _engine(self, times: np.ndarray[Any, np.dtype[np.float64]], start_at: float,
                 recorder: Recorder) -> EngineDriver:
@@ -301,7 +301,8 @@ class Worker:
 
         spec = self.spec
         users = (start_at + spec.duration_s, spec.think_time_s) if spec.closed_loop else None
-        return make_driver((spec.target.host, spec.target.port), build_request(spec.path, spec.host, close=False),
+        close = spec.connections.kind != "keepalive"  # pool 0: a new connection per request
+        return make_driver((spec.target.host, spec.target.port), build_request(spec.path, spec.host, close=close),
                            self._pool(), spec.connect_timeout_s, spec.timeout_s, self.index, self.count, times,
                            recorder, users)
 

@@ -21,7 +21,8 @@ COMPILE_ENV = "LBBENCH_COMPILE"
 # the pure-Python relay (lbbench/frontends/dnat/relay.py) instead.
 NATIVE_RELAY = "lbbench.frontends.dnat._crelay"
 PURE_RELAY_ENV = "LBBENCH_PURE_RELAY"
-# the load generator's native keep-alive client (open loop); PURE_CLIENT_ENV=1 runs HttpClient instead
+# the load generator's native client (open and closed loop, keep-alive and close mode); PURE_CLIENT_ENV=1 runs
+# HttpClient instead
 NATIVE_CLIENT = "lbbench.load._engine"
 PURE_CLIENT_ENV = "LBBENCH_PURE_CLIENT"
 # The hand-written C hot paths, each with a pure-Python fallback: (module, C source). setup.py
@@ -29,7 +30,7 @@ PURE_CLIENT_ENV = "LBBENCH_PURE_CLIENT"
 NATIVE_SOURCES: tuple[tuple[str, str], ...] = (
     (NATIVE_RELAY, "lbbench/frontends/dnat/_crelay.c"),  # userspace-dnat's relay engine
     ("lbbench.load._scan", "lbbench/load/_scan.c"),  # the load client's response-head scan
-    (NATIVE_CLIENT, "lbbench/load/_engine.c"),  # the load generator's keep-alive client engine
+    (NATIVE_CLIENT, "lbbench/load/_engine.c"),  # the load generator's client engine
 )
 # The L7 proxy's request/response path and the load generator's client. Not the forwarder's
 # relay: it has the hand-written engine above instead, and the tests subclass the Python
@@ -105,13 +106,13 @@ def native_client() -> bool:
 
 
 def load_client_label() -> str:
-    """'native keep-alive client' or 'Python keep-alive client', for reports: what runs keep-alive load
-    (close mode always runs on the Python client)."""
-    return "native keep-alive client" if native_client() else "Python keep-alive client"
+    """'native load client' or 'Python load client', for reports: what sends the load, keep-alive
+    and close mode alike."""
+    return "native load client" if native_client() else "Python load client"
 
 
 def hot_paths_label() -> str:
     """Which build of each hot path runs here, for a run's metadata.
 
-    E.g. 'pure Python, native relay, C response scan, native keep-alive client'."""
+    E.g. 'pure Python, native relay, C response scan, native load client'."""
     return f"{build_label()}, {relay_label()}, {response_scan_label()}, {load_client_label()}"

@@ -137,7 +137,7 @@ def test_keepalive_request_cycle(benchmark: BenchmarkFixture) -> None:
     assert ok >= 1 and buckets >= 1
 
 
-# -- the native keep-alive client (_engine.c) ----------------------------------------------------
+# -- the native load client (_engine.c) ---------------------------------------------------------
 REQUEST = build_request("/", "127.0.0.1", close=False)
 
 
@@ -218,7 +218,7 @@ def test_native_client_exchange(benchmark: BenchmarkFixture) -> None:
     """One keep-alive request through the native engine, over real loopback sockets: the engine's C in
     its own thread (read and scan the answer, record it, issue and send the next request: one recv, one
     send) plus this thread's pod end, which the instruction check subtracts (the floor above)."""
-    pytest.importorskip("lbbench.load._engine", reason="the native keep-alive client is not built")
+    pytest.importorskip("lbbench.load._engine", reason="the native load client is not built")
     pair = NativeClientPair()
     try:
         benchmark(pair.exchange)

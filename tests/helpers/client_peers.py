@@ -93,7 +93,7 @@ async def scripted(handler: Handler) -> Any:
             await asyncio.wait_for(server.wait_closed(), 1.0)
 
 
-# -- one schedule through either keep-alive client ----------------------------------------------
+# -- one schedule through either client (pool 0: close mode, a new connection per request) -------------
 Outcome = tuple[int, str, str, int, bool]  # status, error, pod, conn_id, new_conn
 
 
@@ -102,10 +102,11 @@ def outcomes(reqs: list[Request]) -> list[Outcome]:
 
 
 async def python_schedule(target: HostPort, offsets: list[float], pool: int, **kw: Any) -> list[Request]:
-    """HttpClient (keepalive:pool) issuing one request at each offset from now; every request, once ended."""
+    """HttpClient (keepalive:pool, or close mode for pool 0) issuing one request at each offset from now;
+    every request, once ended."""
     done: list[Request] = []
-    m = ConnectionMode("keepalive", pool)
-    client = HttpClient(target, build_request("/", str(target), close=False), m, done.append, pool_size=pool, **kw)
+    m = ConnectionMode("keepalive", pool) if pool else ConnectionMode("close")
+    client = HttpClient(target, build_request("/", str(target), close=not pool), m, done.append, pool_size=pool, **kw)
     t0 = time.monotonic() + 0.02
     for off in offsets:
         delay = t0 + off - time.monotonic()
@@ -128,7 +129,7 @@ async def engine_schedule(target: HostPort, offsets: list[float], pool: int, *, 
     from lbbench.load.native import RECORD
     from lbbench.load.recorder import ERROR_TABLE
 
-    eng = _engine.Engine(target.host, target.port, build_request("/", str(target), close=False), pool,
+    eng = _engine.Engine(target.host, target.port, build_request("/", str(target), close=not pool), pool,
                          connect_timeout_s, timeout_s, 0, 1)
     t0 = time.monotonic() + 0.02
     eng.start_open(np.array(offsets, dtype=np.float64) + t0)

@@ -1,4 +1,4 @@
-"""Fixtures of the load tests: a listener that never accepts, and which keep-alive client a generator test runs."""
+"""Fixtures of the load tests: a listener that never accepts, and which client a generator test runs."""
 
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ def full_listener() -> Iterator[HostPort]:
 
 @pytest.fixture(params=["native", "python"])
 def load_client(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Which client an open-loop keep-alive run uses: the C engine (_engine.c) or HttpClient.
+    """Which client a run uses, keep-alive or close mode: the C engine (_engine.c) or HttpClient.
 
     The worker processes inherit the environment, so LBBENCH_PURE_CLIENT picks theirs; where the
     extension is not built the native runs are skipped, saying so (tests/system/test_compiled.py
@@ -49,7 +49,7 @@ def load_client(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch)
     if mode == "native":
         monkeypatch.delenv(PURE_CLIENT_ENV, raising=False)
         if not native_client():
-            pytest.skip("the native keep-alive client is not built here (python setup.py build_ext --inplace)")
+            pytest.skip("the native load client is not built here (python setup.py build_ext --inplace)")
     else:
         monkeypatch.setenv(PURE_CLIENT_ENV, "1")
     assert native_client() is (mode == "native")

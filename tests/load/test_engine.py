@@ -1,5 +1,5 @@
-"""The native keep-alive client (_engine.c) against HttpClient: the same scripted servers, the same schedule,
-the same per-request status, error, pod, conn_id and new_conn; and the engine's own edge cases.
+"""The native load client (_engine.c) against HttpClient, keep-alive and close mode: the same scripted servers,
+the same schedule, the same per-request status, error, pod, conn_id and new_conn; and the engine's own edge cases.
 
 Real loopback sockets, no mocks. Each client gets a fresh server (so connection numbers match). Each
 scenario also states what the outcome must be, so that the two clients agreeing on a wrong answer fails.
@@ -31,7 +31,7 @@ from lbbench.load.client import Request
 from lbbench.model.addresses import HostPort
 from lbbench.system.compiled import native_client
 
-pytestmark = pytest.mark.skipif(not native_client(), reason="the native keep-alive client is not built here")
+pytestmark = pytest.mark.skipif(not native_client(), reason="the native load client is not built here")
 
 def later(tr: asyncio.Transport, delay_s: float, data: bytes, close: bool = False) -> None:
     """Write `data` (and perhaps close) `delay_s` from now: a response split over reads."""
@@ -165,6 +165,20 @@ SCENARIOS: dict[str, tuple[Callable[[], Handler], list[float], int, dict[str, fl
                                      [(0, "timeout", "", 0, True), (200, E, "scripted", 1, True),
                                       (200, E, "scripted", 1, False)]),
     "waiting requests time out too": (never_answers, [0.0, 0.05, 0.1, 0.15], 2, {"timeout_s": 0.2}, None),
+    # close mode (pool 0): every request its own connection, ended with it, whatever the server says
+    "close mode: a connection each, closed by the client": (ok_always, SPACED[:4], 0, {},
+                                                           [(200, E, "scripted", i, True) for i in range(4)]),
+    "close mode: closed by the server": (answer(OK.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n"),
+                                                close=True), SPACED[:3], 0, {},
+                                         [(200, E, "scripted", i, True) for i in range(3)]),
+    "close mode: overlapping": (ok_always, [0.0005 * i for i in range(30)], 0, {}, None),
+    "close mode: truncated": (truncated, SPACED[:3], 0, {}, [(200, "truncated", "", i, True) for i in range(3)]),
+    "close mode: body until the end": (answer(b"HTTP/1.1 200 OK\r\nx-pod: old\r\n\r\nto the end", close=True),
+                                       SPACED[:2], 0, {}, [(200, E, "old", i, True) for i in range(2)]),
+    "close mode: 5xx": (status_by_turn, SPACED[:2], 0, {}, [(503, "http_5xx", "s0", i, True) for i in range(2)]),
+    "close mode: a timeout ends only its own": (first_hangs, [0.0, 0.05, 0.3], 0, {"timeout_s": 0.2},
+                                                [(0, "timeout", "", 0, True), (200, E, "scripted", 1, True),
+                                                 (200, E, "scripted", 2, True)]),
 }
 
 
@@ -187,6 +201,9 @@ def test_engine_agrees_with_the_python_client(name: str) -> None:
     elif name == "many over k":
         assert {o[:3] for o in native} == {(200, E, "scripted")}
         assert {o[3] for o in native} == {0, 1, 2} and sum(o[4] for o in native) == 3
+    elif name == "close mode: overlapping":  # 0.5 ms apart: many open at once, each its own
+        assert [o[:3] for o in native] == [(200, E, "scripted")] * 30 and all(o[4] for o in native)
+        assert sorted(o[3] for o in native) == list(range(30))
     else:
         assert {o[1] for o in native} == {"timeout"}
 
@@ -197,13 +214,14 @@ def _free_address() -> HostPort:
         return HostPort(*s.getsockname()[:2])
 
 
-def test_refused_agrees() -> None:
+@pytest.mark.parametrize("pool", [2, 0], ids=["keepalive", "close"])
+def test_refused_agrees(pool: int) -> None:
     addr = _free_address()
     offsets = [0.02 * i for i in range(5)]
 
     async def go() -> tuple[list[Outcome], list[Outcome]]:
-        py = await python_schedule(addr, offsets, 2)
-        native, _, _ = await engine_schedule(addr, offsets, 2)
+        py = await python_schedule(addr, offsets, pool)
+        native, _, _ = await engine_schedule(addr, offsets, pool)
         return outcomes(py), outcomes(native)
 
     py, native = run(go())
@@ -224,6 +242,22 @@ def test_connect_timeout_agrees(full_listener: HostPort) -> None:
     first, second = sorted(native, key=lambda r: r.intended)
     assert 0.19 <= first.done - first.sent < 0.4
     assert 0.19 <= second.done - second.sent < 0.4 and second.sent >= first.done - 0.01
+
+
+def test_connect_timeout_agrees_in_close_mode(full_listener: HostPort) -> None:
+    """Close mode: each request's own connect times out, from its own attempt, side by side (the second
+    does not wait for the first, as it did for the keep-alive pool's one connection)."""
+    async def go() -> tuple[list[Request], list[Request]]:
+        py = await python_schedule(full_listener, [0.0, 0.05], 0, connect_timeout_s=0.2)
+        native, _, _ = await engine_schedule(full_listener, [0.0, 0.05], 0, connect_timeout_s=0.2)
+        return py, native
+
+    py, native = run(go())
+    expected = [(0, "connect_timeout", "", 0, True), (0, "connect_timeout", "", 1, True)]
+    assert outcomes(native) == outcomes(py) == expected
+    first, second = sorted(native, key=lambda r: r.intended)
+    assert 0.19 <= first.done - first.sent < 0.4 and 0.19 <= second.done - second.sent < 0.4
+    assert second.sent < first.done  # its own attempt, at its own time
 
 
 # -- the engine's own edge cases ------------------------------------------------------------------------
