@@ -117,6 +117,7 @@ typedef struct conn {
     req_t *req;
     struct conn *prev, *next;   /* every open or connecting connection */
     struct conn *iprev, *inext; /* idle, least recently used first */
+    struct conn *cprev, *cnext; /* connecting, in open order: connect deadline order */
     struct conn *dnext;         /* dead: freed after the batch of events that killed it */
 } conn_t;
 
@@ -159,6 +160,7 @@ typedef struct {
     req_t *w_head, *w_tail;
     conn_t *conns, *i_head, *i_tail, *dead;
     int nconns, nconnecting, nfailed;
+    struct conn *c_head, *c_tail; /* the connecting ones (close mode: every request's, so never walk them all) */
     req_t *free_reqs;
     char *rbuf;
     double median_lead, aim_lead, aimed_at;
@@ -504,6 +506,7 @@ static void conn_kill(Engine *e, conn_t *c) {
     e->nconns--;
     if (c->connecting) {
         e->nconnecting--;
+        DL_UNLINK(e->c_head, e->c_tail, c, cprev, cnext);
         if (c->connect_errno)
             e->nfailed--;
     }
@@ -529,6 +532,7 @@ static void conn_open(Engine *e, req_t *q) {
     e->nconns++;
     c->connecting = 1;
     e->nconnecting++;
+    DL_PUSH(e->c_head, e->c_tail, c, cprev, cnext);
     c->req = q;
     if (q != NULL) {
         q->conn = c;
@@ -543,7 +547,12 @@ static void conn_open(Engine *e, req_t *q) {
     if (c->fd >= 0) {
         int one = 1;
         setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one); /* as uvloop's transports */
-        setsockopt(c->fd, SOL_SOCKET, SO_TIMESTAMPNS, &one, sizeof one); /* whose wait: `freed` */
+        /* whose wait: `freed`. Only for a pool: close mode has no wait for a connection, and each of its
+           sockets turning stamps on and off flipped the kernel's netstamp static key (a text patch with
+           IPIs to every CPU) so often that its sends stalled for 15-50 ms (perf: kworker in
+           static_key_enable/disable). A pool's connections keep it on for the run. */
+        if (e->pool > 0)
+            setsockopt(c->fd, SOL_SOCKET, SO_TIMESTAMPNS, &one, sizeof one);
         if (connect(c->fd, (struct sockaddr *)&e->addr, e->addrlen) == 0 || errno == EINPROGRESS) {
             struct epoll_event ev = {EPOLLOUT, {.ptr = c}};
             if (epoll_ctl(e->ep, EPOLL_CTL_ADD, c->fd, &ev) == 0)
@@ -565,6 +574,7 @@ static void connect_failed(Engine *e, conn_t *c, int error) {
 static void connected(Engine *e, conn_t *c) {
     c->connecting = 0;
     e->nconnecting--;
+    DL_UNLINK(e->c_head, e->c_tail, c, cprev, cnext);
     struct epoll_event ev = {EPOLLIN | EPOLLRDHUP, {.ptr = c}};
     epoll_ctl(e->ep, EPOLL_CTL_MOD, c->fd, &ev);
     req_t *q = c->req;
@@ -1145,19 +1155,20 @@ static void on_event(Engine *e, conn_t *c, uint32_t ev) {
 static void sweep(Engine *e, double now) {
     while (e->out_head != NULL && e->out_head->r.intended + e->timeout <= now)
         timed_out(e, e->out_head);
-    if (e->nconnecting == 0)
-        return;
-    conn_t *c = e->conns;
-    while (c != NULL) {
-        conn_t *next = c->next; /* new connections go to the front: not visited this time */
-        if (c->connecting && !c->dead) {
+    if (e->nfailed > 0) { /* connects that failed at once (rare): settled now, a turn later */
+        conn_t *c = e->c_head, *last = e->c_tail; /* those opened meanwhile wait for the next turn */
+        while (c != NULL) {
+            conn_t *next = c->cnext;
+            int at_end = c == last;
             if (c->connect_errno)
                 connect_failed(e, c, classify(c->connect_errno, 1));
-            else if (c->connect_deadline <= now)
-                connect_failed(e, c, E_CONNECT_TIMEOUT);
+            if (at_end)
+                break;
+            c = next;
         }
-        c = next;
     }
+    while (e->c_head != NULL && e->c_head->connect_deadline <= now) /* in deadline order */
+        connect_failed(e, e->c_head, E_CONNECT_TIMEOUT);
 }
 
 static void free_dead(Engine *e) {
@@ -1255,12 +1266,9 @@ static long long next_wait_ns(Engine *e, double now) {
     }
     if (e->nfailed > 0)
         return 0;
-    if (e->nconnecting > 0) {
-        for (conn_t *c = e->conns; c != NULL; c = c->next)
-            if (c->connecting && c->connect_deadline < until) {
-                until = c->connect_deadline;
-                e->timed_wait = 0;
-            }
+    if (e->c_head != NULL && e->c_head->connect_deadline < until) { /* the earliest connect deadline */
+        until = e->c_head->connect_deadline;
+        e->timed_wait = 0;
     }
     if (isinf(until))
         return -1;
