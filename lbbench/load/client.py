@@ -213,6 +213,10 @@ class _Conn(asyncio.Protocol):
         parser = self.parser
         if parser is None or not _interim(parser.get_status_code()):
             self.complete = True
+        elif not parser.should_keep_alive():
+            # an interim response that ends the connection ("HTTP/1.0 100"): llhttp takes nothing after
+            # it, so neither may the whole-response scan (found by test_head's generated responses)
+            self.in_message = True
 
     # -- asyncio.Protocol ---------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
