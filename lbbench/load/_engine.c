@@ -106,6 +106,7 @@ typedef struct conn {
     int64_t id;
     uint64_t served;
     uint8_t connecting, idle, dead, got_bytes, length_known, keep_alive;
+    uint8_t interim_ended; /* an interim response without keep-alive ("HTTP/1.0 100"): nothing may follow */
     int connect_errno; /* connect() failed at once: reported at the next turn, as asyncio would */
     int phase;
     uint64_t remaining;
@@ -605,7 +606,7 @@ static void conn_send(Engine *e, conn_t *c, req_t *q) {
     if (isnan(q->r.sent))
         q->r.sent = mono();
     c->served++;
-    c->got_bytes = c->length_known = 0;
+    c->got_bytes = c->length_known = c->interim_ended = 0;
     c->keep_alive = 1;
     c->phase = P_HEAD;
     c->len = 0;
@@ -923,14 +924,15 @@ static void take_head_fields(Engine *e, req_t *q, const unsigned char *const *te
     memcpy(q->r.num, num, sizeof q->r.num);
 }
 
-/* The head in c->buf[0:len] is complete: 1 the response is complete, 0 read on, -1 malformed. */
+/* The head in c->buf[0:len] is complete: 1 the response is complete, 0 read on, -1 malformed, 2 an
+   interim response that ends the connection (llhttp takes nothing after it: httptools then fails). */
 static int on_head(Engine *e, conn_t *c) {
     head_t h;
     if (parse_head((unsigned char *)c->buf, (ssize_t)c->len, &h) < 0)
         return -1;
     c->len = 0;
     if (h.status >= 100 && h.status < 200 && h.status != 101)
-        return 0; /* an interim response: the real one follows */
+        return h.keep_alive ? 0 : 2; /* an interim response: the real one follows */
     req_t *q = c->req;
     q->r.status = (int16_t)h.status;
     take_head_fields(e, q, h.text, h.text_len, h.num);
@@ -1001,6 +1003,10 @@ static void feed(Engine *e, conn_t *c, const unsigned char *d, size_t n) {
         pump(e);
         return;
     }
+    if (c->interim_ended) {
+        bad_response(e, c);
+        return;
+    }
     if (!c->got_bytes && c->phase == P_HEAD && c->len == 0) {
         http_head h;
         double num[HF_NUMS] = {NAN, NAN, NAN, NAN};
@@ -1063,6 +1069,14 @@ static void feed(Engine *e, conn_t *c, const unsigned char *d, size_t n) {
             n -= (size_t)took;
             if (line_done)
                 done = on_line(c);
+        }
+        if (done == 2) {
+            if (n > 0) {
+                bad_response(e, c);
+                return;
+            }
+            c->interim_ended = 1;
+            return;
         }
         if (done < 0) {
             bad_response(e, c);

@@ -147,6 +147,13 @@ SCENARIOS: dict[str, tuple[Callable[[], Handler], list[float], int, dict[str, fl
                                [(200, E, "scripted", 0, True), (200, E, "scripted", 0, False)]),
     "1xx skipped, own read": (split(b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n", OK), SPACED[:2], 1, {},
                               [(200, E, "scripted", 0, True), (200, E, "scripted", 0, False)]),
+    # llhttp takes nothing after an interim response without keep-alive: the final one is "other"
+    "an HTTP/1.0 interim response ends the connection, same read": (
+        answer(b"HTTP/1.0 100 Continue\r\n\r\n" + OK), SPACED[:2], 1, {},
+        [(0, "other", "", i, True) for i in range(2)]),
+    "an HTTP/1.0 interim response ends the connection, own read": (
+        split(b"HTTP/1.0 100 Continue\r\n\r\n", OK), SPACED[:2], 1, {},
+        [(0, "other", "", i, True) for i in range(2)]),
     "204 and 304 have no body": (no_body, SPACED[:3], 1, {},
                                  [(204, E, "nb", 0, True), (304, E, "nb", 0, False), (204, E, "nb", 0, False)]),
     "5xx and 4xx": (status_by_turn, SPACED[:5], 1, {}, [
