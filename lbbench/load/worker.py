@@ -385,7 +385,9 @@ class Worker:
             "latency": rec.latency.to_dict(), "lateness": rec.lateness.to_dict(),
             "pool_wait": rec.pool_wait.to_dict(), "pool_wait_own": rec.pool_wait_own.to_dict(),
             "first_issue_s": rec.first_issue - start_at, "last_issue_s": rec.last_issue - start_at,
-            "send_end_s": wall[1] - start_at,
+            # the native engine's thread may issue a request or two after the stop was asked for and
+            # `wall[1]` taken: the sending ran until its last issue (a row intended after the end, once)
+            "send_end_s": (max(wall[1], rec.last_issue) if rec.issued else wall[1]) - start_at,
             "cpu_s": cpu[2] - cpu[0], "send_cpu_s": cpu[1] - cpu[0], "poll_cpu_s": poll[2] - poll[0],
             # the busy fraction (polling left out); over less than a second of sending (a Ctrl-C soon
             # after the start) it is the rusage clock's granularity and the stop's own work: not judged
