@@ -39,9 +39,10 @@ def _compiled_spec() -> Any:
 
 COMPILED = _compiled_spec()
 # Hand-written C hot paths (the list is lbbench/system/compiled.py's NATIVE_SOURCES).
-# A module is rebuilt when a header next to it changes (lbbench/load/_http.h is shared by two).
+# A module is rebuilt when any of lbbench's C headers changes (lbbench/load/_http.h is shared by three).
+HEADERS = sorted(str(h.relative_to(HERE)) for h in (HERE / "lbbench").rglob("*.h"))
 NATIVE = [Extension(name, sources=[src], optional=True, extra_compile_args=["-O2", "-std=gnu99", "-Wall", "-Wextra"],
-                    depends=sorted(str(h.relative_to(HERE)) for h in (HERE / src).parent.glob("*.h")))
+                    depends=HEADERS)
           for name, src in COMPILED.NATIVE_SOURCES]
 
 

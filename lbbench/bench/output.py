@@ -172,7 +172,7 @@ def print_report(doc: dict[str, Any], console: Console) -> None:
                   f"{m.get('load_avg_start', ['?'])[0]} -> {m.get('load_avg_end', ['?'])[0]}, "
                   f"{doc['wall_s']:.0f} s, lbbench {m.get('lbbench_build', 'pure Python')}, "
                   f"{m.get('dnat_relay', 'Python relay')}, {m.get('response_scan', 'httptools')}, "
-                  f"{m.get('load_client', 'Python load client')}")
+                  f"{m.get('load_client', 'Python load client')}, {m.get('proxy_heads', 'httptools proxy parse')}")
 
 
 # -- plot -------------------------------------------------------------------------------------------

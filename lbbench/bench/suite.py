@@ -29,7 +29,13 @@ from lbbench.bench.stats import Stat, is_unstable, paired_ratio, stat
 from lbbench.bench.throughput import GroupRun, Pids, per_10k
 from lbbench.cluster.standalone import fresh_ip, start_pod
 from lbbench.model.addresses import HostPort
-from lbbench.system.compiled import build_label, load_client_label, relay_label, response_scan_label
+from lbbench.system.compiled import (
+    build_label,
+    load_client_label,
+    proxy_heads_label,
+    relay_label,
+    response_scan_label,
+)
 from lbbench.system.netns import in_private_netns
 from lbbench.system.procs import Supervisor
 
@@ -320,6 +326,8 @@ def machine(sup: Supervisor) -> dict[str, Any]:
         "response_scan": response_scan_label(),
         # the generator's client: the C engine or HttpClient (its workers inherit env)
         "load_client": load_client_label(),
+        # the L7 proxy's common request and response heads: the C scan, or httptools (its worker inherits env)
+        "proxy_heads": proxy_heads_label(),
         "tools": tool_versions(sup),
     }
 

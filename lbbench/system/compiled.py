@@ -15,6 +15,7 @@ import importlib
 import importlib.machinery
 import importlib.util
 import os
+from types import ModuleType
 
 COMPILE_ENV = "LBBENCH_COMPILE"
 # userspace-dnat's relay engine, hand-written C (setup.py's NATIVE); set PURE_RELAY_ENV=1 to run
@@ -25,12 +26,17 @@ PURE_RELAY_ENV = "LBBENCH_PURE_RELAY"
 # HttpClient instead
 NATIVE_CLIENT = "lbbench.load._engine"
 PURE_CLIENT_ENV = "LBBENCH_PURE_CLIENT"
+# the L7 proxy's scan of the common request and response head; PURE_HEADS_ENV=1 parses everything with
+# httptools, as the proxy does for whatever the scan declines
+NATIVE_HEADS = "lbbench.frontends.proxy._heads"
+PURE_HEADS_ENV = "LBBENCH_PURE_HEADS"
 # The hand-written C hot paths, each with a pure-Python fallback: (module, C source). setup.py
 # builds them in every install that has a C compiler (optional extensions).
 NATIVE_SOURCES: tuple[tuple[str, str], ...] = (
     (NATIVE_RELAY, "lbbench/frontends/dnat/_crelay.c"),  # userspace-dnat's relay engine
     ("lbbench.load._scan", "lbbench/load/_scan.c"),  # the load client's response-head scan
     (NATIVE_CLIENT, "lbbench/load/_engine.c"),  # the load generator's client engine
+    (NATIVE_HEADS, "lbbench/frontends/proxy/_heads.c"),  # the L7 proxy's request and response head scan
 )
 # The L7 proxy's request/response path and the load generator's client. Not the forwarder's
 # relay: it has the hand-written engine above instead, and the tests subclass the Python
@@ -111,8 +117,23 @@ def load_client_label() -> str:
     return "native load client" if native_client() else "Python load client"
 
 
+def proxy_heads() -> ModuleType | None:
+    """The L7 proxy's C head scan (lbbench.frontends.proxy._heads) if it is built and not turned off, else None."""
+    if os.environ.get(PURE_HEADS_ENV, "") not in ("", "0"):
+        return None
+    try:
+        return importlib.import_module(NATIVE_HEADS)
+    except ImportError:
+        return None
+
+
+def proxy_heads_label() -> str:
+    """'C proxy head scan' or 'httptools proxy parse': how the L7 proxy reads the common heads, for reports."""
+    return "C proxy head scan" if proxy_heads() is not None else "httptools proxy parse"
+
+
 def hot_paths_label() -> str:
     """Which build of each hot path runs here, for a run's metadata.
 
-    E.g. 'pure Python, native relay, C response scan, native load client'."""
-    return f"{build_label()}, {relay_label()}, {response_scan_label()}, {load_client_label()}"
+    E.g. 'pure Python, native relay, C response scan, native load client, C proxy head scan'."""
+    return f"{build_label()}, {relay_label()}, {response_scan_label()}, {load_client_label()}, {proxy_heads_label()}"

@@ -21,7 +21,7 @@ from lbbench.bench.throughput import L4_PEERS, L7_PEERS, http_ok, skip_reason
 from lbbench.cli import main
 from lbbench.load import head
 from lbbench.model.addresses import HostPort
-from lbbench.system.compiled import build_label, relay_label
+from lbbench.system.compiled import build_label, proxy_heads_label, relay_label
 from lbbench.system.netns import netns_unavailable_reason
 from lbbench.system.procs import Supervisor, lbbench_argv
 
@@ -83,6 +83,7 @@ def test_bench_runs_and_writes_bench_json(tmp_path: Path) -> None:
     assert m["lbbench_build"] == build_label()  # "pure Python" from the checkout's sources
     assert m["dnat_relay"] == relay_label()  # "native relay" where the engine is built in place
     assert m["response_scan"] == ("C response scan" if head.NATIVE else "httptools")
+    assert m["proxy_heads"] == proxy_heads_label()  # "C proxy head scan" where _heads.c is built
 
     l4 = assert_peers(doc["groups"]["l4"], L4_PEERS, "l4")
     close = assert_peers(doc["groups"]["l4_close"], L4_PEERS, "l4_close")

@@ -19,6 +19,7 @@ from __future__ import annotations
 import re
 import sys
 import traceback
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade, HttpRequestParser
@@ -46,9 +47,16 @@ from lbbench.frontends.proxy.http import (
     split_target,
     upstream_head,
 )
+from lbbench.system.compiled import proxy_heads
 
 if TYPE_CHECKING:
     from lbbench.frontends.proxy.client import ClientConnection
+    from lbbench.frontends.proxy.queue import ServicePool
+
+_HEADS = proxy_heads()
+# (method, target, host, forwarded fields, field count, keep-alive) of one whole plain request, else None
+ScanRequest = Callable[[bytes], "tuple[bytes, bytes, bytes, bytes, int, bool] | None"]
+SCAN_REQUEST: ScanRequest | None = _HEADS.request if _HEADS is not None else None
 
 
 class Reject(Exception):
@@ -118,11 +126,19 @@ class RequestReader:
         self.head_bytes = 0
         self.heads_done = 0
         self.tails: dict[bytes, bytes] = {}  # via version -> X-Forwarded-For and Via for this client
+        # The C scan of one whole plain request (lbbench/frontends/proxy/_heads.c), None without it:
+        # what it declines, and every byte while a request is under way, goes to llhttp.
+        self.scan = SCAN_REQUEST
 
     def feed(self, data: bytes) -> None:
         if self.conn.closing:
             return  # lingering: discard
         if self.in_head:
+            if self.scan is not None and self.parsing is None and not self.head_bytes and len(data) <= self.max_head:
+                found = self.scan(data)
+                if found is not None:
+                    self._plain(*found)
+                    return
             room = self.max_head - self.head_bytes
             if len(data) > room:
                 # Feed only what the head may still take: a head that does not end within it is too large.
@@ -169,14 +185,64 @@ class RequestReader:
         if isinstance(e, HttpParserUpgrade):
             self.conn.fail(501, "protocol upgrades (WebSocket, h2c) and CONNECT are not supported")
         elif isinstance(e, HttpParserCallbackError):
-            cause = e.__context__
-            if isinstance(cause, Reject):
-                self.conn.fail(cause.status, cause.message)
-            elif not isinstance(cause, Stop):
-                traceback.print_exception(cause or e, file=sys.stderr)
-                self.conn.fail(500, "internal error in the proxy")
+            self._refused(e.__context__ or e)
         else:
             self.conn.fail(400, f"malformed request: {e}")
+
+    def _refused(self, cause: BaseException) -> None:
+        """What a callback (or the scan's path) raised: a refusal, a stop, or a bug (500)."""
+        if isinstance(cause, Reject):
+            self.conn.fail(cause.status, cause.message)
+        elif not isinstance(cause, Stop):
+            traceback.print_exception(cause, file=sys.stderr)
+            self.conn.fail(500, "internal error in the proxy")
+
+    def _plain(self, method: bytes, target: bytes, host: bytes, fields: bytes, count: int, keep_alive: bool) -> None:
+        """A whole plain request the C scan read: what llhttp's callbacks would do with it, in their order."""
+        try:
+            self.on_message_begin()
+            ex = self.parsing
+            assert ex is not None
+            if host not in _valid_hosts:
+                _check_host(host)
+            self.in_head = False
+            self.heads_done += 1
+            if count > self.limits.max_headers:
+                raise Reject(431, f"more than {self.limits.max_headers} header fields")
+            ex.keep_alive = keep_alive  # version11 is the Exchange's default
+            ex.method, ex.is_head, ex.idempotent = _methods.get(method) or _method(method)
+            ex.target = target
+            pool = self._route(ex, host, target)
+            if pool is not None:
+                head = b"".join((method, b" ", target, b" HTTP/1.1\r\n", fields, self._tail(b"1.1")))
+                ex.out.append(head)
+                ex.out_bytes = len(head)
+            self._submit(ex, NO_BODY)
+        except Exception as e:
+            self._refused(e)
+            return
+        if self.parsing is not None:
+            self.on_message_complete()
+
+    def _route(self, ex: Exchange, host: bytes, target: bytes) -> ServicePool | None:
+        ex.pool = pool = self.router.route(host, target)
+        if pool is None:
+            ex.reject = (404, f"no Ingress rule for host {host.decode('latin-1')!r} and path "
+                              f"{target.split(b'?', 1)[0].decode('latin-1')!r}")
+        return pool
+
+    def _tail(self, via_version: bytes) -> bytes:
+        """X-Forwarded-For and Via for this client (the end of the common request head)."""
+        tail = self.tails.get(via_version)
+        if tail is None:
+            tail = self.tails[via_version] = forwarding_tail(self.conn.peer, via_version)
+        return tail
+
+    def _submit(self, ex: Exchange, framing: int) -> None:
+        """The head is read: hand the request to the connection."""
+        ex.state = WAITING
+        ex.request_done = framing == NO_BODY  # complete already: an answer needs not wait for the end
+        self.conn.request_head(ex)
 
     # -- llhttp callbacks ---------------------------------------------------------------------
 
@@ -288,15 +354,10 @@ class RequestReader:
             raise Reject(400, f"the target's authority {authority.decode('latin-1')!r} is not the Host "
                               f"{host_field.decode('latin-1')!r}")
         host = authority or host_field or b""
-        ex.pool = pool = self.router.route(host, target)
-        if pool is None:
-            ex.reject = (404, f"no Ingress rule for host {host.decode('latin-1')!r} and path "
-                              f"{target.split(b'?', 1)[0].decode('latin-1')!r}")
-        else:
+        pool = self._route(ex, host, target)
+        if pool is not None:
             via_version = b"1.1" if version11 else b"1.0"
-            tail = self.tails.get(via_version)
-            if tail is None:
-                tail = self.tails[via_version] = forwarding_tail(self.conn.peer, via_version)
+            tail = self._tail(via_version)
             if rh is PLAIN_REQUEST and host_field is not None:
                 # upstream_head's common case, inlined: the request line, the fields as they came, our tail
                 fields[0] = method
@@ -308,9 +369,7 @@ class RequestReader:
                                      b"" if host_field is not None else authority or pool.host, tail)
             ex.out.append(head)
             ex.out_bytes = len(head)
-        ex.state = WAITING
-        ex.request_done = framing == NO_BODY  # complete already: an answer needs not wait for the end
-        self.conn.request_head(ex)
+        self._submit(ex, framing)
 
     def on_body(self, data: bytes) -> None:
         ex = self.parsing

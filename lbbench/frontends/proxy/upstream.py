@@ -13,6 +13,7 @@ import socket
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
 from httptools import HttpParserError, HttpResponseParser
@@ -34,9 +35,15 @@ from lbbench.frontends.proxy.http import (
     known_response_role,
     response_role,
 )
+from lbbench.system.compiled import proxy_heads
 
 if TYPE_CHECKING:
     from lbbench.frontends.proxy.queue import ServicePool
+
+_HEADS = proxy_heads()
+# (status, reason, forwarded fields, body, keep-alive) of one whole plain response, else None
+ScanResponse = Callable[[bytes], "tuple[int, bytes, bytes, bytes, bool] | None"]
+SCAN_RESPONSE: ScanResponse | None = _HEADS.response if _HEADS is not None else None
 
 UPSTREAM_IDLE_S = 30.0  # below aiohttp's 75 s keep-alive, so that the pod never closes first
 
@@ -56,8 +63,8 @@ class OutOfStep(BadResponse):
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = (
         "backend", "closed", "deadline", "done", "done_keep", "ex", "fields", "framing", "got_bytes", "has_length",
-        "head_done", "interim", "parser", "paused", "pool", "read_at", "reason", "server_timeout_s", "special",
-        "transport",
+        "head_done", "interim", "parser", "paused", "pool", "read_at", "reason", "scan", "server_timeout_s",
+        "special", "transport",
     )
 
     def __init__(self, backend: Backend, pool: ServicePool) -> None:
@@ -66,6 +73,9 @@ class UpstreamConnection(asyncio.Protocol):
         self.server_timeout_s = pool.settings.server_timeout_s
         self.transport: asyncio.Transport | None = None
         self.parser = HttpResponseParser(self)
+        # The C scan of one whole plain response (lbbench/frontends/proxy/_heads.c), None without it:
+        # what it declines, and a response that takes more than one read, goes to llhttp.
+        self.scan = SCAN_RESPONSE
         self.ex: Exchange | None = None
         # its response completed in the read being parsed: delivered once the whole read is parsed,
         # so that whether more bytes followed it is known before the connection is reused
@@ -203,13 +213,19 @@ class UpstreamConnection(asyncio.Protocol):
     # -- the response -------------------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
-        if self.ex is None:
+        ex = self.ex
+        if ex is None:
             self.close()  # bytes nobody asked for: the connection is out of step
             return
+        if not self.got_bytes and self.scan is not None and not ex.is_head:
+            found = self.scan(data)
+            if found is not None:
+                self._whole(ex, *found)
+                return
         self.got_bytes = True
         self.read_at = now = time.monotonic()
         self.deadline = now + self.server_timeout_s
-        client = self.ex.client
+        client = ex.client
         try:
             self.parser.feed_data(data)
         except HttpParserError as e:
@@ -219,14 +235,30 @@ class UpstreamConnection(asyncio.Protocol):
             if done is not None:  # a whole response, then bytes nobody asked for (OutOfStep) or garbage
                 done.client.response_done(done, self, False, now)
             else:
-                ex = self.ex
+                cur = self.ex
                 self.abort()
-                if ex is not None:
-                    ex.client.upstream_failed(ex, PROTOCOL)
+                if cur is not None:
+                    cur.client.upstream_failed(cur, PROTOCOL)
         done = self.done
         if done is not None:
             self.done = None
             done.client.response_done(done, self, self.done_keep, now)
+        if client.wbuf:
+            client.flush()
+
+    def _whole(self, ex: Exchange, status: int, reason: bytes, fields: bytes, body: bytes, keep_alive: bool) -> None:
+        """A whole plain response the C scan read: what llhttp's callbacks and data_received would do with it."""
+        self.got_bytes = self.head_done = True
+        self.read_at = now = time.monotonic()
+        self.reason = reason
+        self.fields = [b"", fields]  # the status line's slot, then the forwarded fields as one piece
+        self.has_length = True
+        client = ex.client
+        self.framing = client.response_head(ex, status, self)
+        if body:
+            client.response_body(ex, body)
+        self.ex = None
+        client.response_done(ex, self, keep_alive, now)
         if client.wbuf:
             client.flush()
 
