@@ -109,6 +109,10 @@ class SharedAcceptor:
         self.handover = handover
         self.loop = asyncio.get_running_loop()
         self.defers = 0
+        # connections taken while still far above a sibling, after MAX_DEFERS: the siblings were not
+        # scheduled in time (a starved machine) or are stuck; counted, so that a balance figure can be
+        # told from a scheduling one
+        self.forced = 0
         self.closed = False
         self.tasks: set[asyncio.Task[None]] = set()
         sock.setblocking(False)
@@ -121,6 +125,8 @@ class SharedAcceptor:
             self.loads.step_aside(True)
             self.pause(DEFER_S)
             return
+        if excess > BURST:
+            self.forced += 1
         self.defers = 0
         if excess > 0:
             os.sched_yield()

@@ -76,7 +76,10 @@ async def serve_forwarder(plan: ForwarderPlan) -> None:
             fwd.set_endpoints(table, (e.addr for e in endpoints))
             return {"ok": True}
         if msg.get("stats"):
-            return {"counters": fwd.counters.snapshot()}
+            counters = fwd.counters.snapshot()
+            if fwd.acceptors:  # shared accept: connections taken far above a sibling that did not come in time
+                counters["accepts_forced_total"] = sum(a.forced for a in fwd.acceptors)
+            return {"counters": counters}
         return {}
 
     bound = await fwd.start()
