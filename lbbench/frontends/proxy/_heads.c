@@ -26,6 +26,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <stdarg.h>
 
 #include "../../load/_http.h" /* the status line, header field and Content-Length scans of the subset */
 
@@ -152,6 +153,37 @@ static PyObject *joined(const unsigned char *d, const fields_t *f) {
     return b;
 }
 
+static PyObject *bytes_of(const unsigned char *d, ssize_t n) {
+    return PyBytes_FromStringAndSize((const char *)d, n);
+}
+
+static PyObject *bool_of(int b) {
+    PyObject *o = b ? Py_True : Py_False;
+    Py_INCREF(o);
+    return o;
+}
+
+/* A tuple of the n new references given (Py_BuildValue parses its format on every call); NULL, with
+   every reference released, if any of them is NULL (its error set) or the tuple cannot be made. */
+static PyObject *tuple_of(int n, ...) {
+    PyObject *items[8], *t;
+    va_list ap;
+    int i, failed = 0;
+
+    va_start(ap, n);
+    for (i = 0; i < n; i++)
+        failed |= (items[i] = va_arg(ap, PyObject *)) == NULL;
+    va_end(ap);
+    t = failed ? NULL : PyTuple_New(n);
+    for (i = 0; i < n; i++) {
+        if (t != NULL)
+            PyTuple_SET_ITEM(t, i, items[i]);
+        else
+            Py_XDECREF(items[i]);
+    }
+    return t;
+}
+
 /* 1 and the bytes of `arg` if it is exactly bytes (anything else is no message of the subset), else 0 */
 static int bytes_arg(PyObject *arg, const unsigned char **d, ssize_t *n) {
     if (!PyBytes_CheckExact(arg))
@@ -164,7 +196,7 @@ static int bytes_arg(PyObject *arg, const unsigned char **d, ssize_t *n) {
 static PyObject *request(PyObject *module, PyObject *arg) {
     const unsigned char *d;
     ssize_t n, p, target;
-    PyObject *method, *fields;
+    PyObject *method;
     fields_t f;
     (void)module;
 
@@ -188,18 +220,15 @@ static PyObject *request(PyObject *module, PyObject *arg) {
         Py_RETURN_NONE;
     if (!scan_fields(d, n, p + 11, 0, &f) || f.host < 0 || f.end != n)
         Py_RETURN_NONE;
-    fields = joined(d, &f);
-    if (fields == NULL)
-        return NULL;
-    return Py_BuildValue("(Oy#y#NiO)", method, d + target, p - target, d + f.host, f.host_len, fields, f.count,
-                         f.keep_alive ? Py_True : Py_False);
+    Py_INCREF(method);
+    return tuple_of(6, method, bytes_of(d + target, p - target), bytes_of(d + f.host, f.host_len), joined(d, &f),
+                    PyLong_FromLong(f.count), bool_of(f.keep_alive));
 }
 
 static PyObject *response(PyObject *module, PyObject *arg) {
     const unsigned char *d;
     ssize_t n, p, reason_end;
     int status;
-    PyObject *fields;
     fields_t f;
     (void)module;
 
@@ -213,11 +242,8 @@ static PyObject *response(PyObject *module, PyObject *arg) {
         Py_RETURN_NONE;
     if (!scan_fields(d, n, p, 1, &f) || f.length < 0 || n - f.end != f.length)
         Py_RETURN_NONE;
-    fields = joined(d, &f);
-    if (fields == NULL)
-        return NULL;
-    return Py_BuildValue("(iy#Ny#O)", status, d + 13, reason_end - 13, fields, d + f.end, n - f.end,
-                         f.keep_alive ? Py_True : Py_False);
+    return tuple_of(5, PyLong_FromLong(status), bytes_of(d + 13, reason_end - 13), joined(d, &f),
+                    bytes_of(d + f.end, n - f.end), bool_of(f.keep_alive));
 }
 
 static PyMethodDef METHODS[] = {
