@@ -77,15 +77,19 @@ def build_label() -> str:
     return f"partly compiled ({n} of {len(COMPILED_MODULES)} modules)"
 
 
+def native_module(name: str, pure_env: str) -> ModuleType | None:
+    """The hand-written C module `name` if it is built, importable and not turned off (`pure_env`=1), else None."""
+    if os.environ.get(pure_env, "") not in ("", "0"):
+        return None
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        return None
+
+
 def native_relay() -> bool:
     """Whether userspace-dnat relays with the C engine here: built, importable, and not turned off."""
-    if os.environ.get(PURE_RELAY_ENV, "") not in ("", "0"):
-        return False
-    try:
-        importlib.import_module(NATIVE_RELAY)
-    except ImportError:
-        return False
-    return True
+    return native_module(NATIVE_RELAY, PURE_RELAY_ENV) is not None
 
 
 def relay_label() -> str:
@@ -102,13 +106,7 @@ def response_scan_label() -> str:
 
 def native_client() -> bool:
     """Whether keep-alive load (open or closed loop) runs on the C engine here: built, importable, not turned off."""
-    if os.environ.get(PURE_CLIENT_ENV, "") not in ("", "0"):
-        return False
-    try:
-        importlib.import_module(NATIVE_CLIENT)
-    except ImportError:
-        return False
-    return True
+    return native_module(NATIVE_CLIENT, PURE_CLIENT_ENV) is not None
 
 
 def load_client_label() -> str:
@@ -119,12 +117,7 @@ def load_client_label() -> str:
 
 def proxy_heads() -> ModuleType | None:
     """The L7 proxy's C head scan (lbbench.frontends.proxy._heads) if it is built and not turned off, else None."""
-    if os.environ.get(PURE_HEADS_ENV, "") not in ("", "0"):
-        return None
-    try:
-        return importlib.import_module(NATIVE_HEADS)
-    except ImportError:
-        return None
+    return native_module(NATIVE_HEADS, PURE_HEADS_ENV)
 
 
 def proxy_heads_label() -> str:
