@@ -43,6 +43,7 @@ def _proxy(sup: Supervisor, dns: HostPort, *extra: str) -> tuple[Child, HostPort
                         "--health-interval", "0", "--no-control", *extra)
     child = sup.spawn("l7-proxy", argv)
     wait_port(listen, 60.0)
+    wait_port(stats, 60.0)  # its stats server starts a moment after the listener (CI once asked in between)
     return child, listen, stats
 
 
