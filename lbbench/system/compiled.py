@@ -26,8 +26,8 @@ PURE_RELAY_ENV = "LBBENCH_PURE_RELAY"
 # HttpClient instead
 NATIVE_CLIENT = "lbbench.load._engine"
 PURE_CLIENT_ENV = "LBBENCH_PURE_CLIENT"
-# the L7 proxy's scan of the common request and response head; PURE_HEADS_ENV=1 parses everything with
-# httptools, as the proxy does for whatever the scan declines
+# the L7 proxy's scan of the common request and response head, and its per-request Exchange; PURE_HEADS_ENV=1
+# parses everything with httptools, as the proxy does for whatever the scan declines, and makes Exchanges in Python
 NATIVE_HEADS = "lbbench.frontends.proxy._heads"
 PURE_HEADS_ENV = "LBBENCH_PURE_HEADS"
 # The hand-written C hot paths, each with a pure-Python fallback: (module, C source). setup.py
@@ -36,7 +36,7 @@ NATIVE_SOURCES: tuple[tuple[str, str], ...] = (
     (NATIVE_RELAY, "lbbench/frontends/dnat/_crelay.c"),  # userspace-dnat's relay engine
     ("lbbench.load._scan", "lbbench/load/_scan.c"),  # the load client's response-head scan
     (NATIVE_CLIENT, "lbbench/load/_engine.c"),  # the load generator's client engine
-    (NATIVE_HEADS, "lbbench/frontends/proxy/_heads.c"),  # the L7 proxy's request and response head scan
+    (NATIVE_HEADS, "lbbench/frontends/proxy/_heads.c"),  # the L7 proxy's head scan and Exchange
 )
 # The L7 proxy's request/response path and the load generator's client. Not the forwarder's
 # relay: it has the hand-written engine above instead, and the tests subclass the Python

@@ -34,7 +34,8 @@ _HEALTH_FLAGS = {"health_interval": "interval_s", "health_timeout": "timeout_s",
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.epilog = ("A plain HTTP/1.1 GET/HEAD request and a plain Content-Length answer that each arrive whole in "
                 "one read are read by a C scan (lbbench/frontends/proxy/_heads.c) where it is built; everything "
-                "else by llhttp (httptools). LBBENCH_PURE_HEADS=1 reads everything with llhttp.")
+                "else by llhttp (httptools); the same C module makes each request's Exchange. "
+                "LBBENCH_PURE_HEADS=1 reads everything with llhttp and makes Exchanges in Python.")
     p.add_argument("--listen", metavar="IP:PORT", help="loopback address of the proxy (default: the plan's Ingress)")
     p.add_argument("--backend", action="append", default=[], metavar="IP:PORT",
                    help="a backend of the default Service (repeat for more)")

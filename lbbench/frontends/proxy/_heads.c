@@ -1,14 +1,16 @@
 /* lbbench.frontends.proxy._heads: the L7 proxy's fast path for the common request and response.
  *
- * request(data)  -> (method, target, host, fields, count, keep_alive) or None
+ * request(data)  -> (method, target, host, head, count, keep_alive) or None
  * response(data) -> (status, reason, fields, body, keep_alive) or None
+ * Exchange(client) -> the proxy's per-request state, the C twin of exchange.py's class (_exchange.h)
  *
  * Each answers only for one whole message of a strict subset of HTTP/1.1 in one read, and None for
  * anything else, which the proxy then parses with httptools (llhttp) as it always did: so wherever
  * it answers, the proxy does what it would have done with llhttp's callbacks
  * (tests/frontends/proxy/test_proxy_heads.py feeds the same bytes to both paths and compares what
  * reaches the backend and the client). `fields` is the forwarded header fields as the callbacks
- * build them ("Name: value\r\n" each, in order), without the Connection field, which is hop-by-hop.
+ * build them ("Name: value\r\n" each, in order), without the Connection field, which is hop-by-hop;
+ * a request's `head` is its request line (forwarded as it came) and then its `fields`.
  * `count` counts every field (the 431 limit's figure); keep_alive is llhttp's should_keep_alive().
  *
  * The subset. Request: "GET" or "HEAD", an origin-form target ("/" then RFC 3986 path and query
@@ -29,6 +31,7 @@
 #include <stdarg.h>
 
 #include "../../load/_http.h" /* the status line, header field and Content-Length scans of the subset */
+#include "_exchange.h"       /* the Exchange type */
 
 #define FIELDS_MAX 128 /* more: llhttp's path (the proxy's own limit is 100 by default) */
 
@@ -127,9 +130,10 @@ static int scan_fields(const unsigned char *d, ssize_t n, ssize_t p, int respons
     return r == 0;
 }
 
-/* The forwarded fields, "Name: value\r\n" each, as one bytes object. */
-static PyObject *joined(const unsigned char *d, const fields_t *f) {
-    ssize_t size = 0;
+/* The first `line` bytes of `d` (a request line forwarded as it came, or nothing), then the forwarded
+   fields, "Name: value\r\n" each, as one bytes object. */
+static PyObject *joined(const unsigned char *d, ssize_t line, const fields_t *f) {
+    ssize_t size = line;
     int i;
     char *out;
     PyObject *b;
@@ -140,6 +144,8 @@ static PyObject *joined(const unsigned char *d, const fields_t *f) {
     if (b == NULL)
         return NULL;
     out = PyBytes_AS_STRING(b);
+    memcpy(out, d, (size_t)line);
+    out += line;
     for (i = 0; i < f->forwarded; i++) {
         memcpy(out, d + f->name[i], (size_t)f->name_len[i]);
         out += f->name_len[i];
@@ -221,7 +227,7 @@ static PyObject *request(PyObject *module, PyObject *arg) {
     if (!scan_fields(d, n, p + 11, 0, &f) || f.host < 0 || f.end != n)
         Py_RETURN_NONE;
     Py_INCREF(method);
-    return tuple_of(6, method, bytes_of(d + target, p - target), bytes_of(d + f.host, f.host_len), joined(d, &f),
+    return tuple_of(6, method, bytes_of(d + target, p - target), bytes_of(d + f.host, f.host_len), joined(d, p + 11, &f),
                     PyLong_FromLong(f.count), bool_of(f.keep_alive));
 }
 
@@ -242,13 +248,13 @@ static PyObject *response(PyObject *module, PyObject *arg) {
         Py_RETURN_NONE;
     if (!scan_fields(d, n, p, 1, &f) || f.length < 0 || n - f.end != f.length)
         Py_RETURN_NONE;
-    return tuple_of(5, PyLong_FromLong(status), bytes_of(d + 13, reason_end - 13), joined(d, &f),
+    return tuple_of(5, PyLong_FromLong(status), bytes_of(d + 13, reason_end - 13), joined(d, 0, &f),
                     bytes_of(d + f.end, n - f.end), bool_of(f.keep_alive));
 }
 
 static PyMethodDef METHODS[] = {
     {"request", request, METH_O,
-     "request(data) -> (method, target, host, fields, count, keep_alive) for one whole plain HTTP/1.1 GET or "
+     "request(data) -> (method, target, host, head, count, keep_alive) for one whole plain HTTP/1.1 GET or "
      "HEAD request, else None"},
     {"response", response, METH_O,
      "response(data) -> (status, reason, fields, body, keep_alive) for one whole plain HTTP/1.1 response "
@@ -259,13 +265,14 @@ static PyMethodDef METHODS[] = {
 static struct PyModuleDef MODULE = {
     PyModuleDef_HEAD_INIT,
     .m_name = "lbbench.frontends.proxy._heads",
-    .m_doc = "The L7 proxy's fast path for the common request and response head (see _heads.c)",
+    .m_doc = "The L7 proxy's fast path: the common request and response head, and the Exchange (see _heads.c)",
     .m_size = -1,
     .m_methods = METHODS,
 };
 
 PyMODINIT_FUNC PyInit__heads(void) {
     const char *extra = "-._~!$&'()*+,;=:@/?%";
+    PyObject *module;
     int c;
 
     http_init();
@@ -279,5 +286,8 @@ PyMODINIT_FUNC PyInit__heads(void) {
     HEAD = PyBytes_FromString("HEAD");
     if (GET == NULL || HEAD == NULL)
         return NULL;
-    return PyModule_Create(&MODULE);
+    module = PyModule_Create(&MODULE);
+    if (module != NULL && exchange_init(module) < 0)
+        Py_CLEAR(module);
+    return module;
 }

@@ -1,3 +1,6 @@
 # The L7 proxy's C head scan (lbbench/frontends/proxy/_heads.c): None for anything outside its subset.
 def request(data: bytes, /) -> tuple[bytes, bytes, bytes, bytes, int, bool] | None: ...
 def response(data: bytes, /) -> tuple[int, bytes, bytes, bytes, bool] | None: ...
+
+# The C twin of lbbench.frontends.proxy.exchange.Exchange (_exchange.h); the proxy types it as that class.
+Exchange: type

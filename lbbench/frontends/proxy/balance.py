@@ -39,8 +39,12 @@ class RoundRobin:
         n = len(backends)
         if not n:
             return None
-        fallback: Backend | None = None
         i = self._next % n
+        b = backends[i]
+        if b.usable and (b.maxconn == 0 or b.in_flight < b.maxconn) and not exclude:
+            self._next = i + 1  # the common case: the next in turn has room (the loop below, first round)
+            return b
+        fallback: Backend | None = None
         left = n  # a while loop: a range object per request costs more than the loop itself
         while left:
             left -= 1

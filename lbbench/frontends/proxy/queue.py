@@ -61,6 +61,7 @@ class ServicePool:
         self.settings = settings
         self.loop = asyncio.get_running_loop()
         self.balancer = make_balancer(settings.balance, rng)
+        self.peak_ewma = settings.balance == "peak-ewma"  # the only balancer that reads response latencies
         self.backends: list[Backend] = []  # in Endpoints order, draining ones excluded
         self.by_addr: dict[tuple[str, int], Backend] = {}  # draining ones included
         self.queue: collections.deque[Exchange] = collections.deque()
@@ -176,8 +177,9 @@ class ServicePool:
         ex.backend = None
         b.in_flight -= 1
         if ok:
-            now = now or time.monotonic()
-            b.observe_latency(now - ex.dispatched_at, now)
+            if self.peak_ewma:
+                now = now or time.monotonic()
+                b.observe_latency(now - ex.dispatched_at, now)
             b.responses += 1
             if status >= 500:
                 self.note_failure(b, BAD_STATUS)

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade, HttpRequestParser
 
-from lbbench.frontends.proxy.exchange import WAITING, Exchange
+from lbbench.frontends.proxy.exchange import WAITING, Exchange, new_exchange
 from lbbench.frontends.proxy.http import (
     CHUNKED,
     CRLF,
@@ -54,7 +54,7 @@ if TYPE_CHECKING:
     from lbbench.frontends.proxy.queue import ServicePool
 
 _HEADS = proxy_heads()
-# (method, target, host, forwarded fields, field count, keep-alive) of one whole plain request, else None
+# (method, target, host, request line + forwarded fields, field count, keep-alive) of a whole plain request, else None
 ScanRequest = Callable[[bytes], "tuple[bytes, bytes, bytes, bytes, int, bool] | None"]
 SCAN_REQUEST: ScanRequest | None = _HEADS.request if _HEADS is not None else None
 
@@ -197,8 +197,11 @@ class RequestReader:
             traceback.print_exception(cause, file=sys.stderr)
             self.conn.fail(500, "internal error in the proxy")
 
-    def _plain(self, method: bytes, target: bytes, host: bytes, fields: bytes, count: int, keep_alive: bool) -> None:
-        """A whole plain request the C scan read: what llhttp's callbacks would do with it, in their order."""
+    def _plain(self, method: bytes, target: bytes, host: bytes, head: bytes, count: int, keep_alive: bool) -> None:
+        """A whole plain request the C scan read: what llhttp's callbacks would do with it, in their order.
+
+        `head` is its request line and forwarded fields, as the backend gets them before our tail.
+        """
         try:
             self.on_message_begin()
             ex = self.parsing
@@ -210,11 +213,12 @@ class RequestReader:
             if count > self.limits.max_headers:
                 raise Reject(431, f"more than {self.limits.max_headers} header fields")
             ex.keep_alive = keep_alive  # version11 is the Exchange's default
-            ex.method, ex.is_head, ex.idempotent = _methods.get(method) or _method(method)
+            if method != b"GET":  # a GET's method, is_head and idempotent are the Exchange's defaults
+                ex.method, ex.is_head, ex.idempotent = _methods.get(method) or _method(method)
             ex.target = target
             pool = self._route(ex, host, target)
             if pool is not None:
-                head = b"".join((method, b" ", target, b" HTTP/1.1\r\n", fields, self._tail(b"1.1")))
+                head += self.tails.get(b"1.1") or self._tail(b"1.1")
                 ex.out.append(head)
                 ex.out_bytes = len(head)
             self._submit(ex, NO_BODY)
@@ -253,7 +257,7 @@ class RequestReader:
         conn = self.conn
         if conn.closing:
             raise Stop
-        self.parsing = Exchange(conn)
+        self.parsing = new_exchange(conn)
         if conn.current is not None:
             conn.request_begins()
 

@@ -234,6 +234,50 @@ def test_balancers_choose_by_their_rule() -> None:
         make_balancer("fastest", rng)
 
 
+def _round_robin_rule(turn: int, backends: list[Backend], exclude: list[Backend]) -> tuple[Backend | None, int]:
+    """Round-robin as documented: the first eligible backend from the turn on, wrapping, that was not
+    tried; else the first eligible tried one (the turn then stays). Returns the choice and the next turn."""
+    fallback = None
+    for k in range(len(backends)):
+        j = (turn + k) % len(backends)  # the turn is kept as it was counted, and wraps in the list as it is now
+        b = backends[j]
+        if b.usable and (b.maxconn == 0 or b.in_flight < b.maxconn):
+            if b not in exclude:
+                return b, j + 1
+            fallback = fallback or b
+    return fallback, turn
+
+
+def test_round_robin_follows_its_rule_in_any_state() -> None:
+    """Its common case (the backend in turn has room) is taken before the loop: both must keep the rule."""
+    rng = random.Random(5)
+    pool = [_backend(f"p{i}") for i in range(6)]
+    rr, turn = make_balancer("round-robin", rng), 0
+    for _ in range(3000):
+        backends = rng.sample(pool, rng.randint(0, len(pool)))  # the Endpoints list changes too
+        for b in backends:
+            b.maxconn = rng.choice((0, 1, 2))
+            b.in_flight = rng.randint(0, 2)
+            b.down = rng.random() < 0.2
+            b.refresh()
+        exclude = rng.sample(backends, rng.randint(0, len(backends))) if rng.random() < 0.3 else []
+        want, turn = _round_robin_rule(turn, backends, exclude)
+        assert rr.pick(backends, exclude) is want
+
+
+def test_peak_ewma_learns_latency_from_the_responses(supervisor: Supervisor) -> None:
+    """The proxy feeds each response's latency to the backend's peak EWMA (for this balancer only):
+    a pod 60 ms slow gets a request or two while the EWMAs learn, then the fast one gets the rest."""
+    slow = start_pod(supervisor, "slow", service="const:60ms")[1]
+    fast = start_pod(supervisor, "fast")[1]
+    px = start_proxy(supervisor, [slow, fast], "--balance", "peak-ewma", "--maxconn", "0", "--health-interval", "0")
+    req = b"".join(request_bytes("/") for _ in range(19)) + request_bytes("/", headers=[("Connection", "close")])
+    replies = parse_responses(raw_exchange(px.addr, req))
+    assert [r.status for r in replies] == [200] * 20
+    pods = [r.headers["x-pod"] for r in replies]
+    assert pods.count("slow") <= 2 and pods[-10:] == ["fast"] * 10, pods
+
+
 def test_router_precedence_and_prefix_segments() -> None:
     r = Router([("*", "/", "any"), ("*", "/api", "api"), ("shop.example", "/", "shop"),
                 ("*.example", "/", "wild"), ("shop.example", "/api/v2", "v2")], default="dflt")

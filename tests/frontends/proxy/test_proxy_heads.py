@@ -13,10 +13,12 @@ and with LBBENCH_PURE_HEADS=1, in front of a real pod, answer the same requests 
 from __future__ import annotations
 
 import asyncio
+import gc
 import importlib.util
 import random
 import re
 import socket
+import types
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -26,6 +28,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from lbbench.cluster.standalone import start_pod
+from lbbench.frontends.proxy import exchange as exchange_module
+from lbbench.frontends.proxy import request as request_module
 from lbbench.frontends.proxy.app import ProxyApp
 from lbbench.frontends.proxy.client import ClientConnection
 from lbbench.frontends.proxy.config import ProxyConfig
@@ -36,7 +40,7 @@ from lbbench.model.addresses import HostPort
 from lbbench.model.proxy import HealthCheck as ProxyHealthCheck
 from lbbench.model.proxy import ProxySettings
 from lbbench.model.service import Endpoint, ServiceSpec
-from lbbench.system.compiled import PURE_HEADS_ENV
+from lbbench.system.compiled import PURE_HEADS_ENV, proxy_heads
 from lbbench.system.procs import Supervisor
 
 HAS_NATIVE = importlib.util.find_spec("lbbench.frontends.proxy._heads") is not None
@@ -171,7 +175,8 @@ def test_plain_messages_take_the_scan() -> None:
 
 def test_the_scan_reads_what_the_callbacks_would() -> None:
     req = b"GET /x HTTP/1.1\r\nHost:" + HOST + b"\r\nX-A:  b\r\nConnection: close\r\n\r\n"
-    assert _heads.request(req) == (b"GET", b"/x", HOST, b"Host: " + HOST + b"\r\nX-A: b\r\n", 3, False)
+    head = b"GET /x HTTP/1.1\r\nHost: " + HOST + b"\r\nX-A: b\r\n"  # the request line as it came, the fields
+    assert _heads.request(req) == (b"GET", b"/x", HOST, head, 3, False)
     assert _heads.response(NGINX_RESPONSE) == (
         200, b"OK", b"Server: nginx/1.22.1\r\nDate: Thu, 01 Jan 2026 00:00:00 GMT\r\n"
                     b"Content-Type: application/octet-stream\r\nContent-Length: 3\r\n", b"ok\n", True)
@@ -325,3 +330,55 @@ def test_both_builds_answer_the_same_bytes_over_real_sockets(monkeypatch: pytest
     assert answers["scan"] == answers["pure"]
     assert all(a.startswith(b"HTTP/1.1 200 OK\r\n") for a in answers["scan"]), answers["scan"]
     assert all(b"\r\nVia: 1.1 lbbench\r\n" in a for a in answers["scan"])
+
+
+# -- the Exchange's C twin ----------------------------------------------------------------------
+
+def test_the_proxy_makes_its_exchanges_in_c_where_built() -> None:
+    made = exchange_module.Exchange if proxy_heads() is None else _heads.Exchange  # LBBENCH_PURE_HEADS=1
+    assert request_module.new_exchange is made  # what RequestReader.on_message_begin calls
+    assert exchange_module.Exchange is not _heads.Exchange
+
+
+def test_the_c_exchange_is_the_class_twin() -> None:
+    """Same attributes (slots of the same kind), same defaults of the same types, same constructor."""
+    native, pure = _heads.Exchange, exchange_module.Exchange
+    members = {k for k, v in vars(native).items() if isinstance(v, types.MemberDescriptorType)}
+    assert members == set(pure.__slots__)
+    client = object()
+    for make in (lambda cls: cls(client), lambda cls: cls(client=client)):
+        c, p = make(native), make(pure)
+        for name in pure.__slots__:
+            got, want = getattr(c, name), getattr(p, name)
+            assert (type(got), got) == (type(want), want), name
+        assert c.client is client and c.out is not make(native).out  # a list of its own
+    for args, kwargs in (((), {}), ((1, 2), {}), ((), {"other": 1}), ((1,), {"client": 1})):
+        for cls in (native, pure):
+            with pytest.raises(TypeError):
+                cls(*args, **kwargs)
+    ex = native(client)
+    ex.state, ex.out_bytes = 4, 10
+    assert (ex.state, ex.out_bytes) == (4, 10)
+    del ex.reject
+    with pytest.raises(AttributeError):
+        ex.reject  # noqa: B018 (a deleted slot, as the class's)
+    with pytest.raises(AttributeError):
+        ex.unknown = 1  # type: ignore[attr-defined]
+
+
+def test_a_c_exchange_in_a_reference_cycle_is_collected() -> None:
+    """The type takes part in the cyclic GC: an Exchange and its client refer to each other."""
+    gone: list[str] = []
+
+    class Client:
+        current: Any = None
+
+        def __del__(self) -> None:
+            gone.append("client")
+
+    c = Client()
+    c.current = _heads.Exchange(c)
+    c.current.out.append(c)
+    del c
+    gc.collect()
+    assert gone == ["client"]
