@@ -18,6 +18,7 @@ import importlib.util
 import random
 import re
 import socket
+import sys
 import types
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -364,6 +365,21 @@ def test_the_c_exchange_is_the_class_twin() -> None:
         ex.reject  # noqa: B018 (a deleted slot, as the class's)
     with pytest.raises(AttributeError):
         ex.unknown = 1  # type: ignore[attr-defined]
+
+
+def test_c_exchanges_give_back_every_reference() -> None:
+    """Made and dropped, with their slots changed meanwhile: no reference kept to the defaults, the client
+    or a value set (a missing decref in the C type would show as a growing count)."""
+    client, value = object(), object()
+    first = _heads.Exchange(client)
+    defaults = [getattr(first, name) for name in exchange_module.Exchange.__slots__]
+    before = [sys.getrefcount(o) for o in (client, value, *defaults)]
+    for _ in range(1000):
+        ex = _heads.Exchange(client)
+        ex.pool = ex.backend = value
+        ex.state = ex.status
+        del ex
+    assert [sys.getrefcount(o) for o in (client, value, *defaults)] == before
 
 
 def test_a_c_exchange_in_a_reference_cycle_is_collected() -> None:
