@@ -1,12 +1,12 @@
 /* The proxy's Exchange (lbbench/frontends/proxy/exchange.py) as a C type, part of the _heads module.
  *
  * One Exchange is made per request. The Python class sets its 29 attributes one statement at a
- * time (~250 ns a request); this type gives them the same defaults from C (~60 ns). It is that
+ * time (~250 ns a request); this type gives them the same defaults from C (~50 ns). It is that
  * class's twin, not a second design: the same attribute names (slots of the same kind, so
  * CPython's attribute caches treat them alike), the same defaults, the same constructor
- * (Exchange(client)). exchange.py uses it when the module is built and not turned off
- * (LBBENCH_PURE_HEADS=1), and tests/frontends/proxy/test_proxy_heads.py requires the two to agree
- * attribute by attribute.
+ * (Exchange(client)). exchange.new_exchange is this type when the module is built and not turned off
+ * (LBBENCH_PURE_HEADS=1), except in the mypyc build; tests/frontends/proxy/test_proxy_heads.py
+ * requires the two to agree attribute by attribute.
  */
 #ifndef LBBENCH_PROXY_EXCHANGE_H
 #define LBBENCH_PROXY_EXCHANGE_H

@@ -73,7 +73,6 @@ class Exchange:
         self.status = 0
 
 
-
 def _maker() -> Callable[[ClientConnection], Exchange]:
     """What makes the proxy's Exchanges: the C twin of the class above (lbbench/frontends/proxy/_exchange.h:
     the same slots, defaults and constructor, made in ~50 ns instead of ~250, once per request) where the
